@@ -1,0 +1,102 @@
+"""One error hierarchy for the whole gateway.
+
+Plugins and the core raise these; one handler (gateway.app) renders them as the seed's
+envelope ``{"msg": ..., "data": null}`` with the class's HTTP status.
+"""
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: an error a client may see, with its HTTP status."""
+
+    status = 500
+    default_msg = "Internal error"
+
+    def __init__(self, msg: str | None = None, *, errors: dict | None = None,
+                 headers: dict | None = None):
+        super().__init__(msg or self.default_msg)
+        self.msg = msg or self.default_msg
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+class ConfigError(GatewayError):
+    """The configuration is wrong; raised at start-up, never while serving."""
+    status = 500
+    default_msg = "Invalid configuration"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    default_msg = "Bad request"
+
+
+class InvalidInput(GatewayError):
+    """Well-formed request whose content is not acceptable (field errors in ``errors``)."""
+    status = 422
+    default_msg = "Invalid input"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    default_msg = "Not logged in or session expired: log in again with POST /login"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    default_msg = "Permission denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    default_msg = "Not found"
+
+
+class Conflict(GatewayError):
+    """The action is not valid in the object's current state."""
+    status = 409
+    default_msg = "Conflict with the current state"
+
+
+class Gone(GatewayError):
+    status = 410
+    default_msg = "Gone"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    default_msg = "Request body too large"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    default_msg = "Too many requests"
+
+    def __init__(self, msg: str | None = None, *, retry_after: int = 60, **kw):
+        super().__init__(msg, **kw)
+        self.headers.setdefault("Retry-After", str(int(retry_after)))
+
+
+class NotImplementedByPlugin(GatewayError):
+    status = 501
+    default_msg = "Not supported by this scheduler backend"
+
+
+class SchedulerRefused(GatewayError):
+    """The scheduler answered but refused; ``msg`` carries its own words verbatim."""
+    status = 502
+    default_msg = "The scheduler refused the request"
+
+
+class SchedulerUnavailable(GatewayError):
+    status = 503
+    default_msg = "The scheduler is unreachable; try again later"
+
+    def __init__(self, msg: str | None = None, *, retry_after: int = 5, **kw):
+        super().__init__(msg, **kw)
+        self.headers.setdefault("Retry-After", str(int(retry_after)))
+
+
+class SchedulerTimeout(GatewayError):
+    status = 504
+    default_msg = "The scheduler did not answer in time"

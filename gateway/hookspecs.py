@@ -1,0 +1,81 @@
+"""The scheduler plugin contract.
+
+Every hook is called with keyword arguments and is ``firstresult``: exactly one scheduler
+plugin is registered per app. A hook a plugin does not implement answers 501. Plugins raise
+``gateway.errors`` classes, never return error dicts. ``user`` is a ``gateway.models.User``.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("gateway")
+hookimpl = pluggy.HookimplMarker("gateway")
+
+
+@hookspec(firstresult=True)
+def submit_job(user, spec):
+    """Submit a JobSpec as ``user``; return the new job's id (str)."""
+
+
+@hookspec(firstresult=True)
+def list_jobs(user, query):
+    """Return the Jobs matching a JobQuery (the core has already narrowed query.user)."""
+
+
+@hookspec(firstresult=True)
+def get_job(user, job_id):
+    """Return one Job, or raise NotFound."""
+
+
+@hookspec(firstresult=True)
+def control_job(user, job_id, action):
+    """Apply action (kill, suspend, resume, requeue, hold, release); Conflict if invalid now."""
+
+
+@hookspec(firstresult=True)
+def job_output(user, job_id, stream, offset, limit):
+    """Return a JobOutput slice of the job's stdout or stderr."""
+
+
+@hookspec(firstresult=True)
+def list_hosts():
+    """Return the cluster's Hosts."""
+
+
+@hookspec(firstresult=True)
+def control_host(user, host, action):
+    """Open or close a host (admin only; the core checks the role)."""
+
+
+@hookspec(firstresult=True)
+def list_queues():
+    """Return the cluster's Queues."""
+
+
+@hookspec(firstresult=True)
+def control_queue(user, queue, action):
+    """Open, close, activate or inactivate a queue (admin only)."""
+
+
+@hookspec(firstresult=True)
+def list_users():
+    """Return UserInfo for the users with jobs (or known to the scheduler)."""
+
+
+@hookspec(firstresult=True)
+def cluster_info():
+    """Return a ClusterInfo summary."""
+
+
+@hookspec(firstresult=True)
+def submit_vis_job(user, spec):
+    """Submit a visualization JobSpec (its script runs the VNC launcher); return its id."""
+
+
+@hookspec(firstresult=True)
+def vis_session(user, job_id):
+    """Return the VisSession of a running vis job, or None while it is starting."""
+
+
+@hookspec(firstresult=True)
+def health():
+    """Return Health: whether the scheduler answers, and how fast."""
+

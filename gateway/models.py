@@ -1,0 +1,179 @@
+"""The normalized model every plugin speaks: jobs, job specs, users, hosts, queues.
+
+Plugins build these from their scheduler's output and always keep the scheduler's own
+words too (``native_state``, ``reason``). Times are timezone-aware UTC datetimes.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class JobState(str, enum.Enum):
+    PENDING = "PENDING"
+    HELD = "HELD"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"   # exit code 0 only
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    def __str__(self) -> str:  # so f-strings print "RUNNING", not "JobState.RUNNING"
+        return self.value
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+JOB_ACTIONS = ("kill", "suspend", "resume", "requeue", "hold", "release")
+HOST_ACTIONS = ("open", "close")
+QUEUE_ACTIONS = ("open", "close", "activate", "inactivate")
+OUTPUT_STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class User:
+    """The authenticated identity handed to plugins."""
+    name: str
+    is_admin: bool = False
+    uid: int | None = None
+
+
+@dataclass
+class JobSpec:
+    """What a client asks to run. Exactly one of script, command, script_location."""
+    script: str | None = None
+    command: str | None = None
+    script_location: str | None = None
+    name: str | None = None
+    queue: str | None = None
+    nodes: int | None = None
+    cpus: int | None = None
+    cpus_per_task: int | None = None
+    memory_mb: int | None = None
+    time_limit_minutes: int | None = None
+    work_dir: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    stdout: str | None = None
+    stderr: str | None = None
+    array: str | None = None
+    dependency: str | None = None
+    hold: bool = False
+    native_options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    job_id: str
+    name: str | None = None
+    user_name: str | None = None
+    queue: str | None = None
+    state: JobState = JobState.UNKNOWN
+    native_state: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    submit_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    hosts: list[str] = field(default_factory=list)
+    nodes: int | None = None
+    cpus: int | None = None
+    memory_mb: int | None = None
+    time_limit_minutes: int | None = None
+    work_dir: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    command: str | None = None
+
+
+@dataclass
+class JobQuery:
+    """Filters for list_jobs; None means 'any'. ``user`` is already authorized by the core."""
+    user: str | None = None
+    states: list[JobState] | None = None
+    queue: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class JobOutput:
+    """A slice of a job's stdout or stderr."""
+    data: bytes
+    offset: int
+    size: int | None = None          # the file's whole size when known
+    path: str | None = None
+
+
+@dataclass
+class Host:
+    name: str
+    state: str = "ok"                 # ok | closed | down | unknown
+    native_state: str | None = None
+    cpus: int | None = None
+    max_slots: int | None = None
+    njobs: int = 0
+    running: int = 0
+    suspended: int = 0
+    memory_mb: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Queue:
+    name: str
+    open: bool = True                 # accepts submissions
+    active: bool = True               # dispatches jobs
+    native_state: str | None = None
+    priority: int | None = None
+    is_default: bool = False
+    max_slots: int | None = None
+    time_limit_minutes: int | None = None
+    hosts: list[str] = field(default_factory=list)
+    njobs: int = 0
+    pending: int = 0
+    running: int = 0
+    suspended: int = 0
+
+
+@dataclass
+class UserInfo:
+    name: str
+    njobs: int = 0
+    pending: int = 0
+    running: int = 0
+    suspended: int = 0
+    max_jobs: int | None = None
+
+
+@dataclass
+class ClusterInfo:
+    name: str
+    scheduler: str
+    version: str | None = None
+    master: str | None = None
+    hosts: int = 0
+    cpus: int = 0
+    queues: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)   # state -> count
+
+
+@dataclass
+class VisSession:
+    """Where a running visualization job's desktop can be reached."""
+    host: str
+    port: int
+    password: str
+    display: int
+    exec_host: str | None = None
+
+
+@dataclass
+class Health:
+    ok: bool
+    latency_ms: float | None = None
+    detail: str | None = None

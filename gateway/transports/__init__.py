@@ -1,0 +1,80 @@
+"""Transports carry an argument list (plus stdin) to where a scheduler's commands run and
+bring back exit code, stdout and stderr. They know no scheduler.
+
+- ``local``: a subprocess on this host, never a shell.
+- ``ssh``: the head node over OpenSSH (arguments shell-quoted for the remote shell).
+- ``ssm``: AWS Systems Manager Run Command on the head node's instance.
+
+``run(argv, stdin=None, timeout=None, as_user=None)``: ``as_user`` runs the command as that
+Unix user through ``sudo -n -u USER --`` (no shell). A command that does not finish in time
+raises ``SchedulerTimeout`` (504); a transport that cannot reach its target raises
+``SchedulerUnavailable`` (503). A non-zero exit code is *not* an error here: callers decide.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import ConfigError
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+
+class Transport:
+    """Base class; subclasses implement ``_run``."""
+
+    name = "base"
+
+    def __init__(self, timeout: float = 30.0, sudo: Sequence[str] = ("sudo", "-n")):
+        self.timeout = float(timeout)
+        self.sudo = list(sudo)
+
+    def wrap_user(self, argv: Sequence[str], as_user: str | None) -> list[str]:
+        argv = [str(a) for a in argv]
+        if as_user:
+            return [*self.sudo, "-u", as_user, "--", *argv]
+        return argv
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
+            timeout: float | None = None, as_user: str | None = None,
+            env: dict[str, str] | None = None) -> CommandResult:
+        if not argv:
+            raise ValueError("empty argument list")
+        return self._run(self.wrap_user(argv, as_user), stdin=stdin,
+                         timeout=self.timeout if timeout is None else timeout, env=env)
+
+    def _run(self, argv: list[str], *, stdin: bytes | None, timeout: float,
+             env: dict[str, str] | None) -> CommandResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the default holds none."""
+
+
+def make_transport(options: dict | None) -> Transport:
+    """Build a transport from a plugin's ``transport`` options: ``{"type": "local"|"ssh"|"ssm", ...}``."""
+    options = dict(options or {})
+    kind = options.pop("type", "local")
+    if kind == "local":
+        from .local import LocalTransport
+        return LocalTransport(**options)
+    if kind == "ssh":
+        from .ssh import SshTransport
+        return SshTransport(**options)
+    if kind == "ssm":
+        from .ssm import SsmTransport
+        return SsmTransport(**options)
+    raise ConfigError(f"unknown transport type {kind!r}: choose local, ssh or ssm")

@@ -1,0 +1,41 @@
+"""Run an argument list as a subprocess of this host: never a shell."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from ..errors import SchedulerTimeout, SchedulerUnavailable
+from . import CommandResult, Transport
+
+
+class LocalTransport(Transport):
+    name = "local"
+
+    def __init__(self, timeout: float = 30.0, sudo=("sudo", "-n"), env: dict | None = None):
+        super().__init__(timeout=timeout, sudo=sudo)
+        self.env = dict(env or {})
+
+    def _run(self, argv, *, stdin, timeout, env):
+        full_env = None
+        if self.env or env:
+            full_env = {**os.environ, **self.env, **(env or {})}
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=full_env, start_new_session=True, close_fds=True)
+        except FileNotFoundError as exc:
+            raise SchedulerUnavailable(f"command not found: {argv[0]}") from exc
+        except OSError as exc:
+            raise SchedulerUnavailable(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # The command may have children (sudo, ssh): end the whole session.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise SchedulerTimeout(f"{os.path.basename(argv[0])} did not answer within {timeout:g} s")
+        return CommandResult(proc.returncode, out, err)
