@@ -1,0 +1,8 @@
+import pytest
+
+from .samples import CAPTURED
+
+
+@pytest.fixture
+def now():
+    return CAPTURED
