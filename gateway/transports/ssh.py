@@ -1,0 +1,274 @@
+"""Run an argument list on a remote host through the OpenSSH client.
+
+The remote side always runs the command through the login user's shell, so every argument
+is quoted with :func:`shlex.join` (POSIX single quotes): nothing a client sends is ever
+interpreted by a shell. stdin passes through as bytes; stdout and stderr come back as bytes.
+
+Connections are reused: the first command starts a ControlMaster (``ssh -M -N``) whose
+socket lives in a private 0700 directory; later commands attach to it, so a command costs a
+session open, not a TCP + key exchange. The master goes away ``control_persist`` seconds
+after the last command (``ssh``'s ControlPersist) or on :meth:`SshTransport.close`.
+``control_persist=0`` (or None) disables multiplexing.
+
+Errors:
+
+- the connection cannot be made (refused, no route, DNS, host key, authentication, the
+  multiplexed session is refused): :class:`SchedulerUnavailable` (503). ``ssh`` reports those
+  with exit code 255; a remote command that itself exits 255 is returned as such unless its
+  stderr ends with one of ssh's own connection messages.
+- the command does not finish within ``timeout``: the local ``ssh`` process group is killed
+  and :class:`SchedulerTimeout` (504) raised. Because sshd does not signal a non-tty session
+  whose client went away, the remote command is also wrapped in coreutils
+  ``timeout -k 2 <timeout+1>`` (``remote_timeout=True``, the default) so it cannot outlive
+  the request by more than a few seconds.
+
+``env`` is applied on the remote side with ``env NAME=VALUE ...`` before the command (outside
+``sudo``, whose own env_reset rules then apply, exactly as for the local transport).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from typing import Mapping, Sequence
+
+from ..errors import ConfigError, SchedulerTimeout, SchedulerUnavailable
+from . import CommandResult, Transport
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# Messages the OpenSSH client prints (on its own stderr, after anything the remote command
+# wrote) when it could not connect or lost the connection. Exit code 255 + one of these = 503.
+_SSH_CONNECTION_ERRORS = re.compile(
+    r"^(ssh: .*|"
+    r".*Connection (refused|timed out|reset|closed)( by .*)?\.?|"
+    r".*Could not resolve hostname.*|"
+    r".*No route to host.*|.*Network is unreachable.*|"
+    r".*Host key verification failed\.|"
+    r".*REMOTE HOST IDENTIFICATION HAS CHANGED.*|"
+    r".*Permission denied \(.*\)\.|"
+    r".*kex_exchange_identification: .*|.*banner exchange: .*|"
+    r".*Too many authentication failures.*|"
+    r".*mux_client_.*|.*Control socket connect.*|.*Session open refused by peer.*|"
+    r".*Broken pipe.*|.*Bad owner or permissions on .*|"
+    r"Load key .*|.*[Nn]o such identity.*|"
+    r".*client_loop: send disconnect: .*)$",
+    re.MULTILINE,
+)
+
+_SESSION_REFUSED = "Session open refused by peer"
+
+
+def remote_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The one shell command line that runs ``argv`` (with ``env``) literally on a remote shell.
+
+    Pure; shared by the SSH and SSM transports.
+    """
+    words = [str(a) for a in argv]
+    if env:
+        assigns = []
+        for name, value in env.items():
+            if not _ENV_NAME.match(str(name)):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            assigns.append(f"{name}={value}")
+        words = ["env", *assigns, *words]
+    return shlex.join(words)
+
+
+class SshTransport(Transport):
+    """Commands on ``user@host:port`` over OpenSSH with connection reuse."""
+
+    name = "ssh"
+
+    def __init__(self, host: str, user: str | None = None, port: int = 22,
+                 identity_file: str | None = None, known_hosts_file: str | None = None,
+                 timeout: float = 30.0, connect_timeout: float = 5.0,
+                 control_persist: int | None = 60, options: Mapping[str, str] | None = None,
+                 sudo: Sequence[str] = ("sudo", "-n"), remote_timeout: bool = True,
+                 ssh_binary: str = "ssh"):
+        super().__init__(timeout=timeout, sudo=sudo)
+        if not host or str(host).startswith("-"):
+            raise ConfigError(f"ssh transport: invalid host {host!r}")
+        if user is not None and (not user or str(user).startswith("-")):
+            raise ConfigError(f"ssh transport: invalid user {user!r}")
+        self.host = str(host)
+        self.user = user
+        self.port = int(port)
+        self.identity_file = identity_file
+        self.known_hosts_file = known_hosts_file
+        self.connect_timeout = float(connect_timeout)
+        self.control_persist = int(control_persist or 0)
+        self.extra_options = {str(k): str(v) for k, v in (options or {}).items()}
+        self.remote_timeout = bool(remote_timeout)
+        found = shutil.which(ssh_binary)
+        if found is None:
+            raise ConfigError(f"ssh transport: OpenSSH client {ssh_binary!r} not found on PATH")
+        self.ssh_binary = found
+        self._lock = threading.Lock()
+        self._control_dir: str | None = None
+        self._control_path: str | None = None
+        if self.control_persist > 0:
+            # Private 0700 directory: nobody else can talk to (or replace) our master socket.
+            self._control_dir = tempfile.mkdtemp(prefix="gw-ssh-")
+            self._control_path = os.path.join(self._control_dir, "master")
+
+    # -- command line -----------------------------------------------------------------
+    def _base_options(self) -> list[str]:
+        opts = {
+            "BatchMode": "yes",
+            "ConnectTimeout": str(max(1, math.ceil(self.connect_timeout))),
+            "ServerAliveInterval": "15",
+            "ServerAliveCountMax": "3",
+            "LogLevel": "ERROR",
+            "ClearAllForwardings": "yes",
+            "ForwardAgent": "no",
+            "ForwardX11": "no",
+            "RequestTTY": "no",
+        }
+        if self.known_hosts_file:
+            opts["StrictHostKeyChecking"] = "yes"
+            opts["UserKnownHostsFile"] = self.known_hosts_file
+            opts["GlobalKnownHostsFile"] = "/dev/null"
+        if self.identity_file:
+            opts["IdentityFile"] = self.identity_file
+            opts["IdentitiesOnly"] = "yes"
+        if self.user:
+            opts["User"] = self.user
+        opts["Port"] = str(self.port)
+        opts.update(self.extra_options)
+        args: list[str] = []
+        for key, value in opts.items():
+            args += ["-o", f"{key}={value}"]
+        return args
+
+    def ssh_argv(self, command: str, *, multiplex: bool = True) -> list[str]:
+        """The local ``ssh`` argument list that runs ``command`` (one remote shell line)."""
+        args = [self.ssh_binary, *self._base_options()]
+        if multiplex and self._control_path:
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path}",
+                     "-o", f"ControlPersist={self.control_persist}"]
+        else:
+            args += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        # "--" ends ssh's options; the host cannot be mistaken for one (checked in __init__).
+        return [*args, "-T", "--", self.host, command]
+
+    def remote_line(self, argv: Sequence[str], timeout: float,
+                    env: Mapping[str, str] | None = None) -> str:
+        words = list(argv)
+        if self.remote_timeout:
+            # Backstop only: the local deadline (timeout) always fires first.
+            words = ["timeout", "-k", "2", f"{math.ceil(timeout) + 1}s", *words]
+        return remote_command_line(words, env)
+
+    # -- master -----------------------------------------------------------------------
+    def _ensure_master(self, deadline_s: float) -> None:
+        """Start the ControlMaster if its socket is missing (one at a time)."""
+        if not self._control_path or os.path.exists(self._control_path):
+            return
+        with self._lock:
+            if os.path.exists(self._control_path):
+                return
+            args = [self.ssh_binary, *self._base_options(),
+                    "-o", "ControlMaster=yes", "-o", f"ControlPath={self._control_path}",
+                    "-o", f"ControlPersist={self.control_persist}",
+                    "-N", "-n", "-T", "--", self.host]
+            # ssh forks the master into the background (its own session, stdio on
+            # /dev/null) once authenticated; this process then exits 0.
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True,
+                                    close_fds=True)
+            try:
+                _, err = proc.communicate(timeout=deadline_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise SchedulerTimeout(
+                    f"ssh to {self.host}:{self.port} did not connect within {deadline_s:g} s")
+            if proc.returncode != 0:
+                raise SchedulerUnavailable(
+                    f"cannot connect to {self.host}:{self.port} over ssh: "
+                    f"{_last_line(err) or 'exit code %d' % proc.returncode}")
+
+    # -- run --------------------------------------------------------------------------
+    def _run(self, argv, *, stdin, timeout, env):
+        line = self.remote_line(argv, timeout, env)
+        multiplex = self._control_path is not None
+        if multiplex:
+            # The master's connection time counts against the same deadline.
+            self._ensure_master(max(0.1, min(timeout, self.connect_timeout * 2 + 1)))
+        result = self._exec(self.ssh_argv(line, multiplex=multiplex), stdin, timeout)
+        if multiplex and result.returncode == 255 and _SESSION_REFUSED in result.err:
+            # The server's MaxSessions is reached on the shared connection; the session was
+            # never opened (nothing ran), so run once more on a connection of its own.
+            result = self._exec(self.ssh_argv(line, multiplex=False), stdin, timeout)
+        if result.returncode == 255 and _is_connection_error(result.stderr):
+            raise SchedulerUnavailable(
+                f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
+        return result
+
+    def _exec(self, args: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise SchedulerUnavailable(f"cannot run ssh: {exc.strerror}") from exc
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise SchedulerTimeout(
+                f"command on {self.host} did not finish within {timeout:g} s") from None
+        return CommandResult(proc.returncode, out, err)
+
+    def close(self) -> None:
+        """Stop the ControlMaster and remove its private directory."""
+        if self._control_dir is None:
+            return
+        if self._control_path and os.path.exists(self._control_path):
+            try:
+                subprocess.run([self.ssh_binary, "-o", f"ControlPath={self._control_path}",
+                                "-O", "exit", "--", self.host],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=5, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+        self._control_dir = self._control_path = None
+
+    def __del__(self):  # best effort: masters also expire on their own (ControlPersist)
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    # Do not drain the pipes: a multiplexed client hands its stdio descriptors to the
+    # master, which keeps them open until the remote command ends. Just drop our ends.
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _is_connection_error(stderr: bytes) -> bool:
+    last = _last_line(stderr)
+    return bool(last) and _SSH_CONNECTION_ERRORS.match(last) is not None
