@@ -8,13 +8,14 @@ Connections are reused: the first command starts a ControlMaster (``ssh -M -N``)
 socket lives in a private 0700 directory; later commands attach to it, so a command costs a
 session open, not a TCP + key exchange. The master goes away ``control_persist`` seconds
 after the last command (``ssh``'s ControlPersist) or on :meth:`SshTransport.close`.
-``control_persist=0`` (or None) disables multiplexing.
+``control_persist=0`` (or None) disables multiplexing. When the server refuses one more
+session on the shared connection (its ``MaxSessions``, 10 by default), ssh itself falls
+back to a connection of its own for that command; its notice about it is removed from stderr.
 
 Errors:
 
-- the connection cannot be made (refused, no route, DNS, host key, authentication, the
-  multiplexed session is refused): :class:`SchedulerUnavailable` (503). ``ssh`` reports those
-  with exit code 255; a remote command that itself exits 255 is returned as such unless its
+- the connection cannot be made (refused, no route, DNS, host key, authentication):
+  :class:`SchedulerUnavailable` (503). ``ssh`` reports those with exit code 255; a remote command that itself exits 255 is returned as such unless its
   stderr ends with one of ssh's own connection messages.
 - the command does not finish within ``timeout``: the local ``ssh`` process group is killed
   and :class:`SchedulerTimeout` (504) raised. Because sshd does not signal a non-tty session
@@ -62,7 +63,14 @@ _SSH_CONNECTION_ERRORS = re.compile(
     re.MULTILINE,
 )
 
-_SESSION_REFUSED = "Session open refused by peer"
+# When the shared connection refuses another session (the server's MaxSessions) or the
+# master is missing, ssh itself falls back to a connection of its own, and says so on stderr
+# before the remote command starts. Those notices are not the command's: drop them.
+_MUX_NOTICE = re.compile(
+    rb"\A(?:(?:mux_client_request_session: session request failed: [^\n]*"
+    rb"|ControlSocket [^\n]* already exists, disabling multiplexing"
+    rb"|mux_client_hello_exchange: [^\n]*"
+    rb"|Control socket connect\([^\n]*\): [^\n]*)\r?\n)+")
 
 
 def remote_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
@@ -202,10 +210,8 @@ class SshTransport(Transport):
             # The master's connection time counts against the same deadline.
             self._ensure_master(max(0.1, min(timeout, self.connect_timeout * 2 + 1)))
         result = self._exec(self.ssh_argv(line, multiplex=multiplex), stdin, timeout)
-        if multiplex and result.returncode == 255 and _SESSION_REFUSED in result.err:
-            # The server's MaxSessions is reached on the shared connection; the session was
-            # never opened (nothing ran), so run once more on a connection of its own.
-            result = self._exec(self.ssh_argv(line, multiplex=False), stdin, timeout)
+        if multiplex:
+            result.stderr = _strip_mux_notices(result.stderr)
         if result.returncode == 255 and _is_connection_error(result.stderr):
             raise SchedulerUnavailable(
                 f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
@@ -262,6 +268,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
                 pipe.close()
             except OSError:
                 pass
+
+
+def _strip_mux_notices(stderr: bytes) -> bytes:
+    match = _MUX_NOTICE.match(stderr)
+    return stderr[match.end():] if match else stderr
 
 
 def _last_line(data: bytes) -> str:
