@@ -181,7 +181,7 @@ class SsmTransport(Transport):
                 if self._session is None:
                     self._session = boto3.session.Session(profile_name=self.profile,
                                                           region_name=self.region)
-                config = Config(retries={"mode": "standard", "max_attempts": attempts},
+                config = Config(retries={"mode": "standard", "total_max_attempts": attempts},
                                 connect_timeout=min(self.connect_timeout, read_timeout),
                                 read_timeout=read_timeout,
                                 user_agent_extra="hpc-gateway")

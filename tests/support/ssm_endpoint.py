@@ -116,15 +116,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         endpoint: SsmEndpoint = self.server.endpoint  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = self.headers.get("X-Amz-Target", "")
+        operation = target.split(".", 1)[1] if target.startswith("AmazonSSM.") else ""
+        with endpoint._lock:
+            endpoint.requests[operation] += 1
         # "Stop answering": hold the request until resumed or stopped.
         while not endpoint._answering.wait(0.05):
             if endpoint._stopping.is_set():
                 self.close_connection = True
                 return
-        target = self.headers.get("X-Amz-Target", "")
-        operation = target.split(".", 1)[1] if target.startswith("AmazonSSM.") else ""
         with endpoint._lock:
-            endpoint.requests[operation] += 1
             throttled = endpoint._throttle > 0
             if throttled:
                 endpoint._throttle -= 1

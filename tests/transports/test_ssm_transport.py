@@ -1,0 +1,230 @@
+"""SsmTransport specifics: the script, output framing, S3, polling, errors.
+
+Pure parts run the generated script with the real shells (dash as Debian's sh, and bash);
+the rest talks to the SSM test double and moto's S3 (tests/support).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from botocore.stub import Stubber
+
+from gateway.errors import (GatewayError, SchedulerRefused, SchedulerTimeout,
+                            SchedulerUnavailable)
+from gateway.transports import make_transport
+from gateway.transports.ssh import remote_command_line
+from gateway.transports.ssm import (INLINE_STDOUT_LIMIT, SsmTransport, build_script,
+                                    parse_frame)
+
+from .conftest import OUTPUT_BUCKET
+from .test_transport_behaviour import ALL_BYTES, NASTY
+
+
+# -- pure: the script and its frame ----------------------------------------------------
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash"])
+@pytest.mark.parametrize("stdin", [None, b"", ALL_BYTES])
+def test_script_runs_under_posix_shells(shell, stdin, tmp_path):
+    """The agent runs the script with sh: it must not need bash."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} not installed")
+    argv = ["sh", "-c", 'cat; printf "%s|" "$@" >&2; exit 7', "sh", *NASTY]
+    script = build_script(remote_command_line(argv), stdin)
+    (tmp_path / "_script.sh").write_text(script)
+    proc = subprocess.run([shell, str(tmp_path / "_script.sh")], capture_output=True,
+                          cwd=tmp_path, timeout=30)
+    assert proc.returncode == 7 and proc.stderr == b""
+    result = parse_frame(proc.stdout.decode())
+    assert result.returncode == 7
+    assert result.stdout == (stdin or b"")
+    assert result.stderr == "".join(f"{a}|" for a in NASTY).encode()
+
+
+def test_exit_194_never_reaches_the_agent(tmp_path):
+    """SSM reboots the instance when a script exits 194; the frame keeps the real code."""
+    script = build_script(remote_command_line(["sh", "-c", "exit 194"]), None)
+    proc = subprocess.run(["sh", "-c", script], capture_output=True)
+    assert proc.returncode == 1
+    assert parse_frame(proc.stdout.decode()).returncode == 194
+
+
+def test_parse_frame_rejects_truncated_output():
+    script = build_script(remote_command_line(["head", "-c", "40000", "/dev/zero"]), None)
+    text = subprocess.run(["sh", "-c", script], capture_output=True).stdout.decode()
+    assert parse_frame(text).stdout == bytes(40000)
+    assert len(text) > INLINE_STDOUT_LIMIT
+    assert parse_frame(text[:INLINE_STDOUT_LIMIT]) is None
+    assert parse_frame("") is None
+    assert parse_frame("GW-SSM-1 0\n!!!\n\nGW-SSM-END\n") is None
+
+
+# -- against the test double -----------------------------------------------------------
+@pytest.fixture
+def ssm(ssm_double, s3):
+    t = make_transport(ssm_double.transport_options(output_bucket=OUTPUT_BUCKET,
+                                                     s3_endpoint_url=s3.url))
+    yield t
+    t.close()
+
+
+def _last(ssm_double):
+    return list(ssm_double.invocations.values())[-1]
+
+
+def test_large_output_comes_from_s3(ssm, ssm_double):
+    data = os.urandom(60_000)
+    result = ssm.run(["cat"], stdin=data)
+    assert result.stdout == data
+    # SSM kept only 24,000 characters inline, so the transport must have used S3.
+    assert len(_last(ssm_double).stdout) > INLINE_STDOUT_LIMIT
+
+
+def test_small_output_needs_no_bucket(ssm_double):
+    t = make_transport(ssm_double.transport_options())
+    assert t.run(["printf", "\\000\\377"]).stdout == b"\x00\xff"
+
+
+def test_truncated_output_without_bucket_is_an_explicit_error(ssm_double):
+    t = make_transport(ssm_double.transport_options())
+    with pytest.raises(GatewayError) as info:
+        t.run(["head", "-c", "30000", "/dev/zero"])
+    assert "output_bucket" in info.value.msg
+
+
+def test_output_prefix_is_used_for_s3_keys(ssm_double, s3):
+    t = make_transport(ssm_double.transport_options(output_bucket=OUTPUT_BUCKET,
+                                                     output_prefix="gw/runs",
+                                                     s3_endpoint_url=s3.url))
+    assert t.run(["head", "-c", "30000", "/dev/zero"]).stdout == bytes(30000)
+    inv = _last(ssm_double)
+    key = f"gw/runs/{inv.command_id}/{inv.instance_id}/awsrunShellScript/0.awsrunShellScript/stdout"
+    assert s3.get(OUTPUT_BUCKET, key) == inv.stdout
+
+
+def test_send_command_parameters(ssm, ssm_double):
+    ssm.run(["true"], timeout=7)
+    inv = _last(ssm_double)
+    assert inv.execution_timeout == 12  # timeout + 5 s; the local deadline fires first
+    assert inv.bucket == OUTPUT_BUCKET and inv.prefix == "ssm"
+
+
+def test_invocation_not_yet_visible_is_polled_again(ssm_double, s3):
+    from tests.support.ssm_endpoint import ssm_endpoint
+    with ssm_endpoint(s3_endpoint_url=s3.url, invocation_delay=0.3, start_delay=0.2) as slow:
+        t = make_transport(slow.transport_options())
+        assert t.run(["echo", "hi"]).stdout == b"hi\n"
+        assert slow.requests["GetCommandInvocation"] >= 2
+
+
+def test_timeout_cancels_the_command(ssm, ssm_double):
+    with pytest.raises(SchedulerTimeout):
+        ssm.run(["sleep", "30"], timeout=1)
+    inv = _last(ssm_double)
+    assert inv.done.wait(10)
+    assert inv.status == "Cancelled"
+    assert ssm_double.requests["CancelCommand"] >= 1
+
+
+def test_endpoint_that_stops_answering_gives_504_and_no_second_send(ssm_double):
+    t = make_transport(ssm_double.transport_options())
+    sent = ssm_double.requests["SendCommand"]
+    started = time.monotonic()
+    with ssm_double.hanging():
+        with pytest.raises(SchedulerTimeout):
+            t.run(["true"], timeout=2)
+    assert time.monotonic() - started < 10
+    # A SendCommand whose answer was lost is never resent: it could submit a job twice.
+    assert ssm_double.requests["SendCommand"] - sent == 1
+
+
+def test_throttling_is_retried_by_botocore(ssm, ssm_double):
+    sent = ssm_double.requests["SendCommand"]
+    ssm_double.throttle(1)
+    assert ssm.run(["echo", "ok"]).stdout == b"ok\n"
+    assert ssm_double.requests["SendCommand"] - sent == 2
+
+
+def test_unknown_instance_is_503(ssm_double):
+    t = make_transport(ssm_double.transport_options(instance_id="i-00000000000000000"))
+    with pytest.raises(SchedulerUnavailable) as info:
+        t.run(["true"])
+    assert "InvalidInstanceId" in info.value.msg
+
+
+def test_missing_credentials_are_503(ssm_double, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    t = make_transport(ssm_double.transport_options())
+    with pytest.raises(SchedulerUnavailable) as info:
+        t.run(["true"])
+    assert "credentials" in info.value.msg
+
+
+# -- status mapping (botocore Stubber: statuses the double cannot produce quickly) -------
+def _stubbed(monkeypatch, invocation: dict | None = None, send_error: str | None = None):
+    t = SsmTransport("i-0123456789abcdef0", region="us-east-1", poll_initial=0.001)
+    import boto3
+    client = boto3.client("ssm", region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    stub = Stubber(client)
+    if send_error:
+        stub.add_client_error("send_command", service_error_code=send_error,
+                              service_message="nope", http_status_code=400)
+    else:
+        stub.add_response("send_command", {"Command": {"CommandId": "c" * 36}})
+        stub.add_client_error("get_command_invocation",
+                              service_error_code="InvocationDoesNotExist")
+        stub.add_response("get_command_invocation", {"Status": "InProgress"})
+        stub.add_response("get_command_invocation", invocation)
+    stub.activate()
+    monkeypatch.setattr(t, "_client", lambda *a, **k: client)
+    return t
+
+
+@pytest.mark.parametrize("invocation, error", [
+    ({"Status": "TimedOut", "StatusDetails": "ExecutionTimedOut"}, SchedulerTimeout),
+    ({"Status": "TimedOut", "StatusDetails": "DeliveryTimedOut"}, SchedulerUnavailable),
+    ({"Status": "Cancelled", "StatusDetails": "Cancelled"}, SchedulerUnavailable),
+    ({"Status": "Undeliverable", "StatusDetails": "Undeliverable"}, SchedulerUnavailable),
+    ({"Status": "Terminated", "StatusDetails": "Terminated"}, SchedulerUnavailable),
+    ({"Status": "Failed", "StatusDetails": "Failed", "ResponseCode": -1,
+      "StandardErrorContent": "failed to run commands: exec: sh: not found"}, SchedulerUnavailable),
+    ({"Status": "Failed", "StatusDetails": "Failed", "ResponseCode": 3,
+      "StandardOutputContent": "GW-SSM-1 3\naGk=\n\nGW-SSM-END\n"}, None),
+])
+def test_final_status_mapping(monkeypatch, invocation, error):
+    t = _stubbed(monkeypatch, invocation)
+    if error is None:
+        result = t.run(["x"])
+        assert (result.returncode, result.stdout) == (3, b"hi")
+    else:
+        with pytest.raises(error):
+            t.run(["x"])
+
+
+@pytest.mark.parametrize("code, error", [
+    ("AccessDeniedException", SchedulerUnavailable),
+    ("UnrecognizedClientException", SchedulerUnavailable),
+    ("ExpiredTokenException", SchedulerUnavailable),
+    ("ThrottlingException", SchedulerUnavailable),
+    ("InvalidDocument", SchedulerUnavailable),
+    ("ValidationException", SchedulerRefused),
+])
+def test_api_error_mapping(monkeypatch, code, error):
+    t = _stubbed(monkeypatch, send_error=code)
+    with pytest.raises(error) as info:
+        t.run(["x"])
+    assert code in info.value.msg
+
+
+def test_retry_configuration():
+    t = SsmTransport("i-1", endpoint_url="http://127.0.0.1:9")
+    client = t._client("ssm", 10)
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert client.meta.config.read_timeout <= 10
