@@ -381,7 +381,9 @@ def parse_show_job_exit_code(text: str) -> int | None:
 def _host_state(native: str, flags: list[str]) -> str:
     native = native.upper()
     flags = [f.upper() for f in flags]
-    if native.startswith(("DOWN", "FAIL")) or "NOT_RESPONDING" in flags:
+    # NOT_RESPONDING alone is transient (e.g. just after a resume, until slurmctld's next
+    # ping): Slurm itself calls the node DOWN once SlurmdTimeout has passed.
+    if native.startswith(("DOWN", "FAIL")):
         return "down"
     if native.startswith(("DRAIN",)) or "DRAIN" in flags:
         return "closed"

@@ -1,0 +1,75 @@
+"""The plugin's options (``scheduler.options`` in the gateway's configuration)."""
+from __future__ import annotations
+
+import os
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from gateway.errors import ConfigError
+
+
+def _default_cache_dir() -> str:
+    from gateway.config import default_work_dir
+    return os.path.join(default_work_dir(), "slurm_ssm")
+
+
+class S3Options(Schema):
+    """Where ``s3://bucket/key`` scripts are fetched from (boto3's usual credential chain)."""
+    endpoint_url = fields.String(load_default=None, allow_none=True)
+    region_name = fields.String(load_default=None, allow_none=True)
+    aws_access_key_id = fields.String(load_default=None, allow_none=True)
+    aws_secret_access_key = fields.String(load_default=None, allow_none=True)
+    max_script_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1))
+
+
+class SlurmOptions(Schema):
+    # Where Slurm's commands run: {"type": "local"|"ssh"|"ssm", ...} for make_transport.
+    transport = fields.Dict(load_default=lambda: {"type": "local"})
+    # sudo: user-facing commands run as the authenticated Unix user (sudo -n -u USER);
+    # service: everything runs as one service account (the AWS recipe's way).
+    run_as = fields.String(load_default="service", validate=validate.OneOf(["sudo", "service"]))
+    # The service account (None: whoever the transport runs as). Takes the queue snapshot.
+    service_user = fields.String(load_default=None, allow_none=True)
+    # The account for operator actions: host/queue open/close, job suspend/resume (Slurm
+    # allows those to operators only). None: the service account.
+    admin_run_as = fields.String(load_default=None, allow_none=True)
+    # Seconds one queue snapshot serves every listing, detail and long poll on this host.
+    snapshot_interval = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=3600))
+    # Snapshot, lock and finished-job store, shared by the gunicorn workers of this host.
+    cache_dir = fields.String(load_default=None, allow_none=True)
+    # squeue --json (auto: when the release has it, 21.08+) or the format-string parser.
+    json = fields.String(load_default="auto", validate=validate.OneOf(["auto", "yes", "no"]))
+    # Every command is bounded by this (seconds).
+    command_timeout = fields.Float(load_default=20.0, validate=validate.Range(min=0.5, max=600))
+    s3 = fields.Nested(S3Options, load_default=lambda: S3Options().load({}))
+    # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--x11").
+    allowed_native_options = fields.List(
+        fields.String(validate=validate.Regexp(r"^--[a-z][a-z0-9-]*$", error="not a long option: {input}")),
+        load_default=list)
+    # How long and how many finished jobs stay answerable after they leave squeue (MinJobAge).
+    finished_retention = fields.Integer(load_default=7 * 86400, validate=validate.Range(min=0))
+    finished_max = fields.Integer(load_default=20000, validate=validate.Range(min=0))
+    # Largest slice job_output returns (bytes).
+    max_output_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1))
+    # The work dir of a job without workDir: None = the user's home on the cluster.
+    default_work_dir = fields.String(load_default=None, allow_none=True)
+    # run_as: sudo never runs commands as these accounts.
+    deny_users = fields.List(fields.String(), load_default=lambda: ["root"])
+
+    @validates_schema
+    def _check(self, data, **kwargs):
+        kind = (data.get("transport") or {}).get("type", "local")
+        if kind not in ("local", "ssh", "ssm"):
+            raise ValidationError(f"unknown transport type {kind!r}: choose local, ssh or ssm",
+                                  field_name="transport")
+        if data.get("default_work_dir") and not data["default_work_dir"].startswith("/"):
+            raise ValidationError("must be an absolute path", field_name="default_work_dir")
+
+
+def load_options(options: dict | None) -> dict:
+    try:
+        opts = SlurmOptions().load(dict(options or {}))
+    except ValidationError as exc:
+        raise ConfigError(f"slurm_ssm backend options: {exc.messages}") from exc
+    opts["cache_dir"] = os.path.abspath(opts["cache_dir"] or _default_cache_dir())
+    return opts

@@ -1,0 +1,492 @@
+"""The Slurm scheduler plugin: every hook of the contract but visualization.
+
+Commands are built in commands.py, their output parsed in parse.py; this module decides who
+runs what and where, through one transport (local, SSH or SSM):
+
+- ``run_as: sudo``: commands acting for a user (submit, kill, hold, reading output) run as
+  that Unix user (the job's owner for actions on an existing job, which the core has already
+  authorized); ``service``: everything runs as ``service_user``.
+- The queue snapshot, hosts, queues and health run as the service account, operator actions
+  (host/queue open/close, suspend/resume, which Slurm allows operators only) as
+  ``admin_run_as``.
+- Listings and details come from the shared snapshot (snapshot.py), never from a squeue per
+  request.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+
+from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
+                            SchedulerRefused, SchedulerTimeout, SchedulerUnavailable)
+from gateway.hookspecs import hookimpl
+from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, UserInfo)
+from gateway.transports import CommandResult, make_transport
+
+from . import commands, parse
+from .options import load_options
+from .snapshot import Record, SharedSnapshot, View
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
+# The states in which Slurm accepts each action; anything else is a 409 before we ask.
+_VALID_FOR = {
+    "suspend": {JobState.RUNNING},
+    "resume": {JobState.SUSPENDED},
+    "hold": {JobState.PENDING, JobState.HELD},
+    "release": {JobState.HELD},
+    "requeue": {JobState.RUNNING, JobState.SUSPENDED, JobState.COMPLETED, JobState.FAILED,
+                JobState.CANCELLED},
+    "kill": {JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED},
+}
+# At most this many `scontrol show job` per refresh to learn exit codes (format path only).
+_EXIT_CODE_LOOKUPS = 20
+
+
+class SlurmScheduler:
+    def __init__(self, options: dict | None):
+        self.opts = load_options(options)
+        self.transport = make_transport(dict(self.opts["transport"]))
+        self.timeout = self.opts["command_timeout"]
+        self.allowed_native = commands.DEFAULT_NATIVE_OPTIONS | set(self.opts["allowed_native_options"])
+        self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
+                                       retention=self.opts["finished_retention"], keep=self.opts["finished_max"])
+        self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
+        self._homes: dict[str | None, str | None] = {}
+        self._config: tuple[float, dict] | None = None
+        self._s3 = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # ------------------------------------------------------------ accounts
+    @property
+    def service_account(self) -> str | None:
+        return self.opts["service_user"]
+
+    @property
+    def admin_account(self) -> str | None:
+        return self.opts["admin_run_as"] or self.opts["service_user"]
+
+    def _account_for(self, user_name: str | None) -> str | None:
+        """Who runs a command acting for ``user_name``."""
+        if self.opts["run_as"] != "sudo":
+            return self.service_account
+        if not user_name:
+            raise Forbidden("no user to run the command as")
+        if user_name in self.opts["deny_users"]:
+            raise Forbidden(f"commands are never run as {user_name} through the gateway")
+        return user_name
+
+    # ------------------------------------------------------------ running commands
+    def _run(self, argv: list[str], *, as_user: str | None = None, stdin: bytes | None = None,
+             timeout: float | None = None) -> CommandResult:
+        try:
+            return self.transport.run(argv, stdin=stdin, as_user=as_user,
+                                      timeout=self.timeout if timeout is None else timeout)
+        except ValueError as exc:          # e.g. an embedded NUL the checks let through
+            raise InvalidInput(f"cannot run {argv[0]}: {exc}") from exc
+
+    def _check(self, result: CommandResult, *, input_errors: bool = False) -> CommandResult:
+        if result.returncode != 0:
+            raise parse.refusal(result.out, result.err, input_errors=input_errors)
+        return result
+
+    def _service(self, argv: list[str], timeout: float | None = None) -> CommandResult:
+        return self._check(self._run(argv, as_user=self.service_account, timeout=timeout))
+
+    # ------------------------------------------------------------ the snapshot
+    def _use_json(self) -> bool:
+        if self._json is None:
+            res = self._run(commands.version(), as_user=self.service_account)
+            ver = parse.parse_version(res.out) if res.returncode == 0 else None
+            # squeue --json appeared in 21.08; an unknown version tries JSON first.
+            self._json = ver is None or ver >= (21, 8)
+            log.info("slurm_ssm: Slurm %s, squeue %s", ver, "--json" if self._json else "format strings")
+        return self._json
+
+    def _fetch(self, previous: dict[str, Record], previous_error: dict | None) -> list[Record]:
+        """One squeue of every job (runs under the snapshot's lock, once per interval)."""
+        if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
+            # The controller was down: `scontrol ping` says so at once, where squeue would
+            # retry for seconds.
+            ok, words = parse.parse_ping(self._run(commands.ping(), as_user=self.service_account,
+                                                   timeout=min(self.timeout, 5.0)).out)
+            if not ok:
+                raise SchedulerUnavailable(f"the Slurm controller does not answer: {words}")
+        if self._use_json():
+            res = self._run(commands.squeue_json(), as_user=self.service_account)
+            if res.returncode != 0 and not res.stdout.strip().startswith(b"{"):
+                if b"unrecognized option" in res.stderr and self.opts["json"] == "auto":
+                    self._json = False
+                    return self._fetch(previous, None)
+                raise parse.refusal(res.out, res.err)
+            return parse.parse_squeue_json(res.out)
+        res = self._service(commands.squeue_format())
+        records = parse.parse_squeue_format(res.out)
+        return self._add_exit_codes(records, previous)
+
+    def _add_exit_codes(self, records: list[Record], previous: dict[str, Record]) -> list[Record]:
+        """squeue's format strings have no exit code: ask scontrol once per finished job."""
+        out, lookups = [], 0
+        for job, extra in records:
+            if job.state.is_final and job.exit_code is None:
+                prev = previous.get(extra.get("id"))
+                if prev is not None and prev[0].exit_code is not None:
+                    job = replace(job, exit_code=prev[0].exit_code)
+                elif lookups < _EXIT_CODE_LOOKUPS:
+                    lookups += 1
+                    res = self._run(commands.show_job(extra["id"]), as_user=self.service_account)
+                    if res.returncode == 0:
+                        code = parse.parse_show_job_exit_code(res.out)
+                        if code is not None:
+                            job = replace(job, exit_code=code,
+                                          state=parse.normalize_state(job.native_state, job.reason, code))
+            out.append((job, extra))
+        return out
+
+    def _view(self, max_age: float | None = None) -> View:
+        return self.snapshot.get(max_age=max_age)
+
+    def _find(self, view: View, job_id: str) -> Job | None:
+        rec = view.by_display.get(job_id)
+        if rec is not None:
+            return rec[0]
+        members = view.arrays.get(job_id)
+        if members:
+            return _aggregate(job_id, members)
+        rec = view.by_id.get(job_id)
+        if rec is not None:
+            return rec[0]
+        base, sep, task = job_id.partition("_")
+        if sep and task.isdigit():
+            for job, extra in view.arrays.get(base, []):
+                if extra.get("array_tasks") and parse.array_spec_contains(extra["array_tasks"], int(task)):
+                    return replace(job, job_id=job_id)
+        return None
+
+    def _job(self, job_id: str, max_age: float | None = None) -> Job:
+        if not commands.valid_job_id(job_id or ""):
+            raise NotFound(f"no such job: {job_id}")
+        job = self._find(self._view(max_age), job_id)
+        if job is None:
+            raise NotFound(f"no such job: {job_id}")
+        return job
+
+    # ------------------------------------------------------------ jobs
+    @hookimpl
+    def get_job(self, user, job_id):
+        return self._job(job_id)
+
+    @hookimpl
+    def list_jobs(self, user, query):
+        jobs = self._view().jobs
+        if query is None:
+            return jobs
+        states = set(query.states) if query.states else None
+        return [j for j in jobs
+                if (query.user is None or j.user_name == query.user)
+                and (states is None or j.state in states)
+                and (query.queue is None or j.queue == query.queue)
+                and (query.name is None or j.name == query.name)]
+
+    @hookimpl
+    def submit_job(self, user, spec):
+        account = self._account_for(user.name)
+        env_file_data = commands.check_environment(spec.environment) if spec.environment else None
+        stdin, script_path = None, None
+        if spec.script is not None:
+            stdin = spec.script.encode("utf-8", "surrogateescape")
+        elif spec.script_location is not None and spec.script_location.startswith("s3://"):
+            stdin = self._fetch_s3(spec.script_location)
+        elif spec.script_location is not None:
+            if "\x00" in spec.script_location or not spec.script_location.startswith("/"):
+                raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
+                                   errors={"scriptLocation": ["not an absolute path or s3:// URL"]})
+            script_path = spec.script_location
+        work_dir = spec.work_dir or self._default_work_dir(account)
+        build = dict(work_dir=work_dir, allowed_native=self.allowed_native, script_path=script_path)
+        commands.sbatch(spec, **build)               # every check before anything runs
+        env_file = None
+        try:
+            if env_file_data is not None:
+                env_file = self._check(self._run(commands.make_temp_file(), as_user=account)).out.strip()
+                self._check(self._run(commands.write_file(env_file), as_user=account, stdin=env_file_data))
+            argv = commands.sbatch(spec, export_file=env_file, **build)
+            res = self._run(argv, as_user=account, stdin=stdin if stdin is not None else b"")
+        finally:
+            if env_file:
+                try:
+                    self._run(commands.remove_file(env_file), as_user=account)
+                except GatewayError:
+                    log.warning("could not remove %s on the cluster", env_file)
+        self.snapshot.invalidate()
+        if res.returncode != 0:
+            raise parse.refusal(res.out, res.err, input_errors=True)
+        return parse.parse_sbatch(res.out)
+
+    def _default_work_dir(self, account: str | None) -> str:
+        if self.opts["default_work_dir"]:
+            return self.opts["default_work_dir"]
+        if account not in self._homes:
+            name = account
+            if name is None:
+                res = self._run(["id", "-un"])
+                name = res.out.strip() if res.returncode == 0 else None
+            home = None
+            if name:
+                res = self._run(commands.getent_passwd(name))
+                home = parse.parse_getent_home(res.out) if res.returncode == 0 else None
+            if home is None and self.opts["run_as"] == "sudo":
+                raise Forbidden(f"user {account} has no Unix account on the cluster")
+            self._homes[account] = home or "/tmp"
+        return self._homes[account]
+
+    def _fetch_s3(self, url: str) -> bytes:
+        bucket, _, key = url[len("s3://"):].partition("/")
+        if not bucket or not key:
+            raise InvalidInput("scriptLocation s3:// URLs look like s3://bucket/key",
+                               errors={"scriptLocation": ["expected s3://bucket/key"]})
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+        s3opts = self.opts["s3"]
+        with self._lock:
+            if self._s3 is None:
+                kw = {k: s3opts[k] for k in ("endpoint_url", "region_name", "aws_access_key_id",
+                                              "aws_secret_access_key") if s3opts.get(k)}
+                self._s3 = boto3.client("s3", **kw)
+        limit = s3opts["max_script_bytes"]
+        try:
+            obj = self._s3.get_object(Bucket=bucket, Key=key)
+            if obj.get("ContentLength", 0) > limit:
+                raise InvalidInput(f"{url} is larger than {limit} bytes",
+                                   errors={"scriptLocation": ["script too large"]})
+            return obj["Body"].read(limit + 1)[:limit]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403", "InvalidBucketName"):
+                raise InvalidInput(f"cannot fetch {url}: {code}",
+                                   errors={"scriptLocation": [f"cannot fetch: {code}"]}) from exc
+            raise SchedulerRefused(f"cannot fetch {url}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise SchedulerUnavailable(f"cannot reach S3 for {url}: {exc}") from exc
+
+    @hookimpl
+    def control_job(self, user, job_id, action):
+        if action not in _VALID_FOR:
+            raise InvalidInput(f"unknown action {action!r}")
+        job = self._job(job_id)
+        if job.state not in _VALID_FOR[action]:
+            # The snapshot may be up to an interval old: look again before saying no.
+            job = self._job(job_id, max_age=0)
+            if job.state not in _VALID_FOR[action]:
+                raise Conflict(f"cannot {action} job {job_id}: it is {job.state.value}"
+                               + (f" ({job.reason})" if job.reason else ""))
+        if action in ("suspend", "resume"):
+            account = self.admin_account
+        else:
+            account = self._account_for(job.user_name or user.name)
+        try:
+            if action == "kill":
+                res = self._run(commands.scancel(job_id), as_user=account)
+                err = parse.scancel_error(res.out, res.err)
+                if err is not None:
+                    raise err
+                self._check(res)
+            else:
+                self._check(self._run(commands.job_action(action, job_id), as_user=account))
+        finally:
+            self.snapshot.invalidate()
+        return None
+
+    @hookimpl
+    def job_output(self, user, job_id, stream, offset, limit):
+        job = self._job(job_id)
+        path = job.stderr_path if stream == "stderr" else job.stdout_path
+        offset = max(int(offset or 0), 0)
+        limit = self.opts["max_output_bytes"] if limit is None else min(int(limit), self.opts["max_output_bytes"])
+        if not path:
+            return JobOutput(data=b"", offset=offset, size=None, path=None)
+        account = self._account_for(job.user_name or user.name)
+        res = self._run(commands.stat_size(path), as_user=account)
+        if res.returncode != 0:
+            if "No such file" in res.err:
+                return JobOutput(data=b"", offset=offset, size=0, path=path)
+            if "Permission denied" in res.err:
+                raise Forbidden(parse.scheduler_words(res.out, res.err))
+            raise parse.refusal(res.out, res.err)
+        try:
+            size = int(res.out.strip())
+        except ValueError:
+            size = None
+        if limit <= 0 or (size is not None and offset >= size):
+            return JobOutput(data=b"", offset=offset, size=size, path=path)
+        res = self._run(commands.read_bytes(path, offset, limit), as_user=account)
+        if res.returncode != 0:
+            if "No such file" in res.err:
+                return JobOutput(data=b"", offset=offset, size=0, path=path)
+            raise parse.refusal(res.out, res.err)
+        return JobOutput(data=res.stdout, offset=offset, size=size, path=path)
+
+    # ------------------------------------------------------------ hosts and queues
+    def _job_counts_by_host(self) -> dict[str, Counter]:
+        counts: dict[str, Counter] = {}
+        try:
+            jobs = self._view().jobs
+        except GatewayError:
+            return counts
+        for job in jobs:
+            if job.state in (JobState.RUNNING, JobState.SUSPENDED):
+                for host in job.hosts:
+                    counts.setdefault(host, Counter())[job.state] += 1
+        return counts
+
+    @hookimpl
+    def list_hosts(self):
+        if self._use_json():
+            hosts = parse.parse_sinfo_json(self._service(commands.sinfo_json()).out)
+        else:
+            hosts = parse.parse_nodes_oneliner(self._service(commands.show_nodes()).out)
+        counts = self._job_counts_by_host()
+        for host in hosts:
+            c = counts.get(host.name, Counter())
+            host.running, host.suspended = c[JobState.RUNNING], c[JobState.SUSPENDED]
+            host.njobs = host.running + host.suspended
+        return hosts
+
+    @hookimpl
+    def control_host(self, user, host, action):
+        if action not in ("open", "close"):
+            raise InvalidInput(f"unknown host action {action!r}")
+        known = {h.name: h for h in self.list_hosts()}
+        if host not in known or not commands.NODE_NAME.match(host):
+            raise NotFound(f"no such host: {host}")
+        reason = f"closed by {user.name} through hpc-gateway"
+        res = self._run(commands.update_node(host, action, reason=reason), as_user=self.admin_account)
+        if res.returncode != 0:
+            if action == "open" and "Invalid node state" in res.err and known[host].state == "ok":
+                return None                      # already open
+            raise parse.refusal(res.out, res.err)
+        return None
+
+    @hookimpl
+    def list_queues(self):
+        queues = parse.parse_partitions(self._service(commands.show_partitions()).out)
+        try:
+            jobs = self._view().jobs
+        except GatewayError:
+            jobs = []
+        by_queue: dict[str, Counter] = {}
+        for job in jobs:
+            if job.state in ACTIVE and job.queue:
+                for q in job.queue.split(","):
+                    by_queue.setdefault(q, Counter())[job.state] += 1
+        for q in queues:
+            c = by_queue.get(q.name, Counter())
+            q.pending = c[JobState.PENDING] + c[JobState.HELD]
+            q.running, q.suspended = c[JobState.RUNNING], c[JobState.SUSPENDED]
+            q.njobs = q.pending + q.running + q.suspended
+        return queues
+
+    @hookimpl
+    def control_queue(self, user, queue, action):
+        if action not in ("open", "close", "activate", "inactivate"):
+            raise InvalidInput(f"unknown queue action {action!r}")
+        known = {q.name: q for q in parse.parse_partitions(self._service(commands.show_partitions()).out)}
+        if queue not in known or not commands.PARTITION_NAME.match(queue):
+            raise NotFound(f"no such queue: {queue}")
+        q = known[queue]
+        open_, active = q.open, q.active
+        if action in ("open", "close"):
+            open_ = action == "open"
+        else:
+            active = action == "activate"
+        state = parse.partition_state_for(open_, active)
+        self._check(self._run(commands.update_partition(queue, state), as_user=self.admin_account))
+        return None
+
+    # ------------------------------------------------------------ users, cluster, health
+    @hookimpl
+    def list_users(self):
+        users: dict[str, UserInfo] = {}
+        for job in self._view().jobs:
+            if not job.user_name:
+                continue
+            info = users.setdefault(job.user_name, UserInfo(name=job.user_name))
+            if job.state in (JobState.PENDING, JobState.HELD):
+                info.pending += 1
+            elif job.state is JobState.RUNNING:
+                info.running += 1
+            elif job.state is JobState.SUSPENDED:
+                info.suspended += 1
+        for info in users.values():
+            info.njobs = info.pending + info.running + info.suspended
+        return sorted(users.values(), key=lambda u: u.name)
+
+    def _slurm_config(self) -> dict:
+        now = time.monotonic()
+        if self._config is None or now - self._config[0] > 300:
+            self._config = (now, parse.parse_config(self._service(commands.show_config()).out))
+        return self._config[1]
+
+    @hookimpl
+    def cluster_info(self):
+        config = self._slurm_config()
+        hosts = self.list_hosts()
+        queues = parse.parse_partitions(self._service(commands.show_partitions()).out)
+        counts = Counter(job.state.value for job in self._view().jobs)
+        master = (config.get("SlurmctldHost[0]") or config.get("ControlMachine") or "").split("(")[0] or None
+        return ClusterInfo(
+            name=config.get("ClusterName") or "slurm", scheduler="slurm",
+            version=config.get("SLURM_VERSION"), master=master, hosts=len(hosts),
+            cpus=sum(h.cpus or 0 for h in hosts), queues=len(queues), jobs=dict(counts))
+
+    @hookimpl
+    def health(self):
+        start = time.monotonic()
+        try:
+            res = self._run(commands.ping(), as_user=self.service_account, timeout=min(self.timeout, 5.0))
+        except (SchedulerUnavailable, SchedulerTimeout) as exc:
+            return Health(ok=False, latency_ms=None, detail=exc.msg)
+        latency = (time.monotonic() - start) * 1000
+        ok, words = parse.parse_ping(res.out or res.err)
+        return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
+
+
+def _aggregate(array_id: str, members: list[Record]) -> Job:
+    """An array job as one Job: the state of its tasks taken together."""
+    jobs = [job for job, _ in members]
+    states = Counter(job.state for job in jobs)
+    if states[JobState.RUNNING]:
+        state = JobState.RUNNING
+    elif states[JobState.SUSPENDED]:
+        state = JobState.SUSPENDED
+    elif states[JobState.PENDING]:
+        state = JobState.PENDING
+    elif states[JobState.HELD]:
+        state = JobState.HELD
+    elif states[JobState.UNKNOWN]:
+        state = JobState.UNKNOWN
+    elif states[JobState.FAILED]:
+        state = JobState.FAILED
+    elif states[JobState.CANCELLED]:
+        state = JobState.CANCELLED
+    else:
+        state = JobState.COMPLETED
+    first = min(jobs, key=lambda j: j.submit_time.timestamp() if j.submit_time else 0)
+    codes = [j.exit_code for j in jobs if j.exit_code is not None]
+    natives = Counter(j.native_state or "UNKNOWN" for j in jobs)
+    hosts = sorted({h for j in jobs for h in j.hosts})
+    starts = [j.start_time for j in jobs if j.start_time]
+    ends = [j.end_time for j in jobs if j.end_time]
+    return replace(
+        first, job_id=array_id, state=state,
+        native_state=",".join(f"{k}:{v}" for k, v in sorted(natives.items())),
+        reason=f"job array with {len(jobs)} record(s)", exit_code=max(codes) if codes and state.is_final else None,
+        start_time=min(starts) if starts else None, end_time=max(ends) if ends and state.is_final else None,
+        hosts=hosts, stdout_path=None, stderr_path=None)
