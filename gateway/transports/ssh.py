@@ -15,8 +15,9 @@ back to a connection of its own for that command; its notice about it is removed
 Errors:
 
 - the connection cannot be made (refused, no route, DNS, host key, authentication):
-  :class:`SchedulerUnavailable` (503). ``ssh`` reports those with exit code 255; a remote command that itself exits 255 is returned as such unless its
-  stderr ends with one of ssh's own connection messages.
+  :class:`SchedulerUnavailable` (503). ``ssh`` reports those with exit code 255; a remote
+  command that itself exits 255 is returned as such unless its stderr ends with one of
+  ssh's own connection messages.
 - the command does not finish within ``timeout``: the local ``ssh`` process group is killed
   and :class:`SchedulerTimeout` (504) raised. Because sshd does not signal a non-tty session
   whose client went away, the remote command is also wrapped in coreutils

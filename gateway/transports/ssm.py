@@ -46,7 +46,7 @@ import base64
 import math
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from ..errors import GatewayError, SchedulerRefused, SchedulerTimeout, SchedulerUnavailable
 from . import CommandResult, Transport

@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -112,6 +113,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):  # quiet
         pass
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK
+        # would add ~40 ms to every keep-alive request (an artefact real AWS does not have).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_POST(self):
         endpoint: SsmEndpoint = self.server.endpoint  # type: ignore[attr-defined]
