@@ -121,11 +121,23 @@ class SshTransport(Transport):
         self.ssh_binary = found
         self._lock = threading.Lock()
         self._control_dir: str | None = None
-        self._control_path: str | None = None
-        if self.control_persist > 0:
-            # Private 0700 directory: nobody else can talk to (or replace) our master socket.
-            self._control_dir = tempfile.mkdtemp(prefix="gw-ssh-")
-            self._control_path = os.path.join(self._control_dir, "master")
+        self._owner_pid: int | None = None
+
+    @property
+    def _control_path(self) -> str | None:
+        """The master's socket, in a private 0700 directory of this process (None: no reuse).
+
+        Created on first use and again in a forked child (gunicorn workers), so that no
+        process ever closes or removes another one's master.
+        """
+        if self.control_persist <= 0:
+            return None
+        if self._control_dir is None or self._owner_pid != os.getpid():
+            with self._lock:
+                if self._control_dir is None or self._owner_pid != os.getpid():
+                    self._control_dir = tempfile.mkdtemp(prefix="gw-ssh-")
+                    self._owner_pid = os.getpid()
+        return os.path.join(self._control_dir, "master")
 
     # -- command line -----------------------------------------------------------------
     def _base_options(self) -> list[str]:
@@ -159,8 +171,9 @@ class SshTransport(Transport):
     def ssh_argv(self, command: str, *, multiplex: bool = True) -> list[str]:
         """The local ``ssh`` argument list that runs ``command`` (one remote shell line)."""
         args = [self.ssh_binary, *self._base_options()]
-        if multiplex and self._control_path:
-            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path}",
+        control_path = self._control_path if multiplex else None
+        if control_path:
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}",
                      "-o", f"ControlPersist={self.control_persist}"]
         else:
             args += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
@@ -178,13 +191,14 @@ class SshTransport(Transport):
     # -- master -----------------------------------------------------------------------
     def _ensure_master(self, deadline_s: float) -> None:
         """Start the ControlMaster if its socket is missing (one at a time)."""
-        if not self._control_path or os.path.exists(self._control_path):
+        control_path = self._control_path
+        if not control_path or os.path.exists(control_path):
             return
         with self._lock:
-            if os.path.exists(self._control_path):
+            if os.path.exists(control_path):
                 return
             args = [self.ssh_binary, *self._base_options(),
-                    "-o", "ControlMaster=yes", "-o", f"ControlPath={self._control_path}",
+                    "-o", "ControlMaster=yes", "-o", f"ControlPath={control_path}",
                     "-o", f"ControlPersist={self.control_persist}",
                     "-N", "-n", "-T", "--", self.host]
             # ssh forks the master into the background (its own session, stdio on
@@ -206,7 +220,7 @@ class SshTransport(Transport):
     # -- run --------------------------------------------------------------------------
     def _run(self, argv, *, stdin, timeout, env):
         line = self.remote_line(argv, timeout, env)
-        multiplex = self._control_path is not None
+        multiplex = self.control_persist > 0
         if multiplex:
             # The master's connection time counts against the same deadline.
             self._ensure_master(max(0.1, min(timeout, self.connect_timeout * 2 + 1)))
@@ -237,16 +251,20 @@ class SshTransport(Transport):
         """Stop the ControlMaster and remove its private directory."""
         if self._control_dir is None:
             return
-        if self._control_path and os.path.exists(self._control_path):
+        if self._owner_pid != os.getpid():  # a forked child: the master is its parent's
+            self._control_dir = self._owner_pid = None
+            return
+        control_path = os.path.join(self._control_dir, "master")
+        if os.path.exists(control_path):
             try:
-                subprocess.run([self.ssh_binary, "-o", f"ControlPath={self._control_path}",
+                subprocess.run([self.ssh_binary, "-o", f"ControlPath={control_path}",
                                 "-O", "exit", "--", self.host],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=5, check=False)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         shutil.rmtree(self._control_dir, ignore_errors=True)
-        self._control_dir = self._control_path = None
+        self._control_dir = self._owner_pid = None
 
     def __del__(self):  # best effort: masters also expire on their own (ControlPersist)
         try:

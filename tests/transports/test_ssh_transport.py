@@ -176,3 +176,27 @@ def test_without_multiplexing_commands_still_work(sshd_server):
         assert t.run(["cat"], stdin=b"\x00x").stdout == b"\x00x"
     finally:
         t.close()
+
+
+def test_forked_child_uses_a_master_of_its_own(sshd_server):
+    """gunicorn forks workers: a child must neither share nor close its parent's master."""
+    t = make_transport(sshd_server.transport_options())
+    try:
+        assert t.run(["true"]).returncode == 0
+        parent_socket = t._control_path
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code only
+            code = 3
+            try:
+                ok = t.run(["echo", "child"]).stdout == b"child\n"
+                ok = ok and t._control_path != parent_socket
+                t.close()
+                code = 0 if ok else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(parent_socket)
+        assert t.run(["echo", "parent"]).stdout == b"parent\n"
+    finally:
+        t.close()
