@@ -1,0 +1,79 @@
+"""Log in (get a token) and log out (revoke it on every replica)."""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from ...errors import TooManyRequests, Unauthorized
+from ..common import document_errors, gw, ok
+from .schemas import LoginEnvelope, LoginSchema, LogoutEnvelope
+
+blp = Blueprint("auth", __name__, description="Log in and out")
+audit = logging.getLogger("gateway.audit")
+
+
+def client_address() -> str:
+    return request.remote_addr or "-"
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@blp.route("/login")
+class Login(MethodView):
+    @blp.arguments(LoginSchema)
+    @blp.response(200, LoginEnvelope)
+    @document_errors(blp, 400, 401, 422, 429)
+    def post(self, creds):
+        """Log in with a user name and password; the token expires after `timeout` idle minutes"""
+        state = gw()
+        limit = state.config["auth"]["login_limit"]
+        name, addr = creds["username"], client_address()
+        keys = [(f"fail:u:{name}", limit["max_failures_per_user"]),
+                (f"fail:a:{addr}", limit["max_failures_per_address"])]
+        now = time.time()
+        for key, most in keys:
+            count, left = state.store.count(key, now)
+            if count >= most:
+                audit.warning("login refused (rate limit) user=%s address=%s", name, addr)
+                state.metrics.login(outcome="limited")
+                raise TooManyRequests(
+                    f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
+                    f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
+        identity = state.authenticator.authenticate(name, creds["password"])
+        if identity is None:
+            for key, _ in keys:
+                state.store.hit(key, limit["window_seconds"], now)
+            audit.warning("login failed user=%s address=%s", name, addr)
+            state.metrics.login(outcome="failure")
+            raise Unauthorized("Wrong user name or password")
+        state.store.reset(keys[0][0])
+        token = state.tokens.issue(identity.name)
+        admin = state.is_admin(identity)
+        audit.info("login ok user=%s address=%s admin=%s", identity.name, addr, admin)
+        state.metrics.login(outcome="success")
+        return ok({"token": {"token": token, "userName": identity.name, "admin": admin,
+                             "timeoutMinutes": state.config["timeout"]}})
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    @blp.response(200, LogoutEnvelope)
+    @document_errors(blp, 401)
+    def post(self):
+        """Log out: the token stops working on every replica"""
+        token = bearer_token()
+        if token is None:
+            raise Unauthorized()
+        gw().tokens.revoke(token)
+        audit.info("logout address=%s", client_address())
+        return ok(None)

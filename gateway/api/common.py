@@ -1,0 +1,88 @@
+"""What every blueprint shares: the seed's envelope, the current user, the scheduler."""
+from __future__ import annotations
+
+import re
+
+from flask import current_app, g
+from marshmallow import Schema, ValidationError, fields
+
+from ..errors import Forbidden
+from ..models import User
+
+SUCCESS = "Success"
+# Printable text: no NUL, no other C0/C1 control characters (tab allowed where said).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_NO_TAB = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def no_control_chars(value: str) -> None:
+    if _CONTROL_NO_TAB.search(value):
+        raise ValidationError("must not contain control characters (NUL, newline, escape...)")
+
+
+def no_nul(value: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("must not contain NUL characters")
+
+
+def envelope(name: str, data_schema, many: bool = False) -> type[Schema]:
+    """A response schema ``{"msg": str, "data": <data_schema>}`` named ``name``."""
+    if data_schema is None:
+        data_field = fields.Raw(allow_none=True, metadata={"description": "empty"})
+    else:
+        data_field = fields.Nested(data_schema, many=many, allow_none=True)
+    return Schema.from_dict({
+        "msg": fields.String(required=True, metadata={"example": SUCCESS}),
+        "data": data_field,
+    }, name=name)
+
+
+class ErrorEnvelope(Schema):
+    msg = fields.String(required=True, metadata={"description": "what went wrong, in words a user can act on"})
+    data = fields.Raw(allow_none=True, metadata={"description": "always null on error"})
+    errors = fields.Dict(metadata={"description": "field messages, for invalid input"})
+
+
+def ok(data) -> dict:
+    return {"msg": SUCCESS, "data": data}
+
+
+def gw():
+    """The per-app gateway state (config, scheduler, tokens...)."""
+    return current_app.extensions["hpc_gateway"]
+
+
+def current_user() -> User:
+    return g.user
+
+
+def require_admin() -> User:
+    user = current_user()
+    if not user.is_admin:
+        raise Forbidden(f"user {user.name} is not an administrator: this action is for admins only")
+    return user
+
+
+ERROR_RESPONSES = {
+    400: "Malformed request (e.g. invalid JSON)",
+    401: "Not logged in, or the session expired: log in again",
+    403: "Not yours, or not an administrator",
+    404: "No such object",
+    409: "Not valid in the object's current state",
+    413: "Request body too large",
+    422: "Invalid input; `errors` has the field messages",
+    429: "Too many requests; see Retry-After",
+    501: "Not supported by this scheduler backend",
+    502: "The scheduler refused; its own words are in `msg`",
+    503: "The scheduler is unreachable; see Retry-After",
+    504: "The scheduler did not answer in time",
+}
+
+
+def document_errors(blp, *codes):
+    """Decorator documenting error responses (all with the error envelope)."""
+    def deco(func):
+        for code in codes:
+            func = blp.alt_response(code, schema=ErrorEnvelope, description=ERROR_RESPONSES[code])(func)
+        return func
+    return deco

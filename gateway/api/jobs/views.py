@@ -1,0 +1,194 @@
+"""Jobs: submit, list, detail (with long polling), control actions, output."""
+from __future__ import annotations
+
+import codecs
+import re
+import time
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from ...errors import BadRequest, Conflict, Forbidden, NotFound
+from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
+from ..common import current_user, document_errors, gw, ok
+from .schemas import (ActionEnvelope, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
+                      JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope)
+
+blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Batch jobs: submit, follow, control, read output")
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,64}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def _check_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise NotFound(f"no such job: {job_id[:64]!r}")
+    return job_id
+
+
+def may_see(user: User, owner: str | None) -> bool:
+    return user.is_admin or owner == user.name or gw().config["list_all_jobs"]
+
+
+def may_control(user: User, owner: str | None) -> bool:
+    return user.is_admin or owner == user.name
+
+
+def fetch_job(user: User, job_id: str, *, control: bool = False):
+    """The job, once the caller is known to be allowed to see (or control) it."""
+    job = gw().scheduler.call("get_job", user=user, job_id=_check_id(job_id))
+    allowed = may_control(user, job.user_name) if control else may_see(user, job.user_name)
+    if not allowed:
+        raise Forbidden(f"job {job_id} belongs to {job.user_name}: you may only "
+                        f"{'control' if control else 'see'} your own jobs")
+    return job
+
+
+def _sort_key(job):
+    jid = job.job_id
+    num = re.match(r"\d+", jid)
+    return (job.submit_time.timestamp() if job.submit_time else 0.0, int(num.group()) if num else 0, jid)
+
+
+def submit_with_idempotency(hook: str, spec):
+    """Submit once per Idempotency-Key: a retry (on any replica) answers the first job's id."""
+    state = gw()
+    user = current_user()
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return state.scheduler.call(hook, user=user, spec=spec)
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    store_key = f"idem:{user.name}:{key}"
+    ttl = state.config["idempotency_ttl_seconds"]
+    earlier = state.store.remember(store_key, "pending", ttl)
+    if earlier == "pending":
+        raise Conflict("a submission with this Idempotency-Key is still in progress: retry in a moment")
+    if earlier is not None:
+        return earlier
+    try:
+        job_id = state.scheduler.call(hook, user=user, spec=spec)
+    except BaseException:
+        state.store.forget(store_key)        # nothing was submitted: the key may be used again
+        raise
+    state.store.forget(store_key)
+    state.store.remember(store_key, str(job_id), ttl)
+    return job_id
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobSpecSchema)
+    @blp.response(200, SubmitEnvelope)
+    @document_errors(blp, 400, 401, 409, 413, 422, 502, 503, 504)
+    def post(self, spec):
+        """Submit a job
+
+        Send an `Idempotency-Key` header to make retries safe: the same key answers the
+        first job's id and never creates a second job."""
+        job_id = submit_with_idempotency("submit_job", spec)
+        return ok({"job": {"job_id": str(job_id)}})
+
+    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.response(200, JobListEnvelope)
+    @document_errors(blp, 401, 403, 422, 502, 503, 504)
+    def get(self, args):
+        """List jobs (yours; admins: everyone's), newest first, with filters and pagination"""
+        state = gw()
+        user = current_user()
+        wanted = args.get("user")
+        if wanted == "all":
+            wanted = None
+        elif wanted is None and not (user.is_admin or state.config["list_all_jobs"]):
+            wanted = user.name
+        if wanted != user.name and not (user.is_admin or state.config["list_all_jobs"]):
+            raise Forbidden("you may only list your own jobs")
+        query = JobQuery(user=wanted, states=args.get("state") or None,
+                         queue=args.get("queue"), name=args.get("name"))
+        jobs = state.scheduler.call("list_jobs", user=user, query=query)
+        # The plugin filters; the core re-checks, so a plugin's slip cannot leak jobs.
+        jobs = [j for j in jobs if (query.user is None or j.user_name == query.user)
+                and may_see(user, j.user_name)
+                and (not query.states or j.state in query.states)
+                and (query.queue is None or j.queue == query.queue)
+                and (query.name is None or j.name == query.name)]
+        jobs.sort(key=_sort_key, reverse=True)
+        limit = min(args.get("limit") or state.config["page_size"], state.config["max_page_size"])
+        offset = args["offset"]
+        return ok({"jobs": jobs[offset:offset + limit], "total": len(jobs), "offset": offset, "limit": limit})
+
+
+@blp.route("/<job_id>")
+class JobDetail(MethodView):
+    @blp.arguments(JobWaitQuerySchema, location="query")
+    @blp.response(200, JobEnvelope)
+    @document_errors(blp, 401, 403, 404, 422, 502, 503, 504)
+    def get(self, args, job_id):
+        """One job; with `wait=N` answer as soon as its state changes (long polling)
+
+        The change is measured against `since` when given (the state the client last saw),
+        else against the state at the time of the request. A final state answers at once."""
+        state = gw()
+        user = current_user()
+        job = fetch_job(user, job_id)
+        wait = min(args["wait"], state.config["max_wait_seconds"])
+        baseline = args.get("since") or job.state
+        if wait <= 0 or job.state != baseline or job.state in FINAL_STATES:
+            return ok({"job": job})
+        deadline = time.monotonic() + wait
+        # Back off from 50 ms to 1 s between looks; plugins answer get_job from a shared
+        # snapshot or a local database, so a look costs the scheduler nothing.
+        interval = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, 1.0)
+            job = state.scheduler.call("get_job", user=user, job_id=job_id)
+            if job.state != baseline:
+                break
+        return ok({"job": job})
+
+
+@blp.route("/<job_id>/<any({}):action>".format(",".join(JOB_ACTIONS)))
+class JobAction(MethodView):
+    @blp.response(200, ActionEnvelope)
+    @document_errors(blp, 401, 403, 404, 409, 501, 502, 503, 504)
+    def post(self, job_id, action):
+        """Control a job: kill, suspend, resume, requeue, hold or release"""
+        state = gw()
+        user = current_user()
+        job = fetch_job(user, job_id, control=True)
+        if job.state in FINAL_STATES and action != "requeue":
+            raise Conflict(f"job {job_id} has already finished ({job.state}): cannot {action} it")
+        state.scheduler.call("control_job", user=user, job_id=job_id, action=action)
+        job = state.scheduler.call("get_job", user=user, job_id=job_id)
+        return ok({"job": job, "action": action})
+
+
+@blp.route("/<job_id>/output")
+class JobOutputView(MethodView):
+    @blp.arguments(OutputQuerySchema, location="query")
+    @blp.response(200, OutputEnvelope)
+    @document_errors(blp, 401, 403, 404, 422, 501, 502, 503, 504)
+    def get(self, args, job_id):
+        """Read a job's stdout or stderr from `offset`, at most `limit` bytes
+
+        Follow a running job by asking again from `nextOffset`."""
+        user = current_user()
+        fetch_job(user, job_id, control=True)
+        out = gw().scheduler.call("job_output", user=user, job_id=job_id, stream=args["stream"],
+                                  offset=args["offset"], limit=args["limit"])
+        # Stop before a UTF-8 character cut in two by `limit`: the next read starts with it.
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(out.data, final=False)
+        pending = len(decoder.getstate()[0])
+        if pending == len(out.data) or (out.size is not None and out.offset + len(out.data) >= out.size):
+            text += decoder.decode(b"", final=True)    # the file really ends here
+            pending = 0
+        return ok({"output": {
+            "job_id": job_id, "stream": args["stream"], "offset": out.offset,
+            "next_offset": out.offset + len(out.data) - pending, "size": out.size, "data": text,
+        }})

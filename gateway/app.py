@@ -1,0 +1,231 @@
+"""The app factory: configuration, plugins, sessions, blueprints, the one error handler."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from flask import Flask, g, jsonify, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .auth import Authenticator, Identity, load_authenticator, unix_uid
+from .config import load_config
+from .errors import GatewayError, Unauthorized
+from .metrics import Metrics
+from .models import User
+from .plugins import Scheduler, load_scheduler
+from .sessions import SessionStore, TokenManager, load_or_create_secret, open_store
+
+log = logging.getLogger("gateway")
+
+# Endpoints that need no token: logging in, health, the docs, metrics.
+PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "system.swagger", "metrics", "static"}
+PUBLIC_PREFIXES = ("api-docs.",)
+
+
+@dataclass
+class GatewayState:
+    config: dict
+    scheduler: Scheduler
+    store: SessionStore
+    tokens: TokenManager
+    authenticator: Authenticator
+    metrics: Metrics
+
+    def is_admin(self, identity: Identity | str) -> bool:
+        if isinstance(identity, str):
+            return identity in self.config["admins"] or self._file_admin(identity)
+        return identity.admin or identity.name in self.config["admins"]
+
+    def _file_admin(self, name: str) -> bool:
+        users = getattr(self.authenticator, "users", None)
+        entry = users.users().get(name) if users is not None else None
+        return bool(entry and entry.get("admin"))
+
+
+class GatewayApi(Api):
+    """flask-smorest's Api, with every HTTP error rendered as the seed's envelope."""
+
+    def handle_http_exception(self, error):
+        return http_error_response(error)
+
+
+def envelope_error(status: int, msg: str, errors=None, headers=None):
+    body = {"msg": msg, "data": None}
+    if errors:
+        body["errors"] = errors
+    response = jsonify(body)
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _flatten(messages) -> tuple[dict, str]:
+    """webargs messages {"json": {"field": ["..."]}} -> field errors and one readable line."""
+    errors = {}
+    for location, fields_ in (messages or {}).items():
+        if isinstance(fields_, dict):
+            errors.update(fields_)
+        else:
+            errors[location] = fields_
+    parts = []
+    for field, value in errors.items():
+        text = "; ".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else str(value)
+        parts.append(text if field == "_schema" else f"{field}: {text}")
+    return errors, "; ".join(parts)
+
+
+def http_error_response(error: HTTPException):
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages")
+    if isinstance(error, RequestEntityTooLarge) or status == 413:
+        limit = request.max_content_length
+        return envelope_error(413, f"Request body too large: the limit is {limit} bytes")
+    if status == 400 and messages and "json" in messages and messages["json"] == ["Invalid JSON body."]:
+        return envelope_error(400, "Malformed JSON body: send a valid JSON object with Content-Type: application/json")
+    if status == 422 and messages:
+        errors, line = _flatten(messages)
+        return envelope_error(422, f"Invalid input: {line}", errors=errors)
+    if status == 404:
+        return envelope_error(404, f"No such route: {request.method} {request.path}")
+    if status == 405:
+        return envelope_error(405, f"Method {request.method} is not allowed on {request.path}",
+                              headers={"Allow": ", ".join(getattr(error, "valid_methods", None) or [])})
+    return envelope_error(status, error.description or error.name)
+
+
+def _first_start(cfg: dict, authenticator: Authenticator) -> None:
+    """No default password: on first start, create an admin with a random password and say where it is."""
+    users = getattr(authenticator, "users", None)
+    if users is None:
+        return
+    path = cfg["auth"]["users_file"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)           # several workers may start at once
+        if os.path.exists(path):
+            return
+        password = secrets.token_urlsafe(18)
+        users.set_password("admin", password, admin=True)
+        note = os.path.join(cfg["work_dir"], "initial-admin-password")
+        fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        log.warning("First start: created user 'admin' (administrator). Its password is in %s "
+                    "(readable by this account only). Add users with: hpc-gateway users add NAME", note)
+
+
+def create_app(config: dict | str | None = None) -> Flask:
+    """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
+    cfg = load_config(config)
+    logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gateway").setLevel(cfg["log_level"].upper())
+    os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)
+
+    app = Flask("gateway")
+    prefix = cfg["api_prefix"]
+    app.config.update(
+        MAX_CONTENT_LENGTH=cfg["max_body_bytes"],
+        JSON_SORT_KEYS=False,
+        API_TITLE="HPC Gateway",
+        API_VERSION="9.2",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=prefix or "/",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "A REST gateway in front of HPC batch schedulers. Every response is "
+                                    "`{\"msg\": ..., \"data\": ...}`. Log in with POST /login and send "
+                                    "`Authorization: Bearer <token>`."},
+            "servers": [{"url": "/"}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearerAuth": []}],
+        },
+    )
+
+    scheduler = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"])
+    store = open_store(cfg["session_store"])
+    tokens = TokenManager(load_or_create_secret(cfg["secret_file"]), store, cfg["timeout"],
+                          cfg["token_max_age_hours"])
+    authenticator = load_authenticator(cfg["auth"])
+    _first_start(cfg, authenticator)
+    state = GatewayState(cfg, scheduler, store, tokens, authenticator, Metrics())
+    app.extensions["hpc_gateway"] = state
+
+    api = GatewayApi(app)
+    from .api.auth.views import blp as auth_blp
+    from .api.cluster.views import blp as cluster_blp
+    from .api.jobs.views import blp as jobs_blp
+    from .api.system.views import blp as system_blp, metrics_view
+    for blp in (auth_blp, jobs_blp, cluster_blp, system_blp):
+        api.register_blueprint(blp, url_prefix=prefix + (blp.url_prefix or ""))
+    _mark_public(api)
+    app.add_url_rule("/metrics", "metrics", metrics_view)
+    if prefix:
+        # The spec also at the root, where generic tools look for it.
+        app.add_url_rule("/openapi.json", "openapi_root", lambda: app.view_functions["api-docs.openapi_json"]())
+
+    @app.errorhandler(GatewayError)
+    def _gateway_error(exc: GatewayError):
+        if exc.status >= 500:
+            log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.msg)
+        return envelope_error(exc.status, exc.msg, exc.errors, exc.headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        if isinstance(exc, HTTPException):
+            return http_error_response(exc)
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return envelope_error(500, "Internal error in the gateway; the administrator can find it in the log")
+
+    @app.before_request
+    def _authenticate():
+        g.t0 = time.perf_counter()
+        endpoint = request.endpoint
+        if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(PUBLIC_PREFIXES) \
+                or endpoint == "openapi_root":
+            return None
+        token = _bearer()
+        if token is None:
+            raise Unauthorized("Missing token: log in with POST /login and send 'Authorization: Bearer <token>'")
+        session = tokens.check(token)
+        g.user = User(name=session.user, is_admin=state.is_admin(session.user), uid=unix_uid(session.user))
+        return None
+
+    @app.after_request
+    def _measure(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        t0 = g.get("t0")
+        state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        if t0 is not None:
+            state.metrics.latency.labels(rule, request.method).observe(time.perf_counter() - t0)
+        return response
+
+    @app.teardown_appcontext
+    def _noop(_exc):
+        return None
+
+    return app
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _mark_public(api: Api) -> None:
+    """Public operations carry an empty security requirement in the OpenAPI document."""
+    paths = api.spec._paths
+    for path, ops in paths.items():
+        if path.endswith(("/login", "/health")):
+            for op in ops.values():
+                if isinstance(op, dict):
+                    op["security"] = []

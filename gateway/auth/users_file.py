@@ -1,0 +1,118 @@
+"""A users file: YAML with Argon2id password hashes, managed by ``hpc-gateway users``.
+
+    users:
+      alice: {hash: "$argon2id$v=19$...", admin: false}
+
+Hashing is argon2-cffi's PasswordHasher (memory-hard; never a plain or fast hash). The file
+is re-read when it changes, so ``hpc-gateway users add`` takes effect without a restart.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+import threading
+
+import yaml
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ..errors import ConfigError
+from . import Authenticator, Identity
+
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_hasher = PasswordHasher()
+# A real hash to verify against when the user does not exist, so that an unknown name costs
+# as much time as a wrong password (no user enumeration by timing).
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+def valid_username(name: str) -> bool:
+    return bool(USERNAME_RE.match(name or ""))
+
+
+class UsersFile:
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp = None
+        self._users: dict = {}
+
+    def _load(self) -> dict:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        with self._lock:
+            if stamp != self._stamp:
+                with open(self.path, encoding="utf-8") as fh:
+                    data = yaml.safe_load(fh) or {}
+                users = data.get("users") or {}
+                if not isinstance(users, dict):
+                    raise ConfigError(f"{self.path}: 'users' must be a mapping")
+                self._users, self._stamp = users, stamp
+            return self._users
+
+    def users(self) -> dict:
+        return dict(self._load())
+
+    def _save(self, users: dict) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".users.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                yaml.safe_dump({"users": users}, fh, sort_keys=True)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def set_password(self, name: str, password: str, admin: bool | None = None) -> None:
+        if not valid_username(name):
+            raise ValueError(f"invalid user name {name!r}")
+        if len(password) < 8:
+            raise ValueError("a password needs at least 8 characters")
+        users = self.users()
+        entry = dict(users.get(name) or {})
+        entry["hash"] = _hasher.hash(password)
+        if admin is not None:
+            entry["admin"] = bool(admin)
+        entry.setdefault("admin", False)
+        users[name] = entry
+        self._save(users)
+
+    def remove(self, name: str) -> bool:
+        users = self.users()
+        if name not in users:
+            return False
+        del users[name]
+        self._save(users)
+        return True
+
+    def verify(self, name: str, password: str) -> Identity | None:
+        entry = self._load().get(name) if valid_username(name) else None
+        stored = (entry or {}).get("hash") or _DUMMY_HASH
+        try:
+            _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if entry is None:
+            return None
+        return Identity(name=name, admin=bool(entry.get("admin", False)))
+
+
+class UsersFileAuthenticator(Authenticator):
+    def __init__(self, auth_config: dict):
+        self.users = UsersFile(auth_config["users_file"])
+
+    def authenticate(self, username, password):
+        return self.users.verify(username, password)
+
+
+def make_authenticator(auth_config: dict) -> Authenticator:
+    return UsersFileAuthenticator(auth_config)

@@ -1,0 +1,131 @@
+"""Configuration: one YAML file (path from GATEWAY_CONFIG), every key with a working default.
+
+The seed's keys (http_port, ssl, https_port, cert, key, timeout, log_level) keep their
+meaning and defaults. ``load_config`` merges the file (or a dict given to create_app) over
+the defaults and validates the result; an invalid configuration fails at start-up.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from .errors import ConfigError
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def default_work_dir() -> str:
+    if os.environ.get("GATEWAY_WORK_DIR"):
+        return os.environ["GATEWAY_WORK_DIR"]
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "hpc-gateway")
+
+
+class LoginLimitSchema(Schema):
+    max_failures_per_user = fields.Integer(load_default=5, validate=validate.Range(min=1))
+    max_failures_per_address = fields.Integer(load_default=20, validate=validate.Range(min=1))
+    window_seconds = fields.Integer(load_default=300, validate=validate.Range(min=1))
+
+
+class AuthSchema(Schema):
+    class Meta:
+        unknown = INCLUDE          # backend-specific options (e.g. an LDAP backend's)
+
+    backend = fields.String(load_default="users_file")
+    users_file = fields.String(load_default=None, allow_none=True)
+    pam_service = fields.String(load_default="login")
+    login_limit = fields.Nested(LoginLimitSchema, load_default=lambda: LoginLimitSchema().load({}))
+
+
+class SchedulerSchema(Schema):
+    backend = fields.String(load_default="mock")
+    options = fields.Dict(load_default=dict)
+
+
+class ConfigSchema(Schema):
+    class Meta:
+        unknown = INCLUDE          # tolerate keys of newer/older releases; they are ignored
+
+    # The seed's keys.
+    http_port = fields.Integer(load_default=8088, validate=validate.Range(min=1, max=65535))
+    ssl = fields.Integer(load_default=0, validate=validate.OneOf([0, 1]))
+    https_port = fields.Integer(load_default=8043, validate=validate.Range(min=1, max=65535))
+    cert = fields.String(load_default="", allow_none=True)
+    key = fields.String(load_default="", allow_none=True)
+    timeout = fields.Float(load_default=30, validate=validate.Range(min=0.001))  # minutes
+    log_level = fields.String(load_default="info", validate=validate.OneOf(
+        ["fatal", "error", "warn", "warning", "info", "debug"]))
+    # Added by HPC Gateway.
+    bind = fields.String(load_default="0.0.0.0")
+    api_prefix = fields.String(load_default="/aip/v9.2")
+    work_dir = fields.String(load_default=None, allow_none=True)
+    secret_file = fields.String(load_default=None, allow_none=True)
+    session_store = fields.String(load_default=None, allow_none=True)
+    token_max_age_hours = fields.Float(load_default=24, validate=validate.Range(min=0.001))
+    auth = fields.Nested(AuthSchema, load_default=lambda: AuthSchema().load({}))
+    admins = fields.List(fields.String(), load_default=list)
+    list_all_jobs = fields.Boolean(load_default=False)
+    max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024))
+    max_wait_seconds = fields.Integer(load_default=60, validate=validate.Range(min=0, max=3600))
+    page_size = fields.Integer(load_default=100, validate=validate.Range(min=1))
+    max_page_size = fields.Integer(load_default=1000, validate=validate.Range(min=1))
+    idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))
+    trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
+    scheduler = fields.Nested(SchedulerSchema, load_default=lambda: SchedulerSchema().load({}))
+
+    @validates_schema
+    def _tls(self, data, **_):
+        if data.get("ssl") == 1 and not (data.get("cert") and data.get("key")):
+            raise ValidationError("ssl: 1 needs both cert and key", "ssl")
+
+    @validates_schema
+    def _prefix(self, data, **_):
+        prefix = data.get("api_prefix", "")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValidationError("api_prefix must start with '/' and not end with '/'", "api_prefix")
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration {path} must be a mapping of keys to values")
+    return data
+
+
+def load_config(config: dict | str | os.PathLike | None = None) -> dict[str, Any]:
+    """Return the validated configuration.
+
+    ``config`` may be a dict (tests), a path, or None: then GATEWAY_CONFIG names the file,
+    and without it every default applies.
+    """
+    if config is None:
+        path = os.environ.get(CONFIG_ENV)
+        raw = read_yaml(path) if path else {}
+    elif isinstance(config, (str, os.PathLike)):
+        raw = read_yaml(config)
+    else:
+        raw = dict(config)
+    try:
+        cfg = ConfigSchema().load(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc.messages}") from exc
+    work = Path(cfg["work_dir"] or default_work_dir()).expanduser()
+    cfg["work_dir"] = str(work)
+    cfg["secret_file"] = cfg["secret_file"] or str(work / "secret.key")
+    cfg["session_store"] = cfg["session_store"] or f"sqlite:///{work / 'sessions.sqlite'}"
+    cfg["auth"]["users_file"] = cfg["auth"]["users_file"] or str(work / "users.yaml")
+    if cfg["log_level"] == "warn":
+        cfg["log_level"] = "warning"
+    if cfg["log_level"] == "fatal":
+        cfg["log_level"] = "critical"
+    return cfg

@@ -1,0 +1,69 @@
+"""Scheduler plugin discovery and selection.
+
+Plugins are pip distributions that register a factory in the entry-point group
+``hpc_gateway.schedulers``; ``make_scheduler(options)`` returns an object whose methods carry
+``@hookimpl``. Discovery happens inside create_app, never at import time.
+"""
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, GatewayError, NotImplementedByPlugin
+
+ENTRY_POINT_GROUP = "hpc_gateway.schedulers"
+log = logging.getLogger(__name__)
+
+
+def installed_backends() -> dict:
+    """Name -> entry point of every installed scheduler plugin."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class Scheduler:
+    """The one registered scheduler plugin, called hook by hook with keyword arguments."""
+
+    def __init__(self, name: str, impl: object):
+        self.name = name
+        self.impl = impl
+        self.pm = pluggy.PluginManager("gateway")
+        self.pm.add_hookspecs(hookspecs)
+        self.pm.register(impl, name=name)
+        self.pm.check_pending()          # a misspelt hook name fails at start-up
+
+    def implements(self, hook: str) -> bool:
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
+    def call(self, hook: str, **kwargs):
+        caller = getattr(self.pm.hook, hook)
+        if not caller.get_hookimpls():
+            raise NotImplementedByPlugin(
+                f"the '{self.name}' scheduler backend does not support {hook.replace('_', ' ')}")
+        return caller(**kwargs)
+
+    def close(self) -> None:
+        close = getattr(self.impl, "close", None)
+        if callable(close):
+            close()
+
+
+def load_scheduler(backend: str, options: dict | None) -> Scheduler:
+    backends = installed_backends()
+    if backend not in backends:
+        names = ", ".join(sorted(backends)) or "none"
+        raise ConfigError(f"unknown scheduler backend {backend!r}; installed backends: {names}")
+    try:
+        factory = backends[backend].load()
+    except Exception as exc:  # a broken plugin must say which one
+        raise ConfigError(f"cannot load scheduler backend {backend!r}: {exc}") from exc
+    try:
+        impl = factory(dict(options or {}))
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"scheduler backend {backend!r} failed to start: {exc}") from exc
+    log.info("scheduler backend: %s", backend)
+    return Scheduler(backend, impl)

@@ -1,0 +1,323 @@
+"""Sessions: signed tokens checked against a shared session store.
+
+A token is ``itsdangerous``-signed ``{"s": session id, "u": user}`` with the secret every
+replica shares, so any replica can check a token another issued. The store keeps each
+session's last activity and revocation, so the idle timeout slides and logout is seen by
+every replica. To keep the store off the hot path, an authenticated call writes its
+last-activity only when the stored value is older than ``touch_interval`` (a few seconds).
+
+The same store carries the login-failure counters and idempotency keys, which must also be
+shared by replicas: SQLite (default, one host, several gunicorn workers) or Redis.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from .errors import ConfigError, Unauthorized
+
+
+@dataclass
+class Session:
+    sid: str
+    user: str
+    created: float
+    last_seen: float
+    revoked: bool = False
+
+
+class SessionStore:
+    """Interface shared by the SQLite and Redis stores."""
+
+    def create(self, sid: str, user: str, now: float, ttl: float) -> None: ...
+    def get(self, sid: str) -> Session | None: ...
+    def touch(self, sid: str, now: float, ttl: float) -> None: ...
+    def revoke(self, sid: str, ttl: float) -> None: ...
+    def live_count(self, now: float, timeout: float) -> int: ...
+    def hit(self, key: str, window: int, now: float) -> int:
+        """Count one event for ``key`` in a fixed window; return the count so far."""
+    def reset(self, key: str) -> None: ...
+    def remember(self, key: str, value: str, ttl: int) -> str | None:
+        """Store value under key unless present; return the earlier value, or None when stored."""
+    def forget(self, key: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class SqliteSessionStore(SessionStore):
+    """One SQLite file in WAL mode; safe for several processes on one host."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as db:
+            db.executescript("""
+                CREATE TABLE IF NOT EXISTS sessions(
+                    sid TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL,
+                    last_seen REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+                CREATE TABLE IF NOT EXISTS counters(
+                    key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS kv(
+                    key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
+            """)
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    def create(self, sid, user, now, ttl):
+        db = self._conn()
+        db.execute("INSERT INTO sessions(sid, user, created, last_seen) VALUES (?,?,?,?)",
+                   (sid, user, now, now))
+        # Housekeeping on login, not on every request.
+        db.execute("DELETE FROM sessions WHERE last_seen < ?", (now - ttl,))
+        db.execute("DELETE FROM counters WHERE expires < ?", (now,))
+        db.execute("DELETE FROM kv WHERE expires < ?", (now,))
+
+    def get(self, sid):
+        row = self._conn().execute(
+            "SELECT sid, user, created, last_seen, revoked FROM sessions WHERE sid=?", (sid,)).fetchone()
+        return Session(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    def touch(self, sid, now, ttl):
+        self._conn().execute("UPDATE sessions SET last_seen=? WHERE sid=? AND last_seen<?", (now, sid, now))
+
+    def revoke(self, sid, ttl):
+        self._conn().execute("UPDATE sessions SET revoked=1 WHERE sid=?", (sid,))
+
+    def live_count(self, now, timeout):
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM sessions WHERE revoked=0 AND last_seen>=?", (now - timeout,)).fetchone()[0]
+
+    def hit(self, key, window, now):
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT count, expires FROM counters WHERE key=?", (key,)).fetchone()
+            if row is None or row[1] < now:
+                count = 1
+                db.execute("INSERT OR REPLACE INTO counters(key, count, expires) VALUES (?,?,?)",
+                           (key, 1, now + window))
+            else:
+                count = row[0] + 1
+                db.execute("UPDATE counters SET count=? WHERE key=?", (count, key))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return count
+
+    def count(self, key, now) -> tuple[int, float]:
+        row = self._conn().execute("SELECT count, expires FROM counters WHERE key=?", (key,)).fetchone()
+        if row is None or row[1] < now:
+            return 0, 0.0
+        return row[0], row[1] - now
+
+    def reset(self, key):
+        self._conn().execute("DELETE FROM counters WHERE key=?", (key,))
+
+    def remember(self, key, value, ttl):
+        now = time.time()
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value, expires FROM kv WHERE key=?", (key,)).fetchone()
+            if row is not None and row[1] >= now:
+                db.execute("COMMIT")
+                return row[0]
+            db.execute("INSERT OR REPLACE INTO kv(key, value, expires) VALUES (?,?,?)", (key, value, now + ttl))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return None
+
+    def forget(self, key):
+        self._conn().execute("DELETE FROM kv WHERE key=?", (key,))
+
+    def close(self):
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class RedisSessionStore(SessionStore):
+    """Sessions as Redis hashes with a TTL; shared by every replica."""
+
+    def __init__(self, url: str):
+        import redis
+        self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                      health_check_interval=30)
+        self.prefix = "hpcgw:"
+
+    def _k(self, kind, key):
+        return f"{self.prefix}{kind}:{key}"
+
+    def create(self, sid, user, now, ttl):
+        k = self._k("s", sid)
+        with self.r.pipeline() as p:
+            p.hset(k, mapping={"user": user, "created": now, "last_seen": now, "revoked": 0})
+            p.expire(k, int(ttl) + 1)
+            p.execute()
+
+    def get(self, sid):
+        h = self.r.hgetall(self._k("s", sid))
+        if not h:
+            return None
+        h = {k.decode(): v.decode() for k, v in h.items()}
+        return Session(sid, h["user"], float(h["created"]), float(h["last_seen"]), h.get("revoked") == "1")
+
+    def touch(self, sid, now, ttl):
+        k = self._k("s", sid)
+        with self.r.pipeline() as p:
+            p.hset(k, "last_seen", now)
+            p.expire(k, int(ttl) + 1)
+            p.execute()
+
+    def revoke(self, sid, ttl):
+        k = self._k("s", sid)
+        with self.r.pipeline() as p:
+            p.hset(k, "revoked", 1)
+            p.expire(k, int(ttl) + 1)
+            p.execute()
+
+    def live_count(self, now, timeout):
+        n = 0
+        for key in self.r.scan_iter(match=self._k("s", "*"), count=500):
+            h = self.r.hmget(key, "last_seen", "revoked")
+            if h[0] is not None and float(h[0]) >= now - timeout and h[1] != b"1":
+                n += 1
+        return n
+
+    def hit(self, key, window, now):
+        k = self._k("c", key)
+        with self.r.pipeline() as p:
+            p.incr(k)
+            p.expire(k, int(window), nx=True)
+            count, _ = p.execute()
+        return int(count)
+
+    def count(self, key, now):
+        k = self._k("c", key)
+        with self.r.pipeline() as p:
+            p.get(k)
+            p.ttl(k)
+            value, ttl = p.execute()
+        return (int(value), float(max(ttl, 0))) if value is not None else (0, 0.0)
+
+    def reset(self, key):
+        self.r.delete(self._k("c", key))
+
+    def remember(self, key, value, ttl):
+        k = self._k("kv", key)
+        if self.r.set(k, value, nx=True, ex=int(ttl)):
+            return None
+        earlier = self.r.get(k)
+        return earlier.decode() if earlier is not None else None
+
+    def forget(self, key):
+        self.r.delete(self._k("kv", key))
+
+    def close(self):
+        self.r.close()
+
+
+def open_store(url: str) -> SessionStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if not path or path == "/":
+            raise ConfigError("session_store sqlite:// needs a file path, e.g. sqlite:////var/lib/hpc-gateway/sessions.sqlite")
+        return SqliteSessionStore(path)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        return RedisSessionStore(url)
+    raise ConfigError(f"unsupported session_store {url!r}: use sqlite:///path or redis://host:port/db")
+
+
+def load_or_create_secret(path: str) -> bytes:
+    """The signing secret shared by all replicas; created 0600 on first start."""
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read().strip()
+        if len(secret) < 32:
+            raise ConfigError(f"secret_file {path} holds fewer than 32 bytes")
+        return secret
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    secret = secrets.token_urlsafe(48).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:            # another worker won the race: use its secret
+        return load_or_create_secret(path)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret + b"\n")
+    return secret
+
+
+class TokenManager:
+    """Issues, checks, slides and revokes session tokens."""
+
+    SALT = "hpc-gateway-session"
+
+    def __init__(self, secret: bytes, store: SessionStore, timeout_minutes: float,
+                 max_age_hours: float = 24.0):
+        self.serializer = URLSafeTimedSerializer(secret, salt=self.SALT)
+        self.store = store
+        self.timeout = float(timeout_minutes) * 60.0
+        self.max_age = float(max_age_hours) * 3600.0
+        # Write last-activity at most this often per session: the store stays off the hot path
+        # while the timeout still slides with a precision far below the timeout itself.
+        self.touch_interval = min(5.0, self.timeout / 10.0)
+
+    def issue(self, user: str) -> str:
+        sid = secrets.token_urlsafe(24)
+        self.store.create(sid, user, time.time(), self.max_age)
+        return self.serializer.dumps({"s": sid, "u": user})
+
+    def _load(self, token: str) -> dict:
+        try:
+            data = self.serializer.loads(token, max_age=self.max_age)
+        except SignatureExpired:
+            raise Unauthorized("Session expired: log in again with POST /login")
+        except BadSignature:
+            raise Unauthorized("Invalid token: log in again with POST /login")
+        if not isinstance(data, dict) or not isinstance(data.get("s"), str) or not isinstance(data.get("u"), str):
+            raise Unauthorized("Invalid token: log in again with POST /login")
+        return data
+
+    def check(self, token: str) -> Session:
+        data = self._load(token)
+        session = self.store.get(data["s"])
+        if session is None or session.user != data["u"]:
+            raise Unauthorized("Session expired or unknown: log in again with POST /login")
+        if session.revoked:
+            raise Unauthorized("Session ended by logout: log in again with POST /login")
+        now = time.time()
+        if now - session.last_seen > self.timeout:
+            raise Unauthorized("Session expired after inactivity: log in again with POST /login")
+        if now - session.last_seen >= self.touch_interval:
+            self.store.touch(session.sid, now, self.max_age)
+        return session
+
+    def revoke(self, token: str) -> None:
+        session = self.check(token)
+        self.store.revoke(session.sid, self.max_age)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,441 @@
+"""The ``mock`` scheduler plugin: a local executor that really runs jobs.
+
+Jobs run as subprocesses of this host, in their own process groups, with their work dir,
+environment and stdout/stderr files; they go PENDING -> RUNNING -> COMPLETED/FAILED with the
+real exit code, queue when the configured slots are taken, and are killed, suspended
+(SIGSTOP), resumed (SIGCONT), held, released and requeued for real. State lives in one SQLite
+file, so every gunicorn worker and a restarted gateway see the same jobs, and a running job
+survives the worker that started it (each job has a detached runner process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from gateway.errors import ConfigError, Conflict, InvalidInput, NotFound
+from gateway.hookspecs import hookimpl
+from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, UserInfo,
+                            VisSession)
+
+from . import db as jobdb
+from .dispatch import FINAL, dispatch, reap_lost
+
+__version__ = "0.1.0"
+
+
+class QueueOptions(Schema):
+    name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
+    priority = fields.Integer(load_default=30)
+    default = fields.Boolean(load_default=False)
+    time_limit_minutes = fields.Integer(load_default=None, allow_none=True)
+
+
+def _default_state_dir() -> str:
+    from gateway.config import default_work_dir
+    return os.path.join(default_work_dir(), "mock")
+
+
+class MockOptions(Schema):
+    state_dir = fields.String(load_default=None, allow_none=True)
+    slots = fields.Integer(load_default=4, validate=validate.Range(min=1, max=4096))
+    host_name = fields.String(load_default=None, allow_none=True)
+    cluster_name = fields.String(load_default="mock")
+    run_as = fields.String(load_default="service", validate=validate.OneOf(["service", "sudo"]))
+    queues = fields.List(fields.Nested(QueueOptions), load_default=lambda: [
+        {"name": "normal", "priority": 30, "default": True, "time_limit_minutes": None},
+        {"name": "short", "priority": 50, "default": False, "time_limit_minutes": 60},
+        {"name": "vnc", "priority": 40, "default": False, "time_limit_minutes": None},
+    ])
+    users = fields.List(fields.String(), load_default=list)
+    native_options = fields.List(fields.String(), load_default=list)
+
+
+def _ts(value):
+    return datetime.fromtimestamp(value, tz=timezone.utc) if value else None
+
+
+def _job_id(job_id: str) -> int:
+    if not job_id.isdigit() or len(job_id) > 18:
+        raise NotFound(f"no such job: {job_id}")
+    return int(job_id)
+
+
+class MockScheduler:
+    def __init__(self, options: dict):
+        try:
+            opts = MockOptions().load(options)
+        except ValidationError as exc:
+            raise ConfigError(f"mock backend options: {exc.messages}") from exc
+        if opts["run_as"] == "sudo" and os.geteuid() != 0:
+            raise ConfigError("mock backend: run_as: sudo needs the gateway to run as root")
+        defaults = [q for q in opts["queues"] if q["default"]]
+        if len(defaults) != 1:
+            raise ConfigError("mock backend: exactly one queue must have default: true")
+        self.opts = opts
+        self.state_dir = os.path.abspath(opts["state_dir"] or _default_state_dir())
+        self.jobs_dir = os.path.join(self.state_dir, "jobs")
+        os.makedirs(self.jobs_dir, mode=0o711, exist_ok=True)
+        self.db_path = os.path.join(self.state_dir, "jobs.sqlite")
+        jobdb.init(self.db_path)
+        self.host = opts["host_name"] or socket.gethostname()
+        self.queues = {q["name"]: q for q in opts["queues"]}
+        self.default_queue = defaults[0]["name"]
+        self._pid = None
+        self._db = None
+        db = self.db
+        with jobdb.transaction(db):
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('slots', ?)", (str(opts["slots"]),))
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('run_as', ?)", (opts["run_as"],))
+            db.execute("INSERT OR IGNORE INTO hosts(name) VALUES (?)", (self.host,))
+            for name in self.queues:
+                db.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (name,))
+
+    @property
+    def db(self):
+        # One connection per process (gunicorn forks after create_app in --preload setups).
+        if self._db is None or self._pid != os.getpid():
+            self._db, self._pid = jobdb.connect(self.db_path), os.getpid()
+        return self._db
+
+    # ---------------------------------------------------------------- helpers
+    def _row(self, job_id: str):
+        row = self.db.execute("SELECT * FROM jobs WHERE id=?", (_job_id(job_id),)).fetchone()
+        if row is None:
+            raise NotFound(f"no such job: {job_id}")
+        return row
+
+    def _job(self, row) -> Job:
+        return Job(
+            job_id=str(row["id"]), name=row["name"], user_name=row["user"], queue=row["queue"],
+            state=JobState("PENDING" if row["state"] == "STARTING" else row["state"]), native_state=row["native_state"], reason=row["reason"],
+            exit_code=row["exit_code"], submit_time=_ts(row["submit_time"]), start_time=_ts(row["start_time"]),
+            end_time=_ts(row["end_time"]), hosts=[self.host] if row["start_time"] else [],
+            nodes=row["nodes"] or 1, cpus=row["cpus"], memory_mb=row["memory_mb"],
+            time_limit_minutes=row["time_limit"], work_dir=row["work_dir"], stdout_path=row["stdout_path"],
+            stderr_path=row["stderr_path"], command=row["command"])
+
+    def _as_user(self, user) -> dict:
+        """Popen arguments that run a helper as the job's user (run_as: sudo)."""
+        if self.opts["run_as"] != "sudo":
+            return {}
+        entry = pwd.getpwnam(user.name)
+        return {"user": entry.pw_uid, "group": entry.pw_gid,
+                "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+
+    def _user_entry(self, user):
+        try:
+            return pwd.getpwnam(user.name)
+        except KeyError:
+            if self.opts["run_as"] == "sudo":
+                raise InvalidInput(f"user {user.name} has no Unix account on {self.host}")
+            return None
+
+    def _read_as(self, user, path: str) -> bytes:
+        if self.opts["run_as"] != "sudo":
+            with open(path, "rb") as fh:
+                return fh.read()
+        proc = subprocess.run(["cat", "--", path], capture_output=True, timeout=30, **self._as_user(user))
+        if proc.returncode != 0:
+            raise InvalidInput(f"cannot read {path}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+
+    # ---------------------------------------------------------------- jobs
+    @hookimpl
+    def submit_job(self, user, spec):
+        entry = self._user_entry(user)
+        queue = spec.queue or self.default_queue
+        if queue not in self.queues:
+            raise InvalidInput(f"{queue}: No such queue. Job not submitted.", errors={"queue": ["no such queue"]})
+        qrow = self.db.execute("SELECT open FROM queues WHERE name=?", (queue,)).fetchone()
+        if qrow is not None and not qrow["open"]:
+            raise Conflict(f"queue {queue} is closed: it accepts no new jobs")
+        if spec.array:
+            raise InvalidInput("job arrays are not supported by the mock backend", errors={"array": ["not supported"]})
+        bad = [o for o in spec.native_options if o.split("=", 1)[0] not in self.opts["native_options"]]
+        if bad:
+            raise InvalidInput(f"native option(s) not allowed by the mock backend: {', '.join(bad)}",
+                               errors={"nativeOptions": [f"not allowed: {o}" for o in bad]})
+        if (spec.cpus or 1) > self.opts["slots"]:
+            raise InvalidInput(f"{spec.cpus} CPUs requested but the host has {self.opts['slots']} slots",
+                               errors={"cpus": ["more than the cluster has"]})
+        if spec.script is not None:
+            script, command = spec.script.encode(), None
+        elif spec.command is not None:
+            script, command = f"#!/bin/sh\n{spec.command}\n".encode(), spec.command
+        else:
+            if spec.script_location.startswith("s3://"):
+                raise InvalidInput("s3:// script locations are not supported by the mock backend")
+            script, command = self._read_as(user, spec.script_location), spec.script_location
+        if self.opts["run_as"] == "sudo":
+            home = entry.pw_dir
+        else:
+            # Jobs run as the service account: their default place is the service's, not the
+            # user's home (files the user could not remove would pile up there).
+            home = os.path.join(self.state_dir, "home", user.name)
+            os.makedirs(home, mode=0o755, exist_ok=True)
+        work_dir = spec.work_dir or home
+        if not os.path.isabs(work_dir):
+            raise InvalidInput("workDir must be an absolute path", errors={"workDir": ["not absolute"]})
+        now = time.time()
+        db = self.db
+        with jobdb.transaction(db):
+            cur = db.execute(
+                "INSERT INTO jobs(name, user, queue, state, native_state, reason, submit_time, cpus, nodes, "
+                "memory_mb, time_limit, work_dir, command, script_path, environment, dependency) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (spec.name or (os.path.basename(spec.script_location) if spec.script_location else "job"),
+                 user.name, queue, "HELD" if spec.hold else "PENDING", "PSUSP" if spec.hold else "PEND",
+                 "Held by the user" if spec.hold else None, now, spec.cpus or 1, spec.nodes or 1,
+                 spec.memory_mb, spec.time_limit_minutes or self.queues[queue]["time_limit_minutes"],
+                 work_dir, command, "", json.dumps(spec.environment), spec.dependency))
+            job_id = cur.lastrowid
+            job_dir = os.path.join(self.jobs_dir, str(job_id))
+            os.makedirs(job_dir, mode=0o700, exist_ok=True)
+            script_path = os.path.join(job_dir, "script")
+            with open(script_path, "wb") as fh:
+                fh.write(script)
+            os.chmod(script_path, 0o700)
+            if entry is not None and self.opts["run_as"] == "sudo":
+                os.chown(job_dir, entry.pw_uid, entry.pw_gid)
+                os.chown(script_path, entry.pw_uid, entry.pw_gid)
+            out = self._output_path(spec.stdout, work_dir, job_id, "out")
+            err = self._output_path(spec.stderr, work_dir, job_id, "err") if spec.stderr or not spec.stdout else out
+            db.execute("UPDATE jobs SET script_path=?, stdout_path=?, stderr_path=? WHERE id=?",
+                       (script_path, out, err, job_id))
+        dispatch(db, self.db_path)
+        return str(job_id)
+
+    @staticmethod
+    def _output_path(given, work_dir, job_id, suffix) -> str:
+        path = (given or f"mock-%j.{suffix}").replace("%j", str(job_id)).replace("%J", str(job_id))
+        return path if os.path.isabs(path) else os.path.join(work_dir, path)
+
+    def _refresh(self):
+        """Catch up on anything that changed without a gateway call: lost runners, free slots."""
+        with jobdb.transaction(self.db):
+            reap_lost(self.db)
+        dispatch(self.db, self.db_path)
+
+    @hookimpl
+    def list_jobs(self, user, query):
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if query.user:
+            sql += " AND user=?"
+            args.append(query.user)
+        if query.states:
+            sql += f" AND state IN ({','.join('?' * len(query.states))})"
+            args += [s.value for s in query.states]
+            if "PENDING" in args:
+                sql = sql.replace("state IN (", "state IN ('STARTING',", 1)
+        if query.queue:
+            sql += " AND queue=?"
+            args.append(query.queue)
+        if query.name:
+            sql += " AND name=?"
+            args.append(query.name)
+        return [self._job(r) for r in self.db.execute(sql, args).fetchall()]
+
+    @hookimpl
+    def get_job(self, user, job_id):
+        row = self._row(job_id)
+        if row["state"] in ("RUNNING", "SUSPENDED") and row["runner_pid"] is not None:
+            from .dispatch import process_start_time
+            if process_start_time(row["runner_pid"]) != row["runner_start"]:
+                self._refresh()
+                row = self._row(job_id)
+        return self._job(row)
+
+    @hookimpl
+    def control_job(self, user, job_id, action):
+        db = self.db
+        jid = _job_id(job_id)
+        with jobdb.transaction(db):
+            row = self._row(job_id)
+            state = row["state"]
+
+            def refuse(why):
+                raise Conflict(f"cannot {action} job {job_id}: {why}")
+
+            if action == "kill":
+                if state in FINAL:
+                    refuse(f"it has already finished ({state})")
+                if state in ("PENDING", "HELD", "STARTING"):
+                    db.execute("UPDATE jobs SET state='CANCELLED', native_state='EXIT', reason='Killed by request', "
+                               "end_time=? WHERE id=?", (time.time(), jid))
+                else:
+                    db.execute("UPDATE jobs SET cancel_at=? WHERE id=?", (time.time(), jid))
+                    self._signal(row, signal.SIGTERM, cont=True)
+            elif action == "suspend":
+                if state == "STARTING":
+                    refuse("it is still starting: try again in a moment")
+                if state != "RUNNING":
+                    refuse(f"it is {state}, not RUNNING")
+                self._signal(row, signal.SIGSTOP)
+                db.execute("UPDATE jobs SET state='SUSPENDED', native_state='USUSP', reason='Suspended by request' "
+                           "WHERE id=?", (jid,))
+            elif action == "resume":
+                if state != "SUSPENDED":
+                    refuse(f"it is {state}, not SUSPENDED")
+                self._signal(row, signal.SIGCONT)
+                db.execute("UPDATE jobs SET state='RUNNING', native_state='RUN', reason=NULL WHERE id=?", (jid,))
+            elif action == "hold":
+                if state == "STARTING":
+                    refuse("it is starting")
+                if state != "PENDING":
+                    refuse(f"it is {state}; only a PENDING job can be held")
+                db.execute("UPDATE jobs SET state='HELD', native_state='PSUSP', reason='Held by request' "
+                           "WHERE id=?", (jid,))
+            elif action == "release":
+                if state != "HELD":
+                    refuse(f"it is {state}, not HELD")
+                db.execute("UPDATE jobs SET state='PENDING', native_state='PEND', reason=NULL WHERE id=?", (jid,))
+            elif action == "requeue":
+                if state in ("PENDING", "HELD", "STARTING"):
+                    refuse("it has not started")
+                if state in FINAL:
+                    db.execute("UPDATE jobs SET state='PENDING', native_state='PEND', reason='Requeued', "
+                               "exit_code=NULL, start_time=NULL, end_time=NULL, cancel_at=NULL, "
+                               "restarts=restarts+1 WHERE id=?", (jid,))
+                else:
+                    db.execute("UPDATE jobs SET requeue=1 WHERE id=?", (jid,))
+                    self._signal(row, signal.SIGKILL, cont=True)
+            else:  # the core only passes known actions
+                refuse("unknown action")
+        dispatch(db, self.db_path)
+
+    def _signal(self, row, sig, cont=False):
+        if row["pid"] is None:
+            raise Conflict(f"job {row['id']} is still starting: try again in a moment")
+        try:
+            if cont:
+                os.killpg(row["pid"], signal.SIGCONT)
+            os.killpg(row["pid"], sig)
+        except ProcessLookupError:
+            pass
+
+    @hookimpl
+    def job_output(self, user, job_id, stream, offset, limit):
+        row = self._row(job_id)
+        path = row["stdout_path"] if stream == "stdout" else row["stderr_path"]
+        if self.opts["run_as"] == "sudo":
+            return self._read_slice_as(user, path, offset, limit)
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(offset)
+                data = fh.read(limit)
+        except FileNotFoundError:
+            return JobOutput(b"", offset, 0, path)
+        return JobOutput(data, offset, size, path)
+
+    def _read_slice_as(self, user, path, offset, limit):
+        """Read as the job's user, so Unix permissions decide (coreutils, no shell)."""
+        as_user = self._as_user(user)
+        size = subprocess.run(["stat", "-L", "-c", "%s", "--", path], capture_output=True, timeout=30, **as_user)
+        if size.returncode != 0:
+            if b"No such file" in size.stderr:
+                return JobOutput(b"", offset, 0, path)
+            raise Conflict(f"cannot read {path}: {size.stderr.decode(errors='replace').strip()[-300:]}")
+        data = subprocess.run(["dd", f"if={path}", "iflag=skip_bytes,count_bytes", f"skip={offset}",
+                               f"count={limit}", "status=none"], capture_output=True, timeout=30, **as_user)
+        if data.returncode != 0:
+            raise Conflict(f"cannot read {path}: {data.stderr.decode(errors='replace').strip()[-300:]}")
+        return JobOutput(data.stdout, offset, int(size.stdout), path)
+
+    # ---------------------------------------------------------------- cluster
+    def _counts(self, column=None):
+        sql = "SELECT {col} AS k, state, COUNT(*) AS n, SUM(cpus) AS c FROM jobs WHERE state NOT IN " \
+              "('COMPLETED','FAILED','CANCELLED') GROUP BY {col}, state"
+        rows = self.db.execute(sql.format(col=column or "'all'")).fetchall()
+        out: dict = {}
+        for r in rows:
+            d = out.setdefault(r["k"], {"njobs": 0, "pending": 0, "running": 0, "suspended": 0, "slots": 0})
+            d["njobs"] += r["n"]
+            key = {"PENDING": "pending", "HELD": "pending", "STARTING": "pending", "RUNNING": "running", "SUSPENDED": "suspended"}[r["state"]]
+            d[key] += r["n"]
+            if r["state"] in ("RUNNING", "SUSPENDED"):
+                d["slots"] += r["c"] or 0
+        return out
+
+    @hookimpl
+    def list_hosts(self):
+        self._refresh()
+        closed = self.db.execute("SELECT closed FROM hosts WHERE name=?", (self.host,)).fetchone()["closed"]
+        c = self._counts().get("all", {})
+        return [Host(name=self.host, state="closed" if closed else "ok",
+                     native_state="closed_Adm" if closed else "ok", cpus=os.cpu_count(),
+                     max_slots=self.opts["slots"], njobs=c.get("running", 0) + c.get("suspended", 0),
+                     running=c.get("running", 0), suspended=c.get("suspended", 0),
+                     memory_mb=(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024))]
+
+    @hookimpl
+    def control_host(self, user, host, action):
+        if host != self.host:
+            raise NotFound(f"no such host: {host}")
+        with jobdb.transaction(self.db):
+            self.db.execute("UPDATE hosts SET closed=? WHERE name=?", (1 if action == "close" else 0, host))
+        dispatch(self.db, self.db_path)
+
+    @hookimpl
+    def list_queues(self):
+        counts = self._counts("queue")
+        rows = {r["name"]: r for r in self.db.execute("SELECT * FROM queues").fetchall()}
+        out = []
+        for name, q in self.queues.items():
+            r, c = rows.get(name), counts.get(name, {})
+            is_open, active = bool(r["open"]) if r else True, bool(r["active"]) if r else True
+            out.append(Queue(name=name, open=is_open, active=active,
+                             native_state=f"{'Open' if is_open else 'Closed'}:{'Active' if active else 'Inact'}",
+                             priority=q["priority"], is_default=q["default"], max_slots=self.opts["slots"],
+                             time_limit_minutes=q["time_limit_minutes"], hosts=[self.host],
+                             njobs=c.get("njobs", 0), pending=c.get("pending", 0), running=c.get("running", 0),
+                             suspended=c.get("suspended", 0)))
+        return out
+
+    @hookimpl
+    def control_queue(self, user, queue, action):
+        if queue not in self.queues:
+            raise NotFound(f"no such queue: {queue}")
+        column, value = {"open": ("open", 1), "close": ("open", 0),
+                         "activate": ("active", 1), "inactivate": ("active", 0)}[action]
+        with jobdb.transaction(self.db):
+            self.db.execute(f"UPDATE queues SET {column}=? WHERE name=?", (value, queue))
+        dispatch(self.db, self.db_path)
+
+    @hookimpl
+    def list_users(self):
+        counts = self._counts("user")
+        names = set(self.opts["users"]) | set(counts) | {
+            r[0] for r in self.db.execute("SELECT DISTINCT user FROM jobs").fetchall()}
+        return [UserInfo(name=n, njobs=counts.get(n, {}).get("njobs", 0), pending=counts.get(n, {}).get("pending", 0),
+                         running=counts.get(n, {}).get("running", 0),
+                         suspended=counts.get(n, {}).get("suspended", 0)) for n in sorted(names)]
+
+    @hookimpl
+    def cluster_info(self):
+        by_state = {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        return ClusterInfo(name=self.opts["cluster_name"], scheduler="mock", version=__version__, master=self.host,
+                           hosts=1, cpus=self.opts["slots"], queues=len(self.queues), jobs=by_state)
+
+    @hookimpl
+    def health(self):
+        t0 = time.perf_counter()
+        self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()
+        return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000, detail=f"mock executor on {self.host}")
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def make_scheduler(options: dict) -> MockScheduler:
+    return MockScheduler(options)

@@ -1,0 +1,112 @@
+"""Start pending jobs while slots are free: called after every submit, release, job end."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from . import db as jobdb
+
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process: tells a live runner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _dependency_ready(db, dependency: str | None) -> bool | None:
+    """True when satisfied, False while waiting, None when it can never be satisfied."""
+    if not dependency:
+        return True
+    for clause in dependency.replace("?", ",").split(","):
+        kind, *ids = clause.split(":")
+        if kind == "singleton":
+            continue
+        for jid in ids:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (int(jid.split("_")[0].split("+")[0]),)).fetchone()
+            state = row["state"] if row else "COMPLETED"     # unknown (purged) jobs count as done
+            if kind == "after" and state in ("PENDING", "HELD"):
+                return False
+            if kind == "afterany" and state not in FINAL:
+                return False
+            if kind == "afterok":
+                if state in ("FAILED", "CANCELLED"):
+                    return None
+                if state != "COMPLETED":
+                    return False
+            if kind == "afternotok":
+                if state == "COMPLETED":
+                    return None
+                if state not in FINAL:
+                    return False
+    return True
+
+
+def reap_lost(db) -> None:
+    """A RUNNING job whose runner is gone (host reboot, kill -9) ends as FAILED, not RUNNING forever."""
+    rows = db.execute("SELECT id, runner_pid, runner_start, start_time FROM jobs "
+                      "WHERE state IN ('STARTING','RUNNING','SUSPENDED')").fetchall()
+    for row in rows:
+        if row["runner_pid"] is None:
+            if row["start_time"] and time.time() - row["start_time"] > 30:
+                lost = True
+            else:
+                continue
+        else:
+            lost = process_start_time(row["runner_pid"]) != row["runner_start"]
+        if lost:
+            db.execute("UPDATE jobs SET state='FAILED', native_state='EXIT', reason='Lost: its runner ended "
+                       "unexpectedly', end_time=? WHERE id=? AND state IN ('STARTING','RUNNING','SUSPENDED')",
+                       (time.time(), row["id"]))
+
+
+def dispatch(db, db_path: str, slots: int | None = None) -> list[int]:
+    if slots is None:
+        slots = int(jobdb.setting(db, "slots", "4"))
+    started = []
+    with jobdb.transaction(db):
+        if db.execute("SELECT 1 FROM hosts WHERE closed=1").fetchone():
+            return []
+        used = db.execute("SELECT COALESCE(SUM(cpus),0) FROM jobs "
+                          "WHERE state IN ('STARTING','RUNNING','SUSPENDED')").fetchone()[0]
+        free = slots - used
+        if free <= 0:
+            return []
+        pending = db.execute(
+            "SELECT j.id, j.cpus, j.dependency FROM jobs j LEFT JOIN queues q ON q.name=j.queue "
+            "WHERE j.state='PENDING' AND COALESCE(q.active,1)=1 ORDER BY j.id").fetchall()
+        now = time.time()
+        for row in pending:
+            ready = _dependency_ready(db, row["dependency"])
+            if ready is None:
+                db.execute("UPDATE jobs SET reason='DependencyNeverSatisfied' WHERE id=?", (row["id"],))
+                continue
+            if not ready:
+                db.execute("UPDATE jobs SET reason='Dependency' WHERE id=?", (row["id"],))
+                continue
+            cpus = row["cpus"] or 1
+            if cpus > free:
+                db.execute("UPDATE jobs SET reason='Resources' WHERE id=?", (row["id"],))
+                continue
+            free -= cpus
+            # STARTING (shown as PENDING) until the runner has the job's pid: only then can
+            # it be signalled, so only then is it RUNNING.
+            db.execute("UPDATE jobs SET state='STARTING', reason='Starting', start_time=?, "
+                       "runner_pid=NULL, runner_start=NULL WHERE id=?", (now, row["id"]))
+            started.append(row["id"])
+    for job_id in started:
+        spawn_runner(db_path, job_id)
+    return started
+
+
+def spawn_runner(db_path: str, job_id: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "gateway_mock.runner", db_path, str(job_id)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True, start_new_session=True)
+    proc.wait()          # the runner double-forks: this returns at once and leaves no zombie
