@@ -208,9 +208,12 @@ def check_environment(env: dict | None) -> bytes:
     return b"\x00".join(parts) + (b"\x00" if parts else b"")
 
 
-def sbatch(spec: JobSpec, *, work_dir: str, allowed_native: Iterable[str],
+def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str],
            script_path: str | None = None, export_file: str | None = None) -> list[str]:
     """The sbatch argument list for ``spec``; the script body (if any) goes on stdin.
+
+    ``default_work_dir``: the job's directory when the spec has no workDir (the user's home:
+    sbatch would otherwise use the gateway's own working directory).
 
     ``script_path``: a script on the cluster (``scriptLocation``). ``spec.command`` becomes
     ``--wrap``. ``export_file``: the file holding ``spec.environment`` (see
@@ -239,7 +242,7 @@ def sbatch(spec: JobSpec, *, work_dir: str, allowed_native: Iterable[str],
                            errors=errors)
     native = check_native_options(spec.native_options or [], allowed_native)
 
-    argv = ["sbatch", "--parsable", f"--chdir={work_dir}"]
+    argv = ["sbatch", "--parsable", f"--chdir={spec.work_dir or default_work_dir}"]
     if spec.name is not None:
         argv.append(f"--job-name={spec.name}")
     if spec.queue is not None:

@@ -315,6 +315,14 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
         right = f"{work_dir.rstrip('/')}/slurm-{array_job_id}_{task_id}.out"
         stdout = right if stdout == wrong else stdout
         stderr = right if stderr == wrong else stderr
+    # ...and gives a pattern the user set (--output=o-%j.out) as it is.
+    pattern_args = dict(job_id=job_id, array_job_id=array_job_id, array_task_id=task_id,
+                        user=values["UserName"], name=values["Name"], node=hosts[0] if hosts else None,
+                        work_dir=work_dir)
+    if stdout and "%" in stdout:
+        stdout = expand_output_pattern(stdout, **pattern_args)
+    if stderr and "%" in stderr:
+        stderr = expand_output_pattern(stderr, **pattern_args)
     cpus = int(values["NumCPUs"]) if values["NumCPUs"].isdigit() else None
     nodes = int(values["NumNodes"]) if values["NumNodes"].isdigit() else None
     mem = parse_memory_mb(_na(values["MinMemory"]))
@@ -507,7 +515,7 @@ _UNAVAILABLE = re.compile(
     r"Could not establish a configuration source|Munge|munge|Slurm backup controller in standby|"
     r"Slurmctld is not responding|Unable to resolve|Transport endpoint", re.I)
 _NOT_FOUND = re.compile(r"Invalid job id specified|Invalid node name specified|"
-                        r"Invalid partition name specified for|Job not found", re.I)
+                        r"Invalid partition name specified|Job not found", re.I)
 _CONFLICT = re.compile(
     r"Job is not suspended|Job is pending execution|Job is no longer pending execution|"
     r"already completing or completed|Job has already finished|Job is suspended|"

@@ -132,10 +132,10 @@ class SlurmScheduler:
         return self._add_exit_codes(records, previous)
 
     def _add_exit_codes(self, records: list[Record], previous: dict[str, Record]) -> list[Record]:
-        """squeue's format strings have no exit code: ask scontrol once per finished job."""
+        """squeue's format strings have no exit code: ask scontrol once per failed job."""
         out, lookups = [], 0
         for job, extra in records:
-            if job.state.is_final and job.exit_code is None:
+            if job.state is JobState.FAILED and job.exit_code is None:
                 prev = previous.get(extra.get("id"))
                 if prev is not None and prev[0].exit_code is not None:
                     job = replace(job, exit_code=prev[0].exit_code)
@@ -210,7 +210,7 @@ class SlurmScheduler:
                                    errors={"scriptLocation": ["not an absolute path or s3:// URL"]})
             script_path = spec.script_location
         work_dir = spec.work_dir or self._default_work_dir(account)
-        build = dict(work_dir=work_dir, allowed_native=self.allowed_native, script_path=script_path)
+        build = dict(default_work_dir=work_dir, allowed_native=self.allowed_native, script_path=script_path)
         commands.sbatch(spec, **build)               # every check before anything runs
         env_file = None
         try:
@@ -236,11 +236,11 @@ class SlurmScheduler:
         if account not in self._homes:
             name = account
             if name is None:
-                res = self._run(["id", "-un"])
+                res = self._run(["id", "-un"], as_user=self.service_account)
                 name = res.out.strip() if res.returncode == 0 else None
             home = None
             if name:
-                res = self._run(commands.getent_passwd(name))
+                res = self._run(commands.getent_passwd(name), as_user=self.service_account)
                 home = parse.parse_getent_home(res.out) if res.returncode == 0 else None
             if home is None and self.opts["run_as"] == "sudo":
                 raise Forbidden(f"user {account} has no Unix account on the cluster")

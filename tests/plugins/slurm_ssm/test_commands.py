@@ -1,0 +1,119 @@
+"""The command builders: every JobSpec field mapped, every client string kept inside one argument."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import InvalidInput
+from gateway.models import JobSpec
+from gateway_slurm_ssm import commands
+
+ALLOWED = commands.DEFAULT_NATIVE_OPTIONS
+
+
+def build(**kw):
+    kw.setdefault("script", "#!/bin/sh\ntrue\n")
+    return commands.sbatch(JobSpec(**kw), default_work_dir="/home/u", allowed_native=ALLOWED)
+
+
+def test_every_field_maps_to_one_sbatch_option():
+    argv = commands.sbatch(JobSpec(
+        command="echo hi", name="n", queue="batch", nodes=2, cpus=8, cpus_per_task=2, memory_mb=512,
+        time_limit_minutes=90, work_dir="/data", stdout="o-%j.out", stderr="e-%j.err", array="1-10%2",
+        dependency="afterok:5", hold=True, native_options=["--exclusive", "--mail-type=END,FAIL"]),
+        default_work_dir="/home/u", allowed_native=ALLOWED, export_file="/tmp/env.1")
+    assert argv == ["sbatch", "--parsable", "--chdir=/data", "--job-name=n", "--partition=batch",
+                    "--nodes=2", "--ntasks=4", "--cpus-per-task=2", "--mem=512M", "--time=90",
+                    "--output=o-%j.out", "--error=e-%j.err", "--array=1-10%2", "--dependency=afterok:5",
+                    "--hold", "--export=ALL", "--export-file=/tmp/env.1", "--exclusive",
+                    "--mail-type=END,FAIL", "--wrap=echo hi"]
+
+
+def test_cpus_alone_are_tasks_and_cpus_per_task_alone_stays():
+    assert "--ntasks=3" in build(cpus=3)
+    argv = build(cpus_per_task=4)
+    assert "--cpus-per-task=4" in argv and not any(a.startswith("--ntasks") for a in argv)
+
+
+def test_script_body_goes_to_stdin_and_a_script_path_after_double_dash():
+    assert build()[-1] == "--chdir=/home/u"           # nothing after the options: stdin
+    argv = commands.sbatch(JobSpec(script_location="--wrap=touch /tmp/x"), default_work_dir="/w",
+                           allowed_native=ALLOWED, script_path="--wrap=touch /tmp/x")
+    assert argv[-2:] == ["--", "--wrap=touch /tmp/x"]
+
+
+@pytest.mark.parametrize("field", ["name", "work_dir", "stdout", "stderr", "dependency", "array"])
+def test_hostile_strings_stay_inside_their_option(field):
+    value = "/--x ;$(touch /tmp/p)`id`\n--wrap=evil ü" if field == "work_dir" else "--x ;$(touch /tmp/p)\n--wrap=evil ü"
+    argv = build(**{field: value})
+    hits = [a for a in argv if value in a]
+    assert len(hits) == 1 and hits[0].startswith("--") and hits[0].endswith(value)
+    assert "--wrap=evil ü" not in argv
+
+
+def test_nul_anywhere_is_refused_before_anything_runs():
+    for field in ("name", "work_dir", "stdout", "command", "dependency"):
+        kw = {field: "/a\x00b"}
+        if field == "command":
+            kw["script"] = None
+        with pytest.raises(InvalidInput) as e:
+            build(**kw)
+        assert e.value.errors
+
+
+def test_work_dir_must_be_absolute_and_queue_a_partition_name():
+    with pytest.raises(InvalidInput):
+        build(work_dir="relative/dir")
+    with pytest.raises(InvalidInput):
+        build(queue="debug --wrap=x")
+
+
+def test_cpus_must_divide_by_cpus_per_task():
+    with pytest.raises(InvalidInput):
+        build(cpus=5, cpus_per_task=2)
+
+
+def test_native_options_allow_list():
+    assert commands.check_native_options(["--exclusive", "--qos=normal", "--comment=a b,c"], ALLOWED) == [
+        "--exclusive", "--qos=normal", "--comment=a b,c"]
+    for bad, named in ((["--wrap=touch /tmp/x"], "--wrap"), (["--export=ALL,LD_PRELOAD=/x"], "--export"),
+                       (["--uid=0"], "--uid"), (["--wra=x"], "--wra"), (["--parsable"], "--parsable"),
+                       (["--qos", "normal"], "normal"), (["-p", "debug"], "-p"), ([";id"], ";id"),
+                       (["--qos=a\x00b"], "--qos")):
+        with pytest.raises(InvalidInput) as e:
+            commands.check_native_options(bad, ALLOWED)
+        assert named in e.value.msg, (bad, e.value.msg)
+        assert e.value.errors["nativeOptions"]
+
+
+def test_native_options_list_can_be_extended():
+    assert commands.check_native_options(["--x11"], ALLOWED | {"--x11"}) == ["--x11"]
+
+
+def test_environment_becomes_a_nul_separated_export_file():
+    data = commands.check_environment({"A": "1,2", "B": "x\ny", "C": "", "D": "$(id);`id`"})
+    assert data == b"A=1,2\x00B=x\ny\x00C=\x00D=$(id);`id`\x00"
+    assert commands.check_environment({}) == b""
+    for bad in ({"A B": "1"}, {"1A": "1"}, {"A=B": "1"}, {"--x": "1"}, {"A": "a\x00b"}, {"Ü": "1"}, {"": "1"}):
+        with pytest.raises(InvalidInput) as e:
+            commands.check_environment(bad)
+        assert e.value.errors["environment"]
+
+
+@pytest.mark.parametrize("job_id,ok", [
+    ("1", True), ("123_4", True), ("36_[3-4%2]", True), ("0", False), ("abc", False), ("1 2", False),
+    ("-1", False), ("1;id", False), ("1_", False), ("", False), ("1\n2", False)])
+def test_job_ids(job_id, ok):
+    assert commands.valid_job_id(job_id) is ok
+
+
+def test_read_commands():
+    assert commands.squeue_json() == ["squeue", "--json", "--all", "--states=all"]
+    fmt = commands.squeue_format()
+    assert fmt[:2] == ["env", "SLURM_TIME_FORMAT=%s"] and fmt[-1].count(commands.FIELD_SEP) == len(commands.FORMAT_FIELDS) - 1
+    assert commands.read_bytes("/p", 5, 10) == ["dd", "if=/p", "bs=65536", "iflag=skip_bytes,count_bytes",
+                                                "skip=5", "count=10", "status=none"]
+    assert commands.scancel("5") == ["scancel", "--verbose", "5"]
+    assert commands.update_node("vm", "close", reason="r") == ["scontrol", "update", "nodename=vm", "state=drain", "reason=r"]
+    assert commands.update_partition("batch", "DRAIN") == ["scontrol", "update", "partitionname=batch", "state=DRAIN"]
+    with pytest.raises(ValueError):
+        commands.job_action("delete", "5")

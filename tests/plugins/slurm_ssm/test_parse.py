@@ -1,0 +1,291 @@
+"""The parsers, on output captured from a real Slurm 22.05 (fixtures/, see capture_fixtures.py)."""
+from __future__ import annotations
+
+import json
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import (Conflict, Forbidden, InvalidInput, NotFound, SchedulerRefused,
+                            SchedulerUnavailable)
+from gateway.models import JobState
+from gateway_slurm_ssm import parse
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fx(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def jobs_by_name(records):
+    return {job.name: job for job, _ in records}
+
+
+@pytest.fixture(scope="module", params=["json", "format"])
+def queue(request):
+    """The same queue seen through squeue --json and through the format strings."""
+    if request.param == "json":
+        return request.param, parse.parse_squeue_json(fx("squeue_json")["stdout"])
+    return request.param, parse.parse_squeue_format(fx("squeue_format")["stdout"])
+
+
+# ---------------------------------------------------------------- squeue, both parsers
+
+def test_both_parsers_see_the_same_jobs(queue):
+    _, records = queue
+    ids = {job.job_id for job, _ in records}
+    other = parse.parse_squeue_format(fx("squeue_format")["stdout"]) if queue[0] == "json" \
+        else parse.parse_squeue_json(fx("squeue_json")["stdout"])
+    assert ids == {job.job_id for job, _ in other}
+    assert len(records) == 38
+
+
+@pytest.mark.parametrize("name,state,native,reason", [
+    ("done", JobState.COMPLETED, "COMPLETED", None),
+    ("failed", JobState.FAILED, "FAILED", "NonZeroExitCode"),
+    ("timeout", JobState.FAILED, "TIMEOUT", "TimeLimit"),
+    ("running", JobState.RUNNING, "RUNNING", None),
+    ("suspended", JobState.SUSPENDED, "SUSPENDED", None),
+    ("cancelled", JobState.CANCELLED, "CANCELLED", None),
+    ("held-user", JobState.HELD, "PENDING", "JobHeldUser"),
+    ("dependent", JobState.PENDING, "PENDING", "Dependency"),
+    # held after it had started: still running, Slurm keeps the hold reason
+    ("held-admin", JobState.RUNNING, "RUNNING", "JobHeldAdmin"),
+    ("データ|;$(x)", JobState.HELD, "PENDING", "JobHeldUser"),
+])
+def test_states_are_normalized_with_the_native_words_kept(queue, name, state, native, reason):
+    job = jobs_by_name(queue[1])[name]
+    assert (job.state, job.native_state, job.reason) == (state, native, reason)
+
+
+def test_exit_codes_from_json_are_decoded_wait_statuses():
+    jobs = jobs_by_name(parse.parse_squeue_json(fx("squeue_json")["stdout"]))
+    assert jobs["done"].exit_code == 0
+    assert jobs["failed"].exit_code == 3            # raw 768
+    assert jobs["signalled"].exit_code == 143       # raw 15: SIGTERM
+    assert jobs["cancelled"].exit_code == 143       # raw 36608: 143 << 8
+    assert jobs["running"].exit_code is None
+
+
+def test_format_strings_know_only_that_completed_means_zero():
+    jobs = jobs_by_name(parse.parse_squeue_format(fx("squeue_format")["stdout"]))
+    assert jobs["done"].exit_code == 0
+    assert jobs["failed"].exit_code is None         # filled in by scontrol show job
+    assert parse.parse_show_job_exit_code(fx("scontrol_show_job_failed")["stdout"]) == 3
+    assert parse.parse_show_job_exit_code(fx("scontrol_show_job_signalled")["stdout"]) == 143
+
+
+def test_job_fields(queue):
+    jobs = jobs_by_name(queue[1])
+    running = jobs["running"]
+    assert running.user_name == "gwalice" and running.queue == "batch"
+    assert running.hosts == ["vm"] and running.nodes == 1 and running.cpus == 1
+    assert running.time_limit_minutes == 30
+    assert running.work_dir == "/tmp"
+    assert running.stdout_path == "/tmp/fx-run-running-30.out"     # --output=/tmp/fx-run-%x-%j.out
+    assert running.stderr_path == "/tmp/fx-run-30.err"
+    assert running.submit_time.tzinfo is timezone.utc and running.start_time is not None
+    assert running.end_time is None                   # Slurm's expected end is not an end
+    suspended = jobs["suspended"]
+    assert suspended.cpus == 2 and suspended.memory_mb == 100 and suspended.user_name == "gwbob"
+    held = jobs["held-user"]
+    assert held.start_time is None and held.hosts == []
+    assert held.stdout_path == "/tmp/slurm-33.out"   # sbatch's default name in the work dir
+    assert jobs["timeout"].end_time is not None
+
+
+def test_array_tasks_and_pending_remainder(queue):
+    records = [(job, extra) for job, extra in queue[1] if job.name == "array"]
+    by_id = {job.job_id: (job, extra) for job, extra in records}
+    assert set(by_id) == {"36_1", "36_2", "36_[3-4%2]"}
+    job, extra = by_id["36_1"]
+    assert job.state is JobState.RUNNING and extra["array_job_id"] == "36" and extra["array_task_id"] == "1"
+    assert job.stdout_path == "/tmp/slurm-36_1.out"   # slurm-%A_%a.out, not the task's own id
+    job, extra = by_id["36_[3-4%2]"]
+    assert job.reason == "JobArrayTaskLimit" and extra["array_tasks"] == "3-4%2" and extra["id"] == "36"
+
+
+def test_json_output_pattern_expansion():
+    jobs = jobs_by_name(parse.parse_squeue_json(fx("squeue_json")["stdout"]))
+    assert jobs["held"].stdout_path == "/home/gwbob/out-3-held.txt"     # out-%j-%x.txt
+    assert jobs["done"].stdout_path == "/tmp/fx-27.out"
+
+
+def test_squeue_json_with_the_controller_down_is_unavailable():
+    d = fx("down_squeue_json")
+    assert d["returncode"] == 0                       # squeue --json exits 0 all the same
+    with pytest.raises(SchedulerUnavailable) as e:
+        parse.parse_squeue_json(d["stdout"])
+    assert "slurm_load_jobs" in e.value.msg
+
+
+def test_squeue_format_with_the_controller_down():
+    d = fx("down_squeue_format")
+    err = parse.refusal(d["stdout"], d["stderr"])
+    assert isinstance(err, SchedulerUnavailable)
+    assert "Unable to contact slurm controller" in err.msg
+
+
+def test_format_record_with_wrong_field_count_is_refused():
+    with pytest.raises(SchedulerRefused):
+        parse.parse_squeue_format("1\x1f2\x1e\n")
+
+
+# ---------------------------------------------------------------- values
+
+@pytest.mark.parametrize("raw,code", [(0, 0), (768, 3), (9, 137), (15, 143), (36608, 143), (None, None)])
+def test_decode_wait_status(raw, code):
+    assert parse.decode_wait_status(raw) == code
+
+
+@pytest.mark.parametrize("text,minutes", [
+    ("UNLIMITED", None), ("1:00", 1), ("30:00", 30), ("2-00:00:00", 2880), ("3-11:20:00", 5000),
+    ("01:30:00", 90), ("5", 5), ("0:30", 1), ("1-2", 1560), (None, None)])
+def test_parse_time_limit(text, minutes):
+    assert parse.parse_time_limit(text) == minutes
+
+
+@pytest.mark.parametrize("native,reason,code,state", [
+    ("PD", "JobHeldAdmin", None, JobState.HELD), ("PD", "Resources", None, JobState.PENDING),
+    ("R", None, None, JobState.RUNNING), ("S", None, None, JobState.SUSPENDED),
+    ("CA", None, None, JobState.CANCELLED), ("CD", None, 0, JobState.COMPLETED),
+    ("CD", None, 2, JobState.FAILED), ("TO", None, None, JobState.FAILED),
+    ("NF", None, None, JobState.FAILED), ("OOM", None, None, JobState.FAILED),
+    ("BF", None, None, JobState.FAILED), ("DL", None, None, JobState.FAILED),
+    ("PR", None, None, JobState.FAILED), ("F", None, None, JobState.FAILED),
+    ("COMPLETING", None, None, JobState.RUNNING), ("RUNNING+COMPLETING", None, None, JobState.RUNNING),
+    ("REQUEUE_HOLD", None, None, JobState.HELD), ("", None, None, JobState.UNKNOWN),
+    ("WHATEVER", None, None, JobState.UNKNOWN)])
+def test_normalize_state(native, reason, code, state):
+    assert parse.normalize_state(native, reason, code) is state
+
+
+@pytest.mark.parametrize("text,hosts", [
+    ("vm", ["vm"]), ("", []), ("n[1-3]", ["n1", "n2", "n3"]), ("n[01-03,7]", ["n01", "n02", "n03", "n7"]),
+    ("a[1-2],b", ["a1", "a2", "b"]), ("r[1-2]c[1-2]", ["r1c1", "r1c2", "r2c1", "r2c2"])])
+def test_expand_hostlist(text, hosts):
+    assert parse.expand_hostlist(text) == hosts
+
+
+@pytest.mark.parametrize("spec,task,inside", [
+    ("3-4%2", 3, True), ("3-4%2", 5, False), ("1,3,5-11:2", 7, True), ("1,3,5-11:2", 8, False)])
+def test_array_spec_contains(spec, task, inside):
+    assert parse.array_spec_contains(spec, task) is inside
+
+
+def test_output_pattern_rules():
+    kw = dict(job_id="12", array_job_id="11", array_task_id="1", user="u", name="n", node="vm", work_dir="/w")
+    assert parse.expand_output_pattern("", **kw) == "/w/slurm-11_1.out"
+    assert parse.expand_output_pattern("o-%A-%3a-%u-%x-%N-%%.txt", **kw) == "/w/o-11-001-u-n-vm-%.txt"
+    assert parse.expand_output_pattern("/abs/%j", **kw) == "/abs/12"
+    assert parse.expand_output_pattern("/abs/lit\\%j", **kw) == "/abs/lit%j"
+
+
+# ---------------------------------------------------------------- hosts, queues, config
+
+def test_hosts_from_sinfo_json_and_scontrol_agree():
+    for parser, name in ((parse.parse_sinfo_json, "sinfo_json"), (parse.parse_nodes_oneliner, "scontrol_show_node")):
+        [host] = parser(fx(name)["stdout"])
+        assert (host.name, host.state, host.cpus, host.memory_mb, host.reason) == ("vm", "ok", 16, 16000, None)
+    for parser, name in ((parse.parse_sinfo_json, "sinfo_json_drained"),
+                         (parse.parse_nodes_oneliner, "scontrol_show_node_drained")):
+        [host] = parser(fx(name)["stdout"])
+        assert host.state == "closed"
+        assert "DRAIN" in host.native_state
+        assert host.reason.startswith("fixture: maintenance a=b")     # free text with '=' kept whole
+
+
+@pytest.mark.parametrize("fixture,state,open_,active", [
+    ("scontrol_show_partition", "UP", True, True),
+    ("scontrol_show_partition_down", "DOWN", True, False),
+    ("scontrol_show_partition_drain", "DRAIN", False, True),
+    ("scontrol_show_partition_inactive", "INACTIVE", False, False)])
+def test_partitions(fixture, state, open_, active):
+    queues = {q.name: q for q in parse.parse_partitions(fx(fixture)["stdout"])}
+    assert set(queues) == {"debug", "batch"}
+    debug, batch = queues["debug"], queues["batch"]
+    assert debug.is_default and not batch.is_default
+    assert debug.open and debug.active and debug.time_limit_minutes is None
+    assert (batch.native_state, batch.open, batch.active) == (state, open_, active)
+    assert batch.time_limit_minutes == 2880 and batch.max_slots == 16 and batch.hosts == ["vm"]
+    assert parse.partition_state_for(open_, active) == state
+
+
+def test_config_ping_version_getent():
+    config = parse.parse_config(fx("scontrol_show_config")["stdout"])
+    assert config["ClusterName"] == "gateway-test" and config["SLURM_VERSION"] == "22.05.8"
+    assert parse.parse_ping(fx("scontrol_ping")["stdout"]) == (True, "Slurmctld(primary) at vm is UP")
+    ok, words = parse.parse_ping(fx("down_ping")["stdout"])
+    assert not ok and "DOWN" in words
+    assert parse.parse_version(fx("squeue_version")["stdout"]) == (22, 5)
+    assert parse.parse_getent_home(fx("getent_passwd")["stdout"]) == "/home/gwalice"
+    assert parse.parse_getent_home(fx("getent_passwd_unknown")["stdout"]) is None
+
+
+# ---------------------------------------------------------------- sbatch and refusals
+
+def test_sbatch_parsable():
+    assert parse.parse_sbatch(fx("sbatch_ok")["stdout"]) == "40"
+    assert parse.parse_sbatch("41;cluster\n") == "41"
+    with pytest.raises(SchedulerRefused):
+        parse.parse_sbatch("")
+
+
+@pytest.mark.parametrize("fixture,cls", [
+    ("sbatch_bad_partition", InvalidInput), ("sbatch_bad_mem", InvalidInput),
+    ("sbatch_too_much_mem", InvalidInput), ("sbatch_bad_time", InvalidInput),
+    ("sbatch_bad_array", InvalidInput), ("sbatch_not_a_script", InvalidInput),
+    ("sbatch_empty_script", InvalidInput), ("sbatch_missing_file", InvalidInput),
+    ("sbatch_unknown_option", InvalidInput), ("sbatch_partition_drained", InvalidInput),
+    ("sbatch_unknown_user", Forbidden), ("down_sbatch", SchedulerUnavailable)])
+def test_sbatch_refusals(fixture, cls):
+    d = fx(fixture)
+    assert d["returncode"] != 0
+    err = parse.refusal(d["stdout"], d["stderr"], input_errors=True)
+    assert type(err) is cls, (err, d["stderr"])
+    # the scheduler's own words, verbatim
+    assert err.msg.splitlines()[0] == d["stderr"].strip().splitlines()[0]
+
+
+@pytest.mark.parametrize("fixture,cls", [
+    ("suspend_pending", Conflict), ("resume_running", Conflict), ("suspend_finished", Conflict),
+    ("hold_finished", Conflict), ("hold_invalid", NotFound), ("requeue_pending", Conflict),
+    ("requeue_invalid", NotFound), ("suspend_as_user", Forbidden), ("requeue_denied", Forbidden),
+    ("release_admin_hold_as_user", Forbidden), ("node_unknown", NotFound),
+    ("node_drain_as_user", Forbidden), ("partition_unknown", NotFound), ("node_resume_again", Conflict)])
+def test_scontrol_refusals(fixture, cls):
+    d = fx(fixture)
+    assert d["returncode"] != 0
+    err = parse.refusal(d["stdout"], d["stderr"])
+    assert type(err) is cls, (err, d["stderr"])
+    assert err.msg == parse.scheduler_words(d["stdout"], d["stderr"])
+
+
+@pytest.mark.parametrize("fixture,cls", [
+    ("scancel_invalid", NotFound), ("scancel_finished", Conflict), ("scancel_denied", Forbidden),
+    ("down_scancel", SchedulerUnavailable)])
+def test_scancel_says_what_went_wrong_only_in_its_words(fixture, cls):
+    d = fx(fixture)
+    err = parse.scancel_error(d["stdout"], d["stderr"])
+    assert type(err) is cls
+    assert "Terminating job" not in err.msg and "Kill job error" in err.msg
+
+
+def test_scancel_success_is_no_error():
+    d = fx("scancel_ok")
+    assert d["returncode"] == 0 and parse.scancel_error(d["stdout"], d["stderr"]) is None
+    # unknown and finished jobs exit 0 as well: only the words tell
+    assert fx("scancel_invalid")["returncode"] == 0 and fx("scancel_finished")["returncode"] == 0
+
+
+def test_output_slices_fixtures():
+    assert fx("stat_output")["stdout"].strip() == "8"      # "out\nerr\n"
+    assert fx("dd_output")["stdout"] == "ut"               # offset 1, 2 bytes
+    assert "No such file" in fx("stat_missing")["stderr"] and "No such file" in fx("dd_missing")["stderr"]
+
+
+def test_oneliner_values_with_spaces():
+    d = parse.parse_oneliner("NodeName=vm OS=Linux 6.1 #1 SMP  RealMemory=10 Reason=a b=c [root@t]")
+    assert d == {"NodeName": "vm", "OS": "Linux 6.1 #1 SMP", "RealMemory": "10", "Reason": "a b=c [root@t]"}

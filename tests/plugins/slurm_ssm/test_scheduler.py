@@ -1,0 +1,263 @@
+"""The plugin's decisions (who runs what, which error) against a scripted transport that
+replays output captured from the real cluster. The real cluster: test_cluster.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound,
+                            SchedulerUnavailable)
+from gateway.models import JobQuery, JobSpec, JobState, User
+from gateway.transports import CommandResult, Transport
+from gateway_slurm_ssm import make_scheduler
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fx(name):
+    d = json.loads((FIXTURES / f"{name}.json").read_text())
+    return CommandResult(d["returncode"], d["stdout"].encode(), d["stderr"].encode())
+
+
+OK = CommandResult(0, b"", b"")
+
+
+class ScriptedTransport(Transport):
+    """Answers each command from ``self.answers`` (first matching argv prefix) and records it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.answers = [
+            (["squeue", "--version"], fx("squeue_version")),
+            (["squeue", "--json"], fx("squeue_json")),
+            (["env", "SLURM_TIME_FORMAT=%s", "squeue"], fx("squeue_format")),
+            (["env", "SLURM_TIME_FORMAT=%s", "scontrol", "--oneliner", "show", "job"], fx("scontrol_show_job_failed")),
+            (["scontrol", "ping"], fx("scontrol_ping")),
+            (["getent", "passwd"], fx("getent_passwd")),
+            (["mktemp"], CommandResult(0, b"/tmp/hpc-gateway-env.abc\n", b"")),
+            (["sbatch"], CommandResult(0, b"77\n", b"")),
+            (["sinfo", "--json"], fx("sinfo_json")),
+            (["scontrol", "--all", "--oneliner", "show", "partition"], fx("scontrol_show_partition")),
+            (["scontrol", "show", "config"], fx("scontrol_show_config")),
+        ]
+
+    def answer(self, prefix, result):
+        self.answers.insert(0, (prefix, result))
+
+    def run(self, argv, *, stdin=None, timeout=None, as_user=None, env=None):
+        argv = list(argv)
+        self.calls.append({"argv": argv, "as_user": as_user, "stdin": stdin})
+        for prefix, result in self.answers:
+            if argv[:len(prefix)] == prefix:
+                return result
+        return OK
+
+    def argvs(self, head):
+        return [c for c in self.calls if c["argv"][0] == head or c["argv"][:3] == ["env", "SLURM_TIME_FORMAT=%s", head]]
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    def _make(**options):
+        transport = ScriptedTransport()
+        monkeypatch.setattr("gateway_slurm_ssm.scheduler.make_transport", lambda opts: transport)
+        options.setdefault("cache_dir", str(tmp_path / "cache"))
+        options.setdefault("snapshot_interval", 60)
+        sched = make_scheduler(options)
+        return sched, transport
+    return _make
+
+
+ALICE, BOB, ADMIN = User("gwalice"), User("gwbob"), User("gwadmin", is_admin=True)
+
+
+def test_options_are_validated():
+    for bad in ({"run_as": "root"}, {"json": "maybe"}, {"snapshot_interval": -1},
+                {"transport": {"type": "telnet"}}, {"allowed_native_options": ["x11"]},
+                {"default_work_dir": "relative"}, {"no_such_option": 1}):
+        with pytest.raises(ConfigError):
+            make_scheduler(bad)
+
+
+def test_sudo_mode_runs_user_commands_as_the_user_and_the_snapshot_as_the_service(make):
+    sched, t = make(run_as="sudo", service_user="slurmsvc", admin_run_as="slurmop")
+    assert sched.submit_job(user=ALICE, spec=JobSpec(script="#!/bin/sh\ntrue\n", name="x")) == "77"
+    [sbatch] = t.argvs("sbatch")
+    assert sbatch["as_user"] == "gwalice" and sbatch["stdin"] == b"#!/bin/sh\ntrue\n"
+    assert "--chdir=/home/gwalice" in sbatch["argv"]        # the user's home on the cluster
+    sched.list_jobs(user=ALICE, query=JobQuery())
+    assert {c["as_user"] for c in t.argvs("squeue")} == {"slurmsvc"}
+    sched.control_job(user=ALICE, job_id="30", action="suspend")     # owner: gwalice
+    assert t.calls[-1] == {"argv": ["scontrol", "suspend", "30"], "as_user": "slurmop", "stdin": None}
+    sched.control_job(user=ADMIN, job_id="31", action="resume")      # gwbob's job, by an admin
+    assert t.calls[-1]["as_user"] == "slurmop"
+    sched.control_job(user=ADMIN, job_id="33", action="release")     # gwalice's held job
+    assert t.calls[-1] == {"argv": ["scontrol", "release", "33"], "as_user": "gwalice", "stdin": None}
+    sched.control_job(user=ADMIN, job_id="31", action="kill")
+    assert t.calls[-1] == {"argv": ["scancel", "--verbose", "31"], "as_user": "gwbob", "stdin": None}
+
+
+def test_service_mode_runs_everything_as_the_service_account(make):
+    sched, t = make(run_as="service", service_user="ec2-user")
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname"))
+    sched.control_job(user=ALICE, job_id="33", action="kill")
+    assert {c["as_user"] for c in t.calls} == {"ec2-user"}
+
+
+def test_sudo_mode_never_runs_as_root(make):
+    sched, _ = make(run_as="sudo")
+    with pytest.raises(Forbidden):
+        sched.submit_job(user=User("root"), spec=JobSpec(command="id"))
+
+
+def test_environment_travels_in_a_private_file_never_on_the_command_line(make):
+    sched, t = make(run_as="sudo")
+    sched.submit_job(user=BOB, spec=JobSpec(command="env", environment={"A": "1,2", "B": "x y"}))
+    heads = [c["argv"][0] for c in t.calls if c["argv"][0] != "squeue"]
+    assert heads == ["getent", "mktemp", "dd", "sbatch", "rm"]
+    mk, write, sbatch, rm = [c for c in t.calls if c["argv"][0] in ("mktemp", "dd", "sbatch", "rm")]
+    assert all(c["as_user"] == "gwbob" for c in (mk, write, sbatch, rm))
+    assert write["argv"][1] == "of=/tmp/hpc-gateway-env.abc" and write["stdin"] == b"A=1,2\x00B=x y\x00"
+    assert "--export-file=/tmp/hpc-gateway-env.abc" in sbatch["argv"]
+    assert not any("1,2" in a for a in sbatch["argv"])
+    assert rm["argv"] == ["rm", "-f", "--", "/tmp/hpc-gateway-env.abc"]
+
+
+def test_the_env_file_is_removed_when_sbatch_fails(make):
+    sched, t = make(run_as="sudo")
+    t.answer(["sbatch"], fx("sbatch_bad_partition"))
+    with pytest.raises(InvalidInput) as e:
+        sched.submit_job(user=ALICE, spec=JobSpec(command="true", queue="nosuch", environment={"A": "1"}))
+    assert "invalid partition specified: nosuch" in e.value.msg
+    assert t.calls[-1]["argv"][0] == "rm"
+
+
+def test_bad_input_never_reaches_the_cluster(make):
+    sched, t = make(run_as="sudo")
+    for spec in (JobSpec(command="x", native_options=["--wrap=id"]), JobSpec(command="x", environment={"A B": "1"}),
+                 JobSpec(script_location="relative.sh"), JobSpec(command="x", name="a\x00b"),
+                 JobSpec(script_location="s3://bucket-only")):
+        with pytest.raises(InvalidInput):
+            sched.submit_job(user=ALICE, spec=spec)
+    assert not [c for c in t.calls if c["argv"][0] in ("sbatch", "mktemp")]
+
+
+def test_get_job_list_jobs_and_arrays(make):
+    sched, t = make()
+    assert sched.get_job(user=ALICE, job_id="28").exit_code == 3
+    jobs = sched.list_jobs(user=ALICE, query=JobQuery(user="gwbob"))
+    assert {j.name for j in jobs} >= {"suspended", "cancelled"} and {j.user_name for j in jobs} == {"gwbob"}
+    held = sched.list_jobs(user=ALICE, query=JobQuery(states=[JobState.HELD]))
+    assert {j.name for j in held} == {"held-user", "データ|;$(x)"}
+    assert {j.queue for j in sched.list_jobs(user=ALICE, query=JobQuery(queue="batch"))} == {"batch"}
+    array = sched.get_job(user=ALICE, job_id="36")
+    assert array.state is JobState.RUNNING and array.job_id == "36" and "RUNNING:2" in array.native_state
+    assert sched.get_job(user=ALICE, job_id="36_1").state is JobState.RUNNING
+    pending_task = sched.get_job(user=ALICE, job_id="36_4")
+    assert pending_task.job_id == "36_4" and pending_task.state is JobState.PENDING
+    assert sched.get_job(user=ALICE, job_id="38").job_id == "36_1"   # the task's own job id
+    for missing in ("99999", "36_9", "abc", "1;id", ""):
+        with pytest.raises(NotFound):
+            sched.get_job(user=ALICE, job_id=missing)
+    assert len([c for c in t.calls if c["argv"][0] == "squeue" and "--json" in c["argv"]]) == 1
+
+
+def test_format_strings_when_json_is_off_or_too_old(make):
+    sched, t = make(json="no")
+    job = sched.get_job(user=ALICE, job_id="28")
+    assert job.state is JobState.FAILED and job.exit_code == 3        # from scontrol show job
+    shows = [c for c in t.calls if "show" in c["argv"] and "job" in c["argv"]]
+    sched.snapshot.invalidate()
+    sched.get_job(user=ALICE, job_id="28")
+    assert len([c for c in t.calls if "show" in c["argv"] and "job" in c["argv"]]) == len(shows)  # once per job
+    old, t2 = make(json="auto", cache_dir=str(Path(sched.opts["cache_dir"]) / "old"))
+    t2.answer(["squeue", "--version"], CommandResult(0, b"slurm 20.11.9\n", b""))
+    old.list_jobs(user=ALICE, query=JobQuery())
+    assert not [c for c in t2.calls if "--json" in c["argv"]]
+
+
+def test_conflicts_are_decided_on_a_fresh_look(make):
+    sched, t = make(run_as="sudo")
+    sched.list_jobs(user=ALICE, query=JobQuery())
+    for job_id, action in (("33", "resume"), ("30", "release"), ("27", "kill"), ("35", "requeue"),
+                           ("31", "suspend"), ("30", "hold")):
+        squeues = len(t.argvs("squeue"))
+        with pytest.raises(Conflict) as e:
+            sched.control_job(user=ALICE, job_id=job_id, action=action)
+        assert job_id in e.value.msg
+        assert len(t.argvs("squeue")) == squeues + 1     # looked again before saying no
+    assert not t.argvs("scontrol") and not t.argvs("scancel")
+
+
+def test_slurms_refusals_reach_the_client(make):
+    sched, t = make(run_as="sudo")
+    t.answer(["scancel"], fx("scancel_finished"))
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ALICE, job_id="30", action="kill")
+    assert "Job/step already completing or completed" in e.value.msg
+    t.answer(["scontrol", "resume"], fx("resume_running"))
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ALICE, job_id="31", action="resume")
+    assert e.value.msg.startswith("Job is not suspended")
+
+
+def test_output_reads_a_slice_as_the_owner(make):
+    sched, t = make(run_as="sudo")
+    t.answer(["stat"], fx("stat_output"))
+    t.answer(["dd"], fx("dd_output"))
+    out = sched.job_output(user=ADMIN, job_id="27", stream="stdout", offset=1, limit=2)
+    assert (out.data, out.offset, out.size, out.path) == (b"ut", 1, 8, "/tmp/fx-27.out")
+    stat, dd = t.calls[-2:]
+    assert stat["as_user"] == dd["as_user"] == "gwalice"
+    assert dd["argv"][1] == "if=/tmp/fx-27.out" and "skip=1" in dd["argv"] and "count=2" in dd["argv"]
+    t.answer(["stat"], fx("stat_missing"))
+    out = sched.job_output(user=ALICE, job_id="35", stream="stderr", offset=0, limit=10)
+    assert out.data == b"" and out.size == 0
+
+
+def test_controller_down_is_503_and_then_answered_by_ping(make):
+    sched, t = make(snapshot_interval=0.01)
+    t.answer(["squeue", "--json"], fx("down_squeue_json"))
+    t.answer(["scontrol", "ping"], fx("down_ping"))
+    with pytest.raises(SchedulerUnavailable) as e:
+        sched.list_jobs(user=ALICE, query=JobQuery())
+    assert "Retry-After" in e.value.headers
+    squeues = len(t.argvs("squeue"))
+    import time
+    time.sleep(0.02)
+    with pytest.raises(SchedulerUnavailable) as e:
+        sched.get_job(user=ALICE, job_id="30")
+    assert "DOWN" in e.value.msg
+    assert len(t.argvs("squeue")) == squeues           # ping said DOWN: no 9-second squeue
+    health = sched.health()
+    assert not health.ok and "DOWN" in health.detail
+
+
+def test_hosts_queues_users_cluster(make):
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    [host] = sched.list_hosts()
+    assert host.name == "vm" and host.state == "ok" and host.running >= 4 and host.suspended == 1
+    queues = {q.name: q for q in sched.list_queues()}
+    assert queues["debug"].is_default and queues["batch"].running == 1
+    sched.control_queue(user=ADMIN, queue="batch", action="close")
+    assert t.calls[-1] == {"argv": ["scontrol", "update", "partitionname=batch", "state=DRAIN"],
+                           "as_user": "slurmop", "stdin": None}
+    sched.control_queue(user=ADMIN, queue="batch", action="inactivate")
+    assert t.calls[-1]["argv"][-1] == "state=DOWN"
+    sched.control_host(user=ADMIN, host="vm", action="close")
+    assert t.calls[-1]["argv"][:4] == ["scontrol", "update", "nodename=vm", "state=drain"]
+    assert "gwadmin" in t.calls[-1]["argv"][4]
+    for call in (lambda: sched.control_host(user=ADMIN, host="nosuch", action="close"),
+                 lambda: sched.control_queue(user=ADMIN, queue="nosuch", action="open")):
+        with pytest.raises(NotFound):
+            call()
+    users = {u.name: u for u in sched.list_users()}
+    assert users["gwbob"].suspended == 1 and users["gwalice"].pending >= 2
+    info = sched.cluster_info()
+    assert (info.name, info.version, info.master, info.hosts, info.cpus, info.queues) == (
+        "gateway-test", "22.05.8", "vm", 1, 16, 2)
+    assert info.jobs["RUNNING"] >= 4
+    assert sched.health().ok
