@@ -150,7 +150,7 @@ def _time_or_refuse(value: str | None, now: datetime, tz: tzinfo, what: str,
 
 # --------------------------------------------------------------------------- job ids
 
-JOB_ID_RE = re.compile(r"^(?P<id>\d+)(?:\[(?P<index>\d+)\])?$")
+JOB_ID_RE = re.compile(r"^(?P<id>\d{1,15})(?:\[(?P<index>\d{1,9})\])?$")
 
 
 def split_job_id(job_id: str) -> tuple[str, str | None] | None:
@@ -184,6 +184,7 @@ LISTING_FIELDS = ("JOBID", "USER", "STAT", "QUEUE", "FROM_HOST", "EXEC_HOST", "J
 _NO_JOBS = re.compile(r"^(?:No (?:unfinished |matching |pending |running |suspended |done |exited )?"
                       r"jobs? found|No job found)\.?$", re.I)
 _JOB_NOT_FOUND = re.compile(r"Job <(?P<id>[^>]+)> is not found")
+_ILLEGAL_ID = re.compile(r"(?P<id>\S+): Illegal job ID\.")
 
 
 @dataclass
@@ -293,7 +294,7 @@ def parse_bjobs_wide(text: str, *, wide: bool = True) -> Listing:
         if not line.strip():
             continue
         stripped = line.strip()
-        m = _JOB_NOT_FOUND.fullmatch(stripped)
+        m = _JOB_NOT_FOUND.fullmatch(stripped) or _ILLEGAL_ID.fullmatch(stripped)
         if m:
             out.not_found.append(m.group("id"))
             continue
@@ -445,7 +446,7 @@ def parse_bjobs_long(text: str, now: datetime, tz: tzinfo = UTC) -> tuple[list[J
     blocks: list[list[str]] = []
     not_found: list[str] = []
     for line in text.splitlines():
-        m = _JOB_NOT_FOUND.fullmatch(line.strip())
+        m = _JOB_NOT_FOUND.fullmatch(line.strip()) or _ILLEGAL_ID.fullmatch(line.strip())
         if m:
             not_found.append(m.group("id"))
             continue
@@ -743,13 +744,17 @@ def strip_job_report(data: bytes) -> bytes:
     report. A file without a report is returned unchanged.
     """
     if data.startswith(_REPORT_HEAD):
+        # -o appends: a file reused by an earlier job (ids wrap) holds several reports
+        last = data.rfind(b"\n" + _REPORT_HEAD)
+        if last > 0:
+            data = data[last + 1:]
         i = data.find(_REPORT_FOLLOWS)
         if i < 0:
             return b""          # report still being written, or no output section
         body = data[i + len(_REPORT_FOLLOWS):]
         j = body.rfind(_PS_MARKER)   # "PS: Read file <x.err> for stderr output of this job."
         if j >= 0:
-            body = body[:j + 1]
+            body = body[:j]
         return body
     m = None
     for m in _REPORT_TAIL.finditer(data):

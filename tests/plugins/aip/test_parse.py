@@ -1,7 +1,7 @@
 """The AIP plugin's parsers on verbatim output of a real OpenLava-lineage scheduler
 (fixtures/openlava-2.2/, cut from a captured session; INDEX.tsv lists command and exit
 status of each) and on the SkyForm AIP lines quoted in the scheduler notes."""
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -257,6 +257,7 @@ def test_bjobs_long_done(now):
 def test_bjobs_long_not_found(now):
     details, missing = parse.parse_bjobs_long(ol("bjobs_l_99999.txt"), now)
     assert details == [] and missing == ["99999"]
+    assert parse.parse_bjobs_long(ol("bkill_abc.txt"), now) == ([], ["abc"])   # Illegal job ID
 
 
 # LSF 10 wraps ``bjobs -l`` at 80 columns with the text column as indent; a killed job.
@@ -471,11 +472,23 @@ def test_job_report_is_stripped_from_the_output_file():
     assert parse.strip_job_report(data) == b"quick done\nalice\n"
 
 
+def test_report_with_a_separate_error_file_ends_with_a_pointer_to_it():
+    head = fixture_bytes("openlava-2.2/quick_3.out").split(b"quick done\nalice\n")[0]
+    data = head + b"out line\n\n\nPS:\n\nRead file </home/a/x.err> for stderr output of this job.\n\n"
+    assert parse.strip_job_report(data) == b"out line\n"
+
+
 def test_report_appended_after_direct_output_is_stripped():
     data = (b"line 1\nline 2\n"
             b"\n------------------------------------------------------------\n\n"
             b"Sender: LSF System <lsfadmin@vm>\nSubject: Job 4: <x> Done\n\nmore report\n")
     assert parse.strip_job_report(data) == b"line 1\nline 2\n"
+
+
+def test_appended_reports_the_last_one_counts():
+    data = fixture_bytes("openlava-2.2/quick_3.out")
+    second = data.replace(b"quick done\nalice\n", b"second run\n")
+    assert parse.strip_job_report(data + second) == b"second run\n"
 
 
 def test_plain_file_is_unchanged():

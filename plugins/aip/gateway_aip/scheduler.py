@@ -1,0 +1,593 @@
+"""The AIP plugin's hooks: every operation is one or two scheduler commands, built by
+``commands`` and read by ``parse``, carried by a gateway transport (local or SSH)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, SchedulerRefused,
+                            SchedulerUnavailable)
+from gateway.hookspecs import hookimpl
+from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo)
+from gateway.transports import make_transport
+
+from . import commands as C
+from . import parse as P
+from .options import load_options
+
+log = logging.getLogger(__name__)
+
+# Variables the env_file comparison ignores: they describe the shell, not the scheduler.
+_ENV_NOISE = {"_", "SHLVL", "PWD", "OLDPWD", "BASHOPTS", "SHELLOPTS", "BASH_EXECUTION_STRING",
+              "BASH_ARGC", "BASH_ARGV", "BASH_LINENO", "BASH_SOURCE", "BASH_VERSINFO",
+              "BASH_VERSION", "BASHPID", "PPID", "RANDOM", "SECONDS", "LINENO", "HISTCMD"}
+
+_STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState.HELD,
+                JobState.UNKNOWN, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class AipScheduler:
+    """Scheduler plugin for SkyForm AIP and LSF-style schedulers (see docs/aip.md)."""
+
+    def __init__(self, options: dict):
+        self.o = load_options(options)
+        self.service = self.o["run_as"] == "service"
+        self.cmds = C.CommandSet(self.o["commands"], dict(self.o["commands_override"]),
+                                 self.o["bindir"])
+        topts = dict(self.o["transport"])
+        topts.setdefault("timeout", self.o["timeout"])
+        self.transport = make_transport(topts)
+        self.tz = ZoneInfo(self.o["timezone"])
+        self.listing_mode = self.o["listing"]
+        if self.service and self.listing_mode == "wide":
+            self.listing_mode = "long"
+        self.native_allow = dict(self.o["native_options"])
+        if self.service:
+            self.native_allow.pop("-P", None)      # the project carries the gateway user
+        self._lock = threading.Lock()
+        self._env: dict | None = None
+        self._homes: dict[str, str] = {}
+        self._account: str | None = None
+        self._snapshot: tuple[float, list[Job]] | None = None
+        self._final: dict[tuple, tuple] = {}       # (id, end) -> (exit_code, killed, reason)
+        self._killed_here: set[str] = set()
+        self._default_queues: tuple[float, list[str]] | None = None
+
+    # ================================================================ running commands
+    def base_env(self) -> dict[str, str]:
+        """LSB_NTRIES=1 (fail fast when the daemons are down), what env_file sets, and the
+        configured variables. Computed once."""
+        with self._lock:
+            if self._env is not None:
+                return self._env
+        env = {"LSB_NTRIES": "1"}
+        if self.o["env_file"]:
+            env.update(self._load_env_file(self.o["env_file"]))
+        env.update(self.o["env"])
+        with self._lock:
+            self._env = env
+        return env
+
+    def _load_env_file(self, path: str) -> dict[str, str]:
+        # The path comes from the configuration only; no client input reaches this shell.
+        script = ('[ -r "$1" ] || { echo "cannot read $1" >&2; exit 3; }; '
+                  '. "$1" >/dev/null 2>&1 </dev/null; env -0')
+        before = self.transport.run(["env", "-0"], timeout=self.o["timeout"])
+        after = self.transport.run(["bash", "-c", script, "gateway-env", path],
+                                   timeout=self.o["timeout"])
+        if after.returncode != 0:
+            raise SchedulerUnavailable(f"cannot load env_file {path}: "
+                                       f"{(after.err or after.out).strip() or after.returncode}")
+
+        def split(data: bytes) -> dict:
+            out = {}
+            for item in data.split(b"\0"):
+                name, sep, value = item.decode("utf-8", "replace").partition("=")
+                if sep and C.ENV_NAME.match(name):
+                    out[name] = value
+            return out
+        old, new = split(before.stdout), split(after.stdout)
+        return {k: v for k, v in new.items() if k not in _ENV_NOISE and old.get(k) != v}
+
+    def _run(self, name: str, args: list[str], *, what: str, as_user: str | None = None,
+             stdin: bytes | None = None, chdir: str | None = None,
+             env: dict[str, str] | None = None) -> str:
+        """Run one scheduler command; return its stdout and stderr as one text."""
+        cmd = self.cmds.need(name, what)
+        full_env = {**self.base_env(), **(env or {})}
+        argv = C.env_prefix(full_env, chdir) + [cmd, *args]
+        res = self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user)
+        text = res.out + res.err
+        if res.returncode in (125, 126, 127) and text.startswith("env: "):
+            line = text.strip().splitlines()[0]
+            if chdir and "cannot change directory" in line:
+                raise InvalidInput(f"workDir {chdir}: {line}", errors={"workDir": [line]})
+            raise SchedulerUnavailable(f"cannot run {cmd}: {line}")
+        if res.returncode != 0 and text.startswith("sudo: "):
+            raise SchedulerRefused(f"cannot run {name} as {as_user}: {text.strip().splitlines()[0]}")
+        return text
+
+    def _run_plain(self, argv: list[str], as_user: str | None = None,
+                   stdin: bytes | None = None):
+        """A non-scheduler helper (getent, id, head) on the scheduler's host."""
+        return self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user)
+
+    def account(self) -> str:
+        """The transport's own account (the service account with run_as: service)."""
+        if self._account is None:
+            res = self._run_plain(["id", "-un"])
+            name = res.out.strip()
+            if res.returncode != 0 or not name:
+                raise SchedulerUnavailable(f"cannot tell the service account: {res.err.strip()}")
+            self._account = name
+        return self._account
+
+    def home_of(self, user: str) -> str | None:
+        if user in self._homes:
+            return self._homes[user]
+        res = self._run_plain(["getent", "passwd", user])
+        fields = res.out.strip().split(":")
+        home = fields[5] if res.returncode == 0 and len(fields) >= 7 else None
+        if home:
+            self._homes[user] = home
+        return home
+
+    def _as(self, user) -> str | None:
+        return None if self.service else user.name
+
+    def _as_for_job(self, user, job: Job) -> str | None:
+        if self.service:
+            return None
+        if job.user_name == user.name or not user.is_admin:
+            return user.name
+        return self.o["admin_account"] or user.name
+
+    def _as_admin(self, user) -> str | None:
+        if self.service:
+            return None
+        return self.o["admin_account"] or user.name
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._snapshot = None
+
+    # ================================================================ reading jobs
+    def _owner(self, native_user: str | None, project: str | None) -> str | None:
+        if self.service and project and project != "default":
+            return project
+        return native_user
+
+    def _job_from_detail(self, d: P.JobDetail, home_hint: str | None = None) -> Job:
+        state = P.map_state(d.status or "", killed=d.killed)
+        home = d.exec_home or home_hint or (self.home_of(d.user) if d.user else None)
+        cwd = d.exec_cwd or d.cwd
+        if cwd and home:
+            cwd = cwd.replace("$HOME", home)
+        stdout = P.resolve_output_path(d.output_file, d.job_id, d.cwd, home) if d.output_file else None
+        stderr = P.resolve_output_path(d.error_file, d.job_id, d.cwd, home) if d.error_file else stdout
+        reason = None
+        if d.pending_reasons:
+            reason = "; ".join(d.pending_reasons)
+        elif d.suspend_reason and state is JobState.SUSPENDED:
+            reason = d.suspend_reason
+        elif d.term_reason:
+            reason = d.term_reason
+        exit_code = d.exit_code
+        if state is JobState.COMPLETED:
+            exit_code = 0
+        return Job(job_id=d.job_id, name=d.name, user_name=self._owner(d.user, d.project),
+                   queue=d.queue, state=state, native_state=d.status, reason=reason,
+                   exit_code=exit_code, submit_time=d.submit_time, start_time=d.start_time,
+                   end_time=d.end_time, hosts=list(d.hosts), nodes=len(d.hosts) or None,
+                   cpus=d.processors or 1, memory_mb=d.mem_limit_mb,
+                   time_limit_minutes=d.run_limit_minutes, work_dir=cwd if cwd and cwd.startswith("/") else None,
+                   stdout_path=stdout, stderr_path=stderr, command=d.command)
+
+    def _details(self, ids: list[str]) -> tuple[list[P.JobDetail], list[str]]:
+        if not ids:
+            return [], []
+        text = self._run("bjobs", C.bjobs_long_args(ids), what="job details")
+        return P.parse_bjobs_long(text, _utcnow(), self.tz)
+
+    def _killed_by_history(self, ids: list[str]) -> dict[str, bool]:
+        """Whether each EXIT job was killed (``Signal <KILL> requested`` in bhist -l)."""
+        out = {i: (i in self._killed_here) for i in ids}
+        todo = [i for i in ids if not out[i]]
+        if not todo or not self.cmds.has("bhist"):
+            return out
+        try:
+            text = self._run("bhist", C.bhist_long_args(todo), what="job history")
+        except (SchedulerRefused, NotFound):
+            return out
+        for jid, d in P.parse_bhist_long(text, _utcnow(), self.tz).items():
+            if d.killed:
+                out[jid] = True
+        return out
+
+    def _settle_exits(self, jobs: list[Job], details: dict[str, P.JobDetail] | None = None) -> None:
+        """Exit codes and cancellation of finished EXIT jobs (cached per job and end time)."""
+        pending = []
+        for job in jobs:
+            if job.native_state != "EXIT":
+                continue
+            key = (job.job_id, job.end_time)
+            if key in self._final:
+                code, killed, reason = self._final[key]
+                self._apply_final(job, code, killed, reason)
+            else:
+                pending.append(job)
+        if not pending:
+            return
+        details = dict(details or {})
+        need = [j.job_id for j in pending if j.job_id not in details]
+        for chunk in _chunks(need, 200):
+            for d in self._details(chunk)[0]:
+                details[d.job_id] = d
+        unknown = [j.job_id for j in pending if not (details.get(j.job_id) and details[j.job_id].killed)]
+        killed_hist = {}
+        for chunk in _chunks(unknown, 200):
+            killed_hist.update(self._killed_by_history(chunk))
+        for job in pending:
+            d = details.get(job.job_id)
+            code = d.exit_code if d else job.exit_code
+            killed = bool((d and d.killed) or killed_hist.get(job.job_id) or job.job_id in self._killed_here)
+            reason = d.term_reason if d else None
+            if job.end_time is not None and len(self._final) < 100_000:
+                self._final[(job.job_id, job.end_time)] = (code, killed, reason)
+            self._apply_final(job, code, killed, reason)
+
+    @staticmethod
+    def _apply_final(job: Job, code, killed: bool, reason) -> None:
+        job.exit_code = code
+        job.state = JobState.CANCELLED if killed else JobState.FAILED
+        if reason and not job.reason:
+            job.reason = reason
+
+    def _listing(self) -> list[Job]:
+        """Every job the scheduler lists (all users, recently finished included); one
+        snapshot serves all callers for ``cache_seconds``."""
+        now = time.monotonic()
+        with self._lock:
+            snap = self._snapshot
+        if snap and now - snap[0] < self.o["cache_seconds"]:
+            return [_copy(j) for j in snap[1]]
+        utc = _utcnow()
+        details_by_id = {}
+        if self.listing_mode == "json":
+            text = self._run("bjobs", C.bjobs_json_args(self.o["json_fields"], None), what="job listing")
+            recs = P.parse_bjobs_json(text).records
+            jobs = [self._record_job(r, utc) for r in recs]
+        elif self.listing_mode == "wide":
+            text = self._run("bjobs", C.bjobs_wide_args(None), what="job listing")
+            jobs = [self._record_job(r, utc) for r in P.parse_bjobs_wide(text).records]
+        else:
+            text = self._run("bjobs", ["-l", "-a", "-u", "all"], what="job listing")
+            details, _ = P.parse_bjobs_long(text, utc, self.tz)
+            jobs = [self._job_from_detail(d) for d in details]
+            details_by_id = {d.job_id: d for d in details}
+        self._settle_exits(jobs, details_by_id)
+        with self._lock:
+            self._snapshot = (time.monotonic(), jobs)
+        return [_copy(j) for j in jobs]
+
+    def _record_job(self, rec: dict, utc: datetime) -> Job:
+        job = P.record_to_job(rec, utc, self.tz)
+        job.user_name = self._owner(rec.get("USER"), rec.get("PROJ_NAME"))
+        return job
+
+    def _job(self, job_id: str) -> Job:
+        ids = P.split_job_id(job_id)
+        if ids is None:
+            raise NotFound(f"no such job: {job_id}")
+        details, missing = self._details([job_id])
+        if not details:
+            raise NotFound(f"no such job: {job_id}")
+        jobs = [self._job_from_detail(d) for d in details]
+        self._settle_exits(jobs, {d.job_id: d for d in details})
+        if len(jobs) == 1 and jobs[0].job_id == job_id:
+            return jobs[0]
+        return _aggregate(job_id, jobs)
+
+    # ================================================================ jobs
+    @hookimpl
+    def submit_job(self, user, spec):
+        script_text = None
+        if spec.script_location:
+            script_text = self._read_script(user, spec.script_location)
+        if spec.work_dir is not None and not spec.work_dir.startswith("/"):
+            raise InvalidInput("workDir must be an absolute path", errors={"workDir": ["not absolute"]})
+        project = user.name if self.service else None
+        sub = C.submit_args(spec, native_allow=self.native_allow, memory_unit=self.o["memory_unit"],
+                            cwd_flag=self.o["cwd_flag"], default_stdout=self.o["default_stdout"],
+                            default_stderr=self.o["default_stderr"], project=project,
+                            script_text=script_text)
+        chdir = sub.chdir
+        if chdir is None and not (spec.work_dir and self.o["cwd_flag"]):
+            # bsub's own directory becomes the job's: the user's home, not the gateway's cwd
+            chdir = self.home_of(self.account() if self.service else user.name)
+        text = self._run("bsub", sub.args, what="job submission", as_user=self._as(user),
+                         stdin=sub.stdin, chdir=chdir, env=sub.env)
+        job_id, _queue = _submit_result(text)
+        self._invalidate()
+        return job_id
+
+    def _read_script(self, user, location: str) -> str:
+        if location.startswith("s3://"):
+            return _read_s3(location)
+        if not location.startswith("/"):
+            raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
+                               errors={"scriptLocation": ["not absolute"]})
+        res = self._run_plain(["head", "-c", str(self.o["max_output_bytes"]), "--", location],
+                              as_user=self._as(user))
+        if res.returncode != 0:
+            msg = (res.err or res.out).strip() or f"exit status {res.returncode}"
+            raise InvalidInput(f"cannot read scriptLocation {location}: {msg}",
+                               errors={"scriptLocation": [msg]})
+        return res.stdout.decode("utf-8", "replace")
+
+    @hookimpl
+    def list_jobs(self, user, query):
+        jobs = self._listing()
+        out = []
+        for j in jobs:
+            if query.user and j.user_name != query.user:
+                continue
+            if query.states and j.state not in query.states:
+                continue
+            if query.queue and j.queue != query.queue:
+                continue
+            if query.name and j.name != query.name and _base_name(j.name) != query.name:
+                continue
+            out.append(j)
+        return out
+
+    @hookimpl
+    def get_job(self, user, job_id):
+        return self._job(str(job_id))
+
+    @hookimpl
+    def control_job(self, user, job_id, action):
+        job = self._job(str(job_id))
+        state = job.state
+        why = None
+        if action == "kill" and state.is_final:
+            why = f"it has already finished ({state})"
+        elif action == "suspend" and state is not JobState.RUNNING:
+            why = f"it is {state}, not RUNNING"
+        elif action == "resume" and state is not JobState.SUSPENDED:
+            why = f"it is {state}, not SUSPENDED"
+        elif action == "hold" and state is not JobState.PENDING:
+            why = f"it is {state}; only a PENDING job can be held"
+        elif action == "release" and state is not JobState.HELD:
+            why = f"it is {state}, not HELD"
+        elif action == "requeue" and state in (JobState.PENDING, JobState.HELD):
+            why = f"it is {state}: it has not started"
+        if why:
+            raise Conflict(f"cannot {action} job {job_id}: {why}")
+        name, extra = C.ACTION_COMMANDS[action]
+        text = self._run(name, [*extra, C.job_id_arg(job.job_id)], what=f"{action} of a job",
+                         as_user=self._as_for_job(user, job))
+        P.parse_action(text, job.job_id)
+        if action == "kill":
+            with self._lock:
+                self._killed_here.add(job.job_id)
+                if len(self._killed_here) > 100_000:
+                    self._killed_here.clear()
+        self._invalidate()
+
+    @hookimpl
+    def job_output(self, user, job_id, stream, offset, limit):
+        job = self._job(str(job_id))
+        if P.split_job_id(job.job_id)[1] is None and job.native_state == "ARRAY":
+            raise InvalidInput(f"job {job_id} is an array: ask for one element, e.g. {job_id}[1]")
+        path = job.stdout_path if stream == "stdout" else job.stderr_path
+        merged = stream == "stderr" and job.stderr_path == job.stdout_path
+        if job.state in (JobState.PENDING, JobState.HELD):
+            return JobOutput(b"", offset, 0, path)
+        if job.state in (JobState.RUNNING, JobState.SUSPENDED) and self.cmds.has("bpeek"):
+            text_bytes = self._peek(user, job)
+            if text_bytes is not None:
+                out, err = text_bytes
+                data = out if (stream == "stdout" or merged) else err
+                return JobOutput(data[offset:offset + limit], offset, len(data), path)
+        if not path:
+            return JobOutput(b"", offset, 0, None)
+        data = self._read_file(user, job, path)
+        if stream == "stdout" or merged:
+            data = P.strip_job_report(data)
+        return JobOutput(data[offset:offset + limit], offset, len(data), path)
+
+    def _peek(self, user, job: Job) -> tuple[bytes, bytes] | None:
+        cmd = self.cmds.need("bpeek", "reading a running job's output")
+        argv = C.env_prefix(self.base_env()) + [cmd, C.job_id_arg(job.job_id)]
+        res = self.transport.run(argv, timeout=self.o["timeout"], as_user=self._as_for_job(user, job))
+        failure = P.scheduler_failure(res.err)
+        if failure:
+            raise failure
+        parsed = P.parse_bpeek(res.stdout)
+        if parsed is None and res.returncode != 0:
+            # "Not yet started" / "Already finished": the state moved on; read the files
+            return None
+        return parsed
+
+    def _read_file(self, user, job: Job, path: str) -> bytes:
+        res = self._run_plain(["head", "-c", str(self.o["max_output_bytes"]), "--", path],
+                              as_user=self._as_for_job(user, job))
+        if res.returncode != 0:
+            msg = res.err.strip()
+            if "No such file" in msg:
+                return b""
+            raise SchedulerRefused(f"cannot read {path}: {msg or res.returncode}")
+        return res.stdout
+
+    # ================================================================ cluster
+    @hookimpl
+    def list_hosts(self):
+        return P.parse_bhosts(self._run("bhosts", ["-w"], what="listing hosts"))
+
+    @hookimpl
+    def control_host(self, user, host, action):
+        try:
+            name = C.name_arg(host, "host")
+        except InvalidInput:
+            raise NotFound(f"no such host: {host}") from None
+        text = self._run("badmin", [C.HOST_ACTIONS[action], name], what=f"{action} of a host",
+                         as_user=self._as_admin(user))
+        P.parse_badmin_host(text, name)
+
+    def _defaults(self) -> list[str]:
+        if self.o["default_queue"]:
+            return [self.o["default_queue"]]
+        if not self.cmds.has("bparams"):
+            return []
+        now = time.monotonic()
+        if self._default_queues and now - self._default_queues[0] < 60:
+            return self._default_queues[1]
+        try:
+            names = P.parse_bparams_default_queues(self._run("bparams", [], what="default queue"))
+        except SchedulerRefused:
+            names = []
+        self._default_queues = (now, names)
+        return names
+
+    @hookimpl
+    def list_queues(self):
+        text = self._run("bqueues", ["-w"], what="listing queues")
+        return P.parse_bqueues(text, self._defaults())
+
+    @hookimpl
+    def control_queue(self, user, queue, action):
+        try:
+            name = C.name_arg(queue, "queue")
+        except InvalidInput:
+            raise NotFound(f"no such queue: {queue}") from None
+        text = self._run("badmin", [C.QUEUE_ACTIONS[action], name], what=f"{action} of a queue",
+                         as_user=self._as_admin(user))
+        P.parse_badmin_queue(text, name)
+
+    @hookimpl
+    def list_users(self):
+        if self.cmds.has("busers") and not self.service:
+            return P.parse_busers(self._run("busers", ["all"], what="listing users"))
+        # No busers (AIP's c-commands), or one service account running every job: count
+        # from the job listing.
+        counts: dict[str, UserInfo] = {}
+        for j in self._listing():
+            if not j.user_name:
+                continue
+            u = counts.setdefault(j.user_name, UserInfo(name=j.user_name))
+            if j.state in (JobState.PENDING, JobState.HELD):
+                u.pending += 1
+            elif j.state is JobState.RUNNING:
+                u.running += 1
+            elif j.state is JobState.SUSPENDED:
+                u.suspended += 1
+            else:
+                continue
+            u.njobs += 1
+        return sorted(counts.values(), key=lambda u: u.name)
+
+    @hookimpl
+    def cluster_info(self):
+        name, version, master = self.o["cluster_name"] or "lsf", None, None
+        if self.cmds.has("lsid"):
+            info = P.parse_lsid(self._run("lsid", [], what="cluster information"))
+            name = self.o["cluster_name"] or info["cluster"]
+            version, master = info["version"], info["master"]
+        hosts = self.list_hosts()
+        queues = self.list_queues()
+        by_state: dict[str, int] = {}
+        for j in self._listing():
+            by_state[j.state.value] = by_state.get(j.state.value, 0) + 1
+        return ClusterInfo(name=name, scheduler="aip" if self.o["commands"] == "c" else "lsf",
+                           version=version, master=master or (hosts[0].name if hosts else None),
+                           hosts=len(hosts), cpus=sum(h.max_slots or 0 for h in hosts),
+                           queues=len(queues), jobs=by_state)
+
+    @hookimpl
+    def health(self):
+        t0 = time.perf_counter()
+        try:
+            queues = P.parse_bqueues(self._run("bqueues", [], what="health check"))
+        except GatewayError as exc:
+            return Health(ok=False, latency_ms=(time.perf_counter() - t0) * 1000, detail=exc.msg)
+        return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000,
+                      detail=f"{len(queues)} queues answer through {self.cmds.get('bqueues')}")
+
+    def close(self):
+        self.transport.close()
+
+
+# ==================================================================== helpers
+
+def _submit_result(text: str) -> tuple[str, str | None]:
+    try:
+        return P.parse_submit(text)
+    except SchedulerRefused as exc:
+        if "Queue has been closed" in exc.msg or "not accepting" in exc.msg:
+            raise Conflict(exc.msg) from None
+        raise
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _copy(job: Job) -> Job:
+    from dataclasses import replace
+    return replace(job, hosts=list(job.hosts))
+
+
+def _base_name(name: str | None) -> str | None:
+    if not name:
+        return name
+    m = P._NAME_INDEX.match(name)
+    return m.group("base") if m else name
+
+
+def _aggregate(job_id: str, elements: list[Job]) -> Job:
+    """One Job for a whole array: the most active element state wins."""
+    states = [e.state for e in elements]
+    state = next(s for s in _STATE_ORDER if s in states)
+    if all(s is JobState.COMPLETED for s in states):
+        state = JobState.COMPLETED
+    first = elements[0]
+    finals = [e for e in elements if e.state.is_final]
+    codes = [e.exit_code for e in finals if e.exit_code is not None]
+    return Job(job_id=job_id, name=_base_name(first.name), user_name=first.user_name,
+               queue=first.queue, state=state, native_state="ARRAY",
+               reason=f"{len(elements)} elements: " + ", ".join(
+                   f"{sum(1 for s in states if s is st)} {st.value}" for st in _STATE_ORDER if st in states),
+               exit_code=max(codes) if state.is_final and codes else None,
+               submit_time=min((e.submit_time for e in elements if e.submit_time), default=None),
+               start_time=min((e.start_time for e in elements if e.start_time), default=None),
+               end_time=max((e.end_time for e in elements if e.end_time), default=None)
+               if len(finals) == len(elements) else None,
+               hosts=sorted({h for e in elements for h in e.hosts}), cpus=first.cpus,
+               memory_mb=first.memory_mb, time_limit_minutes=first.time_limit_minutes,
+               work_dir=first.work_dir, command=first.command)
+
+
+def _read_s3(location: str) -> str:
+    try:
+        import boto3
+    except ImportError:
+        raise InvalidInput("s3:// script locations need boto3 on the gateway") from None
+    bucket, _, key = location[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise InvalidInput("scriptLocation must be s3://bucket/key",
+                           errors={"scriptLocation": ["expected s3://bucket/key"]})
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:  # botocore's errors: the client's location is at fault
+        raise InvalidInput(f"cannot read {location}: {exc}",
+                           errors={"scriptLocation": [str(exc)]}) from None
+    return body.decode("utf-8", "replace")
