@@ -12,6 +12,7 @@ from flask import Flask, g, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .api.common import bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
 from .config import load_config
 from .errors import GatewayError, Unauthorized
@@ -23,7 +24,7 @@ from .sessions import SessionStore, TokenManager, load_or_create_secret, open_st
 log = logging.getLogger("gateway")
 
 # Endpoints that need no token: logging in, health, the docs, metrics.
-PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "system.swagger", "metrics", "static"}
+PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "swagger", "metrics", "static"}
 PUBLIC_PREFIXES = ("api-docs.",)
 
 
@@ -129,6 +130,11 @@ def create_app(config: dict | str | None = None) -> Flask:
     os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)
 
     app = Flask("gateway")
+    if cfg["trusted_proxies"]:
+        # Behind NGINX: the client's address and scheme come from X-Forwarded-*.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = cfg["trusted_proxies"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     prefix = cfg["api_prefix"]
     app.config.update(
         MAX_CONTENT_LENGTH=cfg["max_body_bytes"],
@@ -161,11 +167,14 @@ def create_app(config: dict | str | None = None) -> Flask:
     from .api.auth.views import blp as auth_blp
     from .api.cluster.views import blp as cluster_blp
     from .api.jobs.views import blp as jobs_blp
-    from .api.system.views import blp as system_blp, metrics_view
+    from .api.system.views import blp as system_blp, metrics_view, swagger
     for blp in (auth_blp, jobs_blp, cluster_blp, system_blp):
         api.register_blueprint(blp, url_prefix=prefix + (blp.url_prefix or ""))
     _mark_public(api)
     app.add_url_rule("/metrics", "metrics", metrics_view)
+    # Swagger UI (not an API operation, so not in the OpenAPI document).
+    app.add_url_rule(f"{prefix}/swagger/", "swagger", swagger)
+    app.add_url_rule(f"{prefix}/swagger/<path:filename>", "swagger", swagger)
     if prefix:
         # The spec also at the root, where generic tools look for it.
         app.add_url_rule("/openapi.json", "openapi_root", lambda: app.view_functions["api-docs.openapi_json"]())
@@ -190,7 +199,7 @@ def create_app(config: dict | str | None = None) -> Flask:
         if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(PUBLIC_PREFIXES) \
                 or endpoint == "openapi_root":
             return None
-        token = _bearer()
+        token = bearer_token()
         if token is None:
             raise Unauthorized("Missing token: log in with POST /login and send 'Authorization: Bearer <token>'")
         session = tokens.check(token)
@@ -206,19 +215,7 @@ def create_app(config: dict | str | None = None) -> Flask:
             state.metrics.latency.labels(rule, request.method).observe(time.perf_counter() - t0)
         return response
 
-    @app.teardown_appcontext
-    def _noop(_exc):
-        return None
-
     return app
-
-
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def _mark_public(api: Api) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from .errors import ConfigError
 
@@ -43,7 +43,12 @@ class AuthSchema(Schema):
 
 class SchedulerSchema(Schema):
     backend = fields.String(load_default="mock")
-    options = fields.Dict(load_default=dict)
+    options = fields.Dict(load_default=dict, allow_none=True)   # a YAML key with only comments is null
+
+    @post_load
+    def _options(self, data, **_):
+        data["options"] = data.get("options") or {}
+        return data
 
 
 class ConfigSchema(Schema):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from flask import current_app, g
+from flask import current_app, g, request
 from marshmallow import Schema, ValidationError, fields
 
 from ..errors import Forbidden
@@ -86,3 +86,11 @@ def document_errors(blp, *codes):
             func = blp.alt_response(code, schema=ErrorEnvelope, description=ERROR_RESPONSES[code])(func)
         return func
     return deco
+
+
+def bearer_token() -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from ...errors import TooManyRequests, Unauthorized
-from ..common import document_errors, gw, ok
+from ..common import bearer_token, document_errors, gw, ok
 from .schemas import LoginEnvelope, LoginSchema, LogoutEnvelope
 
 blp = Blueprint("auth", __name__, description="Log in and out")
@@ -18,14 +18,6 @@ audit = logging.getLogger("gateway.audit")
 
 def client_address() -> str:
     return request.remote_addr or "-"
-
-
-def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 @blp.route("/login")

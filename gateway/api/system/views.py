@@ -79,9 +79,6 @@ def swagger_dir() -> str:
     return swagger_ui_bundle.swagger_ui_path
 
 
-@blp.route("/swagger/")
-@blp.route("/swagger/<path:filename>")
-@blp.doc(hide=True)
 def swagger(filename="index.html"):
     """Swagger UI served from local files (no CDN: the page works offline)."""
     if filename in ("", "index.html"):

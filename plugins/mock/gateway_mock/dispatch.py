@@ -1,7 +1,6 @@
 """Start pending jobs while slots are free: called after every submit, release, job end."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

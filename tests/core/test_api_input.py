@@ -1,0 +1,128 @@
+"""Bad input: a clear message in the envelope, the right status, and nothing run."""
+import pytest
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app()[1]
+
+
+def _jobs(client):
+    return client.get("/jobs", params={"limit": 1000}).body["data"]["total"]
+
+
+def test_malformed_json_is_400_and_runs_nothing(client):
+    before = _jobs(client)
+    r = client.post("/jobs", data='{"command": "touch /tmp/x"', headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    assert r.body == {"msg": r.body["msg"], "data": None}
+    assert "Malformed JSON" in r.body["msg"]
+    assert _jobs(client) == before
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"command": 42}, "command"),
+    ({"command": "true", "cpus": "2"}, "cpus"),
+    ({"command": "true", "cpus": 0}, "cpus"),
+    ({"command": "true", "cpus": 2.5}, "cpus"),
+    ({"command": "true", "hold": "yes"}, "hold"),
+    ({"command": "true", "memoryMB": -1}, "memoryMB"),
+    ({"command": "true", "timeLimitMinutes": 10**9}, "timeLimitMinutes"),
+    ({"command": "true", "queue": "a b"}, "queue"),
+    ({"command": "true", "queue": "q;rm -rf /"}, "queue"),
+    ({"command": "true", "name": "x\ny"}, "name"),
+    ({"command": "true", "name": "a" * 200}, "name"),
+    ({"command": "true", "workDir": "/tmp\x00/x"}, "workDir"),
+    ({"command": "true", "environment": {"BAD-KEY": "v"}}, "environment"),
+    ({"command": "true", "environment": {"1X": "v"}}, "environment"),
+    ({"command": "true", "environment": {"K": 1}}, "environment"),
+    ({"command": "true", "environment": ["K=v"]}, "environment"),
+    ({"command": "true", "nativeOptions": "--exclusive"}, "nativeOptions"),
+    ({"command": "true", "nativeOptions": ["ok", "\x00"]}, "nativeOptions"),
+    ({"command": "true", "array": "1-10;ls"}, "array"),
+    ({"command": "true", "dependency": "afterok:1;reboot"}, "dependency"),
+    ({"command": "true", "unknownOption": 1}, "unknownOption"),
+    ({"command": "a\x00b"}, "command"),
+])
+def test_wrong_types_and_values_are_422_with_the_field_named(client, body, field):
+    before = _jobs(client)
+    r = client.post("/jobs", json=body)
+    assert r.status == 422, r.body
+    assert r.body["data"] is None
+    assert field in r.body["errors"], r.body
+    assert field in r.body["msg"]
+    assert _jobs(client) == before
+
+
+@pytest.mark.parametrize("body", [{}, {"script": "#!/bin/sh\n", "command": "true"},
+                                  {"name": "x"}, [], "true", None])
+def test_exactly_one_job_source_is_required(client, body):
+    r = client.post("/jobs", json=body)
+    assert r.status == 422, r.body
+    assert r.body["msg"].startswith("Invalid input")
+
+
+def test_body_over_the_limit_is_413(make_app):
+    _, client = make_app(max_body_bytes=4096)
+    r = client.post("/jobs", json={"script": "#!/bin/sh\n" + "#" * 10000})
+    assert r.status == 413
+    assert "4096" in r.body["msg"]
+
+
+def test_query_parameters_are_checked(client):
+    assert client.get("/jobs", params={"limit": "many"}).status == 422
+    assert client.get("/jobs", params={"offset": -1}).status == 422
+    jid = client.submit(command="true", hold=True)
+    r = client.get(f"/jobs/{jid}", params={"wait": "forever"})
+    assert r.status == 422
+    assert client.get(f"/jobs/{jid}/output", params={"stream": "stdin"}).status == 422
+    assert client.get(f"/jobs/{jid}/output", params={"limit": 0}).status == 422
+
+
+def test_unknown_routes_and_methods_answer_the_envelope(client):
+    r = client.get("/nowhere")
+    assert r.status == 404 and r.body["data"] is None and "No such route" in r.body["msg"]
+    r = client.request("DELETE", "/jobs")
+    assert r.status == 405 and r.body["data"] is None
+    r = client.post("/jobs/1/explode")
+    assert r.status == 404
+
+
+def test_path_traversal_in_job_ids_is_404(client):
+    for jid in ("..%2F..%2Fetc%2Fpasswd", "1;ls", "$(id)"):
+        r = client.get(f"/jobs/{jid}")
+        assert r.status == 404, (jid, r.body)
+
+
+def test_shell_metacharacters_are_carried_literally_and_never_interpreted(client, tmp_path):
+    sentinel = tmp_path / "pwned"
+    evil = f"x; touch {sentinel}; $(touch {sentinel}) `touch {sentinel}` | touch {sentinel}"
+    jid = client.submit(command="echo \"$EVIL\"", name="n;$(id)`id`|&", environment={"EVIL": evil},
+                        workDir=str(tmp_path))
+    job = client.wait_for(jid, {"COMPLETED", "FAILED"})
+    assert job["state"] == "COMPLETED"
+    assert job["name"] == "n;$(id)`id`|&"
+    assert client.output(jid)["data"] == evil + "\n"
+    assert not sentinel.exists()
+
+
+def test_errors_never_leak_a_traceback(tmp_path, monkeypatch):
+    from gateway import create_app, plugins
+    from gateway.hookspecs import hookimpl
+    from tests.helpers import ApiClient
+
+    class Boom:
+        @hookimpl
+        def list_hosts(self):
+            raise RuntimeError("secret internals")
+
+    class EntryPoint:
+        def load(self):
+            return lambda options: Boom()
+
+    monkeypatch.setattr(plugins, "installed_backends", lambda: {"boom": EntryPoint()})
+    app = create_app({"work_dir": str(tmp_path), "scheduler": {"backend": "boom"}})
+    c = ApiClient(app).login("admin", (tmp_path / "initial-admin-password").read_text().strip())
+    r = c.get("/hosts")
+    assert r.status == 500
+    assert "secret internals" not in r.body["msg"] and r.body["data"] is None
