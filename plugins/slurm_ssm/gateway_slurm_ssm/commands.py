@@ -190,10 +190,9 @@ def check_native_options(options: Iterable[str], allowed: Iterable[str]) -> list
     return out
 
 
-def check_environment(env: dict | None) -> bytes:
-    """The environment as sbatch --export-file content (NAME=value, NUL-separated)."""
-    errors = []
-    parts = []
+def check_environment(env: dict | None) -> dict[str, str]:
+    """The client's environment, checked: names are shell-style, values hold no NUL."""
+    errors, out = [], {}
     for name, value in (env or {}).items():
         if not isinstance(name, str) or not ENV_NAME.match(name):
             errors.append(f"{name!r}: a variable name is letters, digits and '_', not starting with a digit")
@@ -202,10 +201,46 @@ def check_environment(env: dict | None) -> bytes:
         if "\x00" in value:
             errors.append(f"{name}: the value must not contain NUL characters")
             continue
-        parts.append(f"{name}={value}".encode("utf-8", "surrogateescape"))
+        out[name] = value
     if errors:
         raise InvalidInput("invalid environment: " + "; ".join(errors), errors={"environment": errors})
-    return b"\x00".join(parts) + (b"\x00" if parts else b"")
+    return out
+
+
+def print_environment() -> list[str]:
+    """The environment sbatch would see, NUL-separated (the base of the export file)."""
+    return ["env", "-0"]
+
+
+def export_file(base_env: bytes, env: dict[str, str], job_name: str) -> bytes:
+    """sbatch --export-file content: NAME=value entries separated by NUL.
+
+    With --export-file, Slurm 22.05 builds the job's environment from the file alone (it
+    ignores --export=ALL) and leaves out SLURM_JOB_NAME, so ``%x`` in --output expands to
+    ``(null)``. The file therefore holds what --export=ALL would have sent: the submitting
+    account's environment (``base_env``, from :func:`print_environment`), SLURM_JOB_NAME,
+    then the client's variables.
+    """
+    merged: dict[bytes, bytes] = {}
+    for entry in base_env.split(b"\x00"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key:
+            merged[key] = value
+    merged[b"SLURM_JOB_NAME"] = job_name.encode("utf-8", "surrogateescape")
+    for key, value in env.items():
+        merged[key.encode()] = value.encode("utf-8", "surrogateescape")
+    return b"".join(k + b"=" + v + b"\x00" for k, v in merged.items())
+
+
+def default_job_name(spec: JobSpec) -> str:
+    """The name sbatch gives a job without --job-name."""
+    if spec.name is not None:
+        return spec.name
+    if spec.command is not None:
+        return "wrap"
+    if spec.script_location and not spec.script_location.startswith("s3://"):
+        return spec.script_location.rstrip("/").rsplit("/", 1)[-1]
+    return "sbatch"
 
 
 def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str],
@@ -216,9 +251,10 @@ def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str
     sbatch would otherwise use the gateway's own working directory).
 
     ``script_path``: a script on the cluster (``scriptLocation``). ``spec.command`` becomes
-    ``--wrap``. ``export_file``: the file holding ``spec.environment`` (see
-    :func:`check_environment`): an environment never travels on the command line, where
-    commas would split it (``--export=A=1,2``).
+    ``--wrap``. ``export_file``: the file holding the job's environment (see
+    :func:`export_file`): an environment never travels on the command line, where commas
+    would split it (``--export=A=1,2``), nor in sbatch's own environment, where LD_PRELOAD
+    or PATH would act on the head node.
     """
     errors: dict[str, list[str]] = {}
     for field, value in (("name", spec.name), ("queue", spec.queue), ("workDir", spec.work_dir),

@@ -235,6 +235,9 @@ def job_from_json(j: dict) -> tuple[Job, dict]:
     state = normalize_state(native, reason, exit_code)
     hosts = expand_hostlist(j.get("nodes"))
     cpus = j.get("cpus")
+    if not cpus:                      # null for a job cancelled while pending: use the request
+        m = re.search(r"(?:^|,)cpu=(\d+)", j.get("tres_req_str") or "")
+        cpus = int(m.group(1)) if m else None
     mem = j.get("memory_per_node")
     if not mem and j.get("memory_per_cpu") and cpus:
         mem = j["memory_per_cpu"] * cpus

@@ -198,7 +198,7 @@ class SlurmScheduler:
     @hookimpl
     def submit_job(self, user, spec):
         account = self._account_for(user.name)
-        env_file_data = commands.check_environment(spec.environment) if spec.environment else None
+        env_vars = commands.check_environment(spec.environment) if spec.environment else None
         stdin, script_path = None, None
         if spec.script is not None:
             stdin = spec.script.encode("utf-8", "surrogateescape")
@@ -214,9 +214,11 @@ class SlurmScheduler:
         commands.sbatch(spec, **build)               # every check before anything runs
         env_file = None
         try:
-            if env_file_data is not None:
+            if env_vars is not None:
+                base = self._check(self._run(commands.print_environment(), as_user=account)).stdout
+                data = commands.export_file(base, env_vars, commands.default_job_name(spec))
                 env_file = self._check(self._run(commands.make_temp_file(), as_user=account)).out.strip()
-                self._check(self._run(commands.write_file(env_file), as_user=account, stdin=env_file_data))
+                self._check(self._run(commands.write_file(env_file), as_user=account, stdin=data))
             argv = commands.sbatch(spec, export_file=env_file, **build)
             res = self._run(argv, as_user=account, stdin=stdin if stdin is not None else b"")
         finally:

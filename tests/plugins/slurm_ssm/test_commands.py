@@ -89,14 +89,27 @@ def test_native_options_list_can_be_extended():
     assert commands.check_native_options(["--x11"], ALLOWED | {"--x11"}) == ["--x11"]
 
 
-def test_environment_becomes_a_nul_separated_export_file():
-    data = commands.check_environment({"A": "1,2", "B": "x\ny", "C": "", "D": "$(id);`id`"})
-    assert data == b"A=1,2\x00B=x\ny\x00C=\x00D=$(id);`id`\x00"
-    assert commands.check_environment({}) == b""
+def test_environment_is_checked():
+    assert commands.check_environment({"A": "1,2", "B": None}) == {"A": "1,2", "B": ""}
     for bad in ({"A B": "1"}, {"1A": "1"}, {"A=B": "1"}, {"--x": "1"}, {"A": "a\x00b"}, {"Ü": "1"}, {"": "1"}):
         with pytest.raises(InvalidInput) as e:
             commands.check_environment(bad)
         assert e.value.errors["environment"]
+
+
+def test_export_file_is_what_export_all_would_send_plus_the_clients_variables():
+    base = b"HOME=/home/u\x00PATH=/bin\x00MULTI=a\nb=c\x00A=old\x00"
+    data = commands.export_file(base, {"A": "1,2", "B": "x\ny", "D": "$(id);`id`"}, "job, 1")
+    assert data.split(b"\x00") == [b"HOME=/home/u", b"PATH=/bin", b"MULTI=a\nb=c", b"A=1,2",
+                                    b"SLURM_JOB_NAME=job, 1", b"B=x\ny", b"D=$(id);`id`", b""]
+
+
+def test_default_job_names_are_sbatchs():
+    assert commands.default_job_name(JobSpec(command="x")) == "wrap"
+    assert commands.default_job_name(JobSpec(script="x")) == "sbatch"
+    assert commands.default_job_name(JobSpec(script_location="/a/b/run.sh")) == "run.sh"
+    assert commands.default_job_name(JobSpec(script_location="s3://b/k.sh")) == "sbatch"
+    assert commands.default_job_name(JobSpec(command="x", name="n")) == "n"
 
 
 @pytest.mark.parametrize("job_id,ok", [

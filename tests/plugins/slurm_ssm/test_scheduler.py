@@ -38,6 +38,7 @@ class ScriptedTransport(Transport):
             (["scontrol", "ping"], fx("scontrol_ping")),
             (["getent", "passwd"], fx("getent_passwd")),
             (["mktemp"], CommandResult(0, b"/tmp/hpc-gateway-env.abc\n", b"")),
+            (["env", "-0"], CommandResult(0, b"HOME=/home/gwbob\x00", b"")),
             (["sbatch"], CommandResult(0, b"77\n", b"")),
             (["sinfo", "--json"], fx("sinfo_json")),
             (["scontrol", "--all", "--oneliner", "show", "partition"], fx("scontrol_show_partition")),
@@ -117,10 +118,12 @@ def test_environment_travels_in_a_private_file_never_on_the_command_line(make):
     sched, t = make(run_as="sudo")
     sched.submit_job(user=BOB, spec=JobSpec(command="env", environment={"A": "1,2", "B": "x y"}))
     heads = [c["argv"][0] for c in t.calls if c["argv"][0] != "squeue"]
-    assert heads == ["getent", "mktemp", "dd", "sbatch", "rm"]
-    mk, write, sbatch, rm = [c for c in t.calls if c["argv"][0] in ("mktemp", "dd", "sbatch", "rm")]
-    assert all(c["as_user"] == "gwbob" for c in (mk, write, sbatch, rm))
-    assert write["argv"][1] == "of=/tmp/hpc-gateway-env.abc" and write["stdin"] == b"A=1,2\x00B=x y\x00"
+    assert heads == ["getent", "env", "mktemp", "dd", "sbatch", "rm"]
+    env, mk, write, sbatch, rm = [c for c in t.calls if c["argv"][0] in ("env", "mktemp", "dd", "sbatch", "rm")]
+    assert all(c["as_user"] == "gwbob" for c in (env, mk, write, sbatch, rm))
+    assert env["argv"] == ["env", "-0"]
+    assert write["argv"][1] == "of=/tmp/hpc-gateway-env.abc"
+    assert write["stdin"] == b"HOME=/home/gwbob\x00SLURM_JOB_NAME=wrap\x00A=1,2\x00B=x y\x00"
     assert "--export-file=/tmp/hpc-gateway-env.abc" in sbatch["argv"]
     assert not any("1,2" in a for a in sbatch["argv"])
     assert rm["argv"] == ["rm", "-f", "--", "/tmp/hpc-gateway-env.abc"]
