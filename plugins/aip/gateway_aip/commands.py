@@ -60,7 +60,7 @@ ENV_DENIED = re.compile(r"^(?:PATH|LD_\w*|LSF_\w*|LSB_\w*|EGO_\w*|BASH_ENV|ENV|B
 
 ARRAY_RE = re.compile(r"^\d+(?:-\d+(?::\d+)?)?(?:,\d+(?:-\d+(?::\d+)?)?)*(?:%\d+)?$")
 JOB_ID_ARG = re.compile(r"^\d{1,15}(?:\[\d{1,9}\])?$")
-NAME_ARG = re.compile(r"^[A-Za-z0-9_.@+-][A-Za-z0-9_.@+:-]*$")   # hosts and queues
+NAME_ARG = re.compile(r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+:-]{0,127}$")   # hosts and queues
 
 
 @dataclass(frozen=True)

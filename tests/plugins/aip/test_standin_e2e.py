@@ -1,0 +1,269 @@
+"""The AIP plugin's hooks, called directly, against the LSF/AIP stand-in (tests/standins/lsf):
+what the behaviour suite does not reach — arrays, AIP's c-commands without requeue/badmin,
+csub's exit-0 authentication failure, daemons down, service mode, limits, running output."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from gateway.errors import (Conflict, InvalidInput, NotFound, NotImplementedByPlugin,
+                            SchedulerRefused, SchedulerTimeout, SchedulerUnavailable)
+from gateway.models import JobQuery, JobSpec, JobState, User
+from gateway_aip import make_scheduler
+from tests.helpers import require
+from tests.standins.lsf import lsf_standin
+
+ROOT = os.geteuid() == 0
+ALICE, BOB, ADMIN = User("gwalice"), User("gwbob"), User("gwadmin", is_admin=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with lsf_standin(admins=("gwadmin",), slots=4) as c:
+        yield c
+
+
+def plugin(cluster, **options):
+    base = {"env_file": str(cluster.env_file), "run_as": "sudo" if ROOT else "service",
+            "cache_seconds": 0, "timeout": 20}
+    base.update(options)
+    return make_scheduler(base)
+
+
+@pytest.fixture
+def b(cluster):
+    s = plugin(cluster, listing="json")
+    yield s
+    s.close()
+
+
+def wait(s, job_id, states, user=ALICE, timeout=30):
+    states = {states} if isinstance(states, JobState) else set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        job = s.get_job(user=user, job_id=job_id)
+        if job.state in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job.state} ({job.reason})")
+        time.sleep(0.1)
+
+
+def test_array_elements_are_jobs_and_the_array_is_their_sum(b):
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command='echo "idx $LSB_JOBINDEX"', name="arr",
+                                                array="1-3%2"))
+    whole = wait(b, jid, JobState.COMPLETED)
+    assert whole.native_state == "ARRAY" and whole.name == "arr" and whole.exit_code == 0
+    listed = {j.job_id: j for j in b.list_jobs(user=ALICE, query=JobQuery(name="arr"))}
+    assert {f"{jid}[{i}]" for i in (1, 2, 3)} <= set(listed)
+    assert listed[f"{jid}[2]"].name == "arr[2]"
+    out = b.job_output(user=ALICE, job_id=f"{jid}[2]", stream="stdout", offset=0, limit=100)
+    assert out.data == b"idx 2\n" and out.path.endswith(f"lsf-{jid}_2.out")
+    with pytest.raises(InvalidInput):
+        b.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=100)
+
+
+def test_running_output_comes_from_bpeek(b):
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="echo started; echo oops >&2; sleep 30"))
+    wait(b, jid, JobState.RUNNING)
+    deadline = time.monotonic() + 10
+    while True:
+        out = b.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=100)
+        err = b.job_output(user=ALICE, job_id=jid, stream="stderr", offset=0, limit=100)
+        if out.data and err.data or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert out.data == b"started\n" and err.data == b"oops\n"
+    assert b.job_output(user=ALICE, job_id=jid, stream="stdout", offset=3, limit=2).data == b"rt"
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+    assert wait(b, jid, {JobState.CANCELLED, JobState.FAILED}).state is JobState.CANCELLED
+
+
+def test_a_kill_is_recognized_by_another_gateway_from_the_history(cluster, b):
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
+    wait(b, jid, JobState.RUNNING)
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+    other = plugin(cluster, listing="wide")        # knows nothing of the kill
+    try:
+        job = wait(other, jid, {JobState.CANCELLED, JobState.FAILED})
+        assert job.state is JobState.CANCELLED and job.native_state == "EXIT"
+        assert [j.state for j in other.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == \
+            [JobState.CANCELLED]
+    finally:
+        other.close()
+
+
+def test_a_failing_job_is_failed_not_cancelled(b):
+    jid = b.submit_job(user=ALICE, spec=JobSpec(script="#!/bin/sh\nexit 7\n"))
+    job = wait(b, jid, {JobState.FAILED, JobState.CANCELLED})
+    assert (job.state, job.exit_code) == (JobState.FAILED, 7)
+
+
+def test_limits_and_details_come_back(b):
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 30", memory_mb=1024, time_limit_minutes=5,
+                                                cpus=2, work_dir="/tmp", hold=True, name="lim"))
+    job = b.get_job(user=ALICE, job_id=jid)
+    assert (job.state, job.native_state) == (JobState.HELD, "PSUSP")
+    assert (job.memory_mb, job.time_limit_minutes, job.cpus, job.work_dir) == (1024, 5, 2, "/tmp")
+    assert job.stdout_path == f"/tmp/lsf-{jid}.out" and job.command == "sleep 30"
+    assert "suspended by the user while pending" in job.reason
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+
+
+def test_script_location_is_read_as_the_user(b, tmp_path):
+    path = f"/tmp/gw-aip-script-{os.getpid()}.sh"
+    with open(path, "w") as fh:
+        fh.write("#!/bin/sh\n#BSUB -J from-file\necho from the file\n")
+    os.chmod(path, 0o644)
+    try:
+        jid = b.submit_job(user=ALICE, spec=JobSpec(script_location=path))
+        job = wait(b, jid, JobState.COMPLETED)
+        assert job.name == "from-file"
+        assert b.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=100).data == b"from the file\n"
+    finally:
+        os.unlink(path)
+    with pytest.raises(InvalidInput):
+        b.submit_job(user=ALICE, spec=JobSpec(script_location="/nonexistent/script.sh"))
+    with pytest.raises(InvalidInput):
+        b.submit_job(user=ALICE, spec=JobSpec(script_location="relative.sh"))
+
+
+def test_inactive_queue_keeps_jobs_pending_with_the_reason(b):
+    b.control_queue(user=ADMIN, queue="short", action="inactivate")
+    try:
+        q = next(q for q in b.list_queues() if q.name == "short")
+        assert (q.open, q.active, q.native_state) == (True, False, "Open:Inact")
+        jid = b.submit_job(user=ALICE, spec=JobSpec(command="true", queue="short"))
+        time.sleep(0.5)
+        job = b.get_job(user=ALICE, job_id=jid)
+        assert job.state is JobState.PENDING and "inactivated" in job.reason
+    finally:
+        b.control_queue(user=ADMIN, queue="short", action="activate")
+    assert wait(b, jid, JobState.COMPLETED).exit_code == 0
+    with pytest.raises(NotFound):
+        b.control_queue(user=ADMIN, queue="nosuch", action="close")
+    with pytest.raises(NotFound):
+        b.control_host(user=ADMIN, host="nosuchhost", action="close")
+
+
+def test_unknown_and_malformed_ids_are_404(b):
+    for bad in ("99999999", "abc", "1;rm", "5[x]", "1" * 30):
+        with pytest.raises(NotFound):
+            b.get_job(user=ALICE, job_id=bad)
+    with pytest.raises(NotFound):
+        b.control_job(user=ALICE, job_id="99999999", action="kill")
+
+
+def test_other_users_job_is_refused_by_the_scheduler_too(b):
+    require(ROOT, "run_as: sudo needs root")
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True))
+    # the core checks ownership first; if it did not, the scheduler itself says no
+    from gateway_aip import parse as P
+    text = b._run("bkill", [jid], what="kill", as_user="gwbob")
+    with pytest.raises(Exception) as exc:
+        P.parse_action(text, jid)
+    assert exc.value.status == 403 and "User permission denied" in exc.value.msg
+    b.control_job(user=ADMIN, job_id=jid, action="kill")
+
+
+# --------------------------------------------------------------------------- c-commands
+
+def test_c_commands_without_requeue_or_badmin_answer_501(cluster):
+    s = plugin(cluster, commands="c", env_file=None, bindir=str(cluster.bindir),
+               env={"LSF_ENVDIR": str(cluster.envdir)}, listing="wide")
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 20"))
+        wait(s, jid, JobState.RUNNING)
+        with pytest.raises(NotImplementedByPlugin) as exc:
+            s.control_job(user=ALICE, job_id=jid, action="requeue")
+        assert "brequeue" in exc.value.msg
+        for call in (lambda: s.control_host(user=ADMIN, host=s.list_hosts()[0].name, action="close"),
+                     lambda: s.control_queue(user=ADMIN, queue="normal", action="close")):
+            with pytest.raises(NotImplementedByPlugin):
+                call()
+        users = {u.name: u for u in s.list_users()}        # counted from cjobs: no busers
+        assert users[ALICE.name if ROOT else s.account()].running >= 1
+        info = s.cluster_info()
+        assert info.scheduler == "aip" and info.hosts == 1 and info.version is None
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+        assert wait(s, jid, {JobState.CANCELLED, JobState.FAILED}).state is JobState.CANCELLED
+    finally:
+        s.close()
+
+
+def test_csub_authentication_failure_with_exit_0_is_502(cluster):
+    s = plugin(cluster, commands="c")
+    cluster.fail_auth(True)
+    try:
+        with pytest.raises(SchedulerRefused) as exc:
+            s.submit_job(user=ALICE, spec=JobSpec(command="true"))
+        assert exc.value.msg == "Failed in an AIP library call: Authentication failed. Job not submitted."
+    finally:
+        cluster.fail_auth(False)
+        s.close()
+
+
+# --------------------------------------------------------------------------- service mode
+
+def test_service_mode_tags_jobs_with_the_gateway_user(cluster):
+    s = plugin(cluster, run_as="service", listing="wide")     # read as "long"
+    try:
+        a = s.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True))
+        bj = s.submit_job(user=BOB, spec=JobSpec(command="true", hold=True))
+        assert s.get_job(user=ALICE, job_id=a).user_name == "gwalice"
+        mine = [j.job_id for j in s.list_jobs(user=BOB, query=JobQuery(user="gwbob"))]
+        assert bj in mine and a not in mine
+        with pytest.raises(InvalidInput):
+            s.submit_job(user=ALICE, spec=JobSpec(command="true", native_options=["-P", "x"]))
+        users = {u.name for u in s.list_users()}
+        assert {"gwalice", "gwbob"} <= users
+        for j in (a, bj):
+            s.control_job(user=ADMIN, job_id=j, action="kill")
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- daemons down
+
+def test_daemons_down_is_503_and_health_says_so(cluster):
+    s = plugin(cluster)
+    cluster.stop_daemon()
+    try:
+        with pytest.raises(SchedulerUnavailable) as exc:
+            s.list_jobs(user=ALICE, query=JobQuery())
+        assert "LIM is down" in exc.value.msg
+        with pytest.raises(SchedulerUnavailable):
+            s.submit_job(user=ALICE, spec=JobSpec(command="true"))
+        with pytest.raises(SchedulerUnavailable):
+            s.list_hosts()
+        health = s.health()
+        assert health.ok is False and "LIM is down" in health.detail
+    finally:
+        cluster.start_daemon()
+        s.close()
+    assert plugin(cluster).health().ok
+
+
+def test_without_lsb_ntries_a_hanging_command_is_504(cluster):
+    s = plugin(cluster, env={"LSB_NTRIES": ""}, timeout=2)
+    cluster.stop_daemon()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SchedulerTimeout):
+            s.list_queues()
+        assert time.monotonic() - t0 < 10
+    finally:
+        cluster.start_daemon()
+        s.close()
+
+
+def test_closed_queue_refuses_submissions_with_409(b):
+    b.control_queue(user=ADMIN, queue="vnc", action="close")
+    try:
+        with pytest.raises(Conflict) as exc:
+            b.submit_job(user=ALICE, spec=JobSpec(command="true", queue="vnc"))
+        assert "Queue has been closed" in exc.value.msg
+    finally:
+        b.control_queue(user=ADMIN, queue="vnc", action="open")
