@@ -76,6 +76,11 @@ def vis_session(user, job_id):
 
 
 @hookspec(firstresult=True)
+def read_user_file(user, path, limit):
+    """Return up to ``limit`` bytes of a file read as the account ``user``'s jobs run as (``~/`` is its home), or None if absent."""
+
+
+@hookspec(firstresult=True)
 def health():
     """Return Health: whether the scheduler answers, and how fast."""
 

@@ -15,6 +15,7 @@ import pwd
 import signal
 import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -88,8 +89,7 @@ class MockScheduler:
         self.host = opts["host_name"] or socket.gethostname()
         self.queues = {q["name"]: q for q in opts["queues"]}
         self.default_queue = defaults[0]["name"]
-        self._pid = None
-        self._db = None
+        self._local = threading.local()
         db = self.db
         with jobdb.transaction(db):
             db.execute("INSERT OR REPLACE INTO settings VALUES ('slots', ?)", (str(opts["slots"]),))
@@ -101,9 +101,12 @@ class MockScheduler:
     @property
     def db(self):
         # One connection per process (gunicorn forks after create_app in --preload setups).
-        if self._db is None or self._pid != os.getpid():
-            self._db, self._pid = jobdb.connect(self.db_path), os.getpid()
-        return self._db
+        # ... and one per thread: gunicorn's gthread workers serve requests in threads, and a
+        # sqlite3 connection holds one transaction at a time.
+        local = self._local
+        if getattr(local, "db", None) is None or local.pid != os.getpid():
+            local.db, local.pid = jobdb.connect(self.db_path), os.getpid()
+        return local.db
 
     # ---------------------------------------------------------------- helpers
     def _row(self, job_id: str):
@@ -350,6 +353,26 @@ class MockScheduler:
             raise Conflict(f"cannot read {path}: {data.stderr.decode(errors='replace').strip()[-300:]}")
         return JobOutput(data.stdout, offset, int(size.stdout), path)
 
+    @hookimpl
+    def read_user_file(self, user, path, limit):
+        """A small file (e.g. a vis session file) read as the account the user's jobs run as."""
+        if self.opts["run_as"] == "sudo":
+            home = self._user_entry(user).pw_dir
+        else:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        if path.startswith("~/"):
+            path = os.path.join(home, path[2:])
+        if not os.path.isabs(path):
+            raise InvalidInput(f"not an absolute path: {path}")
+        if self.opts["run_as"] == "sudo":
+            out = self._read_slice_as(user, path, 0, limit)
+            return out.data if out.size else None
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(limit)
+        except FileNotFoundError:
+            return None
+
     # ---------------------------------------------------------------- cluster
     def _counts(self, column=None):
         sql = "SELECT {col} AS k, state, COUNT(*) AS n, SUM(cpus) AS c FROM jobs WHERE state NOT IN " \
@@ -431,10 +454,24 @@ class MockScheduler:
         self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()
         return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000, detail=f"mock executor on {self.host}")
 
+    @hookimpl
+    def file_transport(self, user):
+        """File operations on this host: as the user (run_as: sudo), else as the service
+        account in the user's mock home (where its jobs run by default)."""
+        from gateway.transports.local import LocalTransport
+        if self.opts["run_as"] == "sudo":
+            self._user_entry(user)
+            return LocalTransport(), user.name
+        if not user.name or "/" in user.name or user.name.startswith("."):
+            return None
+        home = os.path.join(self.state_dir, "home", user.name)
+        os.makedirs(home, mode=0o755, exist_ok=True)
+        return LocalTransport(), None, home
+
     def close(self):
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if getattr(self._local, "db", None) is not None:
+            self._local.db.close()
+            self._local.db = None
 
 
 def make_scheduler(options: dict) -> MockScheduler:

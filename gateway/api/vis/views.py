@@ -1,0 +1,106 @@
+"""Visualization jobs: start a VNC desktop as a job, get its noVNC address."""
+from __future__ import annotations
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from ...errors import Conflict, Forbidden, GatewayError, NotFound
+from ...models import FINAL_STATES, JobState
+from ...vis import is_vis_job, load_vis_options, read_vis_session, submit_hook, vis_job_spec, vis_url
+from ..common import ErrorEnvelope, current_user, document_errors, gw, ok
+from ..jobs.views import fetch_job, submit_with_idempotency
+from .schemas import VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope
+
+blp = Blueprint("vis", __name__, url_prefix="/vis",
+                description="Visualization jobs: VNC desktops run as jobs and opened in the browser with noVNC")
+
+OPTIONS_KEY = "hpc_gateway_vis"
+RETRY_AFTER = "2"
+
+
+class Gone(GatewayError):
+    """The session existed but is over: its job has ended."""
+    status = 410
+    default_msg = "Gone"
+
+
+@blp.record_once
+def _load_options(setup_state):
+    # At registration, inside create_app: an invalid `vis` section fails the start-up.
+    app = setup_state.app
+    app.extensions[OPTIONS_KEY] = load_vis_options(app.extensions["hpc_gateway"].config)
+
+
+def _options() -> dict:
+    return current_app.extensions[OPTIONS_KEY]
+
+
+def _session(job_id: str):
+    """The caller's own running vis job and its session, or the error that says why not."""
+    user = current_user()
+    job = fetch_job(user, job_id)
+    if job.user_name != user.name:
+        # The address carries the desktop's password: for its owner only, admins included.
+        raise Forbidden(f"job {job_id} belongs to {job.user_name}: only its owner may open its desktop")
+    if not is_vis_job(job.name):
+        raise NotFound(f"job {job_id} is not a visualization job (start one with POST /vis/submit)")
+    if job.state in FINAL_STATES:
+        raise Gone(f"visualization job {job_id} has ended ({job.state}"
+                   + (f": {job.reason}" if job.reason else "") + "): start a new session")
+    if job.state != JobState.RUNNING:
+        raise Conflict(f"not ready yet: visualization job {job_id} is {job.state}"
+                       + (f" ({job.reason})" if job.reason else "") + "; ask again in a few seconds",
+                       headers={"Retry-After": RETRY_AFTER})
+    session = read_vis_session(gw().scheduler, user, job, _options())
+    if session is None:
+        raise Conflict(f"not ready yet: the desktop of job {job_id} is starting; ask again in a few seconds",
+                       headers={"Retry-After": RETRY_AFTER})
+    return job, session
+
+
+@blp.route("/submit")
+class VisSubmit(MethodView):
+    @blp.arguments(VisSubmitSchema)
+    @blp.response(200, VisSubmitEnvelope)
+    @document_errors(blp, 400, 401, 409, 413, 422, 501, 502, 503, 504)
+    def post(self, args):
+        """Start a visualization job: the command on a VNC desktop
+
+        The job starts Xvnc with a fresh password, websockify in front of it and the command
+        on that desktop; the session ends with the command or when the job is killed. Ask
+        GET /vis/url/{jobId} for its noVNC address. An `Idempotency-Key` header makes
+        retries safe."""
+        spec = vis_job_spec(args["command"], options=_options(), queue=args.get("queue"),
+                            geometry=args.get("geometry"), time_limit_minutes=args.get("time_limit_minutes"))
+        job_id = submit_with_idempotency(submit_hook(gw().scheduler), spec)
+        return ok({"vis": {"job_id": str(job_id)}})
+
+
+@blp.route("/url/<job_id>")
+class VisUrl(MethodView):
+    @blp.response(200, VisUrlEnvelope)
+    @document_errors(blp, 401, 403, 404, 409, 501, 502, 503, 504)
+    @blp.alt_response(410, schema=ErrorEnvelope, description="The job has ended: its desktop is gone")
+    def get(self, job_id):
+        """The noVNC address of your running visualization job
+
+        409 (with Retry-After) while the job waits or its desktop starts; 410 once it has
+        ended. Join the address to the NGINX server that serves /novnc/."""
+        _job, session = _session(job_id)
+        return ok({"visurl": {"url": vis_url(session, _options(), request.host_url)}})
+
+
+@blp.route("/<job_id>")
+class VisDetail(MethodView):
+    @blp.response(200, VisDetailEnvelope)
+    @document_errors(blp, 401, 403, 404, 409, 501, 502, 503, 504)
+    @blp.alt_response(410, schema=ErrorEnvelope, description="The job has ended: its desktop is gone")
+    def get(self, job_id):
+        """Your visualization job: its noVNC address and state
+
+        The same answers as GET /vis/url/{jobId}, with the job's state, host and display."""
+        job, session = _session(job_id)
+        return ok({"visurl": {"url": vis_url(session, _options(), request.host_url)},
+                   "vis": {"job_id": job.job_id, "state": job.state, "native_state": job.native_state,
+                           "exec_host": session.exec_host, "display": session.display}})

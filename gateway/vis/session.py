@@ -1,0 +1,82 @@
+"""The session file a vis job writes, and the noVNC address built from it.
+
+The launcher writes ``~/.hpc-gateway/vis/<job id>.json`` (mode 0600) in the home directory of
+the account the job runs as; the gateway reads it as that account through the plugin's
+``read_user_file`` hook. It holds host, port, display and password; the address returned to
+the client has the seed's form, every value URL-encoded.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from urllib.parse import quote, urlsplit
+
+from ..models import VisSession
+
+SESSION_DIR = "~/.hpc-gateway/vis"
+MAX_SESSION_BYTES = 4096
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+_PASSWORD_RE = re.compile(r"^[A-Za-z0-9]{6,64}$")
+
+
+def session_path(job_id: str) -> str:
+    """Where the job's session file is, relative to its account's home (``~/``)."""
+    return f"{SESSION_DIR}/{job_id}.json"
+
+
+def parse_session(data: bytes | None, job_id: str, not_before: float | None = None) -> VisSession | None:
+    """The VisSession in a session file's bytes; None when absent, partial, stale or not this job's.
+
+    ``not_before``: a file whose ``started`` is earlier (a leftover of a killed job with the
+    same id, e.g. a requeue) does not count.
+    """
+    if not data:
+        return None
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        session = VisSession(host=str(doc["host"]), port=int(doc["port"]), password=str(doc["password"]),
+                             display=int(doc["display"]), exec_host=str(doc.get("execHost") or doc["host"]))
+        started = float(doc.get("started", 0))
+        same_job = str(doc.get("jobId")) == str(job_id)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if not same_job or (not_before is not None and started < not_before):
+        return None
+    if not (_HOST_RE.match(session.host) and _HOST_RE.match(session.exec_host or "")
+            and 0 < session.port < 65536 and 0 <= session.display < 100000
+            and _PASSWORD_RE.match(session.password)):
+        return None
+    return session
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def vis_url(session: VisSession, options: dict, request_url: str | None = None) -> str:
+    """The noVNC address of a session, in the seed's form.
+
+    ``websocket: direct``: host and port are websockify's on the execution host (the seed's
+    way; the browser must reach that host). ``proxy`` (default): host and port are NGINX's
+    (``public_url``, else the scheme/host/port the client used for this request), and ``path``
+    routes the websocket through NGINX's /novnc-ws/<address>/<port> to websockify.
+    """
+    extra = []
+    if options["websocket"] == "direct":
+        host, port = session.host, session.port
+    else:
+        front = urlsplit(options.get("public_url") or request_url or "http://localhost/")
+        secure = front.scheme == "https"
+        host = _url_host(front.hostname or "localhost")
+        port = front.port or (443 if secure else 80)
+        extra = [("path", f"{options['proxy_path']}/{session.host}/{session.port}"),
+                 ("encrypt", "1" if secure else "0")]
+    params = [("autoconnect", "true"), ("host", host), ("port", str(port)), ("password", session.password),
+              ("resize", "remote"), ("quality", "9"), ("compression", "5"),
+              ("exec", session.exec_host or session.host), ("sid", str(session.display))] + extra
+    query = "&".join(f"{key}={quote(value, safe='')}" for key, value in params)
+    return f"{options['novnc_path']}?{query}"

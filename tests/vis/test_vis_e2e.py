@@ -1,0 +1,200 @@
+"""End to end: a VNC desktop started as a job, opened through NGINX in headless Chromium.
+
+For each backend (mock, mock-sudo, the real single-node Slurm): submit ``xterm`` through
+the API, wait for its address, check the VNC authentication directly (right and wrong
+password, over websockify's websocket through NGINX), open the address in Chromium and
+prove the desktop is on screen (screenshot saved under test-artifacts/, canvas not blank),
+see noVNC refuse a wrong password, then kill the job and find no Xvnc or websockify left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import stat
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from .support import (canvas_stats, chromium, process_alive, processes_named, rfb_auth, wait_until)
+
+pytestmark = pytest.mark.timeout(300)
+
+XTERM = ("xterm -geometry 90x26+40+40 -bg white -fg black -T 'HPC Gateway' "
+         "-e sh -c 'echo \"HPC Gateway visualization job $SLURM_JOB_ID$GATEWAY_JOB_ID on $(hostname)\"; "
+         "echo \"display $DISPLAY, user $(id -un)\"; echo; ls -la /; exec sleep 3600'")
+# A canvas showing a drawn desktop: measured ~60-110 for xterm's white window on Xvnc's black
+# root; a blank (all-black or all-one-colour) canvas has 0.
+MIN_STDDEV = 20.0
+
+
+def wait_for_url(client, job_id, timeout=90):
+    """Poll GET /vis/url/{id}: 409 while starting, then 200 with the address."""
+    seen = []
+
+    def ready():
+        r = client.get(f"/vis/url/{job_id}")
+        seen.append(r.status)
+        if r.status == 409:
+            assert "not ready yet" in r.msg and r.headers.get("Retry-After")
+            return None
+        assert r.status == 200, r.body
+        return r.body["data"]["visurl"]["url"]
+
+    url = wait_until(ready, timeout, f"the desktop of job {job_id}", interval=0.5)
+    return url, seen
+
+
+def ws_url(front_url: str, vis_url: str) -> str:
+    q = parse_qs(urlsplit(vis_url).query)
+    return front_url.replace("http://", "ws://", 1) + "/" + q["path"][0]
+
+
+def open_novnc(page, url, timeout=45):
+    page.navigate(url)
+    page.wait_for("document.readyState === 'complete' && !!document.getElementById('noVNC_status')", 30,
+                  "noVNC's page")
+
+
+def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts_dir, tmp_path):
+    s = vis_stack
+    r = s.alice.post("/vis/submit", json={"command": XTERM, "type": "vnc"})
+    assert r.status == 200, r.body
+    job_id = r.body["data"]["vis"]["jobId"]
+
+    t0 = time.monotonic()
+    url, statuses = wait_for_url(s.alice, job_id)
+    ready_s = time.monotonic() - t0
+    print(f"[{s.backend}] job {job_id}: address after {ready_s:.1f} s (answers: {statuses[:3]}...{statuses[-1:]})")
+
+    # The address is the seed's form, every value URL-encoded, joined to NGINX.
+    parts = urlsplit(url)
+    assert parts.path == "/novnc/vnc.html"
+    q = parse_qs(parts.query)
+    front = urlsplit(s.front_url)
+    assert q["autoconnect"] == ["true"] and q["resize"] == ["remote"]
+    assert q["quality"] == ["9"] and q["compression"] == ["5"]
+    assert q["host"] == [front.hostname] and q["port"] == [str(front.port)]
+    assert re.fullmatch(r"[A-Za-z0-9]{8}", q["password"][0])
+    assert re.fullmatch(r"novnc-ws/127\.0\.0\.1/61\d\d", q["path"][0])
+    assert q["sid"][0].isdigit() and q["exec"][0]
+    assert "novnc-ws%2F127.0.0.1%2F" in url          # encoded
+    password, display = q["password"][0], int(q["sid"][0])
+
+    # GET /vis/{id}: the same address, with the job's state.
+    r = s.alice.get(f"/vis/{job_id}")
+    assert r.status == 200, r.body
+    assert r.body["data"]["visurl"]["url"] == url
+    assert r.body["data"]["vis"]["state"] == "RUNNING" and r.body["data"]["vis"]["display"] == display
+
+    # Another user's session is not theirs to open, admins included.
+    for other in (s.bob, s.admin):
+        r = other.get(f"/vis/url/{job_id}")
+        assert r.status == 403, r.body
+        assert password not in json.dumps(r.body)
+
+    # The session file: only its owner can read it; it names the live processes.
+    path = s.session_file("alice", job_id)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert st.st_uid == pwd.getpwnam(s.job_account("alice")).pw_uid
+    session = json.loads(path.read_text())
+    assert session["password"] == password and session["display"] == display
+    pids = {"Xvnc": session["xvncPid"], "websockify": session["websockifyPid"]}
+    assert all(process_alive(pid) for pid in pids.values()), pids
+
+    # The password never reaches the job's output.
+    out = s.alice.output(job_id)["data"] + s.alice.output(job_id, stream="stderr")["data"]
+    assert password not in out
+    assert "is ready" in out
+
+    # VNC authentication, straight over the websocket through NGINX.
+    ws = ws_url(s.front_url, url)
+    assert rfb_auth(ws, password) == (0, "")
+    wrong = ("x" if password[0] != "x" else "y") + password[1:]
+    result, reason = rfb_auth(ws, wrong)
+    assert result == 1, (result, reason)
+    print(f"[{s.backend}] wrong password refused by the server: {reason!r}")
+    # NGINX proxies only the allowed addresses and ports.
+    import requests
+    assert requests.get(s.front_url + "/novnc-ws/10.0.0.1/6100", timeout=10).status_code == 403
+    assert requests.get(s.front_url + "/novnc-ws/127.0.0.1/22", timeout=10).status_code == 403
+
+    # The desktop in the browser.
+    with chromium(tmp_path) as browser:
+        page = browser.new_page()
+        open_novnc(page, s.front_url + url)
+        page.wait_for("document.documentElement.classList.contains('noVNC_connected')", 45, "noVNC to connect")
+        rect_js = ("(() => { const c = document.querySelector('#noVNC_container canvas'); "
+                   "if (!c) return null; const r = c.getBoundingClientRect(); "
+                   "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+        stats = {}
+
+        def drawn():
+            rect = page.eval(rect_js)
+            if not rect or rect["width"] < 100:
+                return None
+            png = page.screenshot()
+            stats.update(canvas_stats(png, rect), rect=rect, png=png)
+            return stats["stddev"] > MIN_STDDEV
+        try:
+            wait_until(drawn, 30, "the desktop to be drawn on noVNC's canvas", interval=0.5)
+        finally:
+            if stats.get("png"):
+                shot = os.path.join(artifacts_dir, f"vis-session-{s.backend}.png")
+                with open(shot, "wb") as fh:
+                    fh.write(stats["png"])
+        print(f"[{s.backend}] canvas {stats['size']}: grey mean {stats['mean']:.1f}, stddev {stats['stddev']:.1f}, "
+              f"{stats['colours']} colours; screenshot {shot}")
+        assert stats["colours"] > 2
+
+        # A wrong password: noVNC shows the server's refusal.
+        bad = browser.new_page()
+        open_novnc(bad, s.front_url + url.replace(f"password={password}", f"password={wrong}"))
+        status = bad.wait_for("(() => { const e = document.getElementById('noVNC_status'); "
+                              "return e.classList.contains('noVNC_status_error') ? e.textContent : null; })()",
+                              45, "noVNC to report the refusal")
+        print(f"[{s.backend}] noVNC with a wrong password: {status!r}")
+        assert re.search(r"fail|rejected", status, re.I), status
+        assert not bad.eval("document.documentElement.classList.contains('noVNC_connected')")
+        page.close()
+        bad.close()
+
+    # Nothing in NGINX's access log carries the password.
+    assert password not in s.nginx_access_log()
+
+    # Killing the job ends the session: no Xvnc, no websockify, no session file.
+    r = s.alice.post(f"/jobs/{job_id}/kill")
+    assert r.status == 200, r.body
+    t0 = time.monotonic()
+    s.alice.wait_for(job_id, {"CANCELLED", "FAILED"}, timeout=90)
+    wait_until(lambda: not any(process_alive(pid) for pid in pids.values()), 45,
+               f"Xvnc and websockify of job {job_id} to end")
+    gone_s = time.monotonic() - t0
+    leftovers = [p for p in processes_named("Xvnc") if f" :{display} " in p[1] + " "]
+    leftovers += [p for p in processes_named("websockify") if f":{session['port']} " in p[1] + " "]
+    assert leftovers == [], leftovers
+    assert not path.exists()
+    assert not os.path.exists(f"/tmp/.X11-unix/X{display}")
+    r = s.alice.get(f"/vis/url/{job_id}")
+    assert r.status == 410, r.body
+    print(f"[{s.backend}] killed: processes gone {gone_s:.1f} s after the kill request")
+
+
+def test_session_ends_with_its_command(vis_stack):
+    s = vis_stack
+    r = s.alice.post("/vis/submit", json={"command": "sleep 4", "type": "vnc", "geometry": "800x600"})
+    assert r.status == 200, r.body
+    job_id = r.body["data"]["vis"]["jobId"]
+    url, _ = wait_for_url(s.alice, job_id)
+    session = json.loads(s.session_file("alice", job_id).read_text())
+    pids = [session["xvncPid"], session["websockifyPid"]]
+    job = s.alice.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=90)
+    assert job["state"] == "COMPLETED", job
+    wait_until(lambda: not any(process_alive(p) for p in pids), 15, "the desktop's processes to end")
+    assert not s.session_file("alice", job_id).exists()
+    r = s.alice.get(f"/vis/url/{job_id}")
+    assert r.status == 410 and "ended" in r.msg, r.body
