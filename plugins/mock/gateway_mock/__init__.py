@@ -15,7 +15,6 @@ import pwd
 import signal
 import socket
 import subprocess
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -89,7 +88,8 @@ class MockScheduler:
         self.host = opts["host_name"] or socket.gethostname()
         self.queues = {q["name"]: q for q in opts["queues"]}
         self.default_queue = defaults[0]["name"]
-        self._local = threading.local()
+        self._pid = None
+        self._db = None
         db = self.db
         with jobdb.transaction(db):
             db.execute("INSERT OR REPLACE INTO settings VALUES ('slots', ?)", (str(opts["slots"]),))
@@ -101,12 +101,9 @@ class MockScheduler:
     @property
     def db(self):
         # One connection per process (gunicorn forks after create_app in --preload setups).
-        # ... and one per thread: gunicorn's gthread workers serve requests in threads, and a
-        # sqlite3 connection holds one transaction at a time.
-        local = self._local
-        if getattr(local, "db", None) is None or local.pid != os.getpid():
-            local.db, local.pid = jobdb.connect(self.db_path), os.getpid()
-        return local.db
+        if self._db is None or self._pid != os.getpid():
+            self._db, self._pid = jobdb.connect(self.db_path), os.getpid()
+        return self._db
 
     # ---------------------------------------------------------------- helpers
     def _row(self, job_id: str):
@@ -454,24 +451,10 @@ class MockScheduler:
         self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()
         return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000, detail=f"mock executor on {self.host}")
 
-    @hookimpl
-    def file_transport(self, user):
-        """File operations on this host: as the user (run_as: sudo), else as the service
-        account in the user's mock home (where its jobs run by default)."""
-        from gateway.transports.local import LocalTransport
-        if self.opts["run_as"] == "sudo":
-            self._user_entry(user)
-            return LocalTransport(), user.name
-        if not user.name or "/" in user.name or user.name.startswith("."):
-            return None
-        home = os.path.join(self.state_dir, "home", user.name)
-        os.makedirs(home, mode=0o755, exist_ok=True)
-        return LocalTransport(), None, home
-
     def close(self):
-        if getattr(self._local, "db", None) is not None:
-            self._local.db.close()
-            self._local.db = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def make_scheduler(options: dict) -> MockScheduler:
