@@ -48,6 +48,8 @@ class SessionStore:
     def remember(self, key: str, value: str, ttl: int) -> str | None:
         """Store value under key unless present; return the earlier value, or None when stored."""
     def forget(self, key: str) -> None: ...
+    def swap(self, key: str, expected: str, value: str | None, ttl: int) -> bool:
+        """Atomically replace key's value (None: delete it) if it is still ``expected``; True if done."""
     def close(self) -> None: ...
 
 
@@ -148,6 +150,23 @@ class SqliteSessionStore(SessionStore):
     def forget(self, key):
         self._conn().execute("DELETE FROM kv WHERE key=?", (key,))
 
+    def swap(self, key, expected, value, ttl):
+        now = time.time()
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value, expires FROM kv WHERE key=?", (key,)).fetchone()
+            done = row is not None and row[1] >= now and row[0] == expected
+            if done and value is None:
+                db.execute("DELETE FROM kv WHERE key=?", (key,))
+            elif done:
+                db.execute("UPDATE kv SET value=?, expires=? WHERE key=?", (value, now + ttl, key))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return done
+
     def close(self):
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -224,13 +243,31 @@ class RedisSessionStore(SessionStore):
 
     def remember(self, key, value, ttl):
         k = self._k("kv", key)
-        if self.r.set(k, value, nx=True, ex=int(ttl)):
-            return None
-        earlier = self.r.get(k)
-        return earlier.decode() if earlier is not None else None
+        while True:
+            if self.r.set(k, value, nx=True, ex=int(ttl)):
+                return None
+            earlier = self.r.get(k)
+            if earlier is not None:
+                return earlier.decode()
+            # The key expired (or was deleted) between SET NX and GET: try to store again,
+            # rather than tell the caller it stored a value it did not.
 
     def forget(self, key):
         self.r.delete(self._k("kv", key))
+
+    # Compare-and-set in one server-side step, so two replicas can never both win.
+    _SWAP = """
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+        else redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3])) end
+        return 1
+    """
+
+    def swap(self, key, expected, value, ttl):
+        script = getattr(self, "_swap_script", None)
+        if script is None:
+            script = self._swap_script = self.r.register_script(self._SWAP)
+        return bool(script(keys=[self._k("kv", key)], args=[expected, value or "", int(ttl)]))
 
     def close(self):
         self.r.close()

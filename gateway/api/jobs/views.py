@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
+import json
+import logging
+import math
+import os
 import re
+import secrets
+import socket
 import time
 
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ...errors import BadRequest, Conflict, Forbidden, NotFound
+from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
 from ..common import current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope)
+
+log = logging.getLogger("gateway.jobs")
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Batch jobs: submit, follow, control, read output")
 
@@ -51,6 +60,64 @@ def _sort_key(job):
     return (job.submit_time.timestamp() if job.submit_time else 0.0, int(num.group()) if num else 0, jid)
 
 
+# Idempotent submission -------------------------------------------------------------------
+#
+# The key's record lives in the session store (shared by every replica) with a TTL:
+#   {"state": "done", "jobId": ..., "fp": ...}                       the answer for every retry
+#   {"state": "pending", "since": t0, "settle": t1, "by": ..., "fp": ...}   a submission under way
+# A request claims a fresh key atomically (SET NX), submits, then swaps its own pending
+# record for the done one (compare-and-set: a record someone else replaced is never
+# overwritten). A definite refusal (4xx, 501, 502: the scheduler took nothing) deletes the
+# claim so the key may be used again. Anything else leaves it pending: the submission may or
+# may not have reached the scheduler.
+#
+# A pending record whose owner died (replica SIGKILLed mid-request) must neither block the
+# key forever nor be resubmitted blindly. Until ``settle`` (the claim time plus
+# ``idempotency_pending_seconds``, longer than any submission can take, so the dead owner's
+# orphaned command has finished by then; or, after an ambiguous error seen by a live owner,
+# IDEMPOTENCY_ERROR_GRACE seconds after it) a retry answers 409 "in progress" with
+# Retry-After. After it, the retry asks the scheduler: the user's jobs (with the spec's name,
+# when it has one) submitted since the claim. None: nothing reached the scheduler, and the
+# retry takes the claim over (compare-and-set, so only one retry does) and submits. Some:
+# the scheduler may hold the first attempt; the gateway cannot tell it from another job of
+# the same name, so it answers 409 naming those jobs (``errors.candidates``) and submits
+# nothing. Never two jobs for one key; never a key stuck longer than the window.
+IDEMPOTENCY_PENDING_SECONDS = 300
+IDEMPOTENCY_ERROR_GRACE = 30
+IDEMPOTENCY_CLOCK_SKEW = 30      # scheduler clock vs gateway clock, when matching submit times
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def _fingerprint(hook: str) -> str:
+    body = request.get_json(silent=True)
+    text = json.dumps([hook, body], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _idem_record(raw: str) -> dict:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):        # an older release stored the bare job id
+        return {"state": "done", "jobId": raw}
+    return record
+
+
+def _settle_candidates(user: User, spec, since: float) -> list[str]:
+    """Jobs of ``user`` that may be the interrupted submission (submitted since its claim)."""
+    name = getattr(spec, "name", None)
+    jobs = gw().scheduler.call("list_jobs", user=user, query=JobQuery(user=user.name, name=name))
+    earliest = since - IDEMPOTENCY_CLOCK_SKEW
+    return sorted((j.job_id for j in jobs
+                   if j.user_name in (None, user.name) and (name is None or j.name == name)
+                   and (j.submit_time is None or j.submit_time.timestamp() >= earliest)),
+                  key=lambda jid: (len(jid), jid))
+
+
 def submit_with_idempotency(hook: str, spec):
     """Submit once per Idempotency-Key: a retry (on any replica) answers the first job's id."""
     state = gw()
@@ -60,21 +127,72 @@ def submit_with_idempotency(hook: str, spec):
         return state.scheduler.call(hook, user=user, spec=spec)
     if not IDEMPOTENCY_KEY_RE.match(key):
         raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    store = state.store
     store_key = f"idem:{user.name}:{key}"
     ttl = state.config["idempotency_ttl_seconds"]
-    earlier = state.store.remember(store_key, "pending", ttl)
-    if earlier == "pending":
-        raise Conflict("a submission with this Idempotency-Key is still in progress: retry in a moment")
+    window = float(state.config.get("idempotency_pending_seconds") or IDEMPOTENCY_PENDING_SECONDS)
+    fingerprint = _fingerprint(hook)
+    now = time.time()
+    claim = {"state": "pending", "since": now, "settle": now + window,
+             "by": f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}", "fp": fingerprint}
+    mine = dumps(claim)
+    earlier = store.remember(store_key, mine, ttl)
     if earlier is not None:
-        return earlier
+        record = _idem_record(earlier)
+        if record.get("fp") not in (None, fingerprint):
+            raise InvalidInput("this Idempotency-Key was already used with a different request: "
+                               "use a new key for a new submission",
+                               errors={"Idempotency-Key": ["used with a different request"]})
+        if record.get("state") == "done":
+            return record["jobId"]
+        settle = float(record.get("settle") or 0)
+        if now < settle:
+            raise Conflict(
+                f"a submission with this Idempotency-Key is in progress (since {now - float(record.get('since', now)):.0f} s): "
+                "retry with the same key in a moment",
+                errors={"Idempotency-Key": ["in progress"]},
+                headers={"Retry-After": str(max(1, min(5, math.ceil(settle - now))))})
+        # The attempt that claimed the key ended without an answer: the scheduler decides.
+        candidates = _settle_candidates(user, spec, float(record.get("since", now)))
+        if candidates:
+            raise Conflict(
+                "an earlier submission with this Idempotency-Key was interrupted and may have reached the "
+                f"scheduler: it holds job(s) {', '.join(candidates[:20])} submitted since then. Check them; "
+                "if none is yours, submit again with a new key",
+                errors={"Idempotency-Key": ["interrupted; outcome unknown"], "candidates": candidates[:100]})
+        if not store.swap(store_key, earlier, mine, ttl):
+            raise Conflict("another retry with this Idempotency-Key is taking over the interrupted "
+                           "submission: retry with the same key in a moment",
+                           errors={"Idempotency-Key": ["in progress"]}, headers={"Retry-After": "1"})
+        log.warning("Idempotency-Key %r of %s: the attempt by %s was interrupted before the scheduler "
+                    "took the job; submitting it now", key, user.name, record.get("by"))
     try:
-        job_id = state.scheduler.call(hook, user=user, spec=spec)
-    except BaseException:
-        state.store.forget(store_key)        # nothing was submitted: the key may be used again
+        job_id = str(state.scheduler.call(hook, user=user, spec=spec))
+    except GatewayError as exc:
+        if exc.status < 500 or exc.status in (501, 502):
+            store.swap(store_key, mine, None, ttl)      # the scheduler took nothing: free the key
+        else:
+            _settle_soon(store, store_key, claim, mine, ttl)
         raise
-    state.store.forget(store_key)
-    state.store.remember(store_key, str(job_id), ttl)
+    except BaseException:
+        _settle_soon(store, store_key, claim, mine, ttl)
+        raise
+    if not store.swap(store_key, mine, dumps({"state": "done", "jobId": job_id, "fp": fingerprint}), ttl):
+        # Only possible when this submission outlived idempotency_pending_seconds and a retry
+        # took the key over: the window is shorter than the scheduler's slowest submission.
+        log.error("Idempotency-Key %r of %s: job %s was submitted after the key had been taken over "
+                  "(idempotency_pending_seconds %g s is too short for this scheduler)",
+                  key, user.name, job_id, window)
     return job_id
+
+
+def _settle_soon(store, store_key, claim, mine, ttl) -> None:
+    """After an ambiguous error the owner is alive: let retries settle the key after a short grace."""
+    settle = min(claim["settle"], time.time() + IDEMPOTENCY_ERROR_GRACE)
+    try:
+        store.swap(store_key, mine, dumps({**claim, "settle": settle}), ttl)
+    except Exception:                      # the store is down too: the full window applies
+        log.warning("could not shorten the settle time of %s", store_key, exc_info=True)
 
 
 @blp.route("")
