@@ -44,7 +44,7 @@ class GatewayState:
 
     def _file_admin(self, name: str) -> bool:
         users = getattr(self.authenticator, "users", None)
-        entry = users.users().get(name) if users is not None else None
+        entry = users.entry(name) if users is not None else None
         return bool(entry and entry.get("admin"))
 
 
@@ -171,6 +171,7 @@ def create_app(config: dict | str | None = None) -> Flask:
     from .api.vis.views import blp as vis_blp
     for blp in (auth_blp, jobs_blp, cluster_blp, system_blp, vis_blp):
         api.register_blueprint(blp, url_prefix=prefix + (blp.url_prefix or ""))
+    from .api.files.views import blp as files_blp; api.register_blueprint(files_blp, url_prefix=prefix)  # noqa: E702
     _mark_public(api)
     app.add_url_rule("/metrics", "metrics", metrics_view)
     # Swagger UI (not an API operation, so not in the OpenAPI document).

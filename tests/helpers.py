@@ -7,19 +7,9 @@ import secrets
 import subprocess
 import time
 
-import pytest
+from tests.support import CI, require  # noqa: F401  (re-exported for the suites)
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_USERS = {"alice": "gwalice", "bob": "gwbob", "admin": "gwadmin"}
-
-
-def require(condition: bool, why: str) -> None:
-    """Skip when a real component is missing locally; in CI (CI=true) that is a failure."""
-    if condition:
-        return
-    if CI:
-        pytest.fail(f"required component missing in CI: {why}")
-    pytest.skip(why)
 
 
 def ensure_unix_user(name: str) -> bool:

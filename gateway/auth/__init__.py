@@ -8,6 +8,7 @@ and answers ``authenticate(username, password) -> Identity | None``.
 from __future__ import annotations
 
 import pwd
+import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -29,12 +30,25 @@ class Authenticator:
         raise NotImplementedError
 
 
+_uids: dict[str, tuple[int | None, float]] = {}
+UID_CACHE_SECONDS = 60.0
+
+
 def unix_uid(name: str) -> int | None:
-    """The Unix uid of ``name`` on this host, when it has one."""
+    """The Unix uid of ``name`` on this host, when it has one. Cached for a minute: an NSS
+    lookup per request would cost more than the whole session check."""
+    now = time.monotonic()
+    hit = _uids.get(name)
+    if hit is not None and hit[1] > now:
+        return hit[0]
     try:
-        return pwd.getpwnam(name).pw_uid
+        uid = pwd.getpwnam(name).pw_uid
     except KeyError:
-        return None
+        uid = None
+    if len(_uids) > 10000:
+        _uids.clear()
+    _uids[name] = (uid, now + UID_CACHE_SECONDS)
+    return uid
 
 
 def load_authenticator(auth_config: dict) -> Authenticator:

@@ -58,6 +58,9 @@ class UsersFile:
     def users(self) -> dict:
         return dict(self._load())
 
+    def entry(self, name: str) -> dict | None:
+        return self._load().get(name)
+
     def _save(self, users: dict) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -1,0 +1,115 @@
+"""Logins: users file, PAM against real Unix users, rate limits, audit log."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+
+import pytest
+
+from gateway import create_app
+from gateway.auth.users_file import UsersFile
+from tests.helpers import ApiClient, ensure_unix_user, random_password, require, set_unix_password
+
+
+def test_users_file_stores_argon2_hashes_never_passwords(tmp_path):
+    users = UsersFile(str(tmp_path / "users.yaml"))
+    users.set_password("carol", "correct horse battery", admin=False)
+    text = (tmp_path / "users.yaml").read_text()
+    assert "correct horse" not in text
+    assert "$argon2id$" in text
+    assert (tmp_path / "users.yaml").stat().st_mode & 0o777 == 0o600
+    assert users.verify("carol", "correct horse battery").name == "carol"
+    assert users.verify("carol", "wrong") is None
+    assert users.verify("nobody", "correct horse battery") is None
+
+
+def test_cli_adds_changes_and_removes_users(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"work_dir: {tmp_path}\n")
+    cli = [os.path.join(os.path.dirname(__import__('sys').executable), "hpc-gateway"), "--config", str(cfg)]
+
+    def run(*args, stdin=""):
+        return subprocess.run([*cli, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    assert run("users", "add", "dave", "--password-stdin", stdin="first-password\n").returncode == 0
+    assert run("users", "add", "dave", "--password-stdin", stdin="again-password\n").returncode != 0
+    assert run("users", "add", "Bad;Name", "--password-stdin", stdin="whatever-pass\n").returncode == 2
+    assert run("users", "add", "erin", "--admin", "--password-stdin", stdin="short\n").returncode == 2
+    app = create_app({"work_dir": str(tmp_path), "log_level": "warning"})
+    assert ApiClient(app).post("/login", json={"username": "dave", "password": "first-password"}).status == 200
+    assert run("users", "passwd", "dave", "--password-stdin", stdin="second-password\n").returncode == 0
+    assert ApiClient(app).post("/login", json={"username": "dave", "password": "first-password"}).status == 401
+    assert ApiClient(app).post("/login", json={"username": "dave", "password": "second-password"}).status == 200
+    assert "dave" in run("users", "list").stdout
+    assert run("users", "remove", "dave").returncode == 0
+    assert ApiClient(app).post("/login", json={"username": "dave", "password": "second-password"}).status == 401
+
+
+def test_login_errors_say_what_to_do(make_app):
+    app, _ = make_app()
+    c = ApiClient(app)
+    r = c.post("/login", json={"username": "admin", "password": "nope"})
+    assert r.status == 401 and r.body == {"msg": "Wrong user name or password", "data": None}
+    assert c.post("/login", json={"username": "admin"}).status == 422
+    assert c.post("/login", data="user=admin", headers={"Content-Type": "application/x-www-form-urlencoded"}).status == 422
+
+
+def test_repeated_failures_are_limited_per_user_with_retry_after(make_app, caplog):
+    app, admin = make_app(auth={"login_limit": {"max_failures_per_user": 3, "max_failures_per_address": 100,
+                                                "window_seconds": 60}})
+    c = ApiClient(app)
+    secret_try = "wrong-password-SECRET"
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        for _ in range(3):
+            assert c.post("/login", json={"username": "admin", "password": secret_try}).status == 401
+        r = c.post("/login", json={"username": "admin", "password": secret_try})
+    assert r.status == 429
+    assert 0 < int(r.headers["Retry-After"]) <= 60
+    assert "too many failed logins" in r.body["msg"]
+    # Even the right password waits now: the limit is per user.
+    password = open(os.path.join(app.extensions["hpc_gateway"].config["work_dir"], "initial-admin-password")).read().strip()
+    assert c.post("/login", json={"username": "admin", "password": password}).status == 429
+    # Other users are not locked out by admin's failures.
+    assert c.post("/login", json={"username": "someone", "password": "x"}).status == 401
+    # The audit log names user, address and outcome, never the password.
+    text = caplog.text
+    assert "login failed user=admin address=127.0.0.1" in text
+    assert "rate limit" in text
+    assert secret_try not in text
+
+
+def test_repeated_failures_are_limited_per_address(make_app):
+    app, _ = make_app(auth={"login_limit": {"max_failures_per_user": 100, "max_failures_per_address": 4,
+                                            "window_seconds": 60}})
+    c = ApiClient(app)
+    for i in range(4):
+        assert c.post("/login", json={"username": f"user{i}", "password": "x"}).status == 401
+    r = c.post("/login", json={"username": "fresh", "password": "x"})
+    assert r.status == 429 and "address" in r.body["msg"]
+
+
+@pytest.fixture
+def pam_user():
+    require(os.geteuid() == 0, "PAM login of a real Unix user needs root (useradd, chpasswd, /etc/shadow)")
+    name = "gwpamuser"
+    assert ensure_unix_user(name)
+    password = random_password()
+    set_unix_password(name, password)
+    yield name, password
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+def test_pam_login_of_a_real_unix_user(tmp_path, pam_user):
+    name, password = pam_user
+    app = create_app({"work_dir": str(tmp_path), "log_level": "warning", "auth": {"backend": "pam"},
+                      "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
+    c = ApiClient(app)
+    assert c.post("/login", json={"username": name, "password": "not-" + password}).status == 401
+    r = c.post("/login", json={"username": name, "password": password})
+    assert r.status == 200, r.body
+    c.token = r.body["data"]["token"]["token"]
+    jid = c.submit(command="id -un")
+    job = c.wait_for(jid, {"COMPLETED", "FAILED"})
+    assert job["userName"] == name
+    assert not (tmp_path / "initial-admin-password").exists()     # PAM needs no generated user

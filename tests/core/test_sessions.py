@@ -1,0 +1,116 @@
+"""Sessions across replicas: any instance sharing the secret and the store accepts a token
+another issued; the idle timeout slides; logout revokes everywhere; bad tokens are 401."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway import create_app
+from tests.helpers import ApiClient
+from tests.support.redis_server import redis_server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared' / 'sessions.sqlite'}"
+    else:
+        with redis_server() as url:
+            yield url
+
+
+def _pair(tmp_path, store_url, timeout=30.0):
+    """Two app instances ("replicas") sharing only the secret file and the session store."""
+    shared = {"secret_file": str(tmp_path / "shared" / "secret.key"), "session_store": store_url,
+              "timeout": timeout, "log_level": "warning",
+              "auth": {"users_file": str(tmp_path / "shared" / "users.yaml")}}
+    apps = []
+    for name in ("a", "b"):
+        apps.append(create_app({**shared, "work_dir": str(tmp_path / name),
+                                "scheduler": {"backend": "mock",
+                                              "options": {"state_dir": str(tmp_path / "mock")}}}))
+    password = (tmp_path / "a" / "initial-admin-password").read_text().strip()
+    return apps, password
+
+
+def test_a_token_from_one_replica_works_on_another(tmp_path, store_url):
+    (a, b), password = _pair(tmp_path, store_url)
+    token = ApiClient(a).login("admin", password).token
+    on_b = ApiClient(b)
+    on_b.token = token
+    assert on_b.get("/jobs").status == 200
+
+
+def test_logout_on_one_replica_revokes_on_every_replica(tmp_path, store_url):
+    (a, b), password = _pair(tmp_path, store_url)
+    client_a = ApiClient(a).login("admin", password)
+    client_b = ApiClient(b)
+    client_b.token = client_a.token
+    assert client_b.get("/jobs").status == 200
+    assert client_a.post("/logout").status == 200
+    r = client_b.get("/jobs")
+    assert r.status == 401
+    assert "log in again" in r.body["msg"]
+    assert client_a.get("/jobs").status == 401
+
+
+def test_the_idle_timeout_slides_with_use_and_kills_an_idle_token(tmp_path, store_url):
+    timeout_s = 3.0
+    (a, b), password = _pair(tmp_path, store_url, timeout=timeout_s / 60)
+    busy = ApiClient(a).login("admin", password)
+    idle = ApiClient(b).login("admin", password)
+    # The busy token is used every half second for twice the timeout (alternating replicas).
+    start = time.monotonic()
+    turn = [busy, ApiClient(b)]
+    turn[1].token = busy.token
+    i = 0
+    while time.monotonic() - start < 2 * timeout_s:
+        assert turn[i % 2].get("/jobs").status == 200, "an active token expired"
+        i += 1
+        time.sleep(0.5)
+    # The idle one has not been used for longer than the timeout.
+    r = idle.get("/jobs")
+    assert r.status == 401
+    assert "inactivity" in r.body["msg"]
+    assert busy.get("/jobs").status == 200
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "eyJzIjoiYSIsInUiOiJhZG1pbiJ9.bad.sig", "x" * 5000])
+def test_malformed_and_tampered_tokens_are_401(make_app, token):
+    app, client = make_app()
+    other = ApiClient(app)
+    other.token = token or None
+    r = other.get("/jobs")
+    assert r.status == 401
+    assert "log in" in r.body["msg"]
+
+
+def test_a_token_signed_with_another_secret_is_401(make_app, tmp_path):
+    _, client = make_app()
+    foreign = create_app({"work_dir": str(tmp_path / "other"), "log_level": "warning",
+                          "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "m2")}}})
+    password = (tmp_path / "other" / "initial-admin-password").read_text().strip()
+    token = ApiClient(foreign).login("admin", password).token
+    client.token = token
+    assert client.get("/jobs").status == 401
+
+
+def test_the_secret_is_generated_private_on_first_start(make_app, tmp_path):
+    make_app()
+    secret = tmp_path / "work" / "secret.key"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert len(secret.read_bytes().strip()) >= 32
+    pw = tmp_path / "work" / "initial-admin-password"
+    assert pw.stat().st_mode & 0o777 == 0o600
+
+
+def test_activity_is_written_at_most_every_few_seconds(make_app):
+    app, client = make_app()
+    store = app.extensions["hpc_gateway"].store
+    writes = []
+    original = store.touch
+    store.touch = lambda *a, **kw: (writes.append(a), original(*a, **kw))
+    for _ in range(50):
+        assert client.get("/jobs").status == 200
+    assert len(writes) <= 1
