@@ -119,7 +119,10 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
         log.warning("First start: created user 'admin' (administrator). Its password is in %s "
-                    "(readable by this account only). Add users with: hpc-gateway users add NAME", note)
+                    "(readable by this account only). Log in with:\n  curl -X POST http://localhost:%s%s/login "
+                    "-H 'Content-Type: application/json' -d '{\"username\": \"admin\", \"password\": \"'$(cat %s)'\"}'"
+                    "\nAdd users with: hpc-gateway users add NAME", note, cfg["https_port"] if cfg["ssl"] else
+                    cfg["http_port"], cfg["api_prefix"], note)
 
 
 def create_app(config: dict | str | None = None) -> Flask:
