@@ -267,3 +267,59 @@ def test_closed_queue_refuses_submissions_with_409(b):
         assert "Queue has been closed" in exc.value.msg
     finally:
         b.control_queue(user=ADMIN, queue="vnc", action="open")
+
+
+# --------------------------------------------------------------------------- injection
+
+PAYLOAD = "x; touch {s} $(touch {s}) `touch {s}` | & é✓ -- '\""
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_shell_metacharacters_in_every_field_are_not_interpreted(cluster, transport, tmp_path):
+    """Metacharacters, quotes, a leading --, newlines and unicode in every string field the
+    gateway passes on (the command is the job's own shell line, so it is left out): no
+    sentinel appears and the job carries the strings literally."""
+    require(ROOT, "run_as: sudo and sshd need root")
+    sentinel = f"/tmp/gw-aip-sentinel-{os.getpid()}-{transport}"
+    payload = PAYLOAD.format(s=sentinel)
+    workdir = f"/tmp/gw-aip-wd {payload.replace('/', '_')}"
+    os.makedirs(workdir, exist_ok=True)
+    os.chmod(workdir, 0o777)
+    script = f"/tmp/gw-aip-script {payload.replace('/', '_')}.sh"
+    with open(script, "w") as fh:
+        fh.write('#!/bin/sh\nprintf "%s|%s" "$GW_INJ" "$(pwd)"\n')
+    os.chmod(script, 0o644)
+    stack = []
+    try:
+        opts = {}
+        if transport == "ssh":
+            from tests.support.sshd import sshd, sshd_available
+            ok, why = sshd_available()
+            require(ok, why)
+            server = sshd(users=("root",))
+            opts["transport"] = server.__enter__().transport_options(user="root")
+            stack.append(server)
+        s = plugin(cluster, listing="json", **opts)
+        stack.append(s)
+        out_file = f"{workdir}/out {payload.replace('/', '_')}.txt"
+        jid = s.submit_job(user=ALICE, spec=JobSpec(
+            script_location=script, name=payload, work_dir=workdir, stdout=out_file,
+            environment={"GW_INJ": payload + "\nline2"}, native_options=["-Jd", payload, "-P", "p$(id)"]))
+        job = wait(s, jid, {JobState.COMPLETED, JobState.FAILED})
+        assert job.state is JobState.COMPLETED, job
+        assert job.name == payload and job.work_dir == workdir and job.stdout_path == out_file
+        data = s.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=10000).data
+        assert data.decode() == f"{payload}\nline2|{workdir}"
+        assert not os.path.exists(sentinel)
+        with pytest.raises(InvalidInput):
+            s.submit_job(user=ALICE, spec=JobSpec(command="true", environment={"A;touch x": "1"}))
+    finally:
+        for obj in reversed(stack):
+            if hasattr(obj, "__exit__"):
+                obj.__exit__(None, None, None)
+            else:
+                obj.close()
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+        os.unlink(script)
+        assert not os.path.exists(sentinel)
