@@ -1,0 +1,172 @@
+"""High availability with real parts: NGINX over three gunicorn replicas sharing Redis.
+
+A bounded load (8 client threads, 20 s) of logins, keyed submissions and polls runs through
+NGINX while one replica is SIGKILLed (master and workers: a crashed host) and restarted.
+Then: no GET failed (NGINX passed over the dead replica); every submission is at the
+scheduler exactly once, under the id its client was given; tokens issued before the kill
+still work. A second test kills a replica at the worst moments of a keyed submission.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.helpers import require
+
+from .ha import JOB_PREFIX, HACluster, format_summary, run_load
+from .servers import PREFIX, gunicorn_available, nginx_available, redis_available, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def cluster(procs, tmp_path):
+    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
+    require(nginx_available(), "nginx is not installed (Debian: apt-get install nginx)")
+    require(gunicorn_available(), "gunicorn is not installed in this Python environment")
+    return HACluster(procs, tmp_path, replicas=3, workers=2, threads=16, pending_seconds=3)
+
+
+def test_a_replica_killed_under_load(cluster, capsys, artifacts_dir):
+    victim = cluster.replicas[1]
+    log_file = next((victim.log_dir).glob("hpc-gateway.log.*"))
+    marks = {}
+
+    def kill():
+        victim.kill()
+
+    def restart():
+        marks["log_size"] = log_file.stat().st_size
+        victim.restart()
+
+    result = run_load(cluster.base, cluster.passwords, threads=8, duration=20,
+                      events=[(6.0, "SIGKILL replica-1", kill), (12.0, "restart replica-1", restart)])
+    summary = result.summary()
+    report = format_summary(summary)
+    with capsys.disabled():
+        print("\n" + report)
+    with open(f"{artifacts_dir}/ha-summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+
+    # NGINX passed over the dead replica: no GET failed.
+    failed = [s for s in result.samples if s.method == "GET" and s.status != 200]
+    assert not failed, f"{len(failed)} failed GETs, e.g. {failed[:5]}\n{report}"
+
+    # Every submission answered, and is at the scheduler exactly once, under the id its client got.
+    unresolved = [s for s in result.submissions if s.outcome not in ("ok", "adopted")]
+    assert not unresolved, f"submissions without an answer: {unresolved[:5]}"
+    at_scheduler = cluster.scheduler_jobs()
+    wrong = [(s.name, s.job_id, at_scheduler.get(s.name)) for s in result.submissions
+             if at_scheduler.get(s.name) != [s.job_id]]
+    assert not wrong, f"submissions not present exactly once: {wrong[:10]}"
+    strays = set(at_scheduler) - {s.name for s in result.submissions}
+    assert not strays, f"jobs no client asked for: {sorted(strays)[:10]}"
+    assert len(result.submissions) >= 20, report
+
+    # Tokens issued before the kill are still good, through NGINX and on the restarted replica.
+    assert result.early_tokens
+    for user, token in result.early_tokens:
+        for base in (cluster.base, victim.base):
+            r = requests.get(base + PREFIX + "/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 200, (user, base, r.text)
+
+    # The kill really happened under load, and the restarted replica took traffic again.
+    assert f"127.0.0.1:{victim.port}" in cluster.nginx.error_log()
+    with open(log_file, "rb") as fh:
+        fh.seek(marks["log_size"])
+        assert b'"GET ' + PREFIX.encode() in fh.read(), "the restarted replica served no request"
+
+    # Keys live in Redis with a TTL.
+    first = result.submissions[0]
+    user = next(u for u, _ in result.early_tokens)
+    ttls = [cluster.redis.client.ttl(f"hpcgw:kv:idem:{u}:{first.key}") for u in cluster.passwords]
+    assert any(t > 0 for t in ttls), ttls
+
+
+def _post(base, token, key, name):
+    return requests.post(base + PREFIX + "/jobs", json={"command": "true", "name": name},
+                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key}, timeout=30)
+
+
+def _settle(cluster, token, key, name, budget=30):
+    """A client's retry loop through NGINX: same key until an answer that is not 'in progress'."""
+    deadline = time.monotonic() + budget
+    while True:
+        r = _post(cluster.base, token, key, name)
+        if r.status_code != 409 or "candidates" in (r.json().get("errors") or {}) or time.monotonic() > deadline:
+            return r
+        time.sleep(float(r.headers.get("Retry-After", "1")))
+
+
+def _claim_seen(cluster, user, key):
+    raw = cluster.redis.client.get(f"hpcgw:kv:idem:{user}:{key}")
+    return raw is not None and json.loads(raw)["state"] == "pending"
+
+
+def test_a_replica_killed_in_the_middle_of_a_keyed_submission(cluster):
+    """Both moments that matter, made deterministic by holding the scheduler's and the store's locks."""
+    user, password = "alice", cluster.passwords["alice"]
+    login = requests.post(cluster.base + PREFIX + "/login", json={"username": user, "password": password}, timeout=10)
+    token = login.json()["data"]["token"]["token"]
+    jobs_db = cluster.mock_dir / "jobs.sqlite"
+    import sqlite3
+
+    # 1. Killed after claiming the key, before the scheduler took the job.
+    victim = cluster.replicas[0]
+    key, name = uuid.uuid4().hex, f"{JOB_PREFIX}{uuid.uuid4().hex}"
+    lock = sqlite3.connect(jobs_db, timeout=30, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")           # the mock scheduler cannot take a job now
+    import threading
+    answer = {}
+    t = threading.Thread(target=lambda: answer.setdefault("r", _safe_post(victim.base, token, key, name)))
+    t.start()
+    wait_until(lambda: _claim_seen(cluster, user, key), 15, "the replica to claim the key")
+    victim.kill()
+    lock.execute("ROLLBACK")
+    lock.close()
+    t.join(30)
+    assert answer["r"] is None                   # the client lost its answer
+    r = _settle(cluster, token, key, name)
+    assert r.status_code == 200, r.text          # nothing had reached the scheduler: submitted once now
+    job_id = r.json()["data"]["job"]["jobId"]
+    assert cluster.scheduler_jobs().get(name) == [job_id]
+    assert _post(cluster.base, token, key, name).json()["data"]["job"]["jobId"] == job_id
+    victim.restart()
+
+    # 2. Killed after the scheduler took the job, before the key recorded its id.
+    victim = cluster.replicas[2]
+    key, name = uuid.uuid4().hex, f"{JOB_PREFIX}{uuid.uuid4().hex}"
+    lock = sqlite3.connect(jobs_db, timeout=30, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    answer = {}
+    t = threading.Thread(target=lambda: answer.setdefault("r", _safe_post(victim.base, token, key, name)))
+    t.start()
+    wait_until(lambda: _claim_seen(cluster, user, key), 15, "the replica to claim the key")
+    cluster.redis.client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")   # the id cannot be recorded
+    try:
+        lock.execute("ROLLBACK")
+        lock.close()
+        wait_until(lambda: cluster.scheduler_jobs().get(name), 15, "the scheduler to take the job")
+        victim.kill()
+    finally:
+        cluster.redis.client.execute_command("CLIENT", "UNPAUSE")
+    t.join(30)
+    assert answer["r"] is None
+    landed = cluster.scheduler_jobs()[name]
+    r = _settle(cluster, token, key, name)
+    # The gateway cannot know the job is this key's: it submits nothing and names the candidates.
+    assert r.status_code == 409, r.text
+    assert r.json()["errors"]["candidates"] == landed
+    assert cluster.scheduler_jobs()[name] == landed                     # still exactly one
+    victim.restart()
+
+
+def _safe_post(base, token, key, name):
+    try:
+        return _post(base, token, key, name)
+    except requests.RequestException:
+        return None
