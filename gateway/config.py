@@ -14,6 +14,7 @@ import yaml
 from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from .errors import ConfigError
+from .files.settings import FilesSchema
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 
@@ -81,6 +82,7 @@ class ConfigSchema(Schema):
     idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
     scheduler = fields.Nested(SchedulerSchema, load_default=lambda: SchedulerSchema().load({}))
+    files = fields.Nested(FilesSchema, load_default=lambda: FilesSchema().load({}))  # see gateway/files/settings.py
 
     @validates_schema
     def _tls(self, data, **_):

@@ -84,3 +84,7 @@ def read_user_file(user, path, limit):
 def health():
     """Return Health: whether the scheduler answers, and how fast."""
 
+
+@hookspec(firstresult=True)
+def file_transport(user):
+    """Return (transport, as_user[, home]) that runs ``user``'s file operations, or None."""

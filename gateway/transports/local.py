@@ -39,3 +39,18 @@ class LocalTransport(Transport):
             proc.communicate()
             raise SchedulerTimeout(f"{os.path.basename(argv[0])} did not answer within {timeout:g} s")
         return CommandResult(proc.returncode, out, err)
+
+    def popen(self, argv, *, as_user=None, stdin=None, stdout=None, stderr=None, timeout=None,
+              env=None) -> subprocess.Popen:
+        """Start ``argv`` (as ``as_user``) with the given stdio and return at once: for callers
+        that stream data in or out (file transfers). No deadline here; the caller owns the process.
+        """
+        argv = self.wrap_user(argv, as_user)
+        full_env = {**os.environ, **self.env, **(env or {})} if (self.env or env) else None
+        try:
+            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
+                                    start_new_session=True, close_fds=True, bufsize=0)
+        except FileNotFoundError as exc:
+            raise SchedulerUnavailable(f"command not found: {argv[0]}") from exc
+        except OSError as exc:
+            raise SchedulerUnavailable(f"cannot run {argv[0]}: {exc.strerror}") from exc

@@ -232,6 +232,33 @@ class SshTransport(Transport):
                 f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
         return result
 
+    def popen(self, argv, *, as_user=None, stdin=None, stdout=None, stderr=None, timeout=None,
+              env=None) -> subprocess.Popen:
+        """Start ``argv`` on the host and return the local ``ssh`` process at once, with the
+        given stdio: for callers that stream data in or out (file transfers). ``timeout``
+        bounds the remote command (the coreutils ``timeout`` backstop); the caller owns the
+        local process. ssh's connection errors arrive as exit code 255 (see
+        :meth:`connection_error`).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        line = self.remote_line(self.wrap_user(argv, as_user), timeout, env)
+        multiplex = self.control_persist > 0
+        if multiplex:
+            self._ensure_master(max(0.1, self.connect_timeout * 2 + 1))
+        try:
+            return subprocess.Popen(self.ssh_argv(line, multiplex=multiplex), stdin=stdin,
+                                    stdout=stdout, stderr=stderr, start_new_session=True,
+                                    close_fds=True, bufsize=0)
+        except OSError as exc:
+            raise SchedulerUnavailable(f"cannot run ssh: {exc.strerror}") from exc
+
+    def connection_error(self, returncode: int, stderr: bytes) -> SchedulerUnavailable | None:
+        """For a :meth:`popen` process: the 503 its exit code and stderr mean, if any."""
+        stderr = _strip_mux_notices(stderr)
+        if returncode == 255 and _is_connection_error(stderr):
+            return SchedulerUnavailable(f"ssh to {self.host}:{self.port} failed: {_last_line(stderr)}")
+        return None
+
     def _exec(self, args: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,

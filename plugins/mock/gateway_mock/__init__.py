@@ -451,6 +451,20 @@ class MockScheduler:
         self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='RUNNING'").fetchone()
         return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000, detail=f"mock executor on {self.host}")
 
+    @hookimpl
+    def file_transport(self, user):
+        """File operations on this host: as the user (run_as: sudo), else as the service
+        account in the user's mock home (where its jobs run by default)."""
+        from gateway.transports.local import LocalTransport
+        if self.opts["run_as"] == "sudo":
+            self._user_entry(user)
+            return LocalTransport(), user.name
+        if not user.name or "/" in user.name or user.name.startswith("."):
+            return None
+        home = os.path.join(self.state_dir, "home", user.name)
+        os.makedirs(home, mode=0o755, exist_ok=True)
+        return LocalTransport(), None, home
+
     def close(self):
         if self._db is not None:
             self._db.close()

@@ -1,0 +1,117 @@
+"""Request bodies of uploads, read as streams: raw bytes, or multipart/form-data parsed
+incrementally (werkzeug's sans-IO MultipartDecoder), so no upload is ever held whole in
+memory or spooled to the gateway's disk.
+
+The size limit is the ``files.max_upload_bytes`` setting, applied to this request only
+(Flask's per-request ``max_content_length``): a declared Content-Length over it is refused
+with 413 before a byte is read; a chunked body that grows past it fails with 413 as soon as
+it does (and the partial upload is removed).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, MultipartDecoder
+
+from ..errors import BadRequest
+
+MAX_FIELDS_BYTES = 64 * 1024
+
+
+def limit_body(request, limit: int) -> None:
+    """Use ``limit`` (not the JSON body limit) for this request's body."""
+    request.max_content_length = limit
+
+
+def read_chunk(stream, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except OSError as exc:          # the connection broke (reset, timeout)
+        raise BadRequest(f"the upload was interrupted: {exc}") from exc
+
+
+def raw_chunks(request, chunk: int) -> Iterator[bytes]:
+    stream = request.stream
+    while True:
+        data = read_chunk(stream, chunk)
+        if not data:
+            return
+        yield data
+
+
+def is_multipart(request) -> bool:
+    return request.mimetype == "multipart/form-data"
+
+
+class MultipartBody:
+    """The form fields sent before the first file part, then that file's bytes as a stream.
+
+    Parts after the file are read and ignored (they count towards the size limit).
+    """
+
+    def __init__(self, request, chunk: int):
+        boundary = request.mimetype_params.get("boundary")
+        if not boundary:
+            raise BadRequest("multipart/form-data without a boundary: let your HTTP client build the body")
+        self._stream = request.stream
+        self._chunk = chunk
+        self._decoder = MultipartDecoder(boundary.encode("latin-1"))
+        self._events = self._read_events()
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.field_name: str | None = None
+        self._open()
+
+    def _read_events(self):
+        eof = False
+        while True:
+            try:
+                event = self._decoder.next_event()
+            except ValueError as exc:
+                raise BadRequest(f"malformed multipart body: {exc}") from exc
+            if event is NEED_DATA:
+                if eof:
+                    raise BadRequest("the multipart body ended before its closing boundary (interrupted upload?)")
+                data = read_chunk(self._stream, self._chunk)
+                if data:
+                    self._decoder.receive_data(data)
+                else:
+                    self._decoder.receive_data(None)
+                    eof = True
+                continue
+            yield event
+            if isinstance(event, Epilogue):
+                return
+
+    def _open(self) -> None:
+        name, value, size = None, bytearray(), 0
+        for event in self._events:
+            if isinstance(event, File):
+                self.filename = event.filename or None
+                self.field_name = event.name
+                return
+            if isinstance(event, Field):
+                name, value = event.name, bytearray()
+            elif isinstance(event, Data) and name is not None:
+                value += event.data
+                size += len(event.data)
+                if size > MAX_FIELDS_BYTES:
+                    raise BadRequest(f"the form fields before the file exceed {MAX_FIELDS_BYTES} bytes")
+                if not event.more_data:
+                    self.fields[name] = value.decode("utf-8", "replace")
+                    name = None
+            elif isinstance(event, Epilogue):
+                break
+        raise BadRequest("the multipart body has no file part: send the file as a part with a "
+                         "filename (e.g. curl -F file=@data.bin)")
+
+    def chunks(self) -> Iterator[bytes]:
+        """The file part's bytes; then the rest of the body is drained."""
+        for event in self._events:
+            if isinstance(event, Data):
+                if event.data:
+                    yield event.data
+                if not event.more_data:
+                    break
+        for _ in self._events:
+            pass

@@ -1,0 +1,381 @@
+"""How file bytes travel between the gateway and the cluster, as the user.
+
+- :class:`PipeChannel` (local and SSH transports): the tool's stdin/stdout *is* the stream.
+  An upload is the request body piped, chunk by chunk, into ``dd of=<temp> conv=excl,fsync``;
+  a download is ``dd``'s (or ``tar``'s) stdout piped, chunk by chunk, into the response.
+  Nothing larger than one chunk is ever held in memory.
+- :class:`S3Channel` (SSM transport): a Run Command cannot carry large data, so bytes move
+  through an S3 bucket. An upload streams the body into an S3 object (multipart, one part
+  in memory at a time) and then, on the cluster, ``curl`` as the user fetches it with a
+  presigned GET into the temporary file; a download has ``curl`` as the user PUT the file
+  to a presigned URL, then streams the object (with the requested Range) to the client.
+  Presigned URLs reach curl on stdin (``--config -``), never on a command line, and expire
+  with ``transfer_timeout``; the staging object is deleted as soon as the transfer ends.
+  Small reads (``inline_max_bytes``) skip S3 and come back in the command's own output.
+
+Both run every command through the plugin's transport as the user, so Unix permissions on
+the cluster decide what may be read or written.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import uuid
+from typing import Iterable, Iterator
+
+from ..errors import GatewayError, NotImplementedByPlugin, SchedulerTimeout
+from ..transports import CommandResult, Transport
+from . import commands
+from .parse import error_for
+
+log = logging.getLogger(__name__)
+
+
+class Transfer:
+    """What an upload produced: bytes written and their sha256 (computed by the gateway)."""
+
+    def __init__(self, size: int, sha256: str):
+        self.size, self.sha256 = size, sha256
+
+
+class Channel:
+    """Runs the user's file commands through a transport; subclasses move the bulk bytes."""
+
+    def __init__(self, transport: Transport, as_user: str | None, settings: dict):
+        self.transport = transport
+        self.as_user = as_user
+        self.settings = settings
+        self.timeout = float(settings["command_timeout"])
+        self.transfer_timeout = float(settings["transfer_timeout"])
+        self.chunk = int(settings["chunk_bytes"])
+
+    def run(self, argv: list[str], *, stdin: bytes | None = None,
+            timeout: float | None = None) -> CommandResult:
+        return self.transport.run(argv, stdin=stdin, as_user=self.as_user,
+                                  timeout=self.timeout if timeout is None else timeout)
+
+    def check(self, argv: list[str], what: str, path: str, **kw) -> CommandResult:
+        result = self.run(argv, **kw)
+        if result.returncode != 0:
+            raise error_for(result.stderr, what, path, self.as_user)
+        return result
+
+    def quietly_remove(self, path: str) -> None:
+        """Remove a temporary file; never raises (the caller is already handling an error)."""
+        try:
+            result = self.run(commands.remove(path, force=True))
+            if result.returncode != 0:
+                log.warning("cannot remove %s as %s: %s", path, self.as_user, result.err.strip()[-300:])
+        except Exception as exc:
+            log.warning("cannot remove %s as %s: %s", path, self.as_user, exc)
+
+    # Implemented by subclasses.
+    def write_new(self, path: str, source: Iterable[bytes]) -> Transfer:
+        raise NotImplementedError
+
+    def read(self, path: str, offset: int, length: int) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def tar(self, parent: str, name: str) -> tuple[Iterator[bytes], int | None]:
+        raise NotImplementedError
+
+
+def make_channel(transport: Transport, as_user: str | None, settings: dict) -> Channel:
+    if callable(getattr(transport, "popen", None)):
+        return PipeChannel(transport, as_user, settings)
+    if getattr(transport, "name", "") == "ssm":
+        return S3Channel(transport, as_user, settings)
+    raise NotImplementedByPlugin(f"the {getattr(transport, 'name', '?')} transport cannot move files")
+
+
+# ---------------------------------------------------------------- local and SSH: pipes
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _close(*files) -> None:
+    for fh in files:
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+
+
+class PipeChannel(Channel):
+    def _spawn(self, argv, *, stdin, stdout):
+        # stderr goes to an anonymous file: a chatty tool can never block on a full pipe.
+        errfile = tempfile.TemporaryFile()
+        proc = self.transport.popen(argv, as_user=self.as_user, stdin=stdin, stdout=stdout,
+                                    stderr=errfile, timeout=self.transfer_timeout)
+        return proc, errfile
+
+    def _failure(self, proc, errfile, what: str, path: str) -> GatewayError:
+        errfile.seek(0)
+        stderr = errfile.read(64 * 1024)
+        conn = getattr(self.transport, "connection_error", None)
+        error = conn(proc.returncode, stderr) if callable(conn) else None
+        return error or error_for(stderr, what, path, self.as_user)
+
+    def write_new(self, path, source):
+        proc, errfile = self._spawn(commands.write_new(path, self.chunk), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL)
+        digest, size = hashlib.sha256(), 0
+        try:
+            try:
+                for chunk in source:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass                    # dd is gone: its exit code and stderr say why
+            _close(proc.stdin)
+            try:
+                proc.wait(timeout=self.transfer_timeout)
+            except subprocess.TimeoutExpired:
+                raise SchedulerTimeout(f"writing {path} did not finish within {self.transfer_timeout:g} s")
+            if proc.returncode != 0:
+                raise self._failure(proc, errfile, "write", path)
+            return Transfer(size, digest.hexdigest())
+        except BaseException:
+            # The client went away or the limit was hit: end dd cleanly (EOF) so that it has
+            # closed the file before the caller removes it; kill it if it will not stop.
+            _close(proc.stdin)
+            try:
+                proc.wait(timeout=min(self.timeout, 30))
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+            raise
+        finally:
+            _close(errfile)
+
+    def _stream(self, argv, what: str, path: str) -> Iterator[bytes]:
+        """Start ``argv``; the first chunk is read before returning, so that a command that
+        fails at once (permission denied) becomes an error response, not an empty 200."""
+        proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        try:
+            first = proc.stdout.read(self.chunk)
+            if not first:
+                proc.wait(timeout=self.timeout)
+                if proc.returncode != 0:
+                    raise self._failure(proc, errfile, what, path)
+        except BaseException:
+            _kill(proc)
+            _close(proc.stdout, errfile)
+            raise
+        return self._rest(proc, errfile, first, what, path)
+
+    def _rest(self, proc, errfile, first, what, path):
+        try:
+            if first:
+                yield first
+                while True:
+                    chunk = proc.stdout.read(self.chunk)
+                    if not chunk:
+                        break
+                    yield chunk
+            try:
+                proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.returncode not in (0, None):
+                # Too late for an error status: the client sees a short body (Content-Length).
+                log.warning("%s %s ended with exit code %s: %s", what, path, proc.returncode,
+                            self._failure(proc, errfile, what, path).msg)
+        finally:
+            # Also reached when the client goes away (the server closes the generator).
+            _kill(proc)
+            _close(proc.stdout, errfile)
+
+    def read(self, path, offset, length):
+        if length <= 0:
+            return iter(())
+        return self._stream(commands.read(path, offset, length, self.chunk), "read", path)
+
+    def tar(self, parent, name):
+        return self._stream(commands.tar_gz(parent, name), "archive", f"{parent}/{name}"), None
+
+
+# ---------------------------------------------------------------- SSM: through S3
+class S3Channel(Channel):
+    PART = 8 * 1024 * 1024           # S3's minimum part is 5 MiB (but the last)
+
+    def __init__(self, transport, as_user, settings):
+        super().__init__(transport, as_user, settings)
+        staging = settings["staging"]
+        self.bucket = staging["bucket"] or getattr(transport, "output_bucket", None)
+        if not self.bucket:
+            raise NotImplementedByPlugin(
+                "files over SSM travel through S3: set files.staging.bucket (or the ssm "
+                "transport's output_bucket) in the gateway's configuration")
+        self.prefix = (staging["prefix"] or "").strip("/")
+        self.endpoint_url = staging["endpoint_url"] or getattr(transport, "s3_endpoint_url", None)
+        self.region = (staging["region"] or getattr(transport, "output_region", None)
+                       or getattr(transport, "region", None))
+        self.profile = getattr(transport, "profile", None)
+        self.inline_max = int(settings["inline_max_bytes"])
+
+    # boto3 clients are thread-safe; one per (endpoint, region, profile) and process.
+    _clients: dict = {}
+
+    @property
+    def s3(self):
+        key = (self.endpoint_url, self.region, self.profile, os.getpid())
+        client = S3Channel._clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+            config = Config(signature_version="s3v4", retries={"mode": "standard"},
+                            s3={"addressing_style": "path"} if self.endpoint_url else None,
+                            user_agent_extra="hpc-gateway-files")
+            client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            S3Channel._clients[key] = client
+        return client
+
+    def _key(self) -> str:
+        name = uuid.uuid4().hex
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _url(self, method: str, key: str) -> str:
+        return self.s3.generate_presigned_url(method, Params={"Bucket": self.bucket, "Key": key},
+                                              ExpiresIn=int(self.transfer_timeout) + 60)
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # best effort; a lifecycle rule on the prefix is the backstop
+            log.warning("cannot delete staging object s3://%s/%s: %s", self.bucket, key, exc)
+
+    def _s3_error(self, exc: Exception, what: str) -> GatewayError:
+        from ..errors import SchedulerUnavailable
+        return SchedulerUnavailable(f"the S3 staging bucket {self.bucket} failed while {what}: {exc}")
+
+    def _upload_to_s3(self, key: str, source: Iterable[bytes]) -> Transfer:
+        """Stream ``source`` into s3://bucket/key, one part in memory at a time."""
+        digest, size = hashlib.sha256(), 0
+        buf = bytearray()
+        upload_id, parts = None, []
+        try:
+            for chunk in source:
+                digest.update(chunk)
+                size += len(chunk)
+                buf += chunk
+                while len(buf) >= self.PART:
+                    if upload_id is None:
+                        upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+                    number = len(parts) + 1
+                    etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                               PartNumber=number, Body=bytes(buf[:self.PART]))["ETag"]
+                    parts.append({"ETag": etag, "PartNumber": number})
+                    del buf[:self.PART]
+            if upload_id is None:
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(buf))
+            else:
+                if buf or not parts:
+                    number = len(parts) + 1
+                    etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                               PartNumber=number, Body=bytes(buf))["ETag"]
+                    parts.append({"ETag": etag, "PartNumber": number})
+                self.s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException as exc:
+            if upload_id is not None:
+                try:
+                    self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except Exception:
+                    pass
+            from botocore.exceptions import BotoCoreError, ClientError
+            if isinstance(exc, (BotoCoreError, ClientError)):
+                raise self._s3_error(exc, "receiving the upload") from exc
+            raise
+        return Transfer(size, digest.hexdigest())
+
+    def write_new(self, path, source):
+        key = self._key()
+        try:
+            transfer = self._upload_to_s3(key, source)
+            self.check(commands.curl_get(path, self.transfer_timeout), "write", path,
+                       stdin=commands.curl_config(self._url("get_object", key)),
+                       timeout=self.transfer_timeout)
+        finally:
+            self._delete(key)
+        # curl's exit code covers the download; the size on disk covers the whole path.
+        from .parse import parse_records
+        entries = parse_records(self.check(commands.stat([path]), "write", path).stdout)
+        if not entries or entries[0].size != transfer.size:
+            got = entries[0].size if entries else "no file"
+            raise GatewayError(f"writing {path}: {got} bytes arrived on the cluster, {transfer.size} were sent")
+        return transfer
+
+    def _stream_object(self, key: str, offset: int | None = None, length: int | None = None):
+        from botocore.exceptions import BotoCoreError, ClientError
+        params = {"Bucket": self.bucket, "Key": key}
+        if offset is not None and length:
+            params["Range"] = f"bytes={offset}-{offset + length - 1}"
+        try:
+            obj = self.s3.get_object(**params)
+        except (BotoCoreError, ClientError) as exc:
+            self._delete(key)
+            raise self._s3_error(exc, "sending the download") from exc
+
+        def gen():
+            try:
+                for chunk in obj["Body"].iter_chunks(self.chunk):
+                    yield chunk
+            finally:
+                obj["Body"].close()
+                self._delete(key)
+        return gen(), obj.get("ContentLength")
+
+    def _put_from_cluster(self, path: str, what: str, shown: str) -> str:
+        key = self._key()
+        try:
+            self.check(commands.curl_put(path, self.transfer_timeout), what, shown,
+                       stdin=commands.curl_config(self._url("put_object", key)),
+                       timeout=self.transfer_timeout)
+        except BaseException:
+            self._delete(key)
+            raise
+        return key
+
+    def read(self, path, offset, length):
+        if length <= 0:
+            return iter(())
+        if length <= self.inline_max:
+            result = self.check(commands.read(path, offset, length, self.chunk), "read", path)
+            return iter([result.stdout])
+        # The whole file goes to S3 (curl cannot PUT a slice); the range comes from there.
+        key = self._put_from_cluster(path, "read", path)
+        stream, _ = self._stream_object(key, offset, length)
+        return stream
+
+    def tar(self, parent, name):
+        shown = f"{parent}/{name}"
+        archive = self.check(commands.mktemp(), "archive", shown).out.strip()
+        if not archive.startswith("/"):
+            raise GatewayError(f"mktemp gave no path on the cluster: {archive[:200]!r}")
+        try:
+            result = self.run(commands.tar_gz(parent, name, archive), timeout=self.transfer_timeout)
+            if result.returncode not in (0, 1):          # 1: files changed while being read
+                if b"Cannot open" not in result.stderr and b"Cannot read" not in result.stderr:
+                    raise error_for(result.stderr, "archive", shown, self.as_user)
+                # Unreadable entries are left out (as in the pipe channel): log, send the rest.
+                log.warning("tar of %s as %s: %s", shown, self.as_user, result.err.strip()[-300:])
+            key = self._put_from_cluster(archive, "archive", shown)
+        finally:
+            self.quietly_remove(archive)
+        return self._stream_object(key)
+

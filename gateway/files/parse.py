@@ -1,0 +1,123 @@
+"""Parsers for the file tools' output and errors (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..errors import Conflict, Forbidden, GatewayError, NotFound, SchedulerRefused
+from .commands import RECORD_FIELDS
+
+TYPES = {"f": "file", "d": "directory", "l": "symlink", "p": "fifo", "s": "socket",
+         "c": "char-device", "b": "block-device", "D": "door"}
+TARGET_TYPES = {**TYPES, "N": "missing", "L": "loop", "?": "unknown"}
+
+
+class InsufficientStorage(GatewayError):
+    """The cluster's file system is full, or the user's quota is used up."""
+    status = 507
+    default_msg = "No space left on the cluster's file system"
+
+
+@dataclass
+class Entry:
+    path: str
+    name: str
+    type: str            # file, directory, symlink, ...
+    size: int
+    mode: str            # "0644"
+    permissions: str     # "-rw-r--r--"
+    mtime: datetime
+    owner: str
+    access: str          # "rw-": what the requesting user may do (readable, writable, executable)
+    depth: int = 0
+    target_type: str | None = None   # for symlinks: what the link points to
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "path": self.path, "type": self.type, "size": self.size,
+               "mode": self.mode, "permissions": self.permissions, "mtime": self.mtime,
+               "owner": self.owner, "access": self.access}
+        if self.type == "symlink":
+            out["target_type"] = self.target_type
+        return out
+
+
+def parse_records(stdout: bytes) -> list[Entry]:
+    """find -printf records (see commands.stat), NUL-terminated."""
+    entries = []
+    for raw in stdout.split(b"\0"):
+        if not raw:
+            continue
+        text = raw.decode("utf-8", "surrogateescape")
+        parts = text.split("/", RECORD_FIELDS - 1)
+        if len(parts) != RECORD_FIELDS:
+            continue
+        depth, access, kind, target, size, mode, perms, mtime, owner, path = parts
+        try:
+            when = datetime.fromtimestamp(float(mtime), tz=timezone.utc)
+            entries.append(Entry(
+                path=path, name=path.rsplit("/", 1)[-1] or "/", type=TYPES.get(kind, "unknown"),
+                size=int(size), mode=mode.rjust(4, "0"), permissions=perms, mtime=when, owner=owner,
+                access=access, depth=int(depth),
+                target_type=TARGET_TYPES.get(target, "unknown") if kind == "l" else None))
+        except ValueError:
+            continue
+    return entries
+
+
+def parse_realpaths(stdout: bytes, count: int) -> list[str]:
+    paths = [p.decode("utf-8", "surrogateescape") for p in stdout.split(b"\0")]
+    if paths and paths[-1] == "":
+        paths.pop()
+    if len(paths) != count:
+        raise SchedulerRefused(f"realpath gave {len(paths)} results for {count} paths")
+    return paths
+
+
+def parse_home(stdout: bytes) -> str | None:
+    """The home directory field of a ``getent passwd`` line."""
+    line = stdout.decode("utf-8", "replace").strip().splitlines()
+    if not line:
+        return None
+    fields = line[0].split(":")
+    home = fields[5] if len(fields) >= 7 else ""
+    return home if home.startswith("/") else None
+
+
+def parse_sha256(stdout: bytes) -> str:
+    word = stdout.decode("ascii", "replace").split(" ", 1)[0].strip()
+    if len(word) != 64:
+        raise SchedulerRefused(f"sha256sum gave no checksum: {stdout[:200]!r}")
+    return word.lower()
+
+
+def reason(stderr: bytes) -> str:
+    """The last non-empty line of a tool's stderr, e.g. "dd: failed to open '/x': Permission denied"."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def error_for(stderr: bytes, what: str, path: str, as_user: str | None) -> GatewayError:
+    """Map a failed tool's stderr to the error the client gets."""
+    text = stderr.decode("utf-8", "replace")
+    who = f" (as Unix user {as_user})" if as_user else ""
+    last = reason(stderr)[-300:]
+    if "sudo:" in text and ("password is required" in text or "unknown user" in text
+                            or "not allowed" in text or "not in the sudoers" in text):
+        return Forbidden(f"cannot {what} {path}: the gateway may not act as you on the cluster{who}: {last}")
+    if "No such file or directory" in text:
+        return NotFound(f"cannot {what} {path}: no such file or directory")
+    if "Not a directory" in text:
+        return NotFound(f"cannot {what} {path}: a component of the path is not a directory")
+    if "Permission denied" in text or "Operation not permitted" in text:
+        return Forbidden(f"cannot {what} {path}: permission denied{who}")
+    if "Read-only file system" in text:
+        return Forbidden(f"cannot {what} {path}: the file system is read-only")
+    if "Is a directory" in text or "cannot overwrite directory" in text:
+        return Conflict(f"cannot {what} {path}: it is a directory")
+    if "File exists" in text:
+        return Conflict(f"cannot {what} {path}: it already exists")
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return InsufficientStorage(f"cannot {what} {path}: {last}")
+    if "File name too long" in text:
+        return NotFound(f"cannot {what} {path}: file name too long")
+    return SchedulerRefused(f"cannot {what} {path}: {last or 'the command failed'}")
