@@ -32,7 +32,16 @@ def _slurm_local(env):
     return slurm_local(env)
 
 
-VIS_BACKENDS = {"mock": MOCK_BACKENDS["mock"], "mock-sudo": MOCK_BACKENDS["mock-sudo"], "slurm-local": _slurm_local}
+def _aip_local(env):
+    from tests.contract.backend_aip import BACKENDS
+    return BACKENDS["aip-b-local"](env)
+
+
+VIS_BACKENDS = {"mock": MOCK_BACKENDS["mock"], "mock-sudo": MOCK_BACKENDS["mock-sudo"], "slurm-local": _slurm_local,
+                "aip-b-local": _aip_local}
+# Backends whose plugin may still lack the optional read_user_file hook: skipped, not failed,
+# until their owners add it (docs/vis.md has the lines).
+OPTIONAL_BACKENDS = {"aip-b-local"}
 _selected = os.environ.get("GATEWAY_TEST_BACKENDS")
 VIS_BACKEND_IDS = [b for b in VIS_BACKENDS if not _selected or b in _selected.split(",")]
 
@@ -58,7 +67,7 @@ class VisStack:
 
     def job_account(self, role: str) -> str:
         """The Unix account the role's jobs run as (the service account on mock)."""
-        if self.backend == "mock":
+        if self.backend == "mock" or (self.backend.startswith("aip") and os.geteuid() != 0):
             return pwd.getpwuid(os.getuid()).pw_name
         return self.users[role]
 
@@ -103,6 +112,8 @@ def vis_stack(request, tmp_path_factory):
         sched = app.extensions["hpc_gateway"].scheduler
         stack.callback(sched.close)
         add_missing_read_user_file(sched)
+        if backend in OPTIONAL_BACKENDS and not sched.implements("read_user_file"):
+            pytest.skip(f"the {sched.name} plugin does not implement read_user_file yet (docs/vis.md)")
         gateway_url = stack.enter_context(serve_app(app))
         front = stack.enter_context(nginx(tmp / "nginx", gateway_url))
         clients = {role: ApiClient(front).login(TEST_USERS[role], passwords[role]) for role in TEST_USERS}

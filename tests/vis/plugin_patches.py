@@ -2,7 +2,7 @@
 
 The vis tests need the scheduler plugin to implement the optional ``read_user_file`` hook
 (gateway/hookspecs.py). The code below is, line for line, what docs/vis.md asks the
-slurm_ssm plugin to add to its SlurmScheduler. With GATEWAY_VIS_TEST_SHIM=1 (never in CI),
+slurm_ssm plugin to add to its SlurmScheduler (and the aip plugin to its AipScheduler). With GATEWAY_VIS_TEST_SHIM=1 (never in CI),
 a test registers it beside a plugin that lacks the hook, so the end-to-end test can be run
 before the plugin carries it; in CI a plugin without the hook fails the test.
 """
@@ -49,6 +49,36 @@ def read_user_file(self, user, path, limit):
 # ---- end of the patch
 
 
+# ---- the patch for plugins/aip/gateway_aip/scheduler.py: one method of the AIP scheduler
+# (self is the scheduler; add @hookimpl, and Forbidden to the gateway.errors import)
+def aip_read_user_file(self, user, path, limit):
+    from gateway.errors import SchedulerRefused
+    account = self._as(user)
+    if path.startswith("~/"):
+        name = account or self.account()
+        home = self.home_of(name)
+        if not home:
+            raise Forbidden(f"user {name} has no home directory on the cluster")
+        path = home + path[1:]
+    res = self._run_plain(["head", "-c", str(int(limit)), "--", path], as_user=account)
+    if res.returncode != 0:
+        msg = res.err.strip()
+        if "No such file" in msg:
+            return None
+        raise SchedulerRefused(f"cannot read {path}: {msg or res.returncode}")
+    return res.stdout or None
+# ---- end of the patch
+
+
+class AipReadUserFile:
+    def __init__(self, impl):
+        self.impl = impl
+
+    @hookimpl
+    def read_user_file(self, user, path, limit):
+        return aip_read_user_file(self.impl, user, path, limit)
+
+
 class SlurmReadUserFile:
     """The patch as a separate pluggy plugin, delegating to the scheduler's own helpers."""
 
@@ -65,8 +95,9 @@ def shim_allowed() -> bool:
 
 
 def add_missing_read_user_file(scheduler) -> bool:
-    """Register the shim beside a slurm_ssm plugin that lacks the hook; True when added."""
-    if scheduler.implements("read_user_file") or scheduler.name != "slurm_ssm" or not shim_allowed():
+    """Register the shim beside a slurm_ssm or aip plugin that lacks the hook; True when added."""
+    shims = {"slurm_ssm": SlurmReadUserFile, "aip": AipReadUserFile}
+    if scheduler.implements("read_user_file") or scheduler.name not in shims or not shim_allowed():
         return False
-    scheduler.pm.register(SlurmReadUserFile(scheduler.impl), name="vis-test-read-user-file")
+    scheduler.pm.register(shims[scheduler.name](scheduler.impl), name="vis-test-read-user-file")
     return True
