@@ -1,0 +1,1 @@
+"""The API blueprints, one package per resource family."""
