@@ -97,7 +97,8 @@ def shim_allowed() -> bool:
 def add_missing_read_user_file(scheduler) -> bool:
     """Register the shim beside a slurm_ssm or aip plugin that lacks the hook; True when added."""
     shims = {"slurm_ssm": SlurmReadUserFile, "aip": AipReadUserFile}
-    if scheduler.implements("read_user_file") or scheduler.name not in shims or not shim_allowed():
+    if any(scheduler.implements(h) for h in ("vis_session", "read_user_file", "file_transport")) \
+            or scheduler.name not in shims or not shim_allowed():
         return False
     scheduler.pm.register(shims[scheduler.name](scheduler.impl), name="vis-test-read-user-file")
     return True

@@ -206,3 +206,28 @@ def test_read_vis_session_paths():
     with pytest.raises(NotImplementedByPlugin, match="read_user_file"):
         read_vis_session(FakeScheduler({}), user, job, OPTS)
     assert Conflict.status == 409
+
+
+def test_read_vis_session_through_the_file_transport(tmp_path):
+    """A plugin with only file_transport (the files feature's hook): the file is read with
+    ``head`` through that transport, from the passwd home of the account it runs as."""
+    import os
+    import pwd
+    import secrets
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from gateway.transports.local import LocalTransport
+    job_id = f"u{secrets.token_hex(4)}"
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    target = home / ".hpc-gateway" / "vis" / f"{job_id}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    job = Job(job_id=job_id, state=JobState.RUNNING, start_time=datetime.fromtimestamp(1000, tz=timezone.utc))
+    sched = FakeScheduler({"file_transport": lambda user: (LocalTransport(), None, "/not/this/one")})
+    try:
+        assert read_vis_session(sched, User("alice"), job, OPTS) is None          # not written yet
+        target.write_bytes(_session_bytes(jobId=job_id))
+        session = read_vis_session(sched, User("alice"), job, OPTS)
+        assert session is not None and session.port == 6123 and session.exec_host == "node-1"
+    finally:
+        target.unlink(missing_ok=True)
