@@ -1,0 +1,298 @@
+#!/bin/bash
+# Install HPC Gateway from this checkout on a head node (or any host that can reach the
+# scheduler), as the seed's `installaiprestd` does.
+#
+#   deploy/install.sh [--prefix DIR] [--config FILE] [--plugins "mock slurm_ssm aip"]
+#                     [--user USER] [--no-start] [--unit-dir DIR] [--python PYTHON]
+#                     [--pip-args "ARGS"]
+#   deploy/install.sh --uninstall [--purge] [--prefix DIR]
+#
+# Installs into PREFIX (default /opt/hpc-gateway):
+#   venv/                 the gateway and the chosen plugins (pip, from this checkout)
+#   etc/gateway.yaml      the configuration (--config FILE, else config/gateway.yaml), with
+#                         work_dir and secret_file under PREFIX; an existing one is kept
+#   etc/secret.key        the token signing secret (0600; replicas behind NGINX share it)
+#   etc/gunicorn.conf.py, etc/hpc-gateway.env
+#   bin/hpc-gateway-server (starts gunicorn), bin/hpc-gateway (the admin CLI)
+#   var/                  work_dir: sessions, users file, initial-admin-password, mock jobs
+#   log/                  hpc-gateway.log.<hostname> (and journald, under systemd)
+# and the systemd unit hpc-gateway.service (in --unit-dir, default /etc/systemd/system),
+# enabled and started when systemd runs this host (PID 1) unless --no-start. Otherwise it
+# prints the command that starts the gateway.
+#
+# USER (default: the system account hpc-gateway, created if missing, when run as root;
+# otherwise the invoking user) runs the service and owns var/, log/ and the secret. Use
+# --user root for plugins that run jobs as the logged-in user (run_as: sudo).
+#
+# --uninstall removes what the installer installed (venv, bin, unit, gunicorn config) and
+# keeps the configuration, secret, state and logs; with --purge it removes PREFIX entirely
+# and the account if the installer created it. Needs only PyPI for dependencies.
+set -euo pipefail
+
+NAME=hpc-gateway
+PREFIX=/opt/hpc-gateway
+CONFIG=""
+PLUGINS="mock"
+SERVICE_USER=""
+UNINSTALL=0
+PURGE=0
+START=1
+UNIT_DIR=/etc/systemd/system
+PYTHON=python3
+PIP_ARGS=""
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
+        --config) CONFIG=${2:?--config needs a file}; shift 2 ;;
+        --plugins) PLUGINS=${2?--plugins needs a list}; shift 2 ;;
+        --user) SERVICE_USER=${2:?--user needs a name}; shift 2 ;;
+        --uninstall) UNINSTALL=1; shift ;;
+        --purge) PURGE=1; shift ;;
+        --no-start) START=0; shift ;;
+        --unit-dir) UNIT_DIR=${2:?--unit-dir needs a directory}; shift 2 ;;
+        --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
+        --pip-args) PIP_ARGS=${2?--pip-args needs arguments}; shift 2 ;;
+        -h|--help) usage 0 ;;
+        *) printf 'install.sh: unknown option %s\n\n' "$1" >&2; usage 2 >&2 ;;
+    esac
+done
+
+# Paths land in an environment file and a unit file: keep them plain.
+case $PREFIX in
+    /*) ;;
+    *) PREFIX=$(cd "$(dirname "$PREFIX")" 2>/dev/null && pwd)/$(basename "$PREFIX") || die "bad --prefix" ;;
+esac
+PREFIX=${PREFIX%/}
+case $PREFIX in
+    ''|/|*[!A-Za-z0-9/._+-]*) die "--prefix must be an absolute path of letters, digits and . _ + - (got '$PREFIX')" ;;
+esac
+MARKER=$PREFIX/.hpc-gateway-install
+
+systemd_running() {
+    # sd_booted(): systemd is PID 1 when /run/systemd/system exists.
+    [ -d /run/systemd/system ] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]
+}
+
+marker_get() { [ -f "$MARKER" ] || return 0; sed -n "s/^$1=//p" "$MARKER" | tail -n 1; }
+
+# ------------------------------------------------------------------------------ uninstall
+if [ $UNINSTALL = 1 ]; then
+    [ -f "$MARKER" ] || die "$PREFIX holds no HPC Gateway installation (no $MARKER)"
+    unit=$(marker_get unit)
+    created_user=$(marker_get created_user)
+    if [ -n "$unit" ] && [ -f "$unit" ]; then
+        if systemd_running && [ "$(dirname "$unit")" = /etc/systemd/system ]; then
+            systemctl disable --now "$NAME.service" || true
+        fi
+        rm -f "$unit"
+        systemd_running && [ "$(dirname "$unit")" = /etc/systemd/system ] && systemctl daemon-reload || true
+        say "removed $unit"
+    fi
+    rm -rf "$PREFIX/venv" "$PREFIX/bin" "$PREFIX/share" "$PREFIX/etc/gunicorn.conf.py" "$PREFIX/etc/hpc-gateway.env"
+    if [ $PURGE = 1 ]; then
+        rm -rf "$PREFIX"
+        if [ -n "$created_user" ] && id "$created_user" >/dev/null 2>&1; then
+            userdel "$created_user" && say "removed account $created_user"
+        fi
+        say "purged $PREFIX"
+    else
+        say "uninstalled from $PREFIX; kept etc/gateway.yaml, etc/secret.key, var/ and log/ (--purge removes them)"
+    fi
+    exit 0
+fi
+
+# ------------------------------------------------------------------------------ checks
+for plugin in $PLUGINS; do
+    if [ ! -f "$SRC/plugins/$plugin/setup.cfg" ] && [ ! -f "$SRC/plugins/$plugin/pyproject.toml" ]; then
+        die "no plugin '$plugin' in $SRC/plugins (available: $(cd "$SRC/plugins" && ls -d */ | tr -d / | tr '\n' ' '))"
+    fi
+done
+[ -z "$CONFIG" ] || [ -r "$CONFIG" ] || die "cannot read --config $CONFIG"
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "$PYTHON is older than Python 3.9"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "$PYTHON cannot create virtual environments (Debian: apt-get install python3-venv)"
+
+IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
+CREATED_USER=$(marker_get created_user)
+if [ -z "$SERVICE_USER" ]; then
+    if [ $IS_ROOT = 1 ]; then SERVICE_USER=$NAME; else SERVICE_USER=$(id -un); fi
+fi
+if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+    [ $IS_ROOT = 1 ] || die "account $SERVICE_USER does not exist (run as root to create it)"
+    useradd --system --user-group --no-create-home --home-dir "$PREFIX/var" \
+        --shell /usr/sbin/nologin --comment "HPC Gateway" "$SERVICE_USER"
+    CREATED_USER=$SERVICE_USER
+    say "created system account $SERVICE_USER"
+elif [ $IS_ROOT = 0 ] && [ "$SERVICE_USER" != "$(id -un)" ]; then
+    die "only root can install for another account ($SERVICE_USER)"
+fi
+SERVICE_GROUP=$(id -gn "$SERVICE_USER")
+
+as_service_user() {
+    if [ $IS_ROOT = 1 ] && [ "$SERVICE_USER" != root ]; then
+        runuser -u "$SERVICE_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# ------------------------------------------------------------------------------ files
+umask 022
+mkdir -p "$PREFIX/etc" "$PREFIX/var" "$PREFIX/log" "$PREFIX/bin" "$PREFIX/share/doc"
+{
+    echo "# written by deploy/install.sh; read by --uninstall"
+    echo "source=$SRC"
+    echo "user=$SERVICE_USER"
+    echo "created_user=$CREATED_USER"
+    echo "unit=$UNIT_DIR/$NAME.service"
+} > "$MARKER"
+
+say "installing the gateway and plugins ($PLUGINS) into $PREFIX/venv"
+[ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
+if ! as_service_user "$PREFIX/venv/bin/python" -c '' 2>/dev/null; then
+    die "$SERVICE_USER cannot run $PREFIX/venv/bin/python (it is $(readlink -f "$PREFIX/venv/bin/python")): give --python an interpreter every account may run (e.g. /usr/bin/python3) and a --prefix it may reach"
+fi
+# Build from a copy: pip builds in the source tree, and the checkout should stay clean.
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+( cd "$SRC" && tar --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - \
+    setup.cfg pyproject.toml README.md gateway $(for p in $PLUGINS; do printf 'plugins/%s ' "$p"; done) \
+    $( [ -f MANIFEST.in ] && echo MANIFEST.in ) ) | tar -C "$STAGE" -xf -
+targets=("$STAGE")
+for plugin in $PLUGINS; do targets+=("$STAGE/plugins/$plugin"); done
+# shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
+"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --no-input $PIP_ARGS "${targets[@]}"
+
+# Configuration: an existing one is the operator's and is kept.
+CONF=$PREFIX/etc/gateway.yaml
+if [ -f "$CONF" ]; then
+    say "keeping the existing $CONF"
+else
+    if [ -n "$CONFIG" ]; then
+        cp "$CONFIG" "$CONF"; mode=fill
+    elif [ -f "$SRC/config/gateway.yaml" ]; then
+        cp "$SRC/config/gateway.yaml" "$CONF"; mode=set
+    else
+        printf 'scheduler:\n  backend: mock\n' > "$CONF"; mode=set
+    fi
+    # work_dir and secret_file under the prefix: set in the documented file; in a file given
+    # with --config only where it says nothing.
+    "$PREFIX/venv/bin/python" - "$CONF" "$mode" "work_dir=$PREFIX/var" "secret_file=$PREFIX/etc/secret.key" <<'PY'
+import json, re, sys
+import yaml
+path, mode, *pairs = sys.argv[1:]
+text = open(path, encoding="utf-8").read()
+data = yaml.safe_load(text) or {}
+if not isinstance(data, dict):
+    sys.exit(f"{path}: the configuration must be a mapping")
+for pair in pairs:
+    key, value = pair.split("=", 1)
+    if mode == "fill" and data.get(key):
+        continue
+    line = f"{key}: {json.dumps(value)}"
+    for pattern in (rf"^{key}:.*$", rf"^#\s?{key}:\s.*$"):
+        if re.search(pattern, text, re.M):
+            text = re.sub(pattern, lambda _: line, text, count=1, flags=re.M)
+            break
+    else:
+        text = text.rstrip("\n") + f"\n{line}\n"
+    if (yaml.safe_load(text) or {}).get(key) != value:
+        sys.exit(f"{path}: could not set {key}")
+open(path, "w", encoding="utf-8").write(text)
+PY
+    say "wrote $CONF"
+fi
+
+# The signing secret (0600, the service account's): generated once, kept on reinstall.
+SECRET=$("$PREFIX/venv/bin/python" -c 'import sys; from gateway.config import load_config; print(load_config(sys.argv[1])["secret_file"])' "$CONF")
+if [ ! -s "$SECRET" ]; then
+    mkdir -p "$(dirname "$SECRET")"
+    ( umask 077; "$PREFIX/venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(48))' > "$SECRET" )
+    say "wrote a new secret to $SECRET (copy it to every replica behind the same NGINX)"
+fi
+chmod 600 "$SECRET"
+
+cp "$SRC/deploy/gunicorn.conf.py" "$PREFIX/etc/gunicorn.conf.py"
+[ -f "$SRC/docs/deploy.md" ] && cp "$SRC/docs/deploy.md" "$PREFIX/share/doc/deploy.md"
+ENVFILE=$PREFIX/etc/hpc-gateway.env
+if [ ! -f "$ENVFILE" ]; then
+    cat > "$ENVFILE" <<EOF
+# Environment of the HPC Gateway service (systemd EnvironmentFile and bin/hpc-gateway-server).
+GATEWAY_CONFIG=$CONF
+GATEWAY_WORK_DIR=$PREFIX/var
+GATEWAY_LOG_DIR=$PREFIX/log
+# GATEWAY_WORKERS=4
+# GATEWAY_THREADS=32
+EOF
+fi
+
+cat > "$PREFIX/bin/hpc-gateway-server" <<EOF
+#!/bin/sh
+# Start HPC Gateway in the foreground (what the systemd unit runs).
+set -a; . "$ENVFILE"; set +a
+exec "$PREFIX/venv/bin/gunicorn" --config "$PREFIX/etc/gunicorn.conf.py" "\$@"
+EOF
+cat > "$PREFIX/bin/hpc-gateway" <<EOF
+#!/bin/sh
+# The admin CLI with this installation's configuration: hpc-gateway users add NAME ...
+set -a; . "$ENVFILE"; set +a
+exec "$PREFIX/venv/bin/hpc-gateway" "\$@"
+EOF
+chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"
+
+# Ownership: the service account owns its state, logs and secret; root keeps the code.
+if [ $IS_ROOT = 1 ]; then
+    chown -R "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
+    chown "$SERVICE_USER:$SERVICE_GROUP" "$SECRET"
+    chown "root:$SERVICE_GROUP" "$CONF" "$ENVFILE"
+    chmod 640 "$CONF" "$ENVFILE"
+    chmod 750 "$PREFIX/var" "$PREFIX/log"
+    chmod 755 "$PREFIX" "$PREFIX/etc"
+else
+    chmod 600 "$CONF"
+    chmod 700 "$PREFIX/var"
+fi
+
+# The configuration must load, and its scheduler plugin with it, as the service will.
+if ! as_service_user "$PREFIX/bin/hpc-gateway" check-config; then
+    die "the configuration in $CONF does not load (see above); fix it and run the installer again"
+fi
+
+# ------------------------------------------------------------------------------ systemd
+mkdir -p "$UNIT_DIR"
+sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER@|$SERVICE_USER|g" -e "s|@GROUP@|$SERVICE_GROUP|g" \
+    "$SRC/deploy/hpc-gateway.service" > "$UNIT_DIR/$NAME.service"
+chmod 644 "$UNIT_DIR/$NAME.service"
+say "installed the systemd unit $UNIT_DIR/$NAME.service"
+
+say "On first start the gateway creates the administrator 'admin' with a random password in"
+say "    $PREFIX/var/initial-admin-password"
+say "Add users with: $PREFIX/bin/hpc-gateway users add NAME"
+if systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; then
+    systemctl daemon-reload
+    systemctl enable --now "$NAME.service"
+    systemctl --no-pager --lines=5 status "$NAME.service" || true
+    say "HPC Gateway is running: systemctl status $NAME; logs: journalctl -u $NAME and $PREFIX/log/"
+else
+    if [ $START = 0 ]; then
+        why="--no-start was given"
+    elif systemd_running; then
+        why="the unit went to $UNIT_DIR, not /etc/systemd/system"
+    else
+        why="systemd is not running here (PID 1 is $(cat /proc/1/comm 2>/dev/null || echo unknown))"
+    fi
+    if [ $IS_ROOT = 1 ] && [ "$SERVICE_USER" != root ]; then
+        cmd="runuser -u $SERVICE_USER -- $PREFIX/bin/hpc-gateway-server"
+    else
+        cmd="$PREFIX/bin/hpc-gateway-server"
+    fi
+    say "HPC Gateway is installed but not started ($why). Start it with:"
+    say "    $cmd"
+    say "(or, where systemd runs: systemctl daemon-reload && systemctl enable --now $NAME)"
+fi

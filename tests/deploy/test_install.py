@@ -1,0 +1,156 @@
+"""deploy/install.sh into a temporary prefix, started with the command it prints, then removed.
+
+Needs PyPI (or a configured index/wheelhouse) for the gateway's dependencies. As root the
+service runs as a throw-away system account the installer creates (and --purge removes);
+otherwise as the invoking user.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ApiClient, require
+
+from .servers import ROOT, Proc, Processes, free_port, wait_until
+
+INSTALL = ROOT / "deploy" / "install.sh"
+pytestmark = pytest.mark.timeout(900)
+
+
+def _python_for(user_is_other: bool) -> str:
+    """An interpreter the service account may run (root's pyenv or a venv under /root is not)."""
+    candidates = ["/usr/bin/python3"] if user_is_other else [sys.executable, "/usr/bin/python3"]
+    for py in candidates:
+        if os.path.exists(py) and subprocess.run([py, "-c", "import venv, ensurepip"],
+                                                 capture_output=True).returncode == 0:
+            return py
+    require(False, "no Python with the venv module for the installer (Debian: apt-get install python3-venv)")
+
+
+def _run(argv, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture
+def prefix_dir():
+    # Under /var/tmp, world-traversable: pytest's tmp dirs are private to root, and the
+    # service account must reach its prefix.
+    base = Path(tempfile.mkdtemp(prefix="hpcgw-install-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_install_start_use_uninstall(prefix_dir):
+    require(shutil.which("bash") is not None, "bash is needed by deploy/install.sh")
+    as_root = os.geteuid() == 0
+    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    python = _python_for(as_root)
+    prefix, units = prefix_dir / "opt", prefix_dir / "units"
+    port = free_port()
+    given = prefix_dir / "given.yaml"
+    given.write_text(yaml.safe_dump({"bind": "127.0.0.1", "http_port": port, "log_level": "info",
+                                     "scheduler": {"backend": "mock", "options": {"slots": 2}}}))
+    argv = [str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock",
+            "--user", user, "--no-start", "--unit-dir", str(units), "--python", python]
+    procs = Processes()
+    try:
+        out = _run(argv)
+        assert out.returncode == 0, f"install.sh failed:\n{out.stdout}\n{out.stderr}"
+        lines = out.stdout.splitlines()
+
+        # What it wrote.
+        cfg = yaml.safe_load((prefix / "etc" / "gateway.yaml").read_text())
+        assert cfg["work_dir"] == str(prefix / "var")
+        assert cfg["secret_file"] == str(prefix / "etc" / "secret.key")
+        assert cfg["http_port"] == port                       # the given file's own keys are kept
+        secret = prefix / "etc" / "secret.key"
+        st = secret.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert pwd.getpwuid(st.st_uid).pw_name == user
+        assert len(secret.read_text().strip()) >= 32
+        unit = (units / "hpc-gateway.service").read_text()
+        assert "@" not in unit.replace("$MAINPID", "")
+        assert f"User={user}" in unit
+        exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart=")).split("=", 1)[1]
+        assert os.access(shlex.split(exec_start)[0], os.X_OK)
+        if shutil.which("systemd-analyze"):
+            verify = _run(["systemd-analyze", "verify", str(units / "hpc-gateway.service")])
+            assert verify.returncode == 0, verify.stderr
+
+        # Start it exactly as it says.
+        start_at = next(i for i, line in enumerate(lines) if line.rstrip().endswith("Start it with:"))
+        command = lines[start_at + 1].strip()
+        assert str(prefix / "bin" / "hpc-gateway-server") in command
+        server = procs.add(Proc("installed gateway", shlex.split(command), prefix_dir / "server.log")).start()
+        base = f"http://127.0.0.1:{port}"
+        import requests
+        wait_until(lambda: requests.get(base + "/aip/v9.2/health", timeout=5).status_code == 200, 90,
+                   "the installed gateway to answer /health", proc=server)
+
+        # The first start made the administrator; log in with its password and run a job.
+        password = (prefix / "var" / "initial-admin-password").read_text().strip()
+        admin = ApiClient(base).login("admin", password)
+        job_id = admin.submit(command="echo installed-and-running", name="install-check")
+        job = admin.wait_for(job_id, {"COMPLETED", "FAILED"}, timeout=60)
+        assert job["state"] == "COMPLETED", job
+        assert "installed-and-running" in admin.output(job_id)["data"]
+
+        # The CLI wrapper works on this installation's users file; the server sees the new user.
+        add = _run(["runuser", "-u", user, "--", str(prefix / "bin" / "hpc-gateway"), "users", "add", "carol",
+                    "--password-stdin"] if as_root and user != "root" else
+                   [str(prefix / "bin" / "hpc-gateway"), "users", "add", "carol", "--password-stdin"],
+                   input="carol-password-9\n")
+        assert add.returncode == 0, add.stderr
+        ApiClient(base).login("carol", "carol-password-9")
+
+        # Logs: the per-host file (journald takes stderr under systemd).
+        log = prefix / "log" / f"hpc-gateway.log.{socket.gethostname().split('.')[0]}"
+        assert "POST /aip/v9.2/jobs" in log.read_text()
+
+        server.stop()
+
+        # Uninstall keeps configuration, secret, state and logs ...
+        out = _run([str(INSTALL), "--uninstall", "--prefix", str(prefix)])
+        assert out.returncode == 0, out.stderr
+        for gone in ("venv", "bin", "etc/gunicorn.conf.py", "etc/hpc-gateway.env"):
+            assert not (prefix / gone).exists(), gone
+        assert not (units / "hpc-gateway.service").exists()
+        for kept in ("etc/gateway.yaml", "etc/secret.key", "var/users.yaml", "log"):
+            assert (prefix / kept).exists(), kept
+        # ... and --purge removes the rest, and the account it created.
+        out = _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
+        assert out.returncode == 0, out.stderr
+        assert not prefix.exists()
+        if as_root:
+            with pytest.raises(KeyError):
+                pwd.getpwnam(user)
+    finally:
+        procs.close()
+        if prefix.exists():
+            _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
+        if as_root:
+            subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_the_installer_refuses_what_it_cannot_do(prefix_dir):
+    out = _run([str(INSTALL), "--prefix", str(prefix_dir / "x"), "--plugins", "no_such_plugin"])
+    assert out.returncode != 0 and "no plugin 'no_such_plugin'" in out.stderr and "mock" in out.stderr
+    out = _run([str(INSTALL), "--uninstall", "--prefix", str(prefix_dir / "nothing-here")])
+    assert out.returncode != 0 and "no HPC Gateway installation" in out.stderr
+    out = _run([str(INSTALL), "--prefix", "/"])
+    assert out.returncode != 0 and "--prefix" in out.stderr
