@@ -61,7 +61,7 @@ chmod 700 "$home/.hpc-gateway" "$session_dir"
 rm -f "$session"                      # a previous run of this job id (requeue) is stale
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/hpc-gateway-vis.XXXXXXXXXX") || fail "cannot create a private directory"
-cmd_pid= ws_pid= xvnc_pid= ended=
+cmd_pid= ws_pid= xvnc_pid= display= ended=
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -82,6 +82,11 @@ cleanup() {
     done
     for pid in $cmd_pid $ws_pid $xvnc_pid; do kill -KILL "$pid" 2>/dev/null; done
     wait 2>/dev/null                  # reap them: nothing is left behind, not even a zombie
+    # An Xvnc that was killed outright leaves its display's lock and socket: remove ours.
+    if [ -n "$display" ] && [ -n "$xvnc_pid" ] && ! alive "$xvnc_pid" \
+            && [ "$(tr -d ' \n' <"/tmp/.X$display-lock" 2>/dev/null)" = "$xvnc_pid" ]; then
+        rm -f "/tmp/.X$display-lock" "/tmp/.X11-unix/X$display"
+    fi
     rm -rf "$work"
 }
 trap 'cleanup; exit 143' TERM
@@ -106,7 +111,6 @@ random() {  # random N: 0..N-1
 # moment: Xvnc then exits ("server already active"), and we try the next one. Our own
 # readiness mark is the RFB socket in our private directory, which only our Xvnc creates
 # (after it has locked its display).
-display=
 d=$VIS_DISPLAY_MIN
 while [ "$d" -le "$VIS_DISPLAY_MAX" ]; do
     if [ -e "/tmp/.X$d-lock" ] || [ -e "/tmp/.X11-unix/X$d" ]; then

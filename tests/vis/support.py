@@ -64,7 +64,10 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
 @contextlib.contextmanager
 def serve_app(app):
     """The app on a real threaded HTTP server on a free loopback port; yields its base URL."""
+    import logging
+
     from werkzeug.serving import make_server
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # no line per request in the test output
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="gateway-http", daemon=True)
     thread.start()
@@ -248,6 +251,7 @@ class Chromium:
 def chromium(tmp: Path, width: int = 1280, height: int = 860):
     profile = tmp / "chromium-profile"
     profile.mkdir(parents=True, exist_ok=True)
+    (profile / "DevToolsActivePort").unlink(missing_ok=True)     # a previous run's port
     argv = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",

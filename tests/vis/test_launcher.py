@@ -72,7 +72,7 @@ def launches(tmp_path):
         return made[-1]
     yield launch
     for one in made:
-        one.stop(signal.SIGKILL)
+        one.stop()          # SIGTERM first: a SIGKILLed Xvnc would leave its display locked
 
 
 def _cmdlines() -> list[bytes]:
@@ -144,6 +144,9 @@ def test_the_session_ends_when_the_desktop_dies(launches):
     assert one.proc.wait(timeout=30) == 1
     assert not process_alive(s["websockifyPid"])
     assert "the desktop went away" in one.out.read_text()
+    # The killed Xvnc could not remove its display's lock and socket: the launcher did.
+    assert not os.path.exists(f"/tmp/.X{s['display']}-lock")
+    assert not os.path.exists(f"/tmp/.X11-unix/X{s['display']}")
 
 
 def test_taken_displays_and_ports_are_skipped(launches):
