@@ -1,0 +1,92 @@
+"""deploy/gunicorn.conf.py: long polls hold threads, not workers; metrics add up across workers."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import requests
+
+from tests.helpers import ApiClient
+
+from .servers import PREFIX, GunicornReplica, free_port, wait_until, write_config
+
+
+def _replica(procs, tmp, **kw):
+    (tmp / "run").mkdir()          # as systemd's RuntimeDirectory= would provide
+    config = write_config(tmp / "gateway.yaml", bind="127.0.0.1", http_port=free_port(), work_dir=str(tmp / "work"),
+                          log_level="info", scheduler={"backend": "mock", "options": {"state_dir": str(tmp / "mock")}})
+    replica = GunicornReplica(procs, "replica", config, tmp / "log", extra_env={"RUNTIME_DIRECTORY": str(tmp / "run")},
+                              **kw).start()
+    password = (tmp / "work" / "initial-admin-password").read_text().strip()
+    return replica, ApiClient(replica.base).login("admin", password)
+
+
+def test_long_polls_hold_threads_not_the_worker(tmp_path, procs, need_gunicorn):
+    replica, admin = _replica(procs, tmp_path, workers=1, threads=8)
+    job_id = admin.submit(command="true", hold=True)          # HELD until released: a poll waits
+    polls_done = []
+
+    def poll():
+        r = requests.get(f"{replica.base}{PREFIX}/jobs/{job_id}", params={"wait": 6, "since": "HELD"},
+                         headers={"Authorization": f"Bearer {admin.token}"}, timeout=30)
+        polls_done.append((time.monotonic(), r.status_code))
+
+    pollers = [threading.Thread(target=poll) for _ in range(5)]
+    for t in pollers:
+        t.start()
+    time.sleep(1)
+    # The one worker still answers while five polls wait in it.
+    assert requests.get(f"{replica.base}{PREFIX}/health", timeout=5).status_code == 200
+    assert admin.job(job_id)["state"] == "HELD"
+    assert admin.get("/jobs").status == 200
+    answered_at = time.monotonic()
+    assert not polls_done, "the polls should still be waiting"
+    for t in pollers:
+        t.join(30)
+    assert [s for _, s in polls_done] == [200] * 5
+    assert all(at > answered_at for at, _ in polls_done)
+
+
+def _health_total(base) -> float:
+    text = requests.get(base + "/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(
+        r'^hpcgw_http_requests_total\{[^}]*route="/aip/v9\.2/health"[^}]*\} ([0-9.e+]+)$', text, re.M))
+
+
+def test_metrics_add_up_across_workers_and_survive_a_dead_worker(tmp_path, procs, need_gunicorn):
+    replica, _ = _replica(procs, tmp_path, workers=2, threads=2)
+    before = _health_total(replica.base)
+    for _ in range(40):
+        # A new connection each time, so both workers take some.
+        assert requests.get(replica.base + PREFIX + "/health", headers={"Connection": "close"},
+                            timeout=10).status_code == 200
+    log = next((tmp_path / "log").glob("hpc-gateway.log.*")).read_text()
+    served_by = set(re.findall(r'\[(\d+)\] INFO gunicorn\.access: .*"GET /aip/v9\.2/health', log))
+    assert len(served_by) == 2, f"one worker took every request; cannot check aggregation ({served_by})"
+    assert _health_total(replica.base) - before == 40
+
+    # A fresh multiprocess directory in the runtime directory, with the workers' files.
+    made = list((tmp_path / "run").glob("hpc-gateway-metrics-*"))
+    assert len(made) == 1 and any(name.endswith(".db") for name in os.listdir(made[0]))
+    metrics_dir = str(made[0])
+    from gunicorn.config import KNOWN_SETTINGS
+    if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):       # gunicorn >= 25.1
+        assert (tmp_path / "run" / "gunicorn.ctl").exists()      # its control socket: one per instance
+
+    # A worker killed outright is replaced; figures it counted stay counted.
+    victim = int(sorted(served_by)[0])
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: "Booting worker" in log_after(tmp_path, log), 30, "the master to replace the worker",
+               proc=replica.proc)
+    assert _health_total(replica.base) - before >= 40
+
+    replica.proc.stop()
+    assert not os.path.exists(metrics_dir), "the multiprocess directory is removed at exit"
+
+
+def log_after(tmp_path, earlier: str) -> str:
+    text = next((tmp_path / "log").glob("hpc-gateway.log.*")).read_text()
+    return text[len(earlier):]
