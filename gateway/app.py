@@ -16,7 +16,7 @@ from .api.common import bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
 from .config import load_config
 from .errors import GatewayError, Unauthorized
-from .metrics import Metrics
+from .metrics import Metrics, metrics_view
 from .models import User
 from .plugins import Scheduler, load_scheduler
 from .sessions import SessionStore, TokenManager, load_or_create_secret, open_store
@@ -163,14 +163,16 @@ def create_app(config: dict | str | None = None) -> Flask:
                           cfg["token_max_age_hours"])
     authenticator = load_authenticator(cfg["auth"])
     _first_start(cfg, authenticator)
-    state = GatewayState(cfg, scheduler, store, tokens, authenticator, Metrics())
+    from . import __version__
+    state = GatewayState(cfg, scheduler, store, tokens, authenticator,
+                         Metrics(tokens=tokens, scheduler=scheduler.name, version=__version__))
     app.extensions["hpc_gateway"] = state
 
     api = GatewayApi(app)
     from .api.auth.views import blp as auth_blp
     from .api.cluster.views import blp as cluster_blp
     from .api.jobs.views import blp as jobs_blp
-    from .api.system.views import blp as system_blp, metrics_view, swagger
+    from .api.system.views import blp as system_blp, swagger
     from .api.vis.views import blp as vis_blp
     for blp in (auth_blp, jobs_blp, cluster_blp, system_blp, vis_blp):
         api.register_blueprint(blp, url_prefix=prefix + (blp.url_prefix or ""))
@@ -200,6 +202,8 @@ def create_app(config: dict | str | None = None) -> Flask:
     @app.before_request
     def _authenticate():
         g.t0 = time.perf_counter()
+        state.metrics.request_started()
+        g.hpcgw_in_flight = True
         endpoint = request.endpoint
         if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(PUBLIC_PREFIXES) \
                 or endpoint == "openapi_root":
@@ -213,12 +217,17 @@ def create_app(config: dict | str | None = None) -> Flask:
 
     @app.after_request
     def _measure(response):
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        # Labelled by the URL rule ("/aip/v9.2/jobs/<job_id>"), never the raw path.
         t0 = g.get("t0")
-        state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
-        if t0 is not None:
-            state.metrics.latency.labels(rule, request.method).observe(time.perf_counter() - t0)
+        state.metrics.request_finished(request.url_rule.rule if request.url_rule is not None else None,
+                                       request.method, response.status_code,
+                                       time.perf_counter() - t0 if t0 is not None else None)
         return response
+
+    @app.teardown_request
+    def _in_flight_done(_exc):
+        if g.pop("hpcgw_in_flight", False):
+            state.metrics.request_done()
 
     return app
 

@@ -7,11 +7,12 @@ Plugins are pip distributions that register a factory in the entry-point group
 from __future__ import annotations
 
 import logging
+import time
 from importlib.metadata import entry_points
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, metrics
 from .errors import ConfigError, GatewayError, NotImplementedByPlugin
 
 ENTRY_POINT_GROUP = "hpc_gateway.schedulers"
@@ -40,9 +41,20 @@ class Scheduler:
     def call(self, hook: str, **kwargs):
         caller = getattr(self.pm.hook, hook)
         if not caller.get_hookimpls():
+            metrics.record_hook(self.name, hook, 0.0, "not_implemented")
             raise NotImplementedByPlugin(
                 f"the '{self.name}' scheduler backend does not support {hook.replace('_', ' ')}")
-        return caller(**kwargs)
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            result = caller(**kwargs)
+            outcome = "ok"
+            return result
+        except GatewayError as exc:
+            outcome = metrics.outcome_for_status(exc.status)
+            raise
+        finally:
+            metrics.record_hook(self.name, hook, time.perf_counter() - start, outcome)
 
     def close(self) -> None:
         close = getattr(self.impl, "close", None)
