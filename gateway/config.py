@@ -67,6 +67,8 @@ class ConfigSchema(Schema):
         ["fatal", "error", "warn", "warning", "info", "debug"]))
     # Added by HPC Gateway.
     bind = fields.String(load_default="0.0.0.0")
+    workers = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=256))
+    threads = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=1024))
     api_prefix = fields.String(load_default="/aip/v9.2")
     work_dir = fields.String(load_default=None, allow_none=True)
     secret_file = fields.String(load_default=None, allow_none=True)

@@ -11,7 +11,6 @@ shared by replicas: SQLite (default, one host, several gunicorn workers) or Redi
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sqlite3
@@ -354,7 +353,3 @@ class TokenManager:
     def revoke(self, token: str) -> None:
         session = self.check(token)
         self.store.revoke(session.sid, self.max_age)
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
