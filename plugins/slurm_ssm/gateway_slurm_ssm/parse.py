@@ -322,10 +322,8 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
     pattern_args = dict(job_id=job_id, array_job_id=array_job_id, array_task_id=task_id,
                         user=values["UserName"], name=values["Name"], node=hosts[0] if hosts else None,
                         work_dir=work_dir)
-    if stdout and "%" in stdout:
-        stdout = expand_output_pattern(stdout, **pattern_args)
-    if stderr and "%" in stderr:
-        stderr = expand_output_pattern(stderr, **pattern_args)
+    stdout = _expand_printed_path(stdout, pattern_args)
+    stderr = _expand_printed_path(stderr, pattern_args)
     cpus = int(values["NumCPUs"]) if values["NumCPUs"].isdigit() else None
     nodes = int(values["NumNodes"]) if values["NumNodes"].isdigit() else None
     mem = parse_memory_mb(_na(values["MinMemory"]))
@@ -342,6 +340,18 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
     )
     extra = {"id": job_id, "array_job_id": array_job_id, "array_task_id": task_id, "array_tasks": task_string}
     return job, extra
+
+
+def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:
+    """squeue -O STDOUT: a relative pattern comes back joined to the work dir, whose own
+    name may hold '%': expand only what follows it."""
+    if not path or "%" not in path:
+        return path
+    work_dir = pattern_args.get("work_dir")
+    prefix = work_dir.rstrip("/") + "/" if work_dir else None
+    if prefix and path.startswith(prefix):
+        return expand_output_pattern(path[len(prefix):], **pattern_args)
+    return expand_output_pattern(path, **pattern_args)
 
 
 def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:

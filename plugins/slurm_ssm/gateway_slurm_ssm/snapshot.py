@@ -29,7 +29,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -38,13 +38,15 @@ from gateway.errors import GatewayError, SchedulerUnavailable
 from gateway.models import Job, JobState
 
 Record = tuple[Job, dict]          # (job, extra: id, array_job_id, array_task_id, array_tasks)
-_JOB_FIELDS = {f.name for f in fields(Job)}
+_JOB_FIELD_NAMES = tuple(f.name for f in fields(Job))
+_JOB_FIELDS = frozenset(_JOB_FIELD_NAMES)
 
 
 def record_to_dict(rec: Record) -> dict:
     job, extra = rec
-    d = asdict(job)
+    d = {name: getattr(job, name) for name in _JOB_FIELD_NAMES}   # not asdict(): 10x slower
     d["state"] = job.state.value
+    d["hosts"] = list(job.hosts)
     for key in ("submit_time", "start_time", "end_time"):
         value = d[key]
         d[key] = value.timestamp() if value is not None else None
@@ -194,15 +196,19 @@ class SharedSnapshot:
         fd, tmp = tempfile.mkstemp(prefix=".snapshot.", dir=self.cache_dir)
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(doc, fh, separators=(",", ":"))
+                fh.write(json.dumps(doc, separators=(",", ":")))   # dumps: the C encoder
             os.utime(tmp, ns=(taken_ns, taken_ns))
             os.replace(tmp, self.path)
+            st = os.stat(self.path)
         except BaseException:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             raise
+        # This process has the records already: no need to read back what it wrote.
+        self._view = View(taken_ns / 1e9, records, error)
+        self._view_key = (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _merge(self, records: list[Record], prev: dict[str, Record], now: float) -> list[Record]:
         """The fresh records plus finished jobs that have since left squeue."""
