@@ -26,12 +26,18 @@ from gateway.hookspecs import hookimpl
 from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, UserInfo)
 from gateway.transports import CommandResult, make_transport
 
+try:                                          # the core's Prometheus figures, when it has them
+    from gateway.metrics import command_timer, set_snapshot_time
+except ImportError:                           # pragma: no cover
+    command_timer = set_snapshot_time = None
+
 from . import commands, parse
 from .options import load_options
 from .snapshot import Record, SharedSnapshot, View
 
 log = logging.getLogger(__name__)
 
+PLUGIN = "slurm_ssm"
 ACTIVE = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
 # The states in which Slurm accepts each action; anything else is a 409 before we ask.
 _VALID_FOR = {
@@ -60,6 +66,7 @@ class SlurmScheduler:
         self._config: tuple[float, dict] | None = None
         self._s3 = None
         self._lock = threading.Lock()
+        self._reported_snapshot = None
 
     def close(self) -> None:
         self.transport.close()
@@ -86,6 +93,14 @@ class SlurmScheduler:
     # ------------------------------------------------------------ running commands
     def _run(self, argv: list[str], *, as_user: str | None = None, stdin: bytes | None = None,
              timeout: float | None = None) -> CommandResult:
+        if command_timer is None:
+            return self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+        with command_timer(PLUGIN, _program(argv)) as timing:
+            result = self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+            timing.ok = result.returncode == 0
+        return result
+
+    def _run_bare(self, argv, *, as_user, stdin, timeout) -> CommandResult:
         try:
             return self.transport.run(argv, stdin=stdin, as_user=as_user,
                                       timeout=self.timeout if timeout is None else timeout)
@@ -151,7 +166,11 @@ class SlurmScheduler:
         return out
 
     def _view(self, max_age: float | None = None) -> View:
-        return self.snapshot.get(max_age=max_age)
+        view = self.snapshot.get(max_age=max_age)
+        if set_snapshot_time is not None and view.taken_at != self._reported_snapshot:
+            self._reported_snapshot = view.taken_at
+            set_snapshot_time(PLUGIN, view.taken_at)
+        return view
 
     def _find(self, view: View, job_id: str) -> Job | None:
         rec = view.by_display.get(job_id)
@@ -458,6 +477,14 @@ class SlurmScheduler:
         latency = (time.monotonic() - start) * 1000
         ok, words = parse.parse_ping(res.out or res.err)
         return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
+
+
+def _program(argv: list[str]) -> str:
+    """The program an argv runs: ``squeue`` for ``env SLURM_TIME_FORMAT=%s squeue ...``."""
+    if argv[0] != "env":
+        return argv[0]
+    rest = [a for a in argv[1:] if "=" not in a and not a.startswith("-")]
+    return rest[0] if rest else "env"
 
 
 def _aggregate(array_id: str, members: list[Record]) -> Job:
