@@ -10,6 +10,12 @@ it (snapshot_interval 0: one squeue per call), for comparison.
 
     .venv/bin/python bench/slurm_polling.py [--threads 32] [--procs 2] [--seconds 10]
                                             [--jobs 50] [--interval 1.0] [--baseline]
+    .venv/bin/python bench/slurm_polling.py --api [--clients 8,64] [--workers 2] [--seconds 10]
+
+``--api``: the same through HTTP: the gateway under gunicorn (deploy/gunicorn.conf.py) on
+127.0.0.1 with the slurm_ssm backend, GET /jobs and GET /jobs/{id} from 8 and 64 concurrent
+keep-alive clients (threads of this process): req/s, p50, p99 and slurmctld's job-info RPC/s
+for each.
 
 Needs root (sudo -u, sdiag -r) and brings the cluster up if it is down. Bounded: every run
 lasts --seconds; the jobs it submits are cancelled at the end.
@@ -117,6 +123,77 @@ def run(label, interval, job_ids, threads, procs, seconds):
     return rpcs / seconds
 
 
+def api_run(base, token, path_for, clients, seconds):
+    import requests
+    lat, errors = [], []
+    lock = threading.Lock()
+    subprocess.run(["sdiag", "-r"], check=True, capture_output=True, timeout=30)
+    stop = time.monotonic() + seconds
+
+    def client(seed):
+        rnd = random.Random(seed)
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        mine, bad = [], 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            r = session.get(base + path_for(rnd), timeout=60)
+            mine.append(time.perf_counter() - t)
+            bad += r.status_code != 200
+        with lock:
+            lat.extend(mine)
+            errors.append(bad)
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    rpcs = job_info_rpcs()
+    lat.sort()
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return len(lat) / seconds, statistics.median(lat) * 1000, p99 * 1000, rpcs / seconds, sum(errors)
+
+
+def api_bench(args, job_ids):
+    import secrets
+
+    import requests
+
+    from gateway.auth.users_file import UsersFile
+    from tests.deploy.servers import GunicornReplica, Processes, free_port, write_config
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-slurm-api-"))
+    password = secrets.token_urlsafe(12)
+    UsersFile(str(tmp / "users.yaml")).set_password(USER.name, password)
+    config = write_config(
+        tmp / "gateway.yaml", bind="127.0.0.1", http_port=free_port(), work_dir=str(tmp / "work"),
+        auth={"users_file": str(tmp / "users.yaml")}, log_level="warning",
+        scheduler={"backend": "slurm_ssm", "options": {
+            "transport": {"type": "local"}, "run_as": "sudo", "cache_dir": str(tmp / "slurm-cache"),
+            "snapshot_interval": args.interval}})
+    procs = Processes()
+    try:
+        replica = GunicornReplica(procs, "slurm", config, tmp / "log", workers=args.workers,
+                                  threads=args.gunicorn_threads).start()
+        prefix = "/aip/v9.2"
+        r = requests.post(replica.base + prefix + "/login", json={"username": USER.name, "password": password},
+                          timeout=30)
+        r.raise_for_status()
+        token = r.json()["data"]["token"]["token"]
+        print(f"gateway: gunicorn {args.workers} workers x {args.gunicorn_threads} threads, "
+              f"slurm_ssm snapshot_interval={args.interval:g}, {args.seconds:g} s per run")
+        print(f"{'clients':>7} {'request':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-200':>7} "
+              f"{'ctld job-info RPC/s':>20}")
+        paths = {"GET /jobs": lambda rnd: f"{prefix}/jobs",
+                 "GET /jobs/{id}": lambda rnd: f"{prefix}/jobs/{rnd.choice(job_ids)}"}
+        for clients in args.clients:
+            for label, path_for in paths.items():
+                rps, p50, p99, rpc, bad = api_run(replica.base, token, path_for, clients, args.seconds)
+                print(f"{clients:>7} {label:<16} {rps:>8,.0f} {p50:>8.1f} {p99:>8.1f} {bad:>7} {rpc:>20.2f}")
+    finally:
+        procs.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=32)
@@ -125,6 +202,10 @@ def main():
     ap.add_argument("--jobs", type=int, default=50, help="jobs in the queue while polling")
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--baseline", action="store_true", help="also run with snapshot_interval 0")
+    ap.add_argument("--api", action="store_true", help="through HTTP: gunicorn + the gateway")
+    ap.add_argument("--clients", type=lambda v: [int(x) for x in v.split(",")], default=[8, 64])
+    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (--api)")
+    ap.add_argument("--gunicorn-threads", type=int, default=32, help="threads per worker (--api)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (sudo -u gwalice, sdiag -r)")
@@ -140,6 +221,9 @@ def main():
                                 text=True).stdout.split())
     print(f"{len(job_ids)} bench jobs submitted; {queued} jobs in squeue in all")
     try:
+        if args.api:
+            api_bench(args, job_ids)
+            return
         shared = run("shared snapshot", args.interval, job_ids, args.threads, args.procs, args.seconds)
         if args.baseline:
             base = run("snapshot_interval 0 (a squeue for every call, one at a time)", 0.0, job_ids, args.threads, args.procs,
