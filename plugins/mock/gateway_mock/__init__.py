@@ -15,6 +15,7 @@ import pwd
 import signal
 import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -88,8 +89,7 @@ class MockScheduler:
         self.host = opts["host_name"] or socket.gethostname()
         self.queues = {q["name"]: q for q in opts["queues"]}
         self.default_queue = defaults[0]["name"]
-        self._pid = None
-        self._db = None
+        self._local = threading.local()
         db = self.db
         with jobdb.transaction(db):
             db.execute("INSERT OR REPLACE INTO settings VALUES ('slots', ?)", (str(opts["slots"]),))
@@ -101,9 +101,12 @@ class MockScheduler:
     @property
     def db(self):
         # One connection per process (gunicorn forks after create_app in --preload setups).
-        if self._db is None or self._pid != os.getpid():
-            self._db, self._pid = jobdb.connect(self.db_path), os.getpid()
-        return self._db
+        # ... and one per thread: gunicorn's gthread workers serve requests in threads, and a
+        # sqlite3 connection holds one transaction at a time.
+        local = self._local
+        if getattr(local, "db", None) is None or local.pid != os.getpid():
+            local.db, local.pid = jobdb.connect(self.db_path), os.getpid()
+        return local.db
 
     # ---------------------------------------------------------------- helpers
     def _row(self, job_id: str):
@@ -466,9 +469,9 @@ class MockScheduler:
         return LocalTransport(), None, home
 
     def close(self):
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if getattr(self._local, "db", None) is not None:
+            self._local.db.close()
+            self._local.db = None
 
 
 def make_scheduler(options: dict) -> MockScheduler:
