@@ -90,3 +90,23 @@ def test_metrics_add_up_across_workers_and_survive_a_dead_worker(tmp_path, procs
 def log_after(tmp_path, earlier: str) -> str:
     text = next((tmp_path / "log").glob("hpc-gateway.log.*")).read_text()
     return text[len(earlier):]
+
+
+def test_concurrent_submissions_in_one_threaded_worker(tmp_path, procs, need_gunicorn):
+    """gthread runs requests of one worker in threads at once: the plugin must take that."""
+    replica, admin = _replica(procs, tmp_path, workers=1, threads=8)
+    answers, barrier = [], threading.Barrier(8)
+
+    def submit(n):
+        barrier.wait()
+        for i in range(3):
+            answers.append(requests.post(f"{replica.base}{PREFIX}/jobs", json={"command": "true", "name": f"t{n}-{i}"},
+                                         headers={"Authorization": f"Bearer {admin.token}"}, timeout=60))
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.status_code for r in answers] == [200] * 24, [r.text for r in answers if r.status_code != 200][:3]
+    assert len({r.json()["data"]["job"]["jobId"] for r in answers}) == 24
