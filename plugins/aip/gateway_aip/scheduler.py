@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -29,6 +30,9 @@ _STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState
                 JobState.UNKNOWN, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED]
 
 
+_DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -43,6 +47,10 @@ class AipScheduler:
                                  self.o["bindir"])
         topts = dict(self.o["transport"])
         topts.setdefault("timeout", self.o["timeout"])
+        # Commands run as a user start in "/": the transport's own working directory (an ssh
+        # login's home such as /root, the gateway's state directory) is often one that user
+        # cannot enter, and tools such as find fail when they cannot return to it.
+        topts.setdefault("sudo", ["env", "-C", "/", "sudo", "-n"])
         self.transport = make_transport(topts)
         self.tz = ZoneInfo(self.o["timezone"])
         self.listing_mode = self.o["listing"]
@@ -54,6 +62,7 @@ class AipScheduler:
         self._lock = threading.Lock()
         self._env: dict | None = None
         self._homes: dict[str, str] = {}
+        self._made_dirs: set[str] = set()
         self._account: str | None = None
         self._snapshot: tuple[float, list[Job]] | None = None
         self._final: dict[tuple, tuple] = {}       # (id, end) -> (exit_code, killed, reason)
@@ -138,6 +147,24 @@ class AipScheduler:
         if home:
             self._homes[user] = home
         return home
+
+    def user_home(self, user) -> str | None:
+        """Where a user's jobs start and files live: the Unix home (run_as: sudo), or
+        ``<service account home>/hpc-gateway/<user>`` (run_as: service), created once."""
+        if not self.service:
+            return self.home_of(user.name)
+        if not _DIR_NAME.match(user.name or ""):
+            raise InvalidInput(f"user name {user.name!r} cannot name a directory")
+        base = self.home_of(self.account())
+        if not base:
+            return None
+        path = f"{base.rstrip('/')}/hpc-gateway/{user.name}"
+        if path not in self._made_dirs:
+            res = self._run_plain(["mkdir", "-p", "--", path])
+            if res.returncode != 0:
+                raise SchedulerRefused(f"cannot create {path}: {res.err.strip()}")
+            self._made_dirs.add(path)
+        return path
 
     def _as(self, user) -> str | None:
         return None if self.service else user.name
@@ -311,7 +338,8 @@ class AipScheduler:
         chdir = sub.chdir
         if chdir is None and not (spec.work_dir and self.o["cwd_flag"]):
             # bsub's own directory becomes the job's: the user's home, not the gateway's cwd
-            chdir = self.home_of(self.account() if self.service else user.name)
+            # (with one service account: a directory of the user's own under its home)
+            chdir = self.user_home(user)
         text = self._run("bsub", sub.args, what="job submission", as_user=self._as(user),
                          stdin=sub.stdin, chdir=chdir, env=sub.env)
         job_id, _queue = _submit_result(text)
@@ -520,6 +548,14 @@ class AipScheduler:
             return Health(ok=False, latency_ms=(time.perf_counter() - t0) * 1000, detail=exc.msg)
         return Health(ok=True, latency_ms=(time.perf_counter() - t0) * 1000,
                       detail=f"{len(queues)} queues answer through {self.cmds.get('bqueues')}")
+
+    @hookimpl
+    def file_transport(self, user):
+        """The files feature (and the vis session file) go through the same transport, as
+        the user (run_as: sudo) or as the service account in the user's own directory."""
+        if self.service:
+            return self.transport, None, self.user_home(user)
+        return self.transport, user.name
 
     def close(self):
         self.transport.close()

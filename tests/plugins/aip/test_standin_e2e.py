@@ -156,6 +156,11 @@ def test_unknown_and_malformed_ids_are_404(b):
         b.control_job(user=ALICE, job_id="99999999", action="kill")
 
 
+def test_files_go_through_the_same_transport_as_the_user(b):
+    require(ROOT, "run_as: sudo needs root")
+    assert b.file_transport(user=ALICE) == (b.transport, "gwalice")
+
+
 def test_other_users_job_is_refused_by_the_scheduler_too(b):
     require(ROOT, "run_as: sudo needs root")
     jid = b.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True))
@@ -212,7 +217,15 @@ def test_service_mode_tags_jobs_with_the_gateway_user(cluster):
     try:
         a = s.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True))
         bj = s.submit_job(user=BOB, spec=JobSpec(command="true", hold=True))
-        assert s.get_job(user=ALICE, job_id=a).user_name == "gwalice"
+        job = s.get_job(user=ALICE, job_id=a)
+        assert job.user_name == "gwalice"
+        # each gateway user starts in (and reaches files in) a directory of its own
+        home = s.home_of(s.account())
+        assert job.work_dir == f"{home}/hpc-gateway/gwalice"
+        transport, as_user, files_home = s.file_transport(user=BOB)
+        assert (transport, as_user, files_home) == (s.transport, None, f"{home}/hpc-gateway/gwbob")
+        with pytest.raises(InvalidInput):
+            s.file_transport(user=User("../etc"))
         mine = [j.job_id for j in s.list_jobs(user=BOB, query=JobQuery(user="gwbob"))]
         assert bj in mine and a not in mine
         with pytest.raises(InvalidInput):
