@@ -21,9 +21,9 @@ from collections import Counter
 from dataclasses import replace
 
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
-                            SchedulerRefused, SchedulerTimeout, SchedulerUnavailable)
+                            SchedulerRefused, SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
-from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, UserInfo)
+from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
 from gateway.transports import CommandResult, make_transport
 
 try:                                          # the core's Prometheus figures, when it has them
@@ -472,7 +472,7 @@ class SlurmScheduler:
         start = time.monotonic()
         try:
             res = self._run(commands.ping(), as_user=self.service_account, timeout=min(self.timeout, 5.0))
-        except (SchedulerUnavailable, SchedulerTimeout) as exc:
+        except GatewayError as exc:
             return Health(ok=False, latency_ms=None, detail=exc.msg)
         latency = (time.monotonic() - start) * 1000
         ok, words = parse.parse_ping(res.out or res.err)
