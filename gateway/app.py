@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .api.common import bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
 from .config import load_config
-from .errors import GatewayError, Unauthorized
+from .errors import GatewayError, ServiceUnavailable, Unauthorized
 from .metrics import Metrics, metrics_view
 from .models import User
 from .plugins import Scheduler, load_scheduler
@@ -196,6 +196,10 @@ def create_app(config: dict | str | None = None) -> Flask:
     def _unexpected(exc: Exception):
         if isinstance(exc, HTTPException):
             return http_error_response(exc)
+        if _store_down(exc):
+            log.error("session store unreachable on %s %s: %s", request.method, request.path, exc)
+            err = ServiceUnavailable()
+            return envelope_error(err.status, err.msg, headers=err.headers)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return envelope_error(500, "Internal error in the gateway; the administrator can find it in the log")
 
@@ -230,6 +234,18 @@ def create_app(config: dict | str | None = None) -> Flask:
             state.metrics.request_done()
 
     return app
+
+
+def _store_down(exc: Exception) -> bool:
+    """Redis unreachable or SQLite locked for too long: a 503 to retry, not a 500."""
+    import sqlite3
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return True
+    try:
+        import redis
+    except ImportError:
+        return False
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 def _mark_public(api: Api) -> None:

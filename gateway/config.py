@@ -82,6 +82,7 @@ class ConfigSchema(Schema):
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1))
     max_page_size = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))
+    idempotency_pending_seconds = fields.Float(load_default=300, validate=validate.Range(min=1))
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
     scheduler = fields.Nested(SchedulerSchema, load_default=lambda: SchedulerSchema().load({}))
     files = fields.Nested(FilesSchema, load_default=lambda: FilesSchema().load({}))  # see gateway/files/settings.py

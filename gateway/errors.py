@@ -88,6 +88,16 @@ class SchedulerRefused(GatewayError):
     default_msg = "The scheduler refused the request"
 
 
+class ServiceUnavailable(GatewayError):
+    """Something the gateway depends on (its session store) does not answer."""
+    status = 503
+    default_msg = "The gateway's session store is unreachable; try again later"
+
+    def __init__(self, msg: str | None = None, *, retry_after: int = 5, **kw):
+        super().__init__(msg, **kw)
+        self.headers.setdefault("Retry-After", str(int(retry_after)))
+
+
 class SchedulerUnavailable(GatewayError):
     status = 503
     default_msg = "The scheduler is unreachable; try again later"

@@ -114,3 +114,14 @@ def test_activity_is_written_at_most_every_few_seconds(make_app):
     for _ in range(50):
         assert client.get("/jobs").status == 200
     assert len(writes) <= 1
+
+
+def test_an_unreachable_redis_store_answers_503_not_500(tmp_path):
+    with redis_server() as url:
+        app = create_app({"work_dir": str(tmp_path), "session_store": url, "log_level": "warning",
+                          "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "m")}}})
+        client = ApiClient(app).login("admin", (tmp_path / "initial-admin-password").read_text().strip())
+    # The server is gone now.
+    r = client.get("/jobs")
+    assert r.status == 503, r.body
+    assert "session store" in r.body["msg"] and r.headers.get("Retry-After")

@@ -1,6 +1,7 @@
 """Start pending jobs while slots are free: called after every submit, release, job end."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -104,8 +105,15 @@ def dispatch(db, db_path: str, slots: int | None = None) -> list[int]:
     return started
 
 
+SETSID = shutil.which("setsid")
+
+
 def spawn_runner(db_path: str, job_id: int) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway_mock.runner", db_path, str(job_id)],
+    runner = [sys.executable, "-m", "gateway_mock.runner"]
+    # util-linux's `setsid --fork` forks and exits at once: the wait below takes a millisecond,
+    # not the runner's interpreter start-up, and the runner is reparented (no zombie).
+    argv = [SETSID, "--fork", *runner] if SETSID else [*runner, "--detach"]
+    proc = subprocess.Popen([*argv, db_path, str(job_id)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             close_fds=True, start_new_session=True)
-    proc.wait()          # the runner double-forks: this returns at once and leaves no zombie
+    proc.wait()

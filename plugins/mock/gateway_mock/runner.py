@@ -1,7 +1,8 @@
 """One detached process per running job: starts the job, waits for it, records how it ended.
 
-Started as ``python -m gateway_mock.runner DB JOB_ID``. It double-forks so that it outlives
-the gateway worker that dispatched the job and is never left a zombie. The job itself runs in
+Started as ``setsid --fork python -m gateway_mock.runner DB JOB_ID`` (or with ``--detach``, where
+it double-forks itself), so that it outlives the gateway worker that dispatched the job, is
+never left a zombie, and the dispatcher does not wait for Python to start. The job itself runs in
 its own process group (kill = signal the group; suspend/resume = SIGSTOP/SIGCONT), as the job's
 user when the gateway runs as root with ``run_as: sudo``, with stdout/stderr opened *as that
 user* so a job cannot write where its user could not.
@@ -157,11 +158,15 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def main() -> None:
-    db_path, job_id = sys.argv[1], int(sys.argv[2])
-    # Detach: the first child exits at once (its parent reaps it), the grandchild runs the job.
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()      # its own session: signals to the job's group never reach the runner
+    args = sys.argv[1:]
+    detach = args[:1] == ["--detach"]
+    if detach:
+        args = args[1:]
+        # Detach: the first child exits at once (its parent reaps it), the grandchild runs.
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()      # its own session: signals to the job's group never reach the runner
+    db_path, job_id = args[0], int(args[1])
     try:
         run(db_path, job_id)
     finally:
