@@ -68,6 +68,9 @@ class MultipartBody:
             try:
                 event = self._decoder.next_event()
             except ValueError as exc:
+                if eof:
+                    raise BadRequest("the multipart body ended before its closing boundary "
+                                     "(interrupted upload?)") from exc
                 raise BadRequest(f"malformed multipart body: {exc}") from exc
             if event is NEED_DATA:
                 if eof:

@@ -117,7 +117,8 @@ def curl_get(output: str, timeout: float) -> list[str]:
     """Fetch a URL (given on stdin as curl configuration, so it is not on the command line)."""
     _abs(output)
     return ["curl", "--silent", "--show-error", "--fail", "--retry", "3",
-            "--max-time", str(int(timeout)), "--config", "-", "--output", output]
+            "--max-time", str(int(timeout)), "--write-out", "%{size_download}",
+            "--config", "-", "--output", output]
 
 
 def curl_put(path: str, timeout: float) -> list[str]:

@@ -90,6 +90,18 @@ def parse_sha256(stdout: bytes) -> str:
     return word.lower()
 
 
+# find chdirs back to where it started; when that is a directory the user may not enter (sudo
+# from root's home, the SSM agent's work dir) it says so on exit, about nothing we asked.
+_NOISE = (b"Failed to restore initial working directory",)
+
+
+def significant(stderr: bytes) -> bytes:
+    """stderr without the lines that are not about the paths asked for."""
+    if not any(n in stderr for n in _NOISE):
+        return stderr
+    return b"\n".join(ln for ln in stderr.splitlines() if not any(n in ln for n in _NOISE))
+
+
 def reason(stderr: bytes) -> str:
     """The last non-empty line of a tool's stderr, e.g. "dd: failed to open '/x': Permission denied"."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
@@ -98,6 +110,7 @@ def reason(stderr: bytes) -> str:
 
 def error_for(stderr: bytes, what: str, path: str, as_user: str | None) -> GatewayError:
     """Map a failed tool's stderr to the error the client gets."""
+    stderr = significant(stderr)
     text = stderr.decode("utf-8", "replace")
     who = f" (as Unix user {as_user})" if as_user else ""
     last = reason(stderr)[-300:]

@@ -19,7 +19,8 @@ from ..models import User
 from ..transports import Transport
 from . import commands, paths
 from .channels import Channel, make_channel
-from .parse import Entry, error_for, parse_home, parse_realpaths, parse_records, parse_sha256
+from .parse import (Entry, error_for, parse_home, parse_realpaths, parse_records, parse_sha256,
+                    significant)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class FileSpace:
             _homes[key] = (home, now + HOME_CACHE_SECONDS)
         return home
 
+    def _as_whom(self) -> str:
+        return f" (as Unix user {self.access.as_user})" if self.access.as_user else ""
+
     # ------------------------------------------------------------ paths
     def locate(self, given: str, *, follow_last: bool = True) -> str:
         """The real absolute path ``given`` names, checked against the roots before and after
@@ -132,7 +136,7 @@ class FileSpace:
         entries = [e for e in parse_records(result.stdout) if e.depth == 0]
         if entries:
             return entries[0]
-        if b"No such file or directory" in result.stderr:
+        if b"No such file or directory" in significant(result.stderr):
             return None
         raise error_for(result.stderr, "look at", path, self.access.as_user)
 
@@ -157,9 +161,8 @@ class FileSpace:
             raise error_for(result.stderr, "list", given, self.access.as_user)
         if top[0].type != "directory":
             raise Conflict(f"{given!r} is a {top[0].type}, not a directory: download it with GET /files/content")
-        if result.returncode != 0 and b"Permission denied" in result.stderr:
-            raise Forbidden(f"cannot list {given!r}: permission denied"
-                            + (f" (as Unix user {self.access.as_user})" if self.access.as_user else ""))
+        if result.returncode != 0 and b"Permission denied" in significant(result.stderr):
+            raise Forbidden(f"cannot list {given!r}: permission denied{self._as_whom()}")
         children = sorted((e for e in entries if e.depth == 1), key=lambda e: e.name)
         limit = self.settings["max_list_entries"]
         return {"path": real, "entries": [e.as_dict() for e in children[:limit]],
@@ -173,8 +176,7 @@ class FileSpace:
         if entry.type != "file":
             raise Conflict(f"{given!r} is a {entry.type}, not a regular file")
         if "r" not in entry.access:
-            raise Forbidden(f"cannot read {given!r}: permission denied"
-                            + (f" (as Unix user {self.access.as_user})" if self.access.as_user else ""))
+            raise Forbidden(f"cannot read {given!r}: permission denied{self._as_whom()}")
         return real, entry
 
     def read(self, real: str, offset: int, length: int):
@@ -187,8 +189,7 @@ class FileSpace:
         if entry.type != "directory":
             raise Conflict(f"{given!r} is a {entry.type}, not a directory: download it with GET /files/content")
         if "r" not in entry.access or "x" not in entry.access:
-            raise Forbidden(f"cannot archive {given!r}: permission denied"
-                            + (f" (as Unix user {self.access.as_user})" if self.access.as_user else ""))
+            raise Forbidden(f"cannot archive {given!r}: permission denied{self._as_whom()}")
         parent, name = paths.split(real) if real != "/" else ("/", ".")
         stream, length = self.channel.tar(parent, name)
         return real, stream, length
@@ -201,10 +202,20 @@ class FileSpace:
         parent, name = paths.split(target)
         if mkdirs:
             self.channel.check(commands.mkdirs(parent), "create the directory", parent)
-        folder = self._stat(parent, "write into", parent)
+        # One look at both: the folder must be a directory the user may write into; the
+        # target must not be a directory, nor exist unless it may be replaced.
+        result = self.channel.run(commands.stat([parent, target]))
+        found = {e.path: e for e in parse_records(result.stdout) if e.depth == 0}
+        folder, existing = found.get(parent), found.get(target)
+        problems = significant(result.stderr)
+        if folder is None:
+            raise error_for(problems, "write into", parent, self.access.as_user)
         if folder.type != "directory":
             raise Conflict(f"{parent} is a {folder.type}, not a directory")
-        existing = self._exists(target)
+        if "w" not in folder.access or "x" not in folder.access:
+            raise Forbidden(f"cannot write into {parent}: permission denied{self._as_whom()}")
+        if existing is None and problems.strip() and b"No such file or directory" not in problems:
+            raise error_for(problems, "look at", given, self.access.as_user)
         if existing is not None:
             if existing.type == "directory":
                 raise Conflict(f"{given!r} is a directory: give the path of a file in it")

@@ -1,0 +1,88 @@
+"""Upload bodies read as streams (gateway.files.body): raw and multipart, never whole."""
+import io
+import os
+
+import pytest
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.errors import GatewayError
+from gateway.files.body import MultipartBody, is_multipart, limit_body, raw_chunks
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def app():
+    app = Flask("t")
+
+    @app.route("/up", methods=["POST"])
+    def up():
+        limit_body(request, 5_000_000)
+        sizes, data = [], bytearray()
+        if is_multipart(request):
+            body = MultipartBody(request, CHUNK)
+            chunks = body.chunks()
+            meta = {"fields": body.fields, "filename": body.filename, "field": body.field_name}
+        else:
+            chunks = raw_chunks(request, CHUNK)
+            meta = {}
+        for chunk in chunks:
+            sizes.append(len(chunk))
+            data += chunk
+        return jsonify(meta, max(sizes or [0]), len(data), data[:64].hex(), bytes(data[-64:]).hex())
+
+    @app.errorhandler(GatewayError)
+    def gw_error(exc):
+        return jsonify(msg=exc.msg), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return jsonify(msg=exc.description), exc.code
+
+    return app
+
+
+def tricky(size):
+    # Data that looks like boundaries and header breaks, cut across chunk borders.
+    piece = b"\r\n--XyZ\r\n--XyZ-\r\n\r\n\x00" + os.urandom(977)
+    return (piece * (size // len(piece) + 1))[:size]
+
+
+def test_multipart_streams_in_chunks_with_fields_before_the_file(app):
+    data = tricky(1_000_000)
+    r = app.test_client().post("/up", data={"workdir": "/w", "sha256": "ab", "file": (io.BytesIO(data), "in.dat")},
+                               content_type="multipart/form-data")
+    meta, biggest, total, head, tail = r.get_json()
+    assert r.status_code == 200
+    assert meta == {"fields": {"workdir": "/w", "sha256": "ab"}, "filename": "in.dat", "field": "file"}
+    assert total == len(data) and head == data[:64].hex() and tail == data[-64:].hex()
+    assert biggest <= 2 * CHUNK          # never more than about a chunk in memory
+
+
+def test_raw_body_streams(app):
+    data = tricky(300_000)
+    r = app.test_client().post("/up", data=data, content_type="application/octet-stream")
+    meta, biggest, total, head, tail = r.get_json()
+    assert total == len(data) and biggest <= CHUNK and tail == data[-64:].hex()
+
+
+def test_multipart_without_a_file_part_is_400(app):
+    r = app.test_client().post("/up", data={"workdir": "/w"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "no file part" in r.get_json()["msg"]
+
+
+def test_multipart_cut_short_is_400(app):
+    body = (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n" + b"x" * 100_000)
+    r = app.test_client().post("/up", data=body, content_type="multipart/form-data; boundary=B")
+    assert r.status_code == 400 and "ended before" in r.get_json()["msg"]
+
+
+def test_multipart_without_boundary_is_400(app):
+    r = app.test_client().post("/up", data=b"x", content_type="multipart/form-data")
+    assert r.status_code == 400
+
+
+def test_limit_applies_per_request(app):
+    r = app.test_client().post("/up", data=b"x" * 5_000_001, content_type="application/octet-stream")
+    assert r.status_code == 413

@@ -1,0 +1,114 @@
+"""Command builders and parsers of gateway.files, on output captured from the real tools
+(GNU findutils 4.9, coreutils 9.1 on Debian 12; tests/files/fixtures/)."""
+import pathlib
+import re
+
+import pytest
+
+from gateway.errors import Conflict, Forbidden, NotFound, SchedulerRefused
+from gateway.files import commands, parse
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def fixture(name):
+    return (FIXTURES / name).read_bytes()
+
+
+def test_builders_take_absolute_paths_only():
+    for build in (lambda p: commands.stat([p]), lambda p: commands.read(p, 0, 1, 4096),
+                  lambda p: commands.write_new(p, 4096), lambda p: commands.remove(p),
+                  lambda p: commands.rename_over(p, "/x"), lambda p: commands.tar_gz(p, "n"),
+                  lambda p: commands.realpath([p]), lambda p: commands.curl_get(p, 10)):
+        with pytest.raises(ValueError):
+            build("-rf")
+        with pytest.raises(ValueError):
+            build("relative/path")
+
+
+def test_builders_are_fixed_argument_lists():
+    assert commands.read("/a b", 5, 10, 1024) == [
+        "dd", "if=/a b", "bs=1024", "iflag=skip_bytes,count_bytes", "skip=5", "count=10", "status=none"]
+    assert commands.write_new("/d/.f.part", 1024) == ["dd", "of=/d/.f.part", "bs=1024", "conv=excl,fsync", "status=none"]
+    assert commands.rename_over("/d/t", "/d/$(id)") == ["mv", "-f", "-T", "--", "/d/t", "/d/$(id)"]
+    assert commands.link_new("/d/t", "/d/f") == ["ln", "-T", "--", "/d/t", "/d/f"]
+    assert commands.remove("/d/-rf") == ["rm", "--", "/d/-rf"]
+    assert commands.tar_gz("/d", "-x") == ["tar", "-C", "/d", "-czf", "-", "--", "-x"]
+    assert commands.chmod("0750", "/f") == ["chmod", "0750", "--", "/f"]
+    with pytest.raises(ValueError):
+        commands.chmod("u+s", "/f")
+    find = commands.stat(["/d"], depth=1)
+    assert find[:3] == ["find", "-H", "/d"] and find[3:5] == ["-maxdepth", "1"]
+
+
+def test_temp_name_is_hidden_and_unique():
+    a, b = commands.temp_name("data.bin"), commands.temp_name("data.bin")
+    assert a != b and a.startswith(".data.bin.gw-upload-") and a.endswith(".part")
+    assert len(commands.temp_name("x" * 255)) < 255
+
+
+def test_curl_config_keeps_the_url_off_the_command_line():
+    url = 'http://h/b/k?X-Amz-Signature=a"b\\c'
+    assert commands.curl_config(url) == b'url = "http://h/b/k?X-Amz-Signature=a\\"b\\\\c"\n'
+    assert not any("http" in a for a in commands.curl_get("/f", 60) + commands.curl_put("/f", 60))
+
+
+def test_parse_listing():
+    entries = parse.parse_records(fixture("find-listing.out"))
+    by_name = {e.name: e for e in entries}
+    top = [e for e in entries if e.depth == 0]
+    assert len(top) == 1 and top[0].type == "directory" and top[0].path == "/tmp/gwf/fx/dir"
+    assert set(by_name) == {"dir", "fifo", "a b", "dangling", "ünï", "link", "-rf", "sub", "new\nline", "a.txt"}
+    secret = by_name["a.txt"]
+    assert (secret.type, secret.size, secret.mode, secret.permissions, secret.owner, secret.access) == (
+        "file", 3, "0600", "-rw-------", "gwbob", "---")
+    assert secret.mtime.year >= 2024 and secret.mtime.tzinfo is not None
+    assert by_name["link"].type == "symlink" and by_name["link"].target_type == "directory"
+    assert by_name["dangling"].target_type == "missing"
+    assert by_name["fifo"].type == "fifo"
+    assert by_name["sub"].type == "directory" and by_name["sub"].access == "r-x"
+    assert "target_type" not in by_name["a b"].as_dict()
+
+
+def test_parse_stat_of_several_paths_with_errors():
+    entries = parse.parse_records(fixture("find-stat-two.out"))
+    assert [e.path for e in entries] == ["/tmp/gwf/fx/dir"]
+    err = fixture("find-stat-two.err")
+    assert b"No such file" in parse.significant(err)
+    assert b"initial working directory" not in parse.significant(err)
+
+
+def test_find_noise_about_the_initial_directory_is_not_an_error():
+    err = fixture("find-listing.err")
+    assert parse.significant(err).strip() == b""
+
+
+def test_parse_realpath_home_sha():
+    assert parse.parse_realpaths(fixture("realpath.out"), 3) == [
+        "/home/gwalice", "/etc/passwd", "/tmp/gwf/fx/dir/missing/x"]
+    with pytest.raises(SchedulerRefused):
+        parse.parse_realpaths(fixture("realpath.out"), 2)
+    assert parse.parse_home(fixture("getent-passwd.out")) == "/home/gwalice"
+    assert parse.parse_home(b"") is None
+    assert re.fullmatch(r"[0-9a-f]{64}", parse.parse_sha256(fixture("sha256sum.out")))
+
+
+@pytest.mark.parametrize("stderr, cls", [
+    (b"dd: failed to open '/x': Permission denied\n", Forbidden),
+    (b"find: \xe2\x80\x98/x\xe2\x80\x99: No such file or directory\n", NotFound),
+    (b"rm: cannot remove '/x': Is a directory\n", Conflict),
+    (b"ln: failed to create hard link '/x': File exists\n", Conflict),
+    (b"mv: cannot overwrite directory '/x' with non-directory\n", Conflict),
+    (b"sudo: a password is required\n", Forbidden),
+    (b"sudo: unknown user gwx\n", Forbidden),
+    (b"curl: (22) The requested URL returned error: 403\n", SchedulerRefused),
+])
+def test_error_mapping(stderr, cls):
+    err = parse.error_for(stderr, "read", "/x", "alice")
+    assert isinstance(err, cls)
+    assert "/x" in err.msg
+
+
+def test_full_disk_is_507():
+    err = parse.error_for(b"dd: error writing '/x': No space left on device\n", "write", "/x", None)
+    assert err.status == 507
