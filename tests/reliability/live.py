@@ -31,7 +31,7 @@ DEFAULT_USERS = {"alice": False, "bob": False, "admin": True}
 
 
 class LiveGateway:
-    def __init__(self, tmp: Path, *, workers: int = 2, threads: int = 8, scheduler: dict | None = None,
+    def __init__(self, tmp: Path, *, workers: int | None = 2, threads: int | None = 8, scheduler: dict | None = None,
                  users: dict | None = None, name: str = "gw", **config):
         self.tmp = Path(tmp)
         self.workers, self.threads, self.name = workers, threads, name
@@ -61,7 +61,12 @@ class LiveGateway:
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         config = write_config(self.tmp / "gateway.yaml", **self.config)
         self.replica = GunicornReplica(self.procs, self.name, config, self.tmp / "logs",
-                                       workers=self.workers, threads=self.threads)
+                                       workers=self.workers or 1, threads=self.threads or 1)
+        # None: deploy/gunicorn.conf.py's own defaults (as deployed).
+        if self.workers is None:
+            self.replica.env.pop("GATEWAY_WORKERS", None)
+        if self.threads is None:
+            self.replica.env.pop("GATEWAY_THREADS", None)
         self.replica.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.replica.start(wait=False)
         self.wait_ready()
@@ -73,7 +78,7 @@ class LiveGateway:
         while True:
             try:
                 requests.get(self.api + "/openapi.json", timeout=5).raise_for_status()
-                if len(self.worker_pids()) >= self.workers:
+                if len(self.worker_pids()) >= self.expected_workers:
                     return
             except requests.RequestException:
                 pass
@@ -105,6 +110,15 @@ class LiveGateway:
 
     # ---------------------------------------------------------------- processes
     @property
+    def expected_workers(self) -> int:
+        """As deploy/gunicorn.conf.py computes it when not given."""
+        return self.workers or max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.threads or 32
+
+    @property
     def master_pid(self) -> int:
         return self.replica.proc.pid
 
@@ -121,7 +135,7 @@ class LiveGateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = self.worker_pids()
-            if pid not in pids and len(pids) >= self.workers:
+            if pid not in pids and len(pids) >= self.expected_workers:
                 return
             time.sleep(0.05)
         raise AssertionError(f"worker {pid} was not replaced in {timeout:g} s")
