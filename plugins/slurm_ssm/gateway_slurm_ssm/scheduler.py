@@ -251,9 +251,8 @@ class SlurmScheduler:
             raise parse.refusal(res.out, res.err, input_errors=True)
         return parse.parse_sbatch(res.out)
 
-    def _default_work_dir(self, account: str | None) -> str:
-        if self.opts["default_work_dir"]:
-            return self.opts["default_work_dir"]
+    def _home_of(self, account: str | None) -> str | None:
+        """The home directory of ``account`` (None: the transport's own) on the cluster."""
         if account not in self._homes:
             name = account
             if name is None:
@@ -263,10 +262,13 @@ class SlurmScheduler:
             if name:
                 res = self._run(commands.getent_passwd(name), as_user=self.service_account)
                 home = parse.parse_getent_home(res.out) if res.returncode == 0 else None
-            if home is None and self.opts["run_as"] == "sudo":
+            if home is None and self.opts["run_as"] == "sudo" and account is not None:
                 raise Forbidden(f"user {account} has no Unix account on the cluster")
-            self._homes[account] = home or "/tmp"
+            self._homes[account] = home
         return self._homes[account]
+
+    def _default_work_dir(self, account: str | None) -> str:
+        return self.opts["default_work_dir"] or self._home_of(account) or "/tmp"
 
     def _fetch_s3(self, url: str) -> bytes:
         bucket, _, key = url[len("s3://"):].partition("/")
@@ -353,6 +355,33 @@ class SlurmScheduler:
                 return JobOutput(data=b"", offset=offset, size=0, path=path)
             raise parse.refusal(res.out, res.err)
         return JobOutput(data=res.stdout, offset=offset, size=size, path=path)
+
+    # ------------------------------------------------------------ files (docs/files.md, docs/vis.md)
+    @hookimpl
+    def file_transport(self, user):
+        """The files feature runs its tools through our transport, as the account this
+        user's other commands run as."""
+        return self.transport, self._account_for(user.name)
+
+    @hookimpl
+    def read_user_file(self, user, path, limit):
+        """A small file (a vis session file) read as the account the user's jobs run as."""
+        account = self._account_for(user.name)
+        if path.startswith("~/"):
+            home = self._home_of(account)
+            if home is None:
+                raise Forbidden(f"{account or 'the service account'} has no home directory on the cluster")
+            path = home.rstrip("/") + path[1:]
+        if not path.startswith("/") or "\x00" in path:
+            raise InvalidInput(f"not an absolute path: {path!r}")
+        res = self._run(commands.read_bytes(path, 0, int(limit)), as_user=account)
+        if res.returncode != 0:
+            if "No such file" in res.err:
+                return None
+            if "Permission denied" in res.err:
+                raise Forbidden(parse.scheduler_words(res.out, res.err))
+            raise parse.refusal(res.out, res.err)
+        return res.stdout or None
 
     # ------------------------------------------------------------ hosts and queues
     def _job_counts_by_host(self) -> dict[str, Counter]:

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from gateway.errors import Conflict, InvalidInput, NotFound, SchedulerUnavailable
+from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, SchedulerUnavailable
 from gateway.models import JobQuery, JobSpec, JobState, User
 
 from .conftest import SCRIPT_BUCKET, transport_options, wait_for
@@ -261,3 +261,16 @@ def test_controller_down_answers_503_quickly_after_the_first_failure(make_plugin
     time.sleep(0.3)
     assert plugin.health().ok
     plugin.list_jobs(user=ALICE, query=JobQuery())
+
+
+def test_read_user_file_as_the_user(make_plugin):
+    plugin = make_plugin()
+    name = f".gw-it-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["sudo", "-u", "gwbob", "sh", "-c", f"umask 077; printf secret > ~/{name}"], check=True)
+    try:
+        assert plugin.read_user_file(user=BOB, path=f"~/{name}", limit=3) == b"sec"
+        with pytest.raises(Forbidden):          # 0600, bob's: alice may not read it
+            plugin.read_user_file(user=ALICE, path=f"/home/gwbob/{name}", limit=10)
+        assert plugin.read_user_file(user=BOB, path="~/.no-such-file", limit=10) is None
+    finally:
+        os.unlink(f"/home/gwbob/{name}")

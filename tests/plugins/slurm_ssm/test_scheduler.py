@@ -264,3 +264,18 @@ def test_hosts_queues_users_cluster(make):
         "gateway-test", "22.05.8", "vm", 1, 16, 2)
     assert info.jobs["RUNNING"] >= 4
     assert sched.health().ok
+
+
+def test_file_transport_and_read_user_file_run_as_the_users_account(make):
+    sched, t = make(run_as="sudo")
+    transport, account = sched.file_transport(user=ALICE)
+    assert transport is t and account == "gwalice"
+    t.answer(["dd"], CommandResult(0, b'{"display": 12}', b""))
+    assert sched.read_user_file(user=ALICE, path="~/.hpc-gateway/vis/5.json", limit=4096) == b'{"display": 12}'
+    assert t.calls[-1]["as_user"] == "gwalice" and t.calls[-1]["argv"][1] == "if=/home/gwalice/.hpc-gateway/vis/5.json"
+    t.answer(["dd"], fx("dd_missing"))
+    assert sched.read_user_file(user=ALICE, path="/tmp/nothing", limit=10) is None
+    with pytest.raises(InvalidInput):
+        sched.read_user_file(user=ALICE, path="relative", limit=10)
+    service, t2 = make(run_as="service", service_user="svc", cache_dir=str(Path(sched.opts["cache_dir"]) / "s"))
+    assert service.file_transport(user=ALICE)[1] == "svc"
