@@ -251,7 +251,7 @@ class Metrics:
         """Every metric family of this process (or of every worker, in multiprocess mode)."""
         if multiprocess_mode():
             from prometheus_client import multiprocess
-            stored = list(multiprocess.MultiProcessCollector(None).collect())
+            stored = sorted(multiprocess.MultiProcessCollector(None).collect(), key=lambda f: f.name)
         else:
             stored = list(self.registry.collect()) + list(PROCESS_REGISTRY.collect())
         return stored + self._scrape_time_families(stored)
