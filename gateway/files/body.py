@@ -31,12 +31,21 @@ def read_chunk(stream, size: int) -> bytes:
 
 
 def raw_chunks(request, chunk: int) -> Iterator[bytes]:
+    """The body in pieces; a body shorter than its Content-Length is an interrupted upload.
+
+    (gunicorn marks its input as terminated, so werkzeug does not check the length itself:
+    a client that disconnects simply ends the stream early.)"""
     stream = request.stream
+    declared = request.content_length
+    received = 0
     while True:
         data = read_chunk(stream, chunk)
         if not data:
-            return
+            break
+        received += len(data)
         yield data
+    if declared is not None and received < declared:
+        raise BadRequest(f"the upload was interrupted: {received} of {declared} bytes arrived")
 
 
 def is_multipart(request) -> bool:
@@ -54,6 +63,8 @@ class MultipartBody:
         if not boundary:
             raise BadRequest("multipart/form-data without a boundary: let your HTTP client build the body")
         self._stream = request.stream
+        self._declared = request.content_length
+        self._received = 0
         self._chunk = chunk
         self._decoder = MultipartDecoder(boundary.encode("latin-1"))
         self._events = self._read_events()
@@ -76,8 +87,12 @@ class MultipartBody:
                 if eof:
                     raise BadRequest("the multipart body ended before its closing boundary (interrupted upload?)")
                 data = read_chunk(self._stream, self._chunk)
+                self._received += len(data)
                 if data:
                     self._decoder.receive_data(data)
+                elif self._declared is not None and self._received < self._declared:
+                    raise BadRequest(f"the upload was interrupted: {self._received} of "
+                                     f"{self._declared} bytes arrived")
                 else:
                     self._decoder.receive_data(None)
                     eof = True

@@ -428,6 +428,12 @@ def test_interrupted_upload_leaves_nothing_behind(files, workdir):
                  headers={"Content-Type": "application/octet-stream"})
     assert short.status_code == 400, short.get_json()
     assert _leftovers(files.alice, workdir) == set()
+    # The same as gunicorn hands it over (input marked terminated: the stream just ends).
+    ended = call(files.alice, "PUT", "/files/content", params={"path": path},
+                 input_stream=io.BytesIO(b"x" * 300_000), headers={"Content-Type": "application/octet-stream"},
+                 environ_overrides={"CONTENT_LENGTH": "5000000", "wsgi.input_terminated": True})
+    assert ended.status_code == 400 and "interrupted" in ended.get_json()["msg"]
+    assert _leftovers(files.alice, workdir) == set()
     # The connection breaks mid-way.
     broken = call(files.alice, "PUT", "/files/content", params={"path": path},
                   input_stream=_Breaks(2_500_000), environ_overrides={"CONTENT_LENGTH": "10000000"},

@@ -86,3 +86,16 @@ def test_multipart_without_boundary_is_400(app):
 def test_limit_applies_per_request(app):
     r = app.test_client().post("/up", data=b"x" * 5_000_001, content_type="application/octet-stream")
     assert r.status_code == 413
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_body_shorter_than_declared_is_an_interrupted_upload(app, multipart):
+    """As gunicorn hands it over: input marked terminated, the stream just ends early."""
+    if multipart:
+        body = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n" + b"x" * 100_000
+        ctype = "multipart/form-data; boundary=B"
+    else:
+        body, ctype = b"x" * 100_000, "application/octet-stream"
+    r = app.test_client().post("/up", input_stream=io.BytesIO(body), content_type=ctype,
+                               environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": "900000"})
+    assert r.status_code == 400 and "interrupted" in r.get_json()["msg"]
