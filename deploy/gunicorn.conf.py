@@ -74,6 +74,9 @@ else:
     bind = [_bind_address(_cfg["bind"], _cfg["http_port"])]
 
 worker_class = "gthread"
+# Long enough for the longest documented query (paths up to 4096 characters, URL-encoded);
+# NGINX's large_client_header_buffers in deploy/nginx/ must allow as much.
+limit_request_line = 8190
 workers = _count("GATEWAY_WORKERS", "workers", max(2, min(8, 2 * (os.cpu_count() or 1))))
 threads = _count("GATEWAY_THREADS", "threads", 32)
 # Connections a worker holds (waiting requests and idle keep-alive ones from NGINX).

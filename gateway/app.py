@@ -12,7 +12,7 @@ from flask import Flask, g, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .api.common import bearer_token
+from .api.common import ErrorEnvelope, bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
 from .config import load_config
 from .errors import GatewayError, ServiceUnavailable, Unauthorized
@@ -49,7 +49,9 @@ class GatewayState:
 
 
 class GatewayApi(Api):
-    """flask-smorest's Api, with every HTTP error rendered as the seed's envelope."""
+    """flask-smorest's Api, with every HTTP error rendered (and documented) as the seed's envelope."""
+
+    ERROR_SCHEMA = ErrorEnvelope
 
     def handle_http_exception(self, error):
         return http_error_response(error)

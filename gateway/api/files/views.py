@@ -192,9 +192,9 @@ class FileStat(MethodView):
 @blp.route("/files/content")
 class FileContent(MethodView):
     @blp.arguments(RequiredPathQuerySchema, location="query")
-    @blp.response(200, BINARY, content_type="application/octet-stream",
+    @blp.response(200, BINARY["schema"], content_type="application/octet-stream",
                   description="the file's bytes, streamed")
-    @blp.alt_response(206, schema=BINARY, content_type="application/octet-stream",
+    @blp.alt_response(206, schema=BINARY["schema"], content_type="application/octet-stream",
                       description="the requested byte range (`Range: bytes=first-last`)")
     @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
     def get(self, args):
@@ -235,7 +235,7 @@ class FileContent(MethodView):
 @blp.route("/files/archive")
 class FileArchive(MethodView):
     @blp.arguments(PathQuerySchema, location="query")
-    @blp.response(200, BINARY, content_type="application/gzip", description="a tar.gz stream of the directory")
+    @blp.response(200, BINARY["schema"], content_type="application/gzip", description="a tar.gz stream of the directory")
     @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
     def get(self, args):
         """Download a directory as a tar.gz stream (entries you may not read are left out)"""
@@ -265,7 +265,7 @@ class VendorUpload(MethodView):
 @blp.route("/file/download/<path:file_name>")
 class VendorDownload(MethodView):
     @blp.arguments(VendorDownloadQuerySchema, location="query")
-    @blp.response(200, BINARY, content_type="application/octet-stream",
+    @blp.response(200, BINARY["schema"], content_type="application/octet-stream",
                   description="the file, or with the name `all` the whole work dir as tar.gz")
     @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
     def get(self, args, file_name):
