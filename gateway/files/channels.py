@@ -27,6 +27,8 @@ import tempfile
 import uuid
 from typing import Iterable, Iterator
 
+from werkzeug.wsgi import ClosingIterator
+
 from ..errors import GatewayError, NotImplementedByPlugin, SchedulerTimeout
 from ..transports import CommandResult, Transport
 from . import commands
@@ -175,29 +177,33 @@ class PipeChannel(Channel):
             _kill(proc)
             _close(proc.stdout, errfile)
             raise
-        return self._rest(proc, errfile, first, what, path)
+        done = []
+
+        def cleanup():
+            # Runs when the response is closed: finished, client gone, or never started (HEAD).
+            if not done:
+                done.append(True)
+                _kill(proc)
+                _close(proc.stdout, errfile)
+        return ClosingIterator(self._rest(proc, errfile, first, what, path), [cleanup])
 
     def _rest(self, proc, errfile, first, what, path):
+        if not first:
+            return
+        yield first
+        while True:
+            chunk = proc.stdout.read(self.chunk)
+            if not chunk:
+                break
+            yield chunk
         try:
-            if first:
-                yield first
-                while True:
-                    chunk = proc.stdout.read(self.chunk)
-                    if not chunk:
-                        break
-                    yield chunk
-            try:
-                proc.wait(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.returncode not in (0, None):
-                # Too late for an error status: the client sees a short body (Content-Length).
-                log.warning("%s %s ended with exit code %s: %s", what, path, proc.returncode,
-                            self._failure(proc, errfile, what, path).msg)
-        finally:
-            # Also reached when the client goes away (the server closes the generator).
-            _kill(proc)
-            _close(proc.stdout, errfile)
+            proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            return
+        if proc.returncode != 0:
+            # Too late for an error status: the client sees a short body (Content-Length).
+            log.warning("%s %s ended with exit code %s: %s", what, path, proc.returncode,
+                        self._failure(proc, errfile, what, path).msg)
 
     def read(self, path, offset, length):
         if length <= 0:
@@ -330,14 +336,14 @@ class S3Channel(Channel):
             self._delete(key)
             raise self._s3_error(exc, "sending the download") from exc
 
-        def gen():
-            try:
-                for chunk in obj["Body"].iter_chunks(self.chunk):
-                    yield chunk
-            finally:
+        done = []
+
+        def cleanup():
+            if not done:
+                done.append(True)
                 obj["Body"].close()
                 self._delete(key)
-        return gen(), obj.get("ContentLength")
+        return ClosingIterator(obj["Body"].iter_chunks(self.chunk), [cleanup]), obj.get("ContentLength")
 
     def _put_from_cluster(self, path: str, what: str, shown: str) -> str:
         key = self._key()

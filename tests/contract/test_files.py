@@ -119,6 +119,8 @@ def test_binary_round_trip_with_checksums(files, workdir):
     assert got.headers["Accept-Ranges"] == "bytes"
     assert got.headers["Content-Type"] == "application/octet-stream"
     assert "data.bin" in got.headers["Content-Disposition"]
+    head = call(files.alice, "HEAD", "/files/content", params={"path": f"{workdir}/data.bin"})
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and head.data == b""
 
     entries = {e["name"]: e for e in listing(files.alice, workdir).get_json()["data"]["entries"]}
     entry = entries["data.bin"]
