@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from gateway.errors import InvalidInput
-from gateway.models import JobSpec, JobState, User
+from gateway.models import JobQuery, JobSpec, JobState, User
 
 from .conftest import SCRIPT_BUCKET, transport_options, wait_for
 
@@ -34,11 +34,10 @@ def payloads(sentinel: str) -> list[str]:
     ]
 
 
-def slurm_job(job_id: str) -> dict:
-    """Slurm's own record of a job (squeue --json ignores -j in 22.05: pick it out)."""
+def slurm_jobs() -> dict:
+    """Slurm's own records, by job id (squeue --json ignores -j in 22.05)."""
     out = subprocess.run(["squeue", "--json", "--states=all"], capture_output=True, timeout=30).stdout
-    [job] = [j for j in json.loads(out)["jobs"] if str(j["job_id"]) == job_id]
-    return job
+    return {str(j["job_id"]): j for j in json.loads(out)["jobs"]}
 
 
 def batch_script(job_id: str) -> str:
@@ -59,45 +58,37 @@ def sentinel():
     assert not os.path.exists(path), "a hostile string was run by a shell"
 
 
-def submit_held(plugin, **kw):
-    return plugin.submit_job(user=ALICE, spec=JobSpec(hold=True, **kw))
+@pytest.fixture
+def held():
+    """Submit held jobs; they are cancelled at the end (directly: cleanup is not under test)."""
+    job_ids = []
+
+    def submit(plugin, **kw):
+        job_id = plugin.submit_job(user=ALICE, spec=JobSpec(hold=True, **kw))
+        job_ids.append(job_id)
+        return job_id
+
+    yield submit
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
 
 
-def cancel(plugin, job_ids):
-    for job_id in job_ids:
-        plugin.control_job(user=ALICE, job_id=job_id, action="kill")
+def test_names_work_dirs_and_option_values_are_carried_literally(plugin, sentinel, held):
+    jobs = [(p, held(plugin, command="true", name=p), held(plugin, command="true", work_dir="/tmp/" + p),
+             held(plugin, command="true", native_options=[f"--comment={p}"])) for p in payloads(sentinel)]
+    ours = {j.job_id: j for j in plugin.list_jobs(user=ALICE, query=JobQuery(user=ALICE.name))}
+    slurms = slurm_jobs()
+    for p, by_name, by_dir, by_comment in jobs:
+        assert ours[by_name].name == p and slurms[by_name]["name"] == p
+        assert ours[by_dir].work_dir == "/tmp/" + p and slurms[by_dir]["current_working_directory"] == "/tmp/" + p
+        assert slurms[by_comment]["comment"] == p
 
 
-def test_names_work_dirs_and_option_values_are_carried_literally(plugin, sentinel):
-    submitted = []
-    try:
-        for p in payloads(sentinel):
-            job_id = submit_held(plugin, command="true", name=p)
-            submitted.append(job_id)
-            assert plugin.get_job(user=ALICE, job_id=job_id).name == p
-            assert slurm_job(job_id)["name"] == p
-
-            job_id = submit_held(plugin, command="true", work_dir="/tmp/" + p)
-            submitted.append(job_id)
-            assert plugin.get_job(user=ALICE, job_id=job_id).work_dir == "/tmp/" + p
-
-            job_id = submit_held(plugin, command="true", native_options=[f"--comment={p}"])
-            submitted.append(job_id)
-            assert slurm_job(job_id)["comment"] == p
-    finally:
-        cancel(plugin, submitted)
-
-
-def test_commands_reach_the_batch_script_verbatim(plugin, sentinel):
-    submitted = []
-    try:
-        for p in payloads(sentinel):
-            job_id = submit_held(plugin, command=p)   # the job's own command line: held, never run
-            submitted.append(job_id)
-            script = batch_script(job_id)
-            assert script.startswith("#!/bin/sh\n") and script.endswith(f"\n{p}\n"), script
-    finally:
-        cancel(plugin, submitted)
+def test_commands_reach_the_batch_script_verbatim(plugin, sentinel, held):
+    for p in payloads(sentinel):
+        job_id = held(plugin, command=p)          # the job's own command line: held, never run
+        script = batch_script(job_id)
+        assert script.startswith("#!/bin/sh\n") and script.endswith(f"\n{p}\n"), script
 
 
 def test_environment_values_arrive_intact_and_bad_keys_are_refused(plugin, sentinel):
@@ -126,7 +117,7 @@ def test_native_options_outside_the_allow_list_are_refused(plugin, sentinel):
         assert "nativeOptions" in e.value.errors
 
 
-def test_script_locations_are_paths_never_commands(plugin, sentinel, s3):
+def test_script_locations_are_paths_never_commands(plugin, sentinel, s3, held):
     for p in payloads(sentinel):
         for location in ("/tmp/" + p, p, f"s3://{SCRIPT_BUCKET}/{p}"):
             with pytest.raises(InvalidInput) as e:
@@ -141,9 +132,8 @@ def test_script_locations_are_paths_never_commands(plugin, sentinel, s3):
     with open(path, "w") as fh:
         fh.write("#!/bin/sh\necho ran\n")
     try:
-        job_id = plugin.submit_job(user=ALICE, spec=JobSpec(script_location=path, hold=True))
-        assert slurm_job(job_id)["command"] == path
-        cancel(plugin, [job_id])
+        job_id = held(plugin, script_location=path)
+        assert slurm_jobs()[job_id]["command"] == path
     finally:
         shutil.rmtree(top)
 
