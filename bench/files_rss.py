@@ -131,7 +131,7 @@ def main() -> int:
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     master = subprocess.Popen([gunicorn, "--config", os.path.join(ROOT, "deploy", "gunicorn.conf.py"),
                                "--timeout", "900", "gateway:create_app()"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "gunicorn.log"), "w"))
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "gunicorn.log"), "w"))  # noqa: SIM115
     base = f"http://127.0.0.1:{port}{PREFIX}"
     try:
         http = requests.Session()
@@ -143,7 +143,8 @@ def main() -> int:
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline or master.poll() is not None:
-                print(open(os.path.join(tmp, "gunicorn.log")).read()[-3000:], file=sys.stderr)
+                with open(os.path.join(tmp, "gunicorn.log")) as fh:
+                    print(fh.read()[-3000:], file=sys.stderr)
                 raise SystemExit("gunicorn did not start")
             time.sleep(0.2)
         workers = children(master.pid)

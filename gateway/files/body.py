@@ -9,9 +9,16 @@ it does (and the partial upload is removed).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
-from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, MultipartDecoder
+from werkzeug.sansio.multipart import (
+    NEED_DATA,
+    Data,
+    Epilogue,
+    Field,
+    File,
+    MultipartDecoder,
+)
 
 from ..errors import BadRequest
 

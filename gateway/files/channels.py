@@ -25,7 +25,8 @@ import signal
 import subprocess
 import tempfile
 import uuid
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
 
 from werkzeug.wsgi import ClosingIterator
 
@@ -72,7 +73,7 @@ class Channel:
             result = self.run(commands.remove(path, force=True))
             if result.returncode != 0:
                 log.warning("cannot remove %s as %s: %s", path, self.as_user, result.err.strip()[-300:])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort while another error is handled
             log.warning("cannot remove %s as %s: %s", path, self.as_user, exc)
 
     # Implemented by subclasses.
@@ -119,7 +120,7 @@ def _close(*files) -> None:
 class PipeChannel(Channel):
     def _spawn(self, argv, *, stdin, stdout):
         # stderr goes to an anonymous file: a chatty tool can never block on a full pipe.
-        errfile = tempfile.TemporaryFile()
+        errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
         proc = self.transport.popen(argv, as_user=self.as_user, stdin=stdin, stdout=stdout,
                                     stderr=errfile, timeout=self.transfer_timeout)
         return proc, errfile
@@ -234,7 +235,7 @@ class S3Channel(Channel):
         self.inline_max = int(settings["inline_max_bytes"])
 
     # boto3 clients are thread-safe; one per (endpoint, region, profile) and process.
-    _clients: dict = {}
+    _clients: ClassVar[dict] = {}
 
     @property
     def s3(self):
@@ -262,7 +263,7 @@ class S3Channel(Channel):
     def _delete(self, key: str) -> None:
         try:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:  # best effort; a lifecycle rule on the prefix is the backstop
+        except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule on the prefix is the backstop
             log.warning("cannot delete staging object s3://%s/%s: %s", self.bucket, key, exc)
 
     def _s3_error(self, exc: Exception, what: str) -> GatewayError:
@@ -301,8 +302,8 @@ class S3Channel(Channel):
             if upload_id is not None:
                 try:
                     self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except Exception:
-                    pass
+                except Exception as abort_error:  # noqa: BLE001 - the original error matters more
+                    log.warning("cannot abort multipart upload of %s: %s", key, abort_error)
             from botocore.exceptions import BotoCoreError, ClientError
             if isinstance(exc, (BotoCoreError, ClientError)):
                 raise self._s3_error(exc, "receiving the upload") from exc

@@ -8,7 +8,7 @@ command runs as the user.
 from __future__ import annotations
 
 import secrets
-from typing import Sequence
+from collections.abc import Sequence
 
 # One record per path, NUL-terminated; the path comes last, so '/' splits the rest safely
 # (no field before it can contain '/'):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..errors import Conflict, Forbidden, GatewayError, NotFound, SchedulerRefused
 from .commands import RECORD_FIELDS
@@ -53,7 +53,7 @@ def parse_records(stdout: bytes) -> list[Entry]:
             continue
         depth, access, kind, target, size, mode, perms, mtime, owner, path = parts
         try:
-            when = datetime.fromtimestamp(float(mtime), tz=timezone.utc)
+            when = datetime.fromtimestamp(float(mtime), tz=UTC)
             entries.append(Entry(
                 path=path, name=path.rsplit("/", 1)[-1] or "/", type=TYPES.get(kind, "unknown"),
                 size=int(size), mode=mode.rjust(4, "0"), permissions=perms, mtime=when, owner=owner,

@@ -10,17 +10,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
-from ..errors import (BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
-                      NotImplementedByPlugin)
+from ..errors import (
+    Conflict,
+    Forbidden,
+    GatewayError,
+    InvalidInput,
+    NotImplementedByPlugin,
+)
 from ..models import User
 from ..transports import Transport
 from . import commands, paths
 from .channels import Channel, make_channel
-from .parse import (Entry, error_for, parse_home, parse_realpaths, parse_records, parse_sha256,
-                    significant)
+from .parse import (
+    Entry,
+    error_for,
+    parse_home,
+    parse_realpaths,
+    parse_records,
+    parse_sha256,
+    significant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +296,3 @@ class RangeNotSatisfiable(GatewayError):
 
     def __init__(self, msg: str, size: int):
         super().__init__(msg, headers={"Content-Range": f"bytes */{size}"})
-
-
-__all__ = ["FileAccess", "FileSpace", "file_access", "parse_range", "RangeNotSatisfiable",
-           "BadRequest", "NotFound"]

@@ -47,7 +47,7 @@ class FilesSchema(Schema):
     @validates("roots")
     def _roots(self, roots, **_):
         for root in roots:
-            if not (root.startswith("/") or root.startswith("{home}")):
+            if not root.startswith(("/", "{home}")):
                 raise ValidationError(f"{root!r}: a root must be an absolute path or start with {{home}}")
             if "\x00" in root or ".." in root.split("/"):
                 raise ValidationError(f"{root!r}: no NUL and no '..' in a root")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pathlib
 import pwd
 import random
 import shutil
@@ -328,9 +329,9 @@ def test_symbolic_links_cannot_lead_out_of_the_roots(files, workdir):
     assert os.path.exists("/etc/passwd") and not os.path.lexists(f"{workdir}/passwd-link")
     # Uploading over a link replaces the link with a file (the target is untouched).
     os.symlink("/etc/hostname", f"{workdir}/host-link")
-    before = open("/etc/hostname", "rb").read()
+    before = pathlib.Path("/etc/hostname").read_bytes()
     assert upload(files.alice, f"{workdir}/host-link", b"mine", overwrite="true").status_code == 200
-    assert open("/etc/hostname", "rb").read() == before
+    assert pathlib.Path("/etc/hostname").read_bytes() == before
     assert not os.path.islink(f"{workdir}/host-link")
 
 
@@ -359,7 +360,7 @@ def test_another_users_file_is_protected_by_unix_permissions(files, workdir):
         assert response.status_code == 403, response.get_json()
         assert b"bob's secret" not in response.data
         assert "permission denied" in response.get_json()["msg"]
-    assert open(f"{drop}/secret", "rb").read() == b"bob's secret"
+    assert pathlib.Path(f"{drop}/secret").read_bytes() == b"bob's secret"
     # And bob's own home is not in alice's file space at all.
     bob_home = bob.pw_dir
     assert listing(files.alice, bob_home).status_code == 403

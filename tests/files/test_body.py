@@ -63,7 +63,7 @@ def test_multipart_streams_in_chunks_with_fields_before_the_file(app):
 def test_raw_body_streams(app):
     data = tricky(300_000)
     r = app.test_client().post("/up", data=data, content_type="application/octet-stream")
-    meta, biggest, total, head, tail = r.get_json()
+    _, biggest, total, _, tail = r.get_json()
     assert total == len(data) and biggest <= CHUNK and tail == data[-64:].hex()
 
 

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "GATEWAY_CONFIG": str(tmp / "gateway.yaml"), "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "4"}
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    log = open(tmp / "gunicorn.log", "w")
+    log = open(tmp / "gunicorn.log", "w")  # noqa: SIM115 - gunicorn's stderr for the module's life
     proc = subprocess.Popen([gunicorn, "--config", os.path.join(ROOT, "deploy", "gunicorn.conf.py"),
                              "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}{PREFIX}"
@@ -87,7 +87,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing(server):
 
 
 def test_an_oversized_declaration_is_refused_before_the_body(server):
-    base, http, port, home = server
+    _, http, port, home = server
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(30)
     sock.sendall((f"PUT {PREFIX}/files/content?path=huge.bin HTTP/1.1\r\nHost: x\r\n"
@@ -107,7 +107,7 @@ def test_an_oversized_declaration_is_refused_before_the_body(server):
 
 
 def test_a_large_upload_and_ranged_download_over_http(server):
-    base, http, port, home = server
+    base, http, _, _ = server
     data = os.urandom(1024 * 1024) * 8
     r = http.put(base + "/files/content", params={"path": "big.bin", "overwrite": "true"}, data=iter([data[i:i + 65536] for i in range(0, len(data), 65536)]))
     assert r.status_code == 200, r.text                # chunked transfer encoding

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from werkzeug.http import http_date, parse_etags, parse_date
+from werkzeug.http import http_date, parse_date, parse_etags
 
 from ...errors import BadRequest, Conflict
 from ...files import paths
@@ -23,10 +23,21 @@ from ...files.settings import load_files_settings
 from ...models import JobQuery
 from ..common import current_user, document_errors, gw, ok
 from ..jobs.views import fetch_job
-from .schemas import (BINARY, UPLOAD_BODY, VENDOR_UPLOAD_BODY, DeleteEnvelope, FileEnvelope,
-                      ListingEnvelope, PathQuerySchema, RequiredPathQuerySchema, StatQuerySchema,
-                      UploadEnvelope, UploadQuerySchema, VendorDownloadQuerySchema,
-                      VendorUploadQuerySchema)
+from .schemas import (
+    BINARY,
+    UPLOAD_BODY,
+    VENDOR_UPLOAD_BODY,
+    DeleteEnvelope,
+    FileEnvelope,
+    ListingEnvelope,
+    PathQuerySchema,
+    RequiredPathQuerySchema,
+    StatQuerySchema,
+    UploadEnvelope,
+    UploadQuerySchema,
+    VendorDownloadQuerySchema,
+    VendorUploadQuerySchema,
+)
 
 blp = Blueprint("files", __name__, url_prefix="",
                 description="Files: upload inputs, list and download results, in your own space, "
@@ -135,7 +146,7 @@ def archive_response(space: FileSpace, given: str) -> Response:
 def open_body(conf: dict) -> MultipartBody | None:
     """Apply the upload size limit; a multipart body is opened up to its file part."""
     limit_body(request, conf["max_upload_bytes"])
-    request.stream            # a declared Content-Length over the limit: 413 before anything runs
+    _ = request.stream        # a declared Content-Length over the limit: 413 before anything runs
     return MultipartBody(request, conf["chunk_bytes"]) if is_multipart(request) else None
 
 
