@@ -363,9 +363,23 @@ class S3Channel(Channel):
         if length <= self.inline_max:
             result = self.check(commands.read(path, offset, length, self.chunk), "read", path)
             return iter([result.stdout])
-        # The whole file goes to S3 (curl cannot PUT a slice); the range comes from there.
-        key = self._put_from_cluster(path, "read", path)
-        stream, _ = self._stream_object(key, offset, length)
+        if offset == 0:
+            # From the start: the file goes to S3 as it is, the client gets its first bytes.
+            key = self._put_from_cluster(path, "read", path)
+            stream, _ = self._stream_object(key, 0, length)
+            return stream
+        # A slice further in (e.g. the new end of a growing output file): cut it out on the
+        # cluster first, so that only the slice travels.
+        part = self.check(commands.mktemp(), "read", path).out.strip()
+        if not part.startswith("/"):
+            raise GatewayError(f"mktemp gave no path on the cluster: {part[:200]!r}")
+        try:
+            self.check(commands.read_into(path, offset, length, self.chunk, part), "read", path,
+                       timeout=self.transfer_timeout)
+            key = self._put_from_cluster(part, "read", path)
+        finally:
+            self.quietly_remove(part)
+        stream, _ = self._stream_object(key)
         return stream
 
     def tar(self, parent, name):

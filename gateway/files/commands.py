@@ -45,6 +45,13 @@ def read(path: str, offset: int, length: int, block: int) -> list[str]:
             f"skip={offset}", f"count={length}", "status=none"]
 
 
+def read_into(path: str, offset: int, length: int, block: int, output: str) -> list[str]:
+    """``length`` bytes of ``path`` from ``offset`` into the file ``output``."""
+    _abs(path, output)
+    return ["dd", f"if={path}", f"of={output}", f"bs={block}", "iflag=skip_bytes,count_bytes",
+            f"skip={offset}", f"count={length}", "status=none"]
+
+
 def write_new(path: str, block: int) -> list[str]:
     """stdin into a new file (refused if the name exists), flushed to disk before exit."""
     _abs(path)

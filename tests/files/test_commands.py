@@ -29,6 +29,9 @@ def test_builders_take_absolute_paths_only():
 def test_builders_are_fixed_argument_lists():
     assert commands.read("/a b", 5, 10, 1024) == [
         "dd", "if=/a b", "bs=1024", "iflag=skip_bytes,count_bytes", "skip=5", "count=10", "status=none"]
+    assert commands.read_into("/a", 7, 9, 4096, "/tmp/gw-files.x") == [
+        "dd", "if=/a", "of=/tmp/gw-files.x", "bs=4096", "iflag=skip_bytes,count_bytes", "skip=7", "count=9",
+        "status=none"]
     assert commands.write_new("/d/.f.part", 1024) == ["dd", "of=/d/.f.part", "bs=1024", "conv=excl,fsync", "status=none"]
     assert commands.rename_over("/d/t", "/d/$(id)") == ["mv", "-f", "-T", "--", "/d/t", "/d/$(id)"]
     assert commands.link_new("/d/t", "/d/f") == ["ln", "-T", "--", "/d/t", "/d/f"]
