@@ -217,20 +217,22 @@ class SlurmScheduler:
     @hookimpl
     def submit_job(self, user, spec):
         account = self._account_for(user.name)
+        # Every check before anything runs (on the cluster or in S3).
         env_vars = commands.check_environment(spec.environment) if spec.environment else None
-        stdin, script_path = None, None
+        location = spec.script_location
+        from_s3 = location is not None and location.startswith("s3://")
+        if location is not None and not from_s3 and not location.startswith("/"):
+            raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
+                               errors={"scriptLocation": ["not an absolute path or s3:// URL"]})
+        script_path = location if location is not None and not from_s3 else None
+        build = dict(allowed_native=self.allowed_native, script_path=script_path)
+        commands.sbatch(spec, default_work_dir="/", **build)
+        stdin = None
         if spec.script is not None:
             stdin = spec.script.encode("utf-8", "surrogateescape")
-        elif spec.script_location is not None and spec.script_location.startswith("s3://"):
-            stdin = self._fetch_s3(spec.script_location)
-        elif spec.script_location is not None:
-            if "\x00" in spec.script_location or not spec.script_location.startswith("/"):
-                raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
-                                   errors={"scriptLocation": ["not an absolute path or s3:// URL"]})
-            script_path = spec.script_location
-        work_dir = spec.work_dir or self._default_work_dir(account)
-        build = dict(default_work_dir=work_dir, allowed_native=self.allowed_native, script_path=script_path)
-        commands.sbatch(spec, **build)               # every check before anything runs
+        elif from_s3:
+            stdin = self._fetch_s3(location)
+        build["default_work_dir"] = spec.work_dir or self._default_work_dir(account)
         env_file = None
         try:
             if env_vars is not None:
