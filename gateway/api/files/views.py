@@ -21,7 +21,7 @@ from ...files.body import MultipartBody, is_multipart, limit_body, raw_chunks
 from ...files.service import FileSpace, file_access, parse_range
 from ...files.settings import load_files_settings
 from ...models import JobQuery
-from ..common import current_user, document_errors, gw, ok
+from ..common import ErrorEnvelope, current_user, document_errors, gw, ok
 from ..jobs.views import fetch_job
 from .schemas import (
     BINARY,
@@ -207,6 +207,8 @@ class FileContent(MethodView):
                   description="the file's bytes, streamed")
     @blp.alt_response(206, schema=BINARY["schema"], content_type="application/octet-stream",
                       description="the requested byte range (`Range: bytes=first-last`)")
+    @blp.alt_response(416, schema=ErrorEnvelope, description="the range starts at or past the end "
+                      "(`Content-Range: bytes */size`): nothing new yet")
     @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
     def get(self, args):
         """Download a file (streamed; `Range` supported, e.g. to follow a growing output file)
