@@ -550,6 +550,25 @@ class AipScheduler:
                       detail=f"{len(queues)} queues answer through {self.cmds.get('bqueues')}")
 
     @hookimpl
+    def read_user_file(self, user, path, limit):
+        """A small file (a vis session file) read as the account the user's jobs run as;
+        ``~/`` is that account's home. None when the file does not exist."""
+        account = self.account() if self.service else user.name
+        if path.startswith("~/"):
+            home = self.home_of(account)
+            if not home:
+                raise InvalidInput(f"no home directory for {account}")
+            path = home.rstrip("/") + path[1:]
+        if not path.startswith("/"):
+            raise InvalidInput(f"not an absolute path: {path}")
+        res = self._run_plain(["head", "-c", str(int(limit)), "--", path], as_user=self._as(user))
+        if res.returncode != 0:
+            if "No such file" in res.err:
+                return None
+            raise SchedulerRefused(f"cannot read {path}: {res.err.strip() or res.returncode}")
+        return res.stdout
+
+    @hookimpl
     def file_transport(self, user):
         """The files feature (and the vis session file) go through the same transport, as
         the user (run_as: sudo) or as the service account in the user's own directory."""

@@ -159,6 +159,16 @@ def test_unknown_and_malformed_ids_are_404(b):
 def test_files_go_through_the_same_transport_as_the_user(b):
     require(ROOT, "run_as: sudo needs root")
     assert b.file_transport(user=ALICE) == (b.transport, "gwalice")
+    name = f".gw-aip-read-{os.getpid()}"
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command=f"printf secret > ~/{name}; chmod 600 ~/{name}"))
+    wait(b, jid, JobState.COMPLETED)
+    try:
+        assert b.read_user_file(user=ALICE, path=f"~/{name}", limit=3) == b"sec"
+        with pytest.raises(SchedulerRefused):            # bob may not read alice's 0600 file
+            b.read_user_file(user=BOB, path=f"/home/gwalice/{name}", limit=100)
+        assert b.read_user_file(user=ALICE, path="~/no-such-file", limit=10) is None
+    finally:
+        os.unlink(f"/home/gwalice/{name}")
 
 
 def test_other_users_job_is_refused_by_the_scheduler_too(b):
