@@ -185,6 +185,8 @@ class MockScheduler:
             home = os.path.join(self.state_dir, "home", user.name)
             os.makedirs(home, mode=0o755, exist_ok=True)
         work_dir = spec.work_dir or home
+        if work_dir == "~" or work_dir.startswith("~/"):
+            work_dir = home + work_dir[1:]
         if not os.path.isabs(work_dir):
             raise InvalidInput("workDir must be an absolute path", errors={"workDir": ["not absolute"]})
         now = time.time()
