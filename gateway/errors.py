@@ -68,13 +68,19 @@ class PayloadTooLarge(GatewayError):
     default_msg = "Request body too large"
 
 
-class TooManyRequests(GatewayError):
+class RetryLater(GatewayError):
+    """An error the client should retry: it carries a Retry-After header (seconds)."""
+    retry_after = 5
+
+    def __init__(self, msg: str | None = None, *, retry_after: int | None = None, **kw):
+        super().__init__(msg, **kw)
+        self.headers.setdefault("Retry-After", str(int(self.retry_after if retry_after is None else retry_after)))
+
+
+class TooManyRequests(RetryLater):
     status = 429
     default_msg = "Too many requests"
-
-    def __init__(self, msg: str | None = None, *, retry_after: int = 60, **kw):
-        super().__init__(msg, **kw)
-        self.headers.setdefault("Retry-After", str(int(retry_after)))
+    retry_after = 60
 
 
 class NotImplementedByPlugin(GatewayError):
@@ -88,23 +94,15 @@ class SchedulerRefused(GatewayError):
     default_msg = "The scheduler refused the request"
 
 
-class ServiceUnavailable(GatewayError):
+class ServiceUnavailable(RetryLater):
     """Something the gateway depends on (its session store) does not answer."""
     status = 503
     default_msg = "The gateway's session store is unreachable; try again later"
 
-    def __init__(self, msg: str | None = None, *, retry_after: int = 5, **kw):
-        super().__init__(msg, **kw)
-        self.headers.setdefault("Retry-After", str(int(retry_after)))
 
-
-class SchedulerUnavailable(GatewayError):
+class SchedulerUnavailable(RetryLater):
     status = 503
     default_msg = "The scheduler is unreachable; try again later"
-
-    def __init__(self, msg: str | None = None, *, retry_after: int = 5, **kw):
-        super().__init__(msg, **kw)
-        self.headers.setdefault("Retry-After", str(int(retry_after)))
 
 
 class SchedulerTimeout(GatewayError):

@@ -23,7 +23,6 @@ from gateway.auth.users_file import UsersFile
 from tests.contract.backend_mock import BACKENDS as MOCK_BACKENDS
 from tests.helpers import CI, TEST_USERS, ApiClient, ensure_unix_user, require
 
-from .plugin_patches import add_missing_read_user_file
 from .support import NOVNC_DIR, chromium_binary, nginx, nginx_binary, serve_app
 
 
@@ -111,7 +110,6 @@ def vis_stack(request, tmp_path_factory):
         app = create_app(cfg)
         sched = app.extensions["hpc_gateway"].scheduler
         stack.callback(sched.close)
-        add_missing_read_user_file(sched)
         readable = any(sched.implements(h) for h in ("vis_session", "read_user_file", "file_transport"))
         why = (f"the {sched.name} plugin implements none of vis_session, read_user_file, file_transport: "
                "the gateway cannot read its vis session files (docs/vis.md has the lines to add)")
