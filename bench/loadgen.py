@@ -22,8 +22,8 @@ import asyncio
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 
 @dataclass
@@ -65,18 +65,22 @@ def percentile(sorted_values: list, q: float):
     return sorted_values[int(k)]
 
 
-def ms(seconds) -> Optional[float]:
+def ms(seconds) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
 async def _client(index: int, request_for, stop_at: float, res: Result, ok_status, think: float,
-                  timeout: float, on_response) -> None:
+                  timeout: float, on_response, budget: list) -> None:
     import aiohttp
     connector = aiohttp.TCPConnector(limit=1, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout),
                                      skip_auto_headers=("User-Agent",)) as session:
         n = 0
         while time.monotonic() < stop_at:
+            if budget[0] is not None:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
             req = request_for(index, n)
             n += 1
             t0 = time.perf_counter()
@@ -84,7 +88,7 @@ async def _client(index: int, request_for, stop_at: float, res: Result, ok_statu
                 async with session.request(req.method, req.url, headers=req.headers, json=req.json) as r:
                     body = await r.read()
                     status = r.status
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 res.errors["timeout"] += 1
                 continue
             except aiohttp.ClientError as exc:
@@ -102,22 +106,26 @@ async def _client(index: int, request_for, stop_at: float, res: Result, ok_statu
                 await asyncio.sleep(think)
 
 
-async def _run(clients: int, duration: float, request_for, ok_status, think, timeout, on_response) -> Result:
+async def _run(clients: int, duration: float, request_for, ok_status, think, timeout, on_response,
+               max_requests) -> Result:
     res = Result(clients, duration)
+    budget = [max_requests]
     start = time.monotonic()
     stop_at = start + duration
-    await asyncio.gather(*(_client(i, request_for, stop_at, res, ok_status, think, timeout, on_response)
+    await asyncio.gather(*(_client(i, request_for, stop_at, res, ok_status, think, timeout, on_response, budget)
                            for i in range(clients)))
     res.elapsed = time.monotonic() - start       # until the last answer (or give-up)
     return res
 
 
 def run(clients: int, duration: float, request_for: Callable[[int, int], Request], *, ok_status=(200,),
-        think: float = 0.0, timeout: float = 60.0,
-        on_response: Optional[Callable[[int, Request, int, bytes], None]] = None) -> Result:
-    """Drive ``clients`` concurrent clients for ``duration`` seconds; see the module doc."""
+        think: float = 0.0, timeout: float = 60.0, max_requests: int | None = None,
+        on_response: Callable[[int, Request, int, bytes], None] | None = None) -> Result:
+    """Drive ``clients`` concurrent clients for ``duration`` seconds (or until ``max_requests``
+    have been sent, whichever comes first); see the module doc."""
     t0 = os.times()
-    res = asyncio.run(_run(clients, duration, request_for, tuple(ok_status), think, timeout, on_response))
+    res = asyncio.run(_run(clients, duration, request_for, tuple(ok_status), think, timeout, on_response,
+                           max_requests))
     t1 = os.times()
     res.cpu_s = (t1.user - t0.user) + (t1.system - t0.system)
     return res
@@ -143,7 +151,7 @@ def machine_info() -> dict:
     slurm = None
     if shutil.which("sinfo"):
         try:
-            slurm = subprocess.run(["sinfo", "-V"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+            slurm = subprocess.run(["sinfo", "-V"], capture_output=True, text=True, timeout=10, check=False).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             pass
     return {"nproc": os.cpu_count(), "cpu_model": first("/proc/cpuinfo", "model name"),

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import machine_info  # noqa: E402
+from bench.loadgen import machine_info
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
@@ -77,7 +77,7 @@ def sessions_headline(f):
 
 
 _TRANSPORT = re.compile(r"^(?P<label>\S.*?)\s+n=(?P<n>\d+)\s+median\s+(?P<median>[\d.]+) ms\s+p90\s+(?P<p90>[\d.]+)"
-                        r"\s+p99\s+(?P<p99>[\d.]+)\s+mean\s+(?P<mean>[\d.]+)", re.M)
+                        r"\s+p99\s+(?P<p99>[\d.]+)\s+mean\s+(?P<mean>[\d.]+)", re.MULTILINE)
 
 
 def transports_figures(text):
@@ -94,7 +94,7 @@ def polling_figures(text):
     m = re.search(r"calls: (\d+) \(([\d,]+)/s\); squeue runs by the plugin: (\d+)", text)
     if m:
         out.update(calls=int(m[1]), calls_per_s=float(m[2].replace(",", "")), squeue_runs=int(m[3]))
-    for m in re.finditer(r"^\s+(get_job|list_jobs)\s+([\d,]+)/s\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", text, re.M):
+    for m in re.finditer(r"^\s+(get_job|list_jobs)\s+([\d,]+)/s\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", text, re.MULTILINE):
         out[m[1]] = {"per_s": float(m[2].replace(",", "")), "p50_ms": float(m[3]), "p99_ms": float(m[4])}
     m = re.search(r"REQUEST_JOB_INFO per second: ([\d.]+)", text)
     if m:
@@ -109,7 +109,7 @@ def polling_headline(f):
             f"{f.get('job_info_rpc_per_s', '-')} job-info RPC/s")
 
 
-_API_ROW = re.compile(r"^\s*(\d+) (GET /jobs(?:/\{id\})?)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s*$", re.M)
+_API_ROW = re.compile(r"^\s*(\d+) (GET /jobs(?:/\{id\})?)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s*$", re.MULTILINE)
 
 
 def polling_api_figures(text):
@@ -215,7 +215,7 @@ def run_bench(b: Bench, quick: bool, tmp: Path) -> dict:
     print(f"==> {b.name}: {shown}", flush=True)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=b.timeout)
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=b.timeout, check=False)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out, err = "timeout", _text(exc.stdout), _text(exc.stderr) + f"\n(stopped after {b.timeout:g} s)"
@@ -245,6 +245,49 @@ def run_bench(b: Bench, quick: bool, tmp: Path) -> dict:
     return rec
 
 
+def markdown(doc: dict) -> str:
+    """The figures of a run (bench/results/latest.json) as Markdown, for bench/README.md."""
+    m = doc["machine"]
+    out = [(f"Measured {doc.get('started', '?')}{' (--quick)' if doc.get('quick') else ''} on {m['nproc']} CPUs "
+           f"({m['cpu_model']}), {m['mem_gib']} GiB, {m['os']}, kernel {m['kernel']}, {m['slurm']}, "
+           f"Python {m['python']}."), ""]
+    for rec in doc["benches"]:
+        out += [f"### {rec['name']}", "", rec.get("about", ""), "", f"    {rec['command']}", ""]
+        if rec.get("skipped"):
+            out += [f"skipped: {rec['skipped']}", ""]
+            continue
+        if rec.get("rc") != 0:
+            out += [f"exit status {rec.get('rc')}", ""]
+        if rec["name"] == "compare" and rec.get("figures", {}).get("results"):
+            out += [compare_markdown(rec["figures"]), ""]
+        elif rec.get("output"):
+            text = rec["output"].strip()
+            if rec["name"] in ("sessions", "ha"):           # their JSON dump repeats the table
+                text = text.split("\n[\n", 1)[0].split("\n{\n", 1)[0]
+            out += ["```", text[-4000:], "```", ""]
+    return "\n".join(out)
+
+
+def compare_markdown(doc: dict) -> str:
+    verdicts = {v["scenario"]: v for v in doc.get("targets", [])}
+    rows = [("| scenario | server | req/s | p50 ms | p99 ms | errors | job-info RPC/s | server CPU s | slurmctld CPU s "
+            "| gateway/slurmrestd | target |"), "|" + "---|" * 11]
+    for r in doc["results"]:
+        v = verdicts.get(r["scenario"], {})
+        tgt = ""
+        if r["server"] == "gateway" and "target" in v:
+            tgt = ("**met**: " if v["met"] else "**not met**: ") + v["target"]
+        ratio = f"{r['ratio']:.2f}" if r["server"] == "gateway" and r.get("ratio") is not None else ""
+        rows.append(f"| {r['scenario']} | {r['server']} | {r['req_per_s']:,.1f} | {r['p50_ms']} | {r['p99_ms']} | "
+                    f"{r['errors']} | {r['job_info_rpc_per_s']:.2f} | {r['server_cpu_s']} | {r['slurmctld_cpu_s']} | "
+                    f"{ratio} | {tgt} |")
+    head = [(f"{doc.get('queued_jobs')} jobs in squeue ({', '.join(f'{u}: {n}' for u, n in doc.get('jobs_per_user', {}).items())} "
+            f"held by the bench); {doc.get('total_s')} s in all."), ""]
+    head += [f"- {n}: {d}" for n, d in doc.get("servers", {}).items()]
+    head += [f"- load: {doc.get('loadgen')}", ""]
+    return "\n".join(head + rows)
+
+
 def _text(v) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else (v or "")
 
@@ -257,7 +300,12 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated bench names to leave out")
     ap.add_argument("--list", action="store_true", help="print the benches and their commands")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--markdown", metavar="JSON", nargs="?", const="",
+                    help="print the figures as Markdown (of JSON, or of this run) instead of the table")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     names = [b.name for b in BENCHES]
     wanted = args.only.split(",") if args.only else names
     unknown = set(wanted) - set(names) | (set(filter(None, args.skip.split(","))) - set(names))
@@ -289,6 +337,8 @@ def main() -> int:
         rc = "skipped" if rec.get("skipped") else rec["rc"]
         print(f"{rec['name']:<18} {rc!s:>7} {rec.get('seconds', 0):>6}  {rec.get('headline') or rec.get('skipped', '')}")
     print(f"\nJSON: {out_path}")
+    if args.markdown is not None:
+        print("\n" + markdown(doc))
     return 1 if failed else 0
 
 

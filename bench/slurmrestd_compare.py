@@ -21,9 +21,14 @@ scenario (the order alternates from scenario to scenario):
            client's user each time                                           8 and 200 clients
   storm    500 clients, each polling one job of its user's for --storm-seconds, no pause
   longpoll the same storm on the gateway with its long poll (GET /jobs/{id}?wait=N): a held
-           job does not change, so each answer comes after N seconds (gateway only)
-  submit   POST /jobs vs POST /slurm/v0.0.38/job/submit, a held two-line script, 4 clients;
-           every job submitted is checked in squeue and cancelled after the run
+           job does not change, so each answer comes after N seconds (gateway only). A long
+           poll holds a gunicorn thread while it waits: as deployed (4 workers x 32 threads
+           on 2 CPUs) 128 wait at once and the others queue, so this run has its own gateway
+           with --longpoll-threads threads per worker (default 128: 512 at once)
+  submit   POST /jobs vs POST /slurm/v0.0.38/job/submit, a held two-line script, 4 clients,
+           for --seconds or --submit-max submissions, whichever comes first (a cancelled job
+           stays in squeue for MinJobAge, 300 s: tens of thousands would slow every test
+           after); the jobs held in squeue are counted against the 200 answers, then cancelled
 
 For each run: req/s (answers 200 per second), p50/p99 latency, errors (any other answer,
 timeout or connection error), slurmctld's job-info RPCs per second (sdiag, reset with
@@ -59,7 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Request, machine_info, run  # noqa: E402
+from bench.loadgen import Request, machine_info, run
 
 CLUSTER = ROOT / "tests" / "cluster"
 USERS = ("gwalice", "gwbob")
@@ -85,7 +90,7 @@ def sdiag_rpcs() -> dict:
     out = sh("sdiag", timeout=30).stdout
     part = out.split("Remote Procedure Call statistics by message type", 1)[-1]
     part = part.split("Remote Procedure Call statistics by user", 1)[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", part, re.M)}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", part, re.MULTILINE)}
 
 
 def pid_of(pidfile: Path):
@@ -123,12 +128,23 @@ def submit_queue(n: int) -> dict:
     return jobs
 
 
+def queued_by_user(name: str) -> dict:
+    """Pending jobs called ``name``, by user (a queue a --keep-queue run left)."""
+    out = sh("squeue", "-h", "--states=PENDING", f"--name={name}", "-o", "%i %u", timeout=60).stdout
+    jobs = {u: [] for u in USERS}
+    for line in out.splitlines():
+        job_id, user = line.split()
+        if user in jobs:
+            jobs[user].append(job_id)
+    return jobs
+
+
 def cancel_by_name(name: str) -> None:
     sh("scancel", f"--name={name}", timeout=120, check=False)
 
 
-def count_in_squeue(name: str) -> int:
-    out = sh("squeue", "-h", "--states=all", f"--name={name}", "-o", "%i", timeout=60).stdout
+def count_pending(name: str) -> int:
+    out = sh("squeue", "-h", "--states=PENDING", f"--name={name}", "-o", "%i", timeout=60).stdout
     return len(out.split())
 
 
@@ -136,12 +152,13 @@ def count_in_squeue(name: str) -> int:
 class Gateway:
     label = "gateway"
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, plugin_options: dict | None = None, threads: int | None = None):
         from tests.reliability.live import LiveGateway
-        self.live = LiveGateway(tmp / "gw", workers=None, threads=None, users={u: False for u in USERS},
+        self.plugin_options = dict(plugin_options or {})
+        self.live = LiveGateway(tmp / "gw", workers=None, threads=threads, users={u: False for u in USERS},
                                 scheduler={"backend": "slurm_ssm", "options": {
                                     "transport": {"type": "local"}, "run_as": "sudo",
-                                    "cache_dir": str(tmp / "gw" / "slurm-cache")}})
+                                    "cache_dir": str(tmp / "gw" / "slurm-cache"), **self.plugin_options}})
 
     def start(self):
         self.live.start()
@@ -156,8 +173,9 @@ class Gateway:
         return [self.live.master_pid, *self.live.worker_pids()]
 
     def describe(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.plugin_options.items())
         return (f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread workers x "
-                f"{self.live.threads_per_worker} threads; slurm_ssm, local transport, snapshot_interval 1 s")
+                f"{self.live.threads_per_worker} threads; slurm_ssm, local transport, run_as sudo{extra or ' (defaults)'}")
 
     def list_req(self, user):
         return Request("GET", f"{self.api}/jobs?limit=1000", self.auth[user])
@@ -266,7 +284,7 @@ def request_builder(server, sc: Scenario, jobs: dict, wait: float):
     raise ValueError(sc.kind)
 
 
-def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid) -> dict:
+def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid, submit_max: int) -> dict:
     build = request_builder(server, sc, jobs, wait)
     timeout = 60.0 + (wait if sc.kind == "longpoll" else 0)
     pids = server.pids()
@@ -274,7 +292,8 @@ def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid) -> dict:
         cancel_by_name(SUBMIT_NAME)
     sdiag_reset()
     cpu0 = (cpu_seconds(pids), cpu_seconds([ctld_pid]))
-    res = run(sc.clients, sc.seconds, build, timeout=timeout)
+    res = run(sc.clients, sc.seconds, build, timeout=timeout,
+              max_requests=submit_max if sc.kind == "submit" else None)
     cpu1 = (cpu_seconds(server.pids()), cpu_seconds([ctld_pid]))
     rpcs = sdiag_rpcs()
     out = res.summary()
@@ -290,7 +309,7 @@ def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid) -> dict:
         out["wait_s"] = wait
     if sc.kind == "submit":
         time.sleep(1.0)
-        out["submitted_in_squeue"] = count_in_squeue(SUBMIT_NAME)
+        out["submitted_in_squeue"] = count_pending(SUBMIT_NAME)
         cancel_by_name(SUBMIT_NAME)
     return out
 
@@ -329,8 +348,8 @@ def fmt(v, spec):
 
 def table(results: list, verdicts: list) -> str:
     vd = {v["scenario"]: v for v in verdicts}
-    lines = [f"{'scenario':<22} {'server':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-             f"{'jobinfo RPC/s':>13} {'srv CPU s':>9} {'ctld CPU s':>10} {'ratio':>6}  target"]
+    lines = [(f"{'scenario':<22} {'server':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+             f"{'jobinfo RPC/s':>13} {'srv CPU s':>9} {'ctld CPU s':>10} {'ratio':>6}  target")]
     for r in results:
         v = vd.get(r["scenario"], {})
         ratio = fmt(r.get("ratio"), ".2f") if r["server"] == "gateway" else ""
@@ -352,8 +371,16 @@ def main() -> int:
     ap.add_argument("--storm-clients", type=int, default=500)
     ap.add_argument("--wait", type=float, default=20.0, help="the long poll's ?wait= (longpoll)")
     ap.add_argument("--jobs", type=int, default=1000, help="held jobs queued over the two users")
+    ap.add_argument("--submit-max", type=int, default=2000,
+                    help="submissions per server at most (cancelled jobs stay in squeue for MinJobAge)")
     ap.add_argument("--only", default="list,detail,storm,longpoll,submit")
     ap.add_argument("--quick", action="store_true", help="5 s runs, 20 s storms (a smoke run)")
+    ap.add_argument("--plugin-options", type=json.loads, default={},
+                    help='extra slurm_ssm options for the gateway, JSON (e.g. \'{"json": "no"}\'); default: none')
+    ap.add_argument("--longpoll-threads", type=int, default=128,
+                    help="gunicorn threads per worker for the longpoll run (its own gateway; 0: as deployed)")
+    ap.add_argument("--keep-queue", action="store_true",
+                    help="leave the held jobs queued for the next run (which reuses them); default: cancel them")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -376,19 +403,25 @@ def main() -> int:
     slurm_was_up = sh(CLUSTER / "slurm.sh", "status", timeout=60, check=False).returncode == 0
     slurmctld_pidfile = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm")) / "run" / "slurmctld.pid"
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-restd-"))
-    gateway, restd = Gateway(tmp), SlurmRestd(tmp)
+    gateway, restd = Gateway(tmp, args.plugin_options), SlurmRestd(tmp)
     results, started = [], []
     t_start = time.monotonic()
     try:
         restd.start()                      # first: turning JWT on may restart slurmctld
         started.append(restd)
-        cancel_by_name(QUEUE_NAME)
         cancel_by_name(SUBMIT_NAME)
-        t0 = time.monotonic()
-        jobs = submit_queue(args.jobs)
+        jobs = queued_by_user(QUEUE_NAME)
+        if sorted(len(v) for v in jobs.values()) == sorted(len(range(i, args.jobs, len(USERS)))
+                                                          for i in range(len(USERS))):
+            print(f"reusing the {args.jobs} held jobs a --keep-queue run left")
+        else:
+            cancel_by_name(QUEUE_NAME)
+            t0 = time.monotonic()
+            jobs = submit_queue(args.jobs)
+            print(f"{args.jobs} held jobs submitted in {time.monotonic() - t0:.1f} s "
+                  f"({', '.join(f'{u}: {len(v)}' for u, v in jobs.items())})")
         queued = len(sh("squeue", "-h", "--states=all", "-o", "%i", timeout=60).stdout.split())
-        print(f"{args.jobs} held jobs submitted in {time.monotonic() - t0:.1f} s "
-              f"({', '.join(f'{u}: {len(v)}' for u, v in jobs.items())}); {queued} jobs in squeue in all")
+        print(f"{queued} jobs in squeue in all (any state)")
         gateway.start()
         started.append(gateway)
         servers = {"gateway": gateway, "slurmrestd": restd}
@@ -400,7 +433,21 @@ def main() -> int:
             if i % 2:
                 order.reverse()
             for name in order:
-                r = run_one(servers[name], sc, jobs, args.wait, ctld_pid)
+                server = servers[name]
+                if sc.kind == "longpoll" and args.longpoll_threads:
+                    # As deployed, workers x threads (4 x 32 here) polls wait at once and the rest
+                    # queue behind them; a site expecting N long polls sizes threads for N.
+                    server = Gateway(tmp / "longpoll", args.plugin_options, threads=args.longpoll_threads).start()
+                    started.append(server)
+                    servers["gateway (long poll)"] = server
+                try:
+                    r = run_one(server, sc, jobs, args.wait, ctld_pid, args.submit_max)
+                finally:
+                    if server is not servers[name]:
+                        server.stop()
+                        started.remove(server)
+                if server is not servers[name]:
+                    r["gateway"] = server.describe()
                 results.append(r)
                 print(f"  {sc.name:<14} {name:<10} {r['req_per_s']:>9,.1f} req/s  p50 {fmt(r['p50_ms'], '.1f')} ms  "
                       f"p99 {fmt(r['p99_ms'], '.1f')} ms  errors {r['errors']} {r['errors_by_kind'] or ''}  "
@@ -426,7 +473,8 @@ def main() -> int:
         for s in reversed(started):
             s.stop()
         cancel_by_name(SUBMIT_NAME)
-        cancel_by_name(QUEUE_NAME)
+        if not args.keep_queue:
+            cancel_by_name(QUEUE_NAME)
         if not slurm_was_up:
             sh(CLUSTER / "slurm.sh", "down", timeout=120, check=False)
 
