@@ -177,7 +177,6 @@ class LiveGateway:
 
     def scrape(self) -> dict:
         """/metrics as {(sample name, frozenset of labels): value}."""
-        from prometheus_client.parser import text_string_to_metric_families
         r = requests.get(self.url + "/metrics", timeout=30)
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"].startswith("text/plain; version="), r.headers
