@@ -41,6 +41,7 @@ def test_malformed_json_is_400_and_runs_nothing(client):
     ({"command": "true", "nativeOptions": ["ok", "\x00"]}, "nativeOptions"),
     ({"command": "true", "array": "1-10;ls"}, "array"),
     ({"command": "true", "dependency": "afterok:1;reboot"}, "dependency"),
+    ({"command": "true", "dependency": "afterok:1180591620717411303424"}, "dependency"),
     ({"command": "true", "unknownOption": 1}, "unknownOption"),
     ({"command": "a\x00b"}, "command"),
 ])
@@ -77,6 +78,7 @@ def test_query_parameters_are_checked(client):
     assert r.status == 422
     assert client.get(f"/jobs/{jid}/output", params={"stream": "stdin"}).status == 422
     assert client.get(f"/jobs/{jid}/output", params={"limit": 0}).status == 422
+    assert client.get(f"/jobs/{jid}/output", params={"offset": 2 ** 63}).status == 422
 
 
 def test_unknown_routes_and_methods_answer_the_envelope(client):

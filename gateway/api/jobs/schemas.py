@@ -11,7 +11,7 @@ from ..common import envelope, no_control_chars, no_nul
 NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$"
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ARRAY_RE = r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$"
-DEPENDENCY_RE = r"^(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]+(_[0-9]+)?(\+[0-9]+)?)+)([,?](singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]+(_[0-9]+)?(\+[0-9]+)?)+))*$"
+DEPENDENCY_RE = r"^(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]{1,18}(_[0-9]{1,9})?(\+[0-9]{1,9})?)+)([,?](singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]{1,18}(_[0-9]{1,9})?(\+[0-9]{1,9})?)+))*$"
 
 MAX_PATH = 4096
 MAX_SCRIPT = 1024 * 1024
@@ -138,7 +138,7 @@ class OutputQuerySchema(Schema):
         unknown = RAISE
 
     stream = fields.String(load_default="stdout", validate=validate.OneOf(OUTPUT_STREAMS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2 ** 62))
     limit = fields.Integer(load_default=65536, validate=validate.Range(min=1, max=16 * 1024 * 1024))
 
 

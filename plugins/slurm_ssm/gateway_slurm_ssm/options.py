@@ -41,6 +41,11 @@ class SlurmOptions(Schema):
     json = fields.String(load_default="auto", validate=validate.OneOf(["auto", "yes", "no"]))
     # Every command is bounded by this (seconds).
     command_timeout = fields.Float(load_default=20.0, validate=validate.Range(min=0.5, max=600))
+    # Fail fast when slurmctld is down: a controller command still running after this many
+    # seconds races `scontrol ping` (again every as many seconds); a DOWN answers 503, and
+    # until a ping says UP again, commands answer 503 (pinging at most every down_hold s).
+    down_probe_after = fields.Float(load_default=0.5, validate=validate.Range(min=0.05, max=600))
+    down_hold = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=60))
     s3 = fields.Nested(S3Options, load_default=lambda: S3Options().load({}))
     # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--x11").
     allowed_native_options = fields.List(

@@ -15,7 +15,10 @@ runs what and where, through one transport (local, SSH or SSM):
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 import time
 from collections import Counter
 from dataclasses import replace
@@ -67,6 +70,11 @@ class SlurmScheduler:
         self._s3 = None
         self._lock = threading.Lock()
         self._reported_snapshot = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._controller_down = False
+        self._down_until = 0.0
+        self._down_words = ""
 
     def close(self) -> None:
         self.transport.close()
@@ -101,11 +109,69 @@ class SlurmScheduler:
         return result
 
     def _run_bare(self, argv, *, as_user, stdin, timeout) -> CommandResult:
+        if _program(argv) not in CONTROLLER_COMMANDS or argv == commands.ping():
+            return self._run_transport(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+        return self._run_controller_command(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+
+    def _run_transport(self, argv, *, as_user, stdin, timeout) -> CommandResult:
         try:
             return self.transport.run(argv, stdin=stdin, as_user=as_user,
                                       timeout=self.timeout if timeout is None else timeout)
         except ValueError as exc:          # e.g. an embedded NUL the checks let through
             raise InvalidInput(f"cannot run {argv[0]}: {exc}") from exc
+
+    def _run_controller_command(self, argv, *, as_user, stdin, timeout) -> CommandResult:
+        """Fail fast when slurmctld is down.
+
+        Slurm's clients retry an unreachable controller for MessageTimeout (about 10 s) before
+        failing, while `scontrol ping` says DOWN in milliseconds. So a read-only command that has not
+        answered within ``down_probe_after`` seconds races a ping, again every
+        ``down_probe_after`` seconds: a DOWN answers 503 at once (the command is left to end by
+        itself, bounded by its timeout). Once DOWN was seen, this process pings before every
+        controller command (at most once per ``down_hold`` seconds, answering 503 in between)
+        until the controller is back. A controller that is up but slow, or a transport that
+        hangs (the ping hangs too), just waits for the command.
+        """
+        if self._controller_down:
+            # Nothing has been sent yet: refusing now is safe for every command.
+            if time.monotonic() < self._down_until or self._ping_up() is False:
+                raise SchedulerUnavailable(f"the Slurm controller does not answer: {self._down_words}")
+        if not _read_only(argv):
+            # sbatch, scancel, scontrol update...: once started, only the command itself knows
+            # whether it acted (sbatch may still submit when the controller returns), so never
+            # answer before it ends.
+            return self._run_transport(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="slurm-cmd")
+            self._pool_pid = os.getpid()
+        future = self._pool.submit(self._run_transport, argv, as_user=as_user, stdin=stdin, timeout=timeout)
+        while True:
+            try:
+                return future.result(timeout=self.opts["down_probe_after"])
+            except FutureTimeout:
+                pass
+            up = self._ping_up()
+            if up is None:                 # the transport itself is slow: the command decides
+                return future.result()
+            if not up:
+                raise SchedulerUnavailable(f"the Slurm controller does not answer: {self._down_words}")
+
+    def _ping_up(self) -> bool | None:
+        """Ask `scontrol ping`; remember a DOWN (and for how long to trust it). None when the
+        transport itself fails or is slow: then the ping tells nothing about the controller."""
+        try:
+            res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
+                                      timeout=min(self.timeout, 2.0))
+            up, words = parse.parse_ping(res.out or res.err)
+        except GatewayError:
+            return None
+        if up:
+            self._controller_down = False
+        else:
+            self._controller_down = True
+            self._down_until = time.monotonic() + self.opts["down_hold"]
+            self._down_words = words
+        return up
 
     def _check(self, result: CommandResult, *, input_errors: bool = False) -> CommandResult:
         if result.returncode != 0:
@@ -508,6 +574,21 @@ class SlurmScheduler:
         latency = (time.monotonic() - start) * 1000
         ok, words = parse.parse_ping(res.out or res.err)
         return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
+
+
+# Commands that talk to slurmctld (and so wait out its MessageTimeout when it is down).
+CONTROLLER_COMMANDS = frozenset({"squeue", "sbatch", "scontrol", "scancel", "sinfo", "sdiag", "sprio"})
+
+
+def _read_only(argv: list[str]) -> bool:
+    """A command that only reads from slurmctld (safe to abandon while it retries)."""
+    prog = _program(argv)
+    if prog in ("squeue", "sinfo", "sdiag", "sprio"):
+        return True
+    if prog == "scontrol":
+        words = [a for a in argv[argv.index("scontrol") + 1:] if not a.startswith("-")]
+        return bool(words) and words[0] in ("show", "ping", "version")
+    return False
 
 
 def _program(argv: list[str]) -> str:
