@@ -133,7 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
         with endpoint._lock:
-            throttled = endpoint._throttle > 0
+            throttled = endpoint._throttle > 0 and getattr(endpoint, "_throttle_operation", None) in (
+                None, operation)
             if throttled:
                 endpoint._throttle -= 1
         try:
@@ -237,10 +238,12 @@ class SsmEndpoint:
         finally:
             self.resume()
 
-    def throttle(self, count: int) -> None:
-        """Answer the next ``count`` requests with ThrottlingException (HTTP 400)."""
+    def throttle(self, count: int, operation: str | None = None) -> None:
+        """Answer the next ``count`` requests (of ``operation`` only, when given) with
+        ThrottlingException (HTTP 400)."""
         with self._lock:
             self._throttle = int(count)
+            self._throttle_operation = operation
 
     def transport_options(self, **extra) -> dict:
         opts = {"type": "ssm", "instance_id": self.instance_id, "region": self.region,

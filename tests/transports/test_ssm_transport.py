@@ -142,7 +142,7 @@ def test_endpoint_that_stops_answering_gives_504_and_no_second_send(ssm_double):
 
 def test_throttling_is_retried_by_botocore(ssm, ssm_double):
     sent = ssm_double.requests["SendCommand"]
-    ssm_double.throttle(1)
+    ssm_double.throttle(1, "SendCommand")    # only SendCommand: a stray poll cannot eat it
     assert ssm.run(["echo", "ok"]).stdout == b"ok\n"
     assert ssm_double.requests["SendCommand"] - sent == 2
 

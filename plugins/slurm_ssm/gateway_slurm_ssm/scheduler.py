@@ -160,8 +160,10 @@ class SlurmScheduler:
         """Ask `scontrol ping`; remember a DOWN (and for how long to trust it). None when the
         transport itself fails or is slow: then the ping tells nothing about the controller."""
         try:
+            # A ping answers in milliseconds when the transport works; a slow one says nothing
+            # about the controller and must not delay the command's own answer much.
             res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
-                                      timeout=min(self.timeout, 2.0))
+                                      timeout=min(self.timeout, 1.0))
             up, words = parse.parse_ping(res.out or res.err)
         except GatewayError:
             return None
