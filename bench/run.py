@@ -262,7 +262,7 @@ def markdown(doc: dict) -> str:
             out += [compare_markdown(rec["figures"]), ""]
         elif rec.get("output"):
             text = rec["output"].strip()
-            if rec["name"] in ("sessions", "ha"):           # their JSON dump repeats the table
+            if rec["name"] in ("sessions", "ha", "load_mock"):     # their JSON dump repeats the figures
                 text = text.split("\n[\n", 1)[0].split("\n{\n", 1)[0]
             out += ["```", text[-4000:], "```", ""]
     return "\n".join(out)
@@ -278,13 +278,16 @@ def compare_markdown(doc: dict) -> str:
         if r["server"] == "gateway" and "target" in v:
             tgt = ("**met**: " if v["met"] else "**not met**: ") + v["target"]
         ratio = f"{r['ratio']:.2f}" if r["server"] == "gateway" and r.get("ratio") is not None else ""
-        rows.append(f"| {r['scenario']} | {r['server']} | {r['req_per_s']:,.1f} | {r['p50_ms']} | {r['p99_ms']} | "
+        server = r["server"] + (" (*)" if r.get("other_tests_running") else "")
+        rows.append(f"| {r['scenario']} | {server} | {r['req_per_s']:,.1f} | {r['p50_ms']} | {r['p99_ms']} | "
                     f"{r['errors']} | {r['job_info_rpc_per_s']:.2f} | {r['server_cpu_s']} | {r['slurmctld_cpu_s']} | "
                     f"{ratio} | {tgt} |")
     head = [(f"{doc.get('queued_jobs')} jobs in squeue ({', '.join(f'{u}: {n}' for u, n in doc.get('jobs_per_user', {}).items())} "
             f"held by the bench); {doc.get('total_s')} s in all."), ""]
     head += [f"- {n}: {d}" for n, d in doc.get("servers", {}).items()]
     head += [f"- load: {doc.get('loadgen')}", ""]
+    if any(r.get("other_tests_running") for r in doc["results"]):
+        rows += ["", "(*) other test processes were running on the machine during this run."]
     return "\n".join(head + rows)
 
 

@@ -93,6 +93,11 @@ def sdiag_rpcs() -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", part, re.MULTILINE)}
 
 
+def other_tests() -> bool:
+    """Whether a test run shares the machine (its figures are then not clean)."""
+    return bool(sh("pgrep", "-f", "pytest", check=False).stdout.strip())
+
+
 def pid_of(pidfile: Path):
     try:
         return int(pidfile.read_text().split()[0])
@@ -290,6 +295,7 @@ def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid, submit_max:
     pids = server.pids()
     if sc.kind == "submit":
         cancel_by_name(SUBMIT_NAME)
+    busy_before = other_tests()
     sdiag_reset()
     cpu0 = (cpu_seconds(pids), cpu_seconds([ctld_pid]))
     res = run(sc.clients, sc.seconds, build, timeout=timeout,
@@ -300,6 +306,7 @@ def run_one(server, sc: Scenario, jobs: dict, wait: float, ctld_pid, submit_max:
     el = res.elapsed or 1.0
     out.update({
         "server": server.label, "scenario": sc.name, "kind": sc.kind,
+        "other_tests_running": busy_before or other_tests(),
         "job_info_rpcs": sum(rpcs.get(k, 0) for k in JOB_INFO_RPCS),
         "job_info_rpc_per_s": round(sum(rpcs.get(k, 0) for k in JOB_INFO_RPCS) / el, 2),
         "rpcs": dict(sorted(rpcs.items(), key=lambda kv: -kv[1])[:8]),
@@ -453,7 +460,8 @@ def main() -> int:
                       f"p99 {fmt(r['p99_ms'], '.1f')} ms  errors {r['errors']} {r['errors_by_kind'] or ''}  "
                       f"job-info RPC/s {r['job_info_rpc_per_s']:.2f}  CPU s: server {r['server_cpu_s']:.1f}, "
                       f"slurmctld {r['slurmctld_cpu_s']:.1f}, loadgen {r['loadgen_cpu_s']:.1f}"
-                      + (f"  in squeue: {r['submitted_in_squeue']}" if "submitted_in_squeue" in r else ""),
+                      + (f"  in squeue: {r['submitted_in_squeue']}" if "submitted_in_squeue" in r else "")
+                      + ("  (other tests were running)" if r["other_tests_running"] else ""),
                       flush=True)
                 time.sleep(1.0)
         verdicts = judge(results)
