@@ -23,8 +23,9 @@ scenario (the order alternates from scenario to scenario):
   longpoll the same storm on the gateway with its long poll (GET /jobs/{id}?wait=N): a held
            job does not change, so each answer comes after N seconds (gateway only). A long
            poll holds a gunicorn thread while it waits: as deployed (4 workers x 32 threads
-           on 2 CPUs) 128 wait at once and the others queue, so this run has its own gateway
-           with --longpoll-threads threads per worker (default 128: 512 at once)
+           on 2 CPUs) 128 wait at once and the others queue, and gunicorn's workers take
+           connections unevenly (one may hold 200 of the 500), so this run has its own
+           gateway with --longpoll-threads threads per worker (default 512; 0: as deployed)
   submit   POST /jobs vs POST /slurm/v0.0.38/job/submit, a held two-line script, 4 clients,
            for --seconds or --submit-max submissions, whichever comes first (a cancelled job
            stays in squeue for MinJobAge, 300 s: tens of thousands would slow every test
@@ -384,7 +385,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="5 s runs, 20 s storms (a smoke run)")
     ap.add_argument("--plugin-options", type=json.loads, default={},
                     help='extra slurm_ssm options for the gateway, JSON (e.g. \'{"json": "no"}\'); default: none')
-    ap.add_argument("--longpoll-threads", type=int, default=128,
+    ap.add_argument("--longpoll-threads", type=int, default=512,
                     help="gunicorn threads per worker for the longpoll run (its own gateway; 0: as deployed)")
     ap.add_argument("--keep-queue", action="store_true",
                     help="leave the held jobs queued for the next run (which reuses them); default: cancel them")
