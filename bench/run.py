@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Every benchmark in bench/, one command: a table of headline figures, and JSON.
 
-    sudo .venv/bin/python bench/run.py                 # all of them, full size (~15 min)
-    sudo .venv/bin/python bench/run.py --quick         # smaller and shorter (~5 min)
+    sudo .venv/bin/python bench/run.py                 # all of them, full size (~10 min)
+    sudo .venv/bin/python bench/run.py --quick         # smaller and shorter (~5 min, a smoke run)
     sudo .venv/bin/python bench/run.py --only sessions,compare
     .venv/bin/python bench/run.py --list               # the benches and their commands
 
