@@ -18,6 +18,12 @@ import pytest  # noqa: E402
 
 from gateway.transports import make_transport  # noqa: E402
 from tests.support import ensure_user, free_port, require  # noqa: E402
+from tests.support.remote_fixtures import (  # noqa: E402, F401  (fixtures used by the tests)
+    s3,
+    ssm_double,
+    sshd_server,
+    transport_options_for,
+)
 
 UNPRIVILEGED_USER = "gwalice"
 OUTPUT_BUCKET = "gw-ssm-output"
@@ -32,40 +38,19 @@ def unix_user() -> str:
 
 
 @pytest.fixture(scope="session")
-def sshd_server(unix_user):
-    from tests.support.sshd import sshd, sshd_available
-    ok, why = sshd_available()
-    require(ok, why)
-    with sshd(("root", unix_user)) as server:
-        yield server
+def sshd_users(unix_user):
+    """Who the test sshd lets in (tests.support.remote_fixtures.sshd_server)."""
+    return ("root", unix_user)
 
 
 @pytest.fixture(scope="session")
-def s3():
-    from tests.support.s3_server import moto_available, s3_server
-    ok, why = moto_available()
-    require(ok, why)
-    with s3_server(buckets=[OUTPUT_BUCKET]) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def ssm_double(s3):
-    from tests.support.ssm_endpoint import ssm_available, ssm_endpoint
-    ok, why = ssm_available()
-    require(ok, why)
-    with ssm_endpoint(s3_endpoint_url=s3.url) as endpoint:
-        yield endpoint
+def s3_buckets():
+    """The buckets the S3 server starts with (tests.support.remote_fixtures.s3)."""
+    return [OUTPUT_BUCKET]
 
 
 def transport_config(kind: str, request) -> dict:
-    if kind == "local":
-        return {"type": "local"}
-    if kind == "ssh":
-        return request.getfixturevalue("sshd_server").transport_options(user="root")
-    s3 = request.getfixturevalue("s3")
-    return request.getfixturevalue("ssm_double").transport_options(
-        output_bucket=OUTPUT_BUCKET, s3_endpoint_url=s3.url)
+    return transport_options_for(kind, request, output_bucket=OUTPUT_BUCKET)
 
 
 @pytest.fixture(scope="session", params=["local", "ssh", "ssm"])

@@ -10,6 +10,12 @@ import pytest
 
 from gateway.models import JobState
 from tests.support import ensure_user, require
+from tests.support.remote_fixtures import (  # noqa: F401  (fixtures used by the tests)
+    s3,
+    ssm_double,
+    sshd_server,
+    transport_options_for,
+)
 
 USERS = ("gwalice", "gwbob")
 SSM_OUTPUT_BUCKET = "gw-slurm-test-ssm-output"
@@ -27,40 +33,19 @@ def slurm():
 
 
 @pytest.fixture(scope="session")
-def s3(slurm):
-    from tests.support.s3_server import moto_available, s3_server
-    ok, why = moto_available()
-    require(ok, why)
-    with s3_server(buckets=[SSM_OUTPUT_BUCKET, SCRIPT_BUCKET]) as server:
-        yield server
+def sshd_users(slurm):
+    """Who the test sshd lets in (tests.support.remote_fixtures.sshd_server)."""
+    return ("root",)
 
 
 @pytest.fixture(scope="session")
-def sshd_server(slurm):
-    from tests.support.sshd import sshd, sshd_available
-    ok, why = sshd_available()
-    require(ok, why)
-    with sshd(("root",)) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def ssm_double(s3):
-    from tests.support.ssm_endpoint import ssm_available, ssm_endpoint
-    ok, why = ssm_available()
-    require(ok, why)
-    with ssm_endpoint(s3_endpoint_url=s3.url) as endpoint:
-        yield endpoint
+def s3_buckets(slurm):
+    """The buckets the S3 server starts with (tests.support.remote_fixtures.s3)."""
+    return [SSM_OUTPUT_BUCKET, SCRIPT_BUCKET]
 
 
 def transport_options(kind: str, request) -> dict:
-    if kind == "local":
-        return {"type": "local"}
-    if kind == "ssh":
-        return request.getfixturevalue("sshd_server").transport_options(user="root")
-    s3 = request.getfixturevalue("s3")
-    return request.getfixturevalue("ssm_double").transport_options(
-        output_bucket=SSM_OUTPUT_BUCKET, s3_endpoint_url=s3.url)
+    return transport_options_for(kind, request, output_bucket=SSM_OUTPUT_BUCKET)
 
 
 @pytest.fixture
