@@ -127,14 +127,18 @@ class _Handler(BaseHTTPRequestHandler):
         operation = target.split(".", 1)[1] if target.startswith("AmazonSSM.") else ""
         with endpoint._lock:
             endpoint.requests[operation] += 1
+            endpoint._arrivals += 1
+            arrival = endpoint._arrivals
         # "Stop answering": hold the request until resumed or stopped.
         while not endpoint._answering.wait(0.05):
             if endpoint._stopping.is_set():
                 self.close_connection = True
                 return
         with endpoint._lock:
-            throttled = endpoint._throttle > 0 and getattr(endpoint, "_throttle_operation", None) in (
-                None, operation)
+            # Only requests that arrived after throttle(): one held by hanging() and released
+            # later (its client long gone) must not eat the next test's throttle.
+            throttled = (endpoint._throttle > 0 and arrival > endpoint._throttle_after
+                         and endpoint._throttle_operation in (None, operation))
             if throttled:
                 endpoint._throttle -= 1
         try:
@@ -178,6 +182,9 @@ class SsmEndpoint:
         self.invocations: dict[str, Invocation] = {}
         self.requests: Counter = Counter()  # operation name -> requests received
         self._throttle = 0
+        self._throttle_operation: str | None = None
+        self._throttle_after = 0            # throttle only requests arriving after this one
+        self._arrivals = 0
         self._lock = threading.Lock()
         self._answering = threading.Event()
         self._answering.set()
@@ -239,11 +246,12 @@ class SsmEndpoint:
             self.resume()
 
     def throttle(self, count: int, operation: str | None = None) -> None:
-        """Answer the next ``count`` requests (of ``operation`` only, when given) with
-        ThrottlingException (HTTP 400)."""
+        """Answer the next ``count`` requests arriving from now on (of ``operation`` only,
+        when given) with ThrottlingException (HTTP 400)."""
         with self._lock:
             self._throttle = int(count)
             self._throttle_operation = operation
+            self._throttle_after = self._arrivals
 
     def transport_options(self, **extra) -> dict:
         opts = {"type": "ssm", "instance_id": self.instance_id, "region": self.region,
