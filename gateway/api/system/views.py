@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from flask import Response, current_app, send_from_directory, url_for
+from flask import Response, send_from_directory, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
@@ -89,8 +89,3 @@ def swagger(filename="index.html"):
             os.path.join(swagger_dir(), filename)):
         raise NotFound(f"no such documentation file: {filename}")
     return send_from_directory(swagger_dir(), filename, max_age=3600)
-
-
-def metrics_view():
-    body, content_type = current_app.extensions["hpc_gateway"].metrics.render()
-    return Response(body, mimetype=content_type.split(";")[0], headers={"Content-Type": content_type})
