@@ -25,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
@@ -117,6 +118,12 @@ def _close(*files) -> None:
                 pass
 
 
+def _end(proc: subprocess.Popen, errfile) -> None:
+    """Kill and reap a streaming tool (its whole process group) and close its pipe."""
+    _kill(proc)
+    _close(proc.stdout, errfile)
+
+
 class PipeChannel(Channel):
     def _spawn(self, argv, *, stdin, stdout):
         # stderr goes to an anonymous file: a chatty tool can never block on a full pipe.
@@ -175,18 +182,16 @@ class PipeChannel(Channel):
                 if proc.returncode != 0:
                     raise self._failure(proc, errfile, what, path)
         except BaseException:
-            _kill(proc)
-            _close(proc.stdout, errfile)
+            _end(proc, errfile)
             raise
-        done = []
-
-        def cleanup():
-            # Runs when the response is closed: finished, client gone, or never started (HEAD).
-            if not done:
-                done.append(True)
-                _kill(proc)
-                _close(proc.stdout, errfile)
-        return ClosingIterator(self._rest(proc, errfile, first, what, path), [cleanup])
+        rest = self._rest(proc, errfile, first, what, path)
+        # Runs once: when the response is closed (finished, client gone, never started: HEAD)
+        # or, failing that, when the iterator is dropped unclosed (garbage-collected). Without
+        # the latter, subprocess would keep a still-running Popen alive (Popen.__del__) with
+        # its stdout open, and the tool would block on the full pipe until transfer_timeout
+        # (ssh) or forever (local).
+        end = weakref.finalize(rest, _end, proc, errfile)
+        return ClosingIterator(rest, [end])
 
     def _rest(self, proc, errfile, first, what, path):
         if not first:

@@ -116,3 +116,29 @@ def test_a_large_upload_and_ranged_download_over_http(server):
     assert part.status_code == 206 and part.content == data[1000000:2000000]
     whole = http.get(base + "/files/content", params={"path": "big.bin"}, stream=True)
     assert b"".join(whole.iter_content(1 << 20)) == data
+
+
+def test_a_client_that_goes_away_mid_download_ends_its_dd(server):
+    """gunicorn closes the response when the client vanishes: the dd streaming the file
+    must be gone within seconds, not left blocked on a full pipe."""
+    from tests.files.test_download_cleanup import gone_within, leftovers
+    _, http, port, home = server
+    path = home / "sparse.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.settimeout(30)
+        sock.sendall((f"GET {PREFIX}/files/content?path=sparse.bin HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: {http.headers['Authorization']}\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < 256 * 1024:
+            piece = sock.recv(65536)
+            assert piece, answer[:500]
+            answer += piece
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:500]
+        assert leftovers(str(path)), "the download's dd is not running: nothing would be tested"
+        sock.close()                              # unread data: the close resets the connection
+        assert gone_within(str(path), 5) == []
+    finally:
+        path.unlink()
