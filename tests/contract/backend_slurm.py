@@ -34,6 +34,13 @@ def slurm_local(env):
 
 
 @contextlib.contextmanager
+def slurm_local_json(env):
+    """The same through squeue --json instead of the default format strings."""
+    _prerequisites(env)
+    yield _options(env, {"type": "local"}, json="yes")
+
+
+@contextlib.contextmanager
 def slurm_ssh(env):
     _prerequisites(env)
     from tests.support.sshd import sshd, sshd_available
@@ -56,4 +63,5 @@ def slurm_ssm(env):
         yield _options(env, transport, s3={"endpoint_url": s3.url, "region_name": s3.region})
 
 
-BACKENDS = {"slurm-local": slurm_local, "slurm-ssh": slurm_ssh, "slurm-ssm": slurm_ssm}
+BACKENDS = {"slurm-local": slurm_local, "slurm-local-json": slurm_local_json, "slurm-ssh": slurm_ssh,
+            "slurm-ssm": slurm_ssm}

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
 
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
@@ -63,7 +64,8 @@ class SlurmScheduler:
         self.timeout = self.opts["command_timeout"]
         self.allowed_native = commands.DEFAULT_NATIVE_OPTIONS | set(self.opts["allowed_native_options"])
         self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
-                                       retention=self.opts["finished_retention"], keep=self.opts["finished_max"])
+                                       retention=self.opts["finished_retention"], keep=self.opts["finished_max"],
+                                       stale_grace=self.opts["snapshot_stale_grace"])
         self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
         self._homes: dict[str | None, str | None] = {}
         self._config: tuple[float, dict] | None = None
@@ -193,7 +195,7 @@ class SlurmScheduler:
             log.info("slurm_ssm: Slurm %s, squeue %s", ver, "--json" if self._json else "format strings")
         return self._json
 
-    def _fetch(self, previous: dict[str, Record], previous_error: dict | None) -> list[Record]:
+    def _fetch(self, previous: Mapping[str, Record], previous_error: dict | None) -> list[Record]:
         """One squeue of every job (runs under the snapshot's lock, once per interval)."""
         if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
             # The controller was down: `scontrol ping` says so at once, where squeue would
@@ -272,9 +274,10 @@ class SlurmScheduler:
 
     @hookimpl
     def list_jobs(self, user, query):
-        jobs = self._view().jobs
+        view = self._view()
         if query is None:
-            return jobs
+            return view.jobs
+        jobs = view.jobs if query.user is None else view.jobs_of(query.user)
         states = set(query.states) if query.states else None
         return [j for j in jobs
                 if (query.user is None or j.user_name == query.user)

@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Callable
@@ -40,6 +41,12 @@ from gateway.models import Job, JobState
 Record = tuple[Job, dict]          # (job, extra: id, array_job_id, array_task_id, array_tasks)
 _JOB_FIELD_NAMES = tuple(f.name for f in fields(Job))
 _JOB_FIELDS = frozenset(_JOB_FIELD_NAMES)
+
+
+_STATE = _JOB_FIELD_NAMES.index("state")
+_HOSTS = _JOB_FIELD_NAMES.index("hosts")
+_TIMES = tuple(_JOB_FIELD_NAMES.index(k) for k in ("submit_time", "start_time", "end_time"))
+_JOB_ID, _USER = _JOB_FIELD_NAMES.index("job_id"), _JOB_FIELD_NAMES.index("user_name")
 
 
 def record_to_dict(rec: Record) -> dict:
@@ -66,27 +73,105 @@ def record_from_dict(d: dict) -> Record:
     return Job(**kw), extra
 
 
-class View:
-    """One loaded snapshot: the records plus the indexes lookups need."""
+def record_to_row(rec: Record) -> list:
+    """The snapshot file's form of a record: the Job's fields in order, then ``extra``
+    (a JSON array parses several times faster than an object with the names repeated)."""
+    job, extra = rec
+    row = [getattr(job, name) for name in _JOB_FIELD_NAMES]
+    row[_STATE] = job.state.value
+    row[_HOSTS] = list(job.hosts)
+    for i in _TIMES:
+        if row[i] is not None:
+            row[i] = row[i].timestamp()
+    row.append(extra)
+    return row
 
-    def __init__(self, taken_at: float, records: list[Record], error: dict | None = None):
+
+def record_from_row(row: list) -> Record:
+    row = list(row)
+    extra = row.pop() or {}
+    row[_STATE] = JobState(row[_STATE])
+    row[_HOSTS] = list(row[_HOSTS] or [])
+    for i in _TIMES:
+        if row[i] is not None:
+            row[i] = datetime.fromtimestamp(row[i], tz=timezone.utc)
+    return Job(*row), extra
+
+
+class _Records(Mapping):
+    """key -> Record, building each record from its row on first use."""
+
+    def __init__(self, view: "View", index: dict):
+        self._view, self._index = view, index
+
+    def __getitem__(self, key) -> Record:
+        return self._view.record(self._index[key])
+
+    def __contains__(self, key) -> bool:
+        return key in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _RecordLists(_Records):
+    def __getitem__(self, key) -> list[Record]:
+        return [self._view.record(i) for i in self._index[key]]
+
+
+class View:
+    """One loaded snapshot: the records plus the indexes lookups need.
+
+    Made either from the records (the process that ran squeue) or from the rows of the
+    snapshot file; then a record is built from its row when first asked for, so a worker
+    that loads a fresh snapshot pays for the jobs its clients look at, not for the queue."""
+
+    def __init__(self, taken_at: float, records: list[Record] | None = None, error: dict | None = None,
+                 *, rows: list[list] | None = None):
         self.taken_at = taken_at
-        self.records = records
         self.error = error
-        self.by_display: dict[str, Record] = {}
-        self.by_id: dict[str, Record] = {}
-        self.arrays: dict[str, list[Record]] = {}
-        for rec in records:
-            job, extra = rec
-            self.by_display[job.job_id] = rec
+        if rows is not None:
+            self._rows, self._built = rows, [None] * len(rows)
+            keys = [(row[_JOB_ID], row[_USER], row[-1] or {}) for row in rows]
+        else:
+            records = list(records or ())
+            self._rows, self._built = None, records
+            keys = [(job.job_id, job.user_name, extra) for job, extra in records]
+        display: dict[str, int] = {}
+        ids: dict[str, int] = {}
+        arrays: dict[str, list[int]] = {}
+        users: dict[str | None, list[int]] = {}
+        for i, (job_id, user, extra) in enumerate(keys):
+            display[job_id] = i
+            users.setdefault(user, []).append(i)
             if extra.get("id"):
-                self.by_id[extra["id"]] = rec
+                ids[extra["id"]] = i
             if extra.get("array_job_id"):
-                self.arrays.setdefault(extra["array_job_id"], []).append(rec)
+                arrays.setdefault(extra["array_job_id"], []).append(i)
+        self._users = users
+        self.by_display = _Records(self, display)
+        self.by_id = _Records(self, ids)
+        self.arrays = _RecordLists(self, arrays)
+
+    def record(self, i: int) -> Record:
+        rec = self._built[i]
+        if rec is None:                  # a race builds it twice: equal records, no harm
+            rec = self._built[i] = record_from_row(self._rows[i])
+        return rec
+
+    @property
+    def records(self) -> list[Record]:
+        return [self.record(i) for i in range(len(self._built))]
 
     @property
     def jobs(self) -> list[Job]:
-        return [job for job, _ in self.records]
+        return [self.record(i)[0] for i in range(len(self._built))]
+
+    def jobs_of(self, user: str | None) -> list[Job]:
+        return [self.record(i)[0] for i in self._users.get(user, ())]
 
     def raise_error(self) -> None:
         if self.error:
@@ -98,8 +183,8 @@ class View:
 
 class SharedSnapshot:
     def __init__(self, cache_dir: str, interval: float,
-                 fetch: Callable[[dict[str, Record], dict | None], list[Record]],
-                 retention: float = 7 * 86400, keep: int = 20000):
+                 fetch: Callable[[Mapping[str, Record], dict | None], list[Record]],
+                 retention: float = 7 * 86400, keep: int = 20000, stale_grace: float = 2.0):
         self.cache_dir = cache_dir
         self.interval_ns = int(interval * 1e9)
         self.fetch = fetch
@@ -109,9 +194,9 @@ class SharedSnapshot:
         self.lock_path = os.path.join(cache_dir, "snapshot.lock")
         self.dirty_path = os.path.join(cache_dir, "snapshot.dirty")
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        self._lock = threading.Lock()
-        self._view: View | None = None
-        self._view_key = None
+        self.stale_grace_ns = int(stale_grace * 1e9)
+        self._lock = threading.Lock()            # one refresher / loader per process
+        self._current: tuple[tuple, View] | None = None   # (file key, view), replaced whole
         self.refreshes = 0            # squeue runs by this process (for tests and bench)
 
     # ------------------------------------------------------------ freshness
@@ -127,39 +212,90 @@ class SharedSnapshot:
         except FileNotFoundError:
             return 0
 
-    def _fresh(self, st, max_age_ns: int | None = None) -> bool:
-        if st is None or st.st_mtime_ns <= self._dirty_ns():
+    def _fresh(self, st, dirty_ns: int, now_ns: int, max_age: float | None) -> bool:
+        if st is None or st.st_mtime_ns <= dirty_ns:
             return False
-        age = time.time_ns() - st.st_mtime_ns
-        return age < (self.interval_ns if max_age_ns is None else max_age_ns)
+        limit = self.interval_ns if max_age is None else int(max_age * 1e9)
+        return now_ns - st.st_mtime_ns < limit
 
     def _load(self, st) -> View:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._view is not None and self._view_key == key:
-            return self._view
+        current = self._current
+        if current is not None and current[0] == key:
+            return current[1]
         with open(self.path, "rb") as fh:
             doc = json.load(fh)
-        view = View(doc.get("taken_at", st.st_mtime_ns / 1e9),
-                    [record_from_dict(d) for d in doc.get("jobs", [])], doc.get("error"))
-        self._view, self._view_key = view, key
+        taken_at = doc.get("taken_at", st.st_mtime_ns / 1e9)
+        if doc.get("fields") == list(_JOB_FIELD_NAMES):
+            view = View(taken_at, error=doc.get("error"), rows=doc.get("rows", []))
+        elif "rows" in doc:              # written by another release: go by the names
+            names = list(doc.get("fields") or ())
+            view = View(taken_at, [record_from_dict(dict(zip(names, row[:-1]), _extra=row[-1]))
+                                   for row in doc["rows"]], doc.get("error"))
+        else:                            # the first releases' format
+            view = View(taken_at, [record_from_dict(d) for d in doc.get("jobs", [])], doc.get("error"))
+        self._current = (key, view)
         return view
+
+    def _servable(self, view: View | None, dirty_ns: int, now_ns: int) -> bool:
+        """May ``view`` answer while a newer one is being made? Only when nothing this
+        gateway did since makes it wrong (dirty mark) and it is not much past its interval."""
+        if view is None:
+            return False
+        taken_ns = int(view.taken_at * 1e9)
+        return taken_ns > dirty_ns and now_ns - taken_ns < self.interval_ns + self.stale_grace_ns
 
     # ------------------------------------------------------------ public
     def get(self, max_age: float | None = None) -> View:
         """The current view (refreshing it if stale); raises the refresh's error if it failed.
-        ``max_age``: accept no snapshot older than this many seconds (default: the interval)."""
-        max_age_ns = None if max_age is None else int(max_age * 1e9)
-        with self._lock:
-            st = self._stat()
-            if not self._fresh(st, max_age_ns):
-                with _flock(self.lock_path):
-                    st = self._stat()
-                    if not self._fresh(st, max_age_ns):
-                        self._refresh(st)
-                        st = self._stat()
-            view = self._load(st)
+        ``max_age``: accept no snapshot older than this many seconds (default: the interval).
+
+        Readers never queue behind a refresh they can do without: while one thread of one
+        process runs squeue (or loads the file another process wrote), the other threads and
+        processes keep answering from the view they have, for at most ``stale_grace`` seconds
+        past the interval. A read after this gateway changed a job (``invalidate``) or with
+        ``max_age`` waits for the new snapshot, as does a process that has no view yet."""
+        view = self._get(max_age)
         view.raise_error()
         return view
+
+    def _get(self, max_age: float | None) -> View:
+        st = self._stat()
+        current = self._current
+        dirty_ns = self._dirty_ns()
+        now_ns = time.time_ns()
+        if st is not None and current is not None and current[0] == (st.st_ino, st.st_mtime_ns, st.st_size) \
+                and self._fresh(st, dirty_ns, now_ns, max_age):
+            return current[1]                                   # the hot path: no lock at all
+        fallback = current[1] if (current is not None and max_age is None
+                                  and self._servable(current[1], dirty_ns, now_ns)) else None
+        if fallback is not None:
+            if not self._lock.acquire(blocking=False):
+                return fallback                                 # another thread is on it
+            try:
+                st = self._stat()
+                if self._fresh(st, self._dirty_ns(), time.time_ns(), None):
+                    return self._load(st)                       # another process refreshed
+                try:
+                    with _flock(self.lock_path, blocking=False):
+                        st = self._stat()
+                        if not self._fresh(st, self._dirty_ns(), time.time_ns(), None):
+                            self._refresh(st)
+                            st = self._stat()
+                        return self._load(st)
+                except BlockingIOError:
+                    return fallback                             # another process is refreshing
+            finally:
+                self._lock.release()
+        with self._lock:
+            st = self._stat()
+            if not self._fresh(st, self._dirty_ns(), time.time_ns(), max_age):
+                with _flock(self.lock_path):
+                    st = self._stat()
+                    if not self._fresh(st, self._dirty_ns(), time.time_ns(), max_age):
+                        self._refresh(st)
+                        st = self._stat()
+            return self._load(st)
 
     def invalidate(self) -> None:
         """This gateway changed a job: the next read runs squeue again."""
@@ -180,8 +316,7 @@ class SharedSnapshot:
     def _refresh(self, st) -> None:
         taken_ns = time.time_ns()
         prev = self._previous(st)
-        prev_records = {extra["id"]: (job, extra) for job, extra in (prev.records if prev else [])
-                        if extra.get("id")}
+        prev_records: Mapping[str, Record] = prev.by_id if prev else {}     # built as used
         error = None
         try:
             records = self.fetch(prev_records, prev.error if prev else None)
@@ -191,8 +326,8 @@ class SharedSnapshot:
         else:
             records = self._merge(records, prev_records, taken_ns / 1e9)
         self.refreshes += 1
-        doc = {"taken_at": taken_ns / 1e9, "error": error,
-               "jobs": [record_to_dict(r) for r in records]}
+        doc = {"taken_at": taken_ns / 1e9, "error": error, "fields": _JOB_FIELD_NAMES,
+               "rows": [record_to_row(r) for r in records]}
         fd, tmp = tempfile.mkstemp(prefix=".snapshot.", dir=self.cache_dir)
         try:
             with os.fdopen(fd, "w") as fh:
@@ -207,16 +342,18 @@ class SharedSnapshot:
                 pass
             raise
         # This process has the records already: no need to read back what it wrote.
-        self._view = View(taken_ns / 1e9, records, error)
-        self._view_key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._current = ((st.st_ino, st.st_mtime_ns, st.st_size), View(taken_ns / 1e9, records, error))
 
-    def _merge(self, records: list[Record], prev: dict[str, Record], now: float) -> list[Record]:
+    def _merge(self, records: list[Record], prev: Mapping[str, Record], now: float) -> list[Record]:
         """The fresh records plus finished jobs that have since left squeue."""
         seen = {extra.get("id") for _, extra in records}
         carried = []
         horizon = now - self.retention
-        for rec_id, (job, extra) in prev.items():
-            if rec_id in seen or not job.state.is_final:
+        for rec_id in prev:
+            if rec_id in seen:
+                continue
+            job, extra = prev[rec_id]
+            if not job.state.is_final:
                 continue
             ended = job.end_time.timestamp() if job.end_time else now
             if ended >= horizon:
@@ -228,20 +365,22 @@ class SharedSnapshot:
 
 
 class _flock:
-    """An exclusive flock on ``path``, blocking (the holder is refreshing the snapshot)."""
+    """An exclusive flock on ``path`` (the holder is refreshing the snapshot); with
+    ``blocking=False``, BlockingIOError when another process holds it."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, blocking: bool = True):
         self.path = path
+        self.flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
         self.fd = None
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                fcntl.flock(self.fd, self.flags)
                 return self
-            except OSError as exc:  # pragma: no cover - EINTR
-                if exc.errno != errno.EINTR:
+            except OSError as exc:
+                if exc.errno != errno.EINTR:  # EWOULDBLOCK is BlockingIOError
                     os.close(self.fd)
                     raise
 

@@ -67,6 +67,7 @@ def make(tmp_path, monkeypatch):
         monkeypatch.setattr("gateway_slurm_ssm.scheduler.make_transport", lambda opts: transport)
         options.setdefault("cache_dir", str(tmp_path / "cache"))
         options.setdefault("snapshot_interval", 60)
+        options.setdefault("json", "auto")     # the fixtures' squeue --json (the default, "no": below)
         sched = make_scheduler(options)
         return sched, transport
     return _make

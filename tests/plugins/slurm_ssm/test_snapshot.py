@@ -1,6 +1,7 @@
 """The shared queue snapshot: one squeue per interval for every thread and process of a host."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
@@ -11,11 +12,13 @@ import pytest
 
 from gateway.errors import SchedulerTimeout, SchedulerUnavailable
 from gateway.models import Job, JobState
-from gateway_slurm_ssm.snapshot import SharedSnapshot, record_from_dict, record_to_dict
+from gateway_slurm_ssm.snapshot import (SharedSnapshot, View, record_from_dict, record_from_row, record_to_dict,
+                                        record_to_row)
 
 
 def rec(job_id, state=JobState.RUNNING, end=None, **kw):
-    job = Job(job_id=job_id, state=state, user_name="u", end_time=end, **kw)
+    kw.setdefault("user_name", "u")
+    job = Job(job_id=job_id, state=state, end_time=end, **kw)
     return job, {"id": job_id, "array_job_id": None, "array_task_id": None, "array_tasks": None}
 
 
@@ -52,6 +55,23 @@ def test_record_round_trip():
     r = rec("7", JobState.FAILED, end=t, exit_code=3, hosts=["a", "b"], submit_time=t)
     again = record_from_dict(record_to_dict(r))
     assert again == r
+    assert record_from_row(json.loads(json.dumps(record_to_row(r)))) == r
+
+
+def test_a_view_from_rows_builds_only_what_is_asked_for():
+    t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    records = [rec("1", user_name="a"), rec("2", JobState.FAILED, end=t, exit_code=3),
+               (Job(job_id="5_1", user_name="a", state=JobState.PENDING),
+                {"id": "6", "array_job_id": "5", "array_task_id": "1", "array_tasks": None})]
+    records[0] = (records[0][0], records[0][1])
+    view = View(1.0, error=None, rows=[json.loads(json.dumps(record_to_row(r))) for r in records])
+    assert view._built == [None, None, None]
+    assert view.by_display["2"] == records[1] and view._built[0] is None and view._built[2] is None
+    assert view.by_id["6"] == records[2] and [r for r in view.arrays["5"]] == [records[2]]
+    assert "1" in view.by_display and "9" not in view.by_display and view.by_display.get("9") is None
+    assert [j.job_id for j in view.jobs_of("u")] == ["2"]
+    assert view.records == records and [j.job_id for j in view.jobs] == ["1", "2", "5_1"]
+    assert View(1.0, records).records == records                  # the refresher's own view
 
 
 def test_many_threads_share_one_refresh_per_interval(tmp_path):
@@ -174,3 +194,106 @@ def test_snapshot_file_is_private(tmp_path):
     snap.get()
     assert os.stat(tmp_path / "cache").st_mode & 0o077 == 0
     assert os.stat(tmp_path / "cache" / "snapshot.json").st_mode & 0o077 == 0
+
+
+class GatedFetch(CountingFetch):
+    """A squeue that, once ``gate`` is armed, blocks until the test opens it."""
+
+    def __init__(self, path, records=()):
+        super().__init__(path, records)
+        self.gate = None
+        self.entered = threading.Event()
+
+    def __call__(self, previous, previous_error):
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30)
+        return super().__call__(previous, previous_error)
+
+
+def _in_thread(fn):
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    t.start()
+    return t, box
+
+
+def test_readers_answer_from_the_last_view_while_one_thread_refreshes(tmp_path):
+    fetch = GatedFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 0.2, fetch, stale_grace=30)
+    assert set(snap.get().by_display) == {"1"}
+    time.sleep(0.25)                                    # stale now
+    fetch.records, fetch.gate = [rec("2")], threading.Event()
+    refresher, box = _in_thread(snap.get)
+    assert fetch.entered.wait(10)                       # the refresher is inside squeue
+    # Every other reader of this process answers at once from the previous view...
+    for _ in range(100):
+        assert set(snap.get().by_display) == {"1"}
+    # ...and so does another process's instance that has a view (flock held: no wait).
+    other = SharedSnapshot(str(tmp_path / "cache"), 0.2, fetch, stale_grace=30)
+    other._current = snap._current
+    assert set(other.get().by_display) == {"1"}
+    assert refresher.is_alive()
+    fetch.gate.set()
+    refresher.join(10)
+    assert set(box["value"].by_display) == {"2"}
+    assert set(snap.get().by_display) == {"2"} and fetch.runs == 2
+    assert set(other.get().by_display) == {"2"} and fetch.runs == 2   # loaded, not refreshed
+
+
+def test_after_a_change_or_past_the_grace_readers_wait_for_the_new_view(tmp_path):
+    fetch = GatedFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 0.2, fetch, stale_grace=30)
+    snap.get()
+    time.sleep(0.25)
+    fetch.records, fetch.gate = [rec("2")], threading.Event()
+    refresher, _ = _in_thread(snap.get)
+    assert fetch.entered.wait(10)
+    snap.invalidate()                                   # this gateway changed a job
+    waiter, box = _in_thread(snap.get)
+    fresh, fresh_box = _in_thread(lambda: snap.get(max_age=0))
+    waiter.join(0.5)
+    fresh.join(0.1)
+    assert waiter.is_alive() and fresh.is_alive()       # no stale answer after the change
+    fetch.gate.set()
+    for t in (refresher, waiter, fresh):
+        t.join(10)
+    assert set(box["value"].by_display) == {"2"} and set(fresh_box["value"].by_display) == {"2"}
+
+    # A view older than interval + grace is not served either: the reader waits.
+    old = SharedSnapshot(str(tmp_path / "cache"), 0.2, fetch, stale_grace=0.1)
+    old.get()
+    time.sleep(0.35)
+    fetch.records, fetch.gate, fetch.entered = [rec("3")], threading.Event(), threading.Event()
+    with _held_flock(old.lock_path):                   # "another process" is refreshing
+        reader, rbox = _in_thread(old.get)
+        reader.join(0.5)
+        assert reader.is_alive()
+    fetch.gate.set()
+    reader.join(10)
+    assert set(rbox["value"].by_display) == {"3"}
+
+
+class _held_flock:
+    def __init__(self, path):
+        import fcntl
+        self.fcntl, self.fd = fcntl, os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self):
+        self.fcntl.flock(self.fd, self.fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        self.fcntl.flock(self.fd, self.fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def test_a_snapshot_file_of_the_previous_format_still_loads(tmp_path):
+    """An upgrade keeps the finished jobs the old release's snapshot carried."""
+    fetch = CountingFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch)
+    done = rec("7", JobState.COMPLETED, end=datetime.now(timezone.utc), exit_code=0)
+    with open(snap.path, "w") as fh:
+        json.dump({"taken_at": time.time(), "error": None, "jobs": [record_to_dict(done)]}, fh)
+    assert snap.get().by_display["7"] == done and fetch.runs == 0
+    snap.invalidate()
+    assert set(snap.get().by_display) == {"1", "7"} and fetch.runs == 1   # carried over
