@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, g, jsonify, request
 from flask_smorest import Api
@@ -20,6 +20,7 @@ from .metrics import Metrics, metrics_view
 from .models import User
 from .plugins import Scheduler, load_scheduler
 from .sessions import SessionStore, TokenManager, load_or_create_secret, open_store
+from .turns import NO_TURNS, Turns
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +37,7 @@ class GatewayState:
     tokens: TokenManager
     authenticator: Authenticator
     metrics: Metrics
+    turns: Turns = field(default_factory=lambda: NO_TURNS)
 
     def is_admin(self, identity: Identity | str) -> bool:
         if isinstance(identity, str):
@@ -167,7 +169,8 @@ def create_app(config: dict | str | None = None) -> Flask:
     _first_start(cfg, authenticator)
     from . import __version__
     state = GatewayState(cfg, scheduler, store, tokens, authenticator,
-                         Metrics(tokens=tokens, scheduler=scheduler.name, version=__version__))
+                         Metrics(tokens=tokens, scheduler=scheduler.name, version=__version__),
+                         Turns(cfg["running_threads"]))
     app.extensions["hpc_gateway"] = state
 
     api = GatewayApi(app)
@@ -206,6 +209,17 @@ def create_app(config: dict | str | None = None) -> Flask:
         return envelope_error(500, "Internal error in the gateway; the administrator can find it in the log")
 
     @app.before_request
+    def _take_turn():
+        # File transfers mostly wait on the network and the cluster: they never queue for a turn.
+        if not (request.endpoint or "").startswith("files."):
+            state.turns.take()
+
+    @app.after_request
+    def _give_turn_back(response):
+        state.turns.give_back()       # before the body is sent: a slow reader holds no turn
+        return response
+
+    @app.before_request
     def _authenticate():
         g.t0 = time.perf_counter()
         state.metrics.request_started()
@@ -232,6 +246,7 @@ def create_app(config: dict | str | None = None) -> Flask:
 
     @app.teardown_request
     def _in_flight_done(_exc):
+        state.turns.give_back()       # if after_request did not run
         if g.pop("hpcgw_in_flight", False):
             state.metrics.request_done()
 

@@ -69,6 +69,7 @@ class ConfigSchema(Schema):
     bind = fields.String(load_default="0.0.0.0")
     workers = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=256))
     threads = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=1024))
+    running_threads = fields.Integer(load_default=4, validate=validate.Range(min=0, max=1024))
     api_prefix = fields.String(load_default="/aip/v9.2")
     work_dir = fields.String(load_default=None, allow_none=True)
     secret_file = fields.String(load_default=None, allow_none=True)

@@ -14,6 +14,7 @@ import pluggy
 
 from . import hookspecs, metrics
 from .errors import ConfigError, GatewayError, NotImplementedByPlugin
+from .turns import current_turns
 
 ENTRY_POINT_GROUP = "hpc_gateway.schedulers"
 log = logging.getLogger(__name__)
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 def installed_backends() -> dict:
     """Name -> entry point of every installed scheduler plugin."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+# Hooks the plugins answer from memory, a local database or a shared snapshot: they keep the
+# request's turn (gateway/turns.py). Every other hook may wait on the cluster and gives it away.
+SNAPSHOT_HOOKS = frozenset({"get_job", "list_jobs"})
 
 
 class Scheduler:
@@ -47,7 +53,11 @@ class Scheduler:
         start = time.perf_counter()
         outcome = "error"
         try:
-            result = caller(**kwargs)
+            if hook in SNAPSHOT_HOOKS:
+                result = caller(**kwargs)
+            else:                          # a command on the cluster: let others run meanwhile
+                with current_turns().waiting():
+                    result = caller(**kwargs)
             outcome = "ok"
             return result
         except GatewayError as exc:

@@ -41,7 +41,8 @@ class Login(MethodView):
                 raise TooManyRequests(
                     f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
                     f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
-        identity = state.authenticator.authenticate(name, creds["password"])
+        with state.turns.waiting():        # PAM may ask a directory service; Argon2 is slow on purpose
+            identity = state.authenticator.authenticate(name, creds["password"])
         if identity is None:
             for key, _ in keys:
                 state.store.hit(key, limit["window_seconds"], now)

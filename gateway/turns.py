@@ -1,0 +1,64 @@
+"""Turns: at most ``running_threads`` requests of a worker run gateway code at once.
+
+gunicorn's gthread workers give every request its own thread, and a worker needs many
+threads for the requests that wait (long polls, scheduler commands, file transfers). But
+when more than a few threads of one process want the CPU, Python's GIL hands it from one
+to the next at a cost that grows with their number: on this project's 2-CPU bench machine,
+200 clients asking for job details got 1,270 answers/s from 4 workers x 32 threads and
+1,560 with 4 turns per worker (bench/README.md). So a request takes a turn before the
+gateway's code runs and gives it back when its answer is ready; whatever waits (the long
+poll's sleeps, every scheduler hook but the snapshot reads, file transfers) gives its turn
+away for the wait. 0 turns: no limit.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from flask import g, has_request_context
+
+
+class Turns:
+    def __init__(self, count: int):
+        self._sem = threading.Semaphore(count) if count > 0 else None
+
+    @property
+    def limited(self) -> bool:
+        return self._sem is not None
+
+    def take(self) -> None:
+        """At the start of a request (before anything else runs)."""
+        if self._sem is not None and not g.get("hpcgw_turn"):
+            self._sem.acquire()
+            g.hpcgw_turn = True
+
+    def give_back(self) -> None:
+        """When the answer is ready (after_request) or the request ends (teardown); once."""
+        if self._sem is not None and has_request_context() and g.pop("hpcgw_turn", False):
+            self._sem.release()
+
+    @contextmanager
+    def waiting(self):
+        """Around a wait inside a request: the turn goes to another request meanwhile."""
+        if self._sem is None or not has_request_context() or not g.get("hpcgw_turn"):
+            yield
+            return
+        g.hpcgw_turn = False
+        self._sem.release()
+        try:
+            yield
+        finally:
+            self._sem.acquire()
+            g.hpcgw_turn = True
+
+
+NO_TURNS = Turns(0)
+
+
+def current_turns() -> Turns:
+    """The app's Turns inside a request, else none (CLI, background threads, tests)."""
+    if not has_request_context():
+        return NO_TURNS
+    from flask import current_app
+    state = current_app.extensions.get("hpc_gateway")
+    return getattr(state, "turns", NO_TURNS) if state is not None else NO_TURNS

@@ -1,0 +1,70 @@
+"""Turns (gateway/turns.py): at most running_threads requests of a worker run gateway code at
+once, and a request that waits gives its turn away."""
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, g
+
+from gateway.turns import Turns
+from tests.helpers import ApiClient
+
+
+def test_a_turn_is_taken_once_given_back_once_and_lent_while_waiting():
+    app = Flask(__name__)
+    turns = Turns(1)
+    entered = threading.Event()
+    with app.test_request_context():
+        turns.take()
+        turns.take()                              # a second take in the same request: no-op
+        assert not turns._sem.acquire(blocking=False)
+        with turns.waiting():
+            assert g.hpcgw_turn is False
+            # another request may run now
+            with app.test_request_context():
+                turns.take()
+                entered.set()
+                turns.give_back()
+        assert entered.is_set() and g.hpcgw_turn is True
+        turns.give_back()
+        turns.give_back()                         # once only
+    assert turns._sem.acquire(blocking=False) and not turns._sem.acquire(blocking=False)
+    assert not Turns(0).limited
+    with app.test_request_context():
+        Turns(0).take()                           # unlimited: nothing to take
+        with Turns(0).waiting():
+            pass
+
+
+def test_requests_beyond_the_turns_wait_and_a_long_poll_lends_its_turn(make_app):
+    app, admin = make_app(running_threads=1)
+    job_id = admin.submit(command="sleep 60", hold=True)
+    other = ApiClient(app, token=admin.token)
+    poll_done = threading.Event()
+
+    def long_poll():
+        r = ApiClient(app, token=admin.token).get(f"/jobs/{job_id}", params={"wait": "3"})
+        assert r.status == 200
+        poll_done.set()
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    try:
+        # With one turn, this answer can only come while the long poll sleeps without it.
+        r = other.get(f"/jobs/{job_id}")
+        assert r.status == 200 and not poll_done.is_set()
+        # A request that holds the turn makes the next one wait for it.
+        state = app.extensions["hpc_gateway"]
+        with app.test_request_context():
+            state.turns.take()
+            got = threading.Event()
+            waiter = threading.Thread(target=lambda: (other.get("/queues"), got.set()))
+            waiter.start()
+            assert not got.wait(0.5)
+            state.turns.give_back()
+            assert got.wait(10)
+            waiter.join(10)
+    finally:
+        admin.post(f"/jobs/{job_id}/kill")
+        t.join(30)
+    assert poll_done.is_set()
