@@ -12,7 +12,7 @@ import secrets
 import socket
 import time
 
-from flask import request
+from flask import jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -20,7 +20,7 @@ from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInpu
 from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
 from ..common import current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
-                      JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope)
+                      JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
 
 log = logging.getLogger("gateway.jobs")
 
@@ -54,9 +54,12 @@ def fetch_job(user: User, job_id: str, *, control: bool = False):
     return job
 
 
+_LEADING_DIGITS = re.compile(r"\d+")
+
+
 def _sort_key(job):
     jid = job.job_id
-    num = re.match(r"\d+", jid)
+    num = _LEADING_DIGITS.match(jid)
     return (job.submit_time.timestamp() if job.submit_time else 0.0, int(num.group()) if num else 0, jid)
 
 
@@ -208,7 +211,7 @@ class Jobs(MethodView):
         job_id = submit_with_idempotency("submit_job", spec)
         return ok({"job": {"job_id": str(job_id)}})
 
-    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.arguments(JobListQuerySchema(), location="query")   # an instance: not one per request
     @blp.response(200, JobListEnvelope)
     @document_errors(blp, 401, 403, 422, 502, 503, 504)
     def get(self, args):
@@ -234,12 +237,14 @@ class Jobs(MethodView):
         jobs.sort(key=_sort_key, reverse=True)
         limit = min(args.get("limit") or state.config["page_size"], state.config["max_page_size"])
         offset = args["offset"]
-        return ok({"jobs": jobs[offset:offset + limit], "total": len(jobs), "offset": offset, "limit": limit})
+        # Dumped by hand (job_json), not by JobListEnvelope: same JSON, ~8x less CPU.
+        return jsonify(ok({"jobs": [job_json(j) for j in jobs[offset:offset + limit]],
+                           "total": len(jobs), "offset": offset, "limit": limit}))
 
 
 @blp.route("/<job_id>")
 class JobDetail(MethodView):
-    @blp.arguments(JobWaitQuerySchema, location="query")
+    @blp.arguments(JobWaitQuerySchema(), location="query")
     @blp.response(200, JobEnvelope)
     @document_errors(blp, 401, 403, 404, 422, 502, 503, 504)
     def get(self, args, job_id):
@@ -253,7 +258,7 @@ class JobDetail(MethodView):
         wait = min(args["wait"], state.config["max_wait_seconds"])
         baseline = args.get("since") or job.state
         if wait <= 0 or job.state != baseline or job.state in FINAL_STATES:
-            return ok({"job": job})
+            return jsonify(ok({"job": job_json(job)}))
         deadline = time.monotonic() + wait
         # Back off from 50 ms to 1 s between looks; plugins answer get_job from a shared
         # snapshot or a local database, so a look costs the scheduler nothing.
@@ -262,12 +267,13 @@ class JobDetail(MethodView):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(min(interval, remaining))
+            with state.turns.waiting():          # a sleeping long poll holds no turn
+                time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 1.0)
             job = state.scheduler.call("get_job", user=user, job_id=job_id)
             if job.state != baseline:
                 break
-        return ok({"job": job})
+        return jsonify(ok({"job": job_json(job)}))
 
 
 @blp.route("/<job_id>/<any({}):action>".format(",".join(JOB_ACTIONS)))
