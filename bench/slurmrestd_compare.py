@@ -158,10 +158,11 @@ def count_pending(name: str) -> int:
 class Gateway:
     label = "gateway"
 
-    def __init__(self, tmp: Path, plugin_options: dict | None = None, threads: int | None = None):
+    def __init__(self, tmp: Path, plugin_options: dict | None = None, threads: int | None = None,
+                 workers: int | None = None):
         from tests.reliability.live import LiveGateway
         self.plugin_options = dict(plugin_options or {})
-        self.live = LiveGateway(tmp / "gw", workers=None, threads=threads, users={u: False for u in USERS},
+        self.live = LiveGateway(tmp / "gw", workers=workers, threads=threads, users={u: False for u in USERS},
                                 scheduler={"backend": "slurm_ssm", "options": {
                                     "transport": {"type": "local"}, "run_as": "sudo",
                                     "cache_dir": str(tmp / "gw" / "slurm-cache"), **self.plugin_options}})
@@ -387,6 +388,10 @@ def main() -> int:
                     help='extra slurm_ssm options for the gateway, JSON (e.g. \'{"json": "no"}\'); default: none')
     ap.add_argument("--longpoll-threads", type=int, default=512,
                     help="gunicorn threads per worker for the longpoll run (its own gateway; 0: as deployed)")
+    ap.add_argument("--gateway-workers", type=int, default=None,
+                    help="gunicorn workers of the gateway (default: as deployed, 2 x CPUs)")
+    ap.add_argument("--gateway-threads", type=int, default=None,
+                    help="gunicorn threads per worker of the gateway (default: as deployed)")
     ap.add_argument("--keep-queue", action="store_true",
                     help="leave the held jobs queued for the next run (which reuses them); default: cancel them")
     ap.add_argument("--json", help="write the figures here too")
@@ -411,7 +416,8 @@ def main() -> int:
     slurm_was_up = sh(CLUSTER / "slurm.sh", "status", timeout=60, check=False).returncode == 0
     slurmctld_pidfile = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm")) / "run" / "slurmctld.pid"
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-restd-"))
-    gateway, restd = Gateway(tmp, args.plugin_options), SlurmRestd(tmp)
+    gateway = Gateway(tmp, args.plugin_options, threads=args.gateway_threads, workers=args.gateway_workers)
+    restd = SlurmRestd(tmp)
     results, started = [], []
     t_start = time.monotonic()
     try:
