@@ -52,8 +52,10 @@ def job_info_rpcs() -> int:
 
 def make_plugin(cache_dir: str, interval: float):
     from gateway_slurm_ssm import make_scheduler
+    # interval 0 is the baseline "a squeue per call": no stale answers while one runs either.
     return make_scheduler({"transport": {"type": "local"}, "run_as": "sudo", "cache_dir": cache_dir,
-                           "snapshot_interval": interval, "command_timeout": 60})
+                           "snapshot_interval": interval, "command_timeout": 60,
+                           **({"snapshot_stale_grace": 0} if interval == 0 else {})})
 
 
 def _worker(cache_dir, interval, job_ids, threads, seconds, start_at, results):

@@ -105,7 +105,12 @@ class _Records(Mapping):
         self._view, self._index = view, index
 
     def __getitem__(self, key) -> Record:
-        return self._view.record(self._index[key])
+        i = self._index[key]
+        return self._view._built[i] or self._view.record(i)
+
+    def get(self, key, default=None):
+        i = self._index.get(key)
+        return default if i is None else (self._view._built[i] or self._view.record(i))
 
     def __contains__(self, key) -> bool:
         return key in self._index
@@ -120,6 +125,9 @@ class _Records(Mapping):
 class _RecordLists(_Records):
     def __getitem__(self, key) -> list[Record]:
         return [self._view.record(i) for i in self._index[key]]
+
+    def get(self, key, default=None):
+        return self[key] if key in self._index else default
 
 
 class View:
@@ -164,14 +172,16 @@ class View:
 
     @property
     def records(self) -> list[Record]:
-        return [self.record(i) for i in range(len(self._built))]
+        built = self._built
+        return [built[i] or self.record(i) for i in range(len(built))]
 
     @property
     def jobs(self) -> list[Job]:
-        return [self.record(i)[0] for i in range(len(self._built))]
+        return [rec[0] for rec in self.records]
 
     def jobs_of(self, user: str | None) -> list[Job]:
-        return [self.record(i)[0] for i in self._users.get(user, ())]
+        built = self._built
+        return [(built[i] or self.record(i))[0] for i in self._users.get(user, ())]
 
     def raise_error(self) -> None:
         if self.error:

@@ -68,6 +68,7 @@ def test_a_view_from_rows_builds_only_what_is_asked_for():
     assert view._built == [None, None, None]
     assert view.by_display["2"] == records[1] and view._built[0] is None and view._built[2] is None
     assert view.by_id["6"] == records[2] and [r for r in view.arrays["5"]] == [records[2]]
+    assert view.arrays.get("5") == [records[2]] and view.arrays.get("1") is None and view.by_id.get("5") is None
     assert "1" in view.by_display and "9" not in view.by_display and view.by_display.get("9") is None
     assert [j.job_id for j in view.jobs_of("u")] == ["2"]
     assert view.records == records and [j.job_id for j in view.jobs] == ["1", "2", "5_1"]
