@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -285,7 +286,11 @@ def open_store(url: str) -> SessionStore:
 
 
 def load_or_create_secret(path: str) -> bytes:
-    """The signing secret shared by all replicas; created 0600 on first start."""
+    """The signing secret shared by all replicas; created 0600 on first start.
+
+    Workers starting together may all find no file: each writes its candidate to a private
+    temporary file and hard-links it to ``path``, which succeeds for exactly one of them and
+    never shows a half-written secret; the others read the winner's."""
     try:
         with open(path, "rb") as fh:
             secret = fh.read().strip()
@@ -294,14 +299,20 @@ def load_or_create_secret(path: str) -> bytes:
         return secret
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     secret = secrets.token_urlsafe(48).encode()
+    fd, tmp = tempfile.mkstemp(prefix=".secret.", dir=folder)     # 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:            # another worker won the race: use its secret
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secret + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    except FileExistsError:            # another worker won the race: use its (complete) secret
         return load_or_create_secret(path)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret + b"\n")
+    finally:
+        os.unlink(tmp)
     return secret
 
 

@@ -125,3 +125,26 @@ def test_an_unreachable_redis_store_answers_503_not_500(tmp_path):
     r = client.get("/jobs")
     assert r.status == 503, r.body
     assert "session store" in r.body["msg"] and r.headers.get("Retry-After")
+
+
+def _create_secret(args):
+    path, barrier = args
+    from gateway.sessions import load_or_create_secret
+    barrier.wait(10)
+    return load_or_create_secret(path)
+
+
+def test_workers_starting_together_share_one_complete_secret(tmp_path):
+    """gunicorn's workers each build the app at once: none may see a half-written secret
+    (a CI run once failed with 'holds fewer than 32 bytes' from that race)."""
+    import multiprocessing
+    import os
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Manager() as manager, ctx.Pool(12) as pool:
+        for round_ in range(15):
+            path = str(tmp_path / f"r{round_}" / "secret.key")
+            barrier = manager.Barrier(12)
+            secrets_seen = pool.map(_create_secret, [(path, barrier)] * 12)
+            assert len(set(secrets_seen)) == 1 and len(secrets_seen[0]) >= 32
+            assert os.stat(path).st_mode & 0o077 == 0
+            assert os.listdir(os.path.dirname(path)) == ["secret.key"]     # no temporary left
