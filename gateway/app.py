@@ -211,8 +211,12 @@ def create_app(config: dict | str | None = None) -> Flask:
     @app.before_request
     def _take_turn():
         # File transfers mostly wait on the network and the cluster: they never queue for a turn.
-        if not (request.endpoint or "").startswith("files."):
-            state.turns.take()
+        if (request.endpoint or "").startswith("files.") or not state.turns.limited:
+            return
+        if request.content_length or request.headers.get("Transfer-Encoding"):
+            # A slow client sends its (JSON, max_body_bytes at most) body before it may hold a turn.
+            request.get_data(cache=True)
+        state.turns.take()
 
     @app.after_request
     def _give_turn_back(response):

@@ -3,6 +3,13 @@
 Every hook is called with keyword arguments and is ``firstresult``: exactly one scheduler
 plugin is registered per app. A hook a plugin does not implement answers 501. Plugins raise
 ``gateway.errors`` classes, never return error dicts. ``user`` is a ``gateway.models.User``.
+
+A hook call gives the request's turn (gateway/turns.py) away while it runs, so a command that
+waits on the cluster does not keep other requests of the worker from running. A plugin that
+answers some hooks from memory, a local database or a snapshot, without waiting, names them
+in a class attribute ``keeps_turn`` (e.g. ``frozenset({"get_job", "list_jobs"})``): those
+calls keep the turn and skip the hand-over. Such a hook that must wait after all (a refresh)
+lends the turn itself: ``with gateway.turns.current_turns().waiting(): ...``.
 """
 import pluggy
 

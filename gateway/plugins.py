@@ -25,9 +25,9 @@ def installed_backends() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-# Hooks the plugins answer from memory, a local database or a shared snapshot: they keep the
-# request's turn (gateway/turns.py). Every other hook may wait on the cluster and gives it away.
-SNAPSHOT_HOOKS = frozenset({"get_job", "list_jobs"})
+# A plugin lists, in its ``keeps_turn`` attribute, the hooks it answers from memory, a local
+# database or a shared snapshot without waiting on the cluster: those keep the request's turn
+# (gateway/turns.py). Every other hook gives the turn away while it runs.
 
 
 class Scheduler:
@@ -40,6 +40,7 @@ class Scheduler:
         self.pm.add_hookspecs(hookspecs)
         self.pm.register(impl, name=name)
         self.pm.check_pending()          # a misspelt hook name fails at start-up
+        self.keeps_turn = frozenset(getattr(impl, "keeps_turn", ()) or ())
 
     def implements(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
@@ -53,7 +54,7 @@ class Scheduler:
         start = time.perf_counter()
         outcome = "error"
         try:
-            if hook in SNAPSHOT_HOOKS:
+            if hook in self.keeps_turn:
                 result = caller(**kwargs)
             else:                          # a command on the cluster: let others run meanwhile
                 with current_turns().waiting():

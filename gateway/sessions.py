@@ -11,6 +11,7 @@ shared by replicas: SQLite (default, one host, several gunicorn workers) or Redi
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sqlite3
@@ -290,15 +291,30 @@ def load_or_create_secret(path: str) -> bytes:
 
     Workers starting together may all find no file: each writes its candidate to a private
     temporary file and hard-links it to ``path``, which succeeds for exactly one of them and
-    never shows a half-written secret; the others read the winner's."""
-    try:
-        with open(path, "rb") as fh:
-            secret = fh.read().strip()
-        if len(secret) < 32:
-            raise ConfigError(f"secret_file {path} holds fewer than 32 bytes")
-        return secret
-    except FileNotFoundError:
-        pass
+    never shows a half-written secret; the others read the winner's. (Where the file system
+    has no hard links, O_EXCL creation, and a reader that finds the file still empty waits
+    for its writer a moment.)"""
+    for _ in range(50):
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read().strip()
+        except FileNotFoundError:
+            pass
+        else:
+            if len(secret) >= 32:
+                return secret
+            if secret or time.time() - os.stat(path).st_mtime > 2:
+                raise ConfigError(f"secret_file {path} holds fewer than 32 bytes")
+            time.sleep(0.05)             # just created by another worker, not yet written
+            continue
+        created = _create_secret(path)
+        if created is not None:
+            return created
+    raise ConfigError(f"cannot create or read secret_file {path}")
+
+
+def _create_secret(path: str) -> bytes | None:
+    """Write a new secret to ``path`` unless one appeared meanwhile (then None)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o700, exist_ok=True)
     secret = secrets.token_urlsafe(48).encode()
@@ -308,12 +324,26 @@ def load_or_create_secret(path: str) -> bytes:
             fh.write(secret + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.link(tmp, path)
-    except FileExistsError:            # another worker won the race: use its (complete) secret
-        return load_or_create_secret(path)
+        try:
+            os.link(tmp, path)
+            return secret
+        except FileExistsError:
+            return None
+        except OSError as exc:           # no hard links here (vfat, CIFS, some FUSE mounts)
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secret + b"\n")
+        return secret
     finally:
-        os.unlink(tmp)
-    return secret
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class TokenManager:

@@ -25,6 +25,8 @@ def _jobs():
               stdout_path="/o %j", stderr_path="", command="")
     for state in JobState:
         yield Job(job_id="3", state=state)
+    # a third-party plugin's loose types: coerced as marshmallow's fields do
+    yield Job(job_id=42, state=None, hosts=None, exit_code="3", nodes=1.0, cpus=True, name=7)
 
 
 def test_job_json_is_jobschema_dump():

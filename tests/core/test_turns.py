@@ -68,3 +68,27 @@ def test_requests_beyond_the_turns_wait_and_a_long_poll_lends_its_turn(make_app)
         admin.post(f"/jobs/{job_id}/kill")
         t.join(30)
     assert poll_done.is_set()
+
+
+def test_hooks_keep_the_turn_only_where_the_plugin_says_so():
+    from gateway.hookspecs import hookimpl
+    from gateway.models import Job
+    from gateway.plugins import Scheduler
+
+    class Plugin:
+        @hookimpl
+        def get_job(self, user, job_id):
+            return Job(job_id=job_id, name=str(g.get("hpcgw_turn")))
+
+    class SnapshotPlugin(Plugin):
+        keeps_turn = frozenset({"get_job"})
+
+    app = Flask(__name__)
+    turns = Turns(1)
+    app.extensions["hpc_gateway"] = type("S", (), {"turns": turns})()
+    for impl, held in ((Plugin(), "False"), (SnapshotPlugin(), "True")):
+        with app.test_request_context():
+            turns.take()
+            job = Scheduler("t", impl).call("get_job", user=None, job_id="1")
+            assert job.name == held and g.hpcgw_turn is True     # and back after the call
+            turns.give_back()

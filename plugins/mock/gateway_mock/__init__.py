@@ -70,6 +70,8 @@ def _job_id(job_id: str) -> int:
 
 
 class MockScheduler:
+    # Answered from the local SQLite database: these keep the request's turn (gateway/turns.py).
+    keeps_turn = frozenset({"get_job", "list_jobs"})
     def __init__(self, options: dict):
         try:
             opts = MockOptions().load(options)

@@ -58,6 +58,9 @@ _EXIT_CODE_LOOKUPS = 20
 
 
 class SlurmScheduler:
+    # Answered from the shared snapshot; the snapshot itself lends the turn away whenever it
+    # has to wait (for squeue, or for another thread's or process's refresh).
+    keeps_turn = frozenset({"get_job", "list_jobs"})
     def __init__(self, options: dict | None):
         self.opts = load_options(options)
         self.transport = make_transport(dict(self.opts["transport"]))

@@ -4,8 +4,11 @@ Every listing, job detail and long poll of every thread and every gunicorn worke
 host reads the same snapshot file; it is refreshed (one ``squeue``, one REQUEST_JOB_INFO
 RPC) at most once per ``interval`` however many clients poll:
 
-- ``snapshot.json`` in the cache dir, written atomically (temp file + rename); its mtime
-  is set to the moment the squeue started.
+- ``snapshot-rows.json`` in the cache dir, written atomically (temp file + rename); its
+  mtime is set to the moment the squeue started. (The first releases wrote
+  ``snapshot.json``, one object per job; its own name keeps a worker of that release, during
+  a rolling upgrade, from reading a file it cannot parse. A new release takes that file's
+  finished jobs over on its first refresh.)
 - ``snapshot.lock``: whoever finds the snapshot stale takes this flock and re-checks; only
   the holder runs squeue, the others wait and then read what it wrote.
 - ``snapshot.dirty``: touched when this gateway changes a job (submit, kill...). A
@@ -37,6 +40,14 @@ from typing import Callable
 from gateway import errors as gw_errors
 from gateway.errors import GatewayError, SchedulerUnavailable
 from gateway.models import Job, JobState
+
+try:                                  # the core's turns (gateway/turns.py), when it has them
+    from gateway.turns import current_turns
+
+    def _lend_turn():
+        return current_turns().waiting()
+except ImportError:                   # pragma: no cover - an older core
+    from contextlib import nullcontext as _lend_turn
 
 Record = tuple[Job, dict]          # (job, extra: id, array_job_id, array_task_id, array_tasks)
 _JOB_FIELD_NAMES = tuple(f.name for f in fields(Job))
@@ -200,11 +211,13 @@ class SharedSnapshot:
         self.fetch = fetch
         self.retention = retention
         self.keep = keep
-        self.path = os.path.join(cache_dir, "snapshot.json")
+        self.path = os.path.join(cache_dir, "snapshot-rows.json")
+        self.legacy_path = os.path.join(cache_dir, "snapshot.json")
         self.lock_path = os.path.join(cache_dir, "snapshot.lock")
         self.dirty_path = os.path.join(cache_dir, "snapshot.dirty")
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        self.stale_grace_ns = int(stale_grace * 1e9)
+        # interval 0 means "a squeue for every read": no stale answers either.
+        self.stale_grace_ns = int(stale_grace * 1e9) if interval > 0 else 0
         self._lock = threading.Lock()            # one refresher / loader per process
         self._current: tuple[tuple, View] | None = None   # (file key, view), replaced whole
         self.refreshes = 0            # squeue runs by this process (for tests and bench)
@@ -233,27 +246,20 @@ class SharedSnapshot:
         current = self._current
         if current is not None and current[0] == key:
             return current[1]
-        with open(self.path, "rb") as fh:
-            doc = json.load(fh)
-        taken_at = doc.get("taken_at", st.st_mtime_ns / 1e9)
-        if doc.get("fields") == list(_JOB_FIELD_NAMES):
-            view = View(taken_at, error=doc.get("error"), rows=doc.get("rows", []))
-        elif "rows" in doc:              # written by another release: go by the names
-            names = list(doc.get("fields") or ())
-            view = View(taken_at, [record_from_dict(dict(zip(names, row[:-1]), _extra=row[-1]))
-                                   for row in doc["rows"]], doc.get("error"))
-        else:                            # the first releases' format
-            view = View(taken_at, [record_from_dict(d) for d in doc.get("jobs", [])], doc.get("error"))
+        view = _read_view(self.path, st)
         self._current = (key, view)
         return view
 
-    def _servable(self, view: View | None, dirty_ns: int, now_ns: int) -> bool:
-        """May ``view`` answer while a newer one is being made? Only when nothing this
-        gateway did since makes it wrong (dirty mark) and it is not much past its interval."""
-        if view is None:
+    def _servable(self, current, dirty_ns: int, now_ns: int) -> bool:
+        """May the view in ``current`` answer while a newer one is being made? Only when
+        nothing this gateway did since makes it wrong (dirty mark) and it is not much past
+        its interval. Compared on the file's mtime, which the file system truncates as it
+        truncates the dirty mark's (a view taken at 11.5 s must not pass for newer than a
+        change at 11.9 s stored as 11 s)."""
+        if current is None:
             return False
-        taken_ns = int(view.taken_at * 1e9)
-        return taken_ns > dirty_ns and now_ns - taken_ns < self.interval_ns + self.stale_grace_ns
+        mtime_ns = current[0][1]
+        return mtime_ns > dirty_ns and now_ns - mtime_ns < self.interval_ns + self.stale_grace_ns
 
     # ------------------------------------------------------------ public
     def get(self, max_age: float | None = None) -> View:
@@ -277,8 +283,7 @@ class SharedSnapshot:
         if st is not None and current is not None and current[0] == (st.st_ino, st.st_mtime_ns, st.st_size) \
                 and self._fresh(st, dirty_ns, now_ns, max_age):
             return current[1]                                   # the hot path: no lock at all
-        fallback = current[1] if (current is not None and max_age is None
-                                  and self._servable(current[1], dirty_ns, now_ns)) else None
+        fallback = current[1] if (max_age is None and self._servable(current, dirty_ns, now_ns)) else None
         if fallback is not None:
             if not self._lock.acquire(blocking=False):
                 return fallback                                 # another thread is on it
@@ -287,17 +292,24 @@ class SharedSnapshot:
                 if self._fresh(st, self._dirty_ns(), time.time_ns(), None):
                     return self._load(st)                       # another process refreshed
                 try:
-                    with _flock(self.lock_path, blocking=False):
-                        st = self._stat()
-                        if not self._fresh(st, self._dirty_ns(), time.time_ns(), None):
-                            self._refresh(st)
-                            st = self._stat()
-                        return self._load(st)
+                    flock = _flock(self.lock_path, blocking=False).__enter__()
                 except BlockingIOError:
                     return fallback                             # another process is refreshing
+                try:
+                    st = self._stat()
+                    if not self._fresh(st, self._dirty_ns(), time.time_ns(), None):
+                        with _lend_turn():
+                            self._refresh(st)
+                        st = self._stat()
+                    return self._load(st)
+                finally:
+                    flock.__exit__(None, None, None)
             finally:
                 self._lock.release()
-        with self._lock:
+        # Waiting (for this process's refresher, another process's, or squeue): the request's
+        # turn (gateway/turns.py) goes to others meanwhile. Every wait on these locks lends
+        # it, so a refresher taking its turn back while holding them cannot deadlock.
+        with _lend_turn(), self._lock:
             st = self._stat()
             if not self._fresh(st, self._dirty_ns(), time.time_ns(), max_age):
                 with _flock(self.lock_path):
@@ -316,10 +328,12 @@ class SharedSnapshot:
 
     # ------------------------------------------------------------ refresh
     def _previous(self, st) -> View | None:
-        if st is None:
-            return None
         try:
-            return self._load(st)
+            if st is not None:
+                return self._load(st)
+            # No snapshot of this release yet: take the finished jobs over from the file of
+            # the release before, if there is one.
+            return _read_view(self.legacy_path, os.stat(self.legacy_path))
         except (OSError, ValueError):
             return None
 
@@ -372,6 +386,20 @@ class SharedSnapshot:
             carried.sort(key=lambda r: r[0].end_time.timestamp() if r[0].end_time else 0, reverse=True)
             carried = carried[:self.keep]
         return list(records) + carried
+
+
+def _read_view(path: str, st) -> View:
+    with open(path, "rb") as fh:
+        doc = json.load(fh)
+    taken_at = doc.get("taken_at", st.st_mtime_ns / 1e9)
+    if doc.get("fields") == list(_JOB_FIELD_NAMES):
+        return View(taken_at, error=doc.get("error"), rows=doc.get("rows", []))
+    if "rows" in doc:                    # written by another release: go by the names
+        names = list(doc.get("fields") or ())
+        return View(taken_at, [record_from_dict(dict(zip(names, row[:-1]), _extra=row[-1]))
+                               for row in doc["rows"]], doc.get("error"))
+    # the first releases' format (snapshot.json)
+    return View(taken_at, [record_from_dict(d) for d in doc.get("jobs", [])], doc.get("error"))
 
 
 class _flock:

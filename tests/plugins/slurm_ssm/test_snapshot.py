@@ -194,7 +194,7 @@ def test_snapshot_file_is_private(tmp_path):
     snap = SharedSnapshot(str(tmp_path / "cache"), 1, CountingFetch(tmp_path / "runs"))
     snap.get()
     assert os.stat(tmp_path / "cache").st_mode & 0o077 == 0
-    assert os.stat(tmp_path / "cache" / "snapshot.json").st_mode & 0o077 == 0
+    assert os.stat(snap.path).st_mode & 0o077 == 0
 
 
 class GatedFetch(CountingFetch):
@@ -288,13 +288,63 @@ class _held_flock:
         os.close(self.fd)
 
 
-def test_a_snapshot_file_of_the_previous_format_still_loads(tmp_path):
-    """An upgrade keeps the finished jobs the old release's snapshot carried."""
+def test_the_previous_releases_snapshot_hands_its_finished_jobs_over(tmp_path):
+    """A rolling upgrade: the old release keeps its snapshot.json (which it can parse); the
+    new one writes its own file and carries the old file's finished jobs over."""
     fetch = CountingFetch(tmp_path / "runs", [rec("1")])
     snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch)
     done = rec("7", JobState.COMPLETED, end=datetime.now(timezone.utc), exit_code=0)
-    with open(snap.path, "w") as fh:
-        json.dump({"taken_at": time.time(), "error": None, "jobs": [record_to_dict(done)]}, fh)
-    assert snap.get().by_display["7"] == done and fetch.runs == 0
-    snap.invalidate()
-    assert set(snap.get().by_display) == {"1", "7"} and fetch.runs == 1   # carried over
+    old = {"taken_at": time.time(), "error": None, "jobs": [record_to_dict(done)]}
+    with open(snap.legacy_path, "w") as fh:
+        json.dump(old, fh)
+    view = snap.get()
+    assert set(view.by_display) == {"1", "7"} and view.by_display["7"][0] == done[0] and fetch.runs == 1
+    assert snap.path != snap.legacy_path and json.load(open(snap.legacy_path)) == old   # untouched
+
+
+def test_interval_zero_means_a_squeue_for_every_read(tmp_path):
+    fetch = GatedFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 0, fetch)          # default grace, but 0
+    snap.get()
+    fetch.records, fetch.gate = [rec("2")], threading.Event()
+    refresher, _ = _in_thread(snap.get)
+    assert fetch.entered.wait(10)
+    reader, box = _in_thread(snap.get)
+    reader.join(0.3)
+    assert reader.is_alive()                           # waits: no stale answer at interval 0
+    fetch.gate.set()
+    reader.join(10)
+    assert set(box["value"].by_display) == {"2"}
+
+
+def test_a_reader_waiting_for_the_snapshot_lends_its_turn(tmp_path):
+    """With one turn per worker, a request waiting for squeue must not stop the others."""
+    from flask import Flask, g
+
+    from gateway.turns import Turns
+    app = Flask(__name__)
+    turns = Turns(1)
+    app.extensions["hpc_gateway"] = type("S", (), {"turns": turns})()
+    fetch = GatedFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch)
+    snap.get()
+    snap.invalidate()                                  # the next read must wait for squeue
+    fetch.gate = threading.Event()
+    seen = {}
+
+    def request_waiting_for_squeue():
+        with app.test_request_context():
+            turns.take()
+            seen["view"] = snap.get()
+            seen["turn_back"] = g.hpcgw_turn
+            turns.give_back()
+
+    t = threading.Thread(target=request_waiting_for_squeue)
+    t.start()
+    assert fetch.entered.wait(10)
+    with app.test_request_context():                   # another request gets the one turn
+        assert turns._sem.acquire(timeout=5)
+        turns._sem.release()
+    fetch.gate.set()
+    t.join(10)
+    assert "1" in seen["view"].by_display and seen["turn_back"] is True
