@@ -221,6 +221,13 @@ class PipeChannel(Channel):
 
 
 # ---------------------------------------------------------------- SSM: through S3
+def _end_object(body, delete, key: str) -> None:
+    try:
+        body.close()
+    finally:
+        delete(key)
+
+
 class S3Channel(Channel):
     PART = 8 * 1024 * 1024           # S3's minimum part is 5 MiB (but the last)
 
@@ -342,14 +349,11 @@ class S3Channel(Channel):
             self._delete(key)
             raise self._s3_error(exc, "sending the download") from exc
 
-        done = []
-
-        def cleanup():
-            if not done:
-                done.append(True)
-                obj["Body"].close()
-                self._delete(key)
-        return ClosingIterator(obj["Body"].iter_chunks(self.chunk), [cleanup]), obj.get("ContentLength")
+        chunks = obj["Body"].iter_chunks(self.chunk)
+        # Runs once: when the response is closed or, failing that, when the iterator is dropped
+        # unclosed (as for the pipes above); else the staging object stays in the bucket.
+        end = weakref.finalize(chunks, _end_object, obj["Body"], self._delete, key)
+        return ClosingIterator(chunks, [end]), obj.get("ContentLength")
 
     def _put_from_cluster(self, path: str, what: str, shown: str) -> str:
         key = self._key()
