@@ -159,10 +159,12 @@ class Gateway:
     label = "gateway"
 
     def __init__(self, tmp: Path, plugin_options: dict | None = None, threads: int | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, config: dict | None = None):
         from tests.reliability.live import LiveGateway
         self.plugin_options = dict(plugin_options or {})
+        self.config = dict(config or {})
         self.live = LiveGateway(tmp / "gw", workers=workers, threads=threads, users={u: False for u in USERS},
+                                **self.config,
                                 scheduler={"backend": "slurm_ssm", "options": {
                                     "transport": {"type": "local"}, "run_as": "sudo",
                                     "cache_dir": str(tmp / "gw" / "slurm-cache"), **self.plugin_options}})
@@ -180,7 +182,7 @@ class Gateway:
         return [self.live.master_pid, *self.live.worker_pids()]
 
     def describe(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in self.plugin_options.items())
+        extra = "".join(f", {k}={v}" for k, v in {**self.config, **self.plugin_options}.items())
         return (f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread workers x "
                 f"{self.live.threads_per_worker} threads; slurm_ssm, local transport, run_as sudo{extra or ' (defaults)'}")
 
@@ -392,6 +394,8 @@ def main() -> int:
                     help="gunicorn workers of the gateway (default: as deployed, 2 x CPUs)")
     ap.add_argument("--gateway-threads", type=int, default=None,
                     help="gunicorn threads per worker of the gateway (default: as deployed)")
+    ap.add_argument("--gateway-config", type=json.loads, default={},
+                    help='extra gateway.yaml settings, JSON (e.g. \'{"running_threads": 2}\'); default: none')
     ap.add_argument("--keep-queue", action="store_true",
                     help="leave the held jobs queued for the next run (which reuses them); default: cancel them")
     ap.add_argument("--json", help="write the figures here too")
@@ -416,7 +420,8 @@ def main() -> int:
     slurm_was_up = sh(CLUSTER / "slurm.sh", "status", timeout=60, check=False).returncode == 0
     slurmctld_pidfile = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm")) / "run" / "slurmctld.pid"
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-restd-"))
-    gateway = Gateway(tmp, args.plugin_options, threads=args.gateway_threads, workers=args.gateway_workers)
+    gateway = Gateway(tmp, args.plugin_options, threads=args.gateway_threads, workers=args.gateway_workers,
+                      config=args.gateway_config)
     restd = SlurmRestd(tmp)
     results, started = [], []
     t_start = time.monotonic()
@@ -451,7 +456,8 @@ def main() -> int:
                 if sc.kind == "longpoll" and args.longpoll_threads:
                     # As deployed, workers x threads (4 x 32 here) polls wait at once and the rest
                     # queue behind them; a site expecting N long polls sizes threads for N.
-                    server = Gateway(tmp / "longpoll", args.plugin_options, threads=args.longpoll_threads).start()
+                    server = Gateway(tmp / "longpoll", args.plugin_options, threads=args.longpoll_threads,
+                                     config=args.gateway_config).start()
                     started.append(server)
                     servers["gateway (long poll)"] = server
                 try:
