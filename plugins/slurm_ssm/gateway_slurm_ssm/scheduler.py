@@ -172,6 +172,12 @@ class SlurmScheduler:
             up, words = parse.parse_ping(res.out or res.err)
         except GatewayError:
             return None
+        return self._note_ping(up, words)
+
+    def _note_ping(self, up: bool, words: str) -> bool:
+        """Every ping's answer, whoever asked (the fail-fast path, the snapshot, /health),
+        updates what this process believes: an UP ends the hold at once, so no request is
+        refused on an old DOWN after a ping has seen the controller back."""
         if up:
             self._controller_down = False
         else:
@@ -203,8 +209,9 @@ class SlurmScheduler:
         if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
             # The controller was down: `scontrol ping` says so at once, where squeue would
             # retry for seconds.
-            ok, words = parse.parse_ping(self._run(commands.ping(), as_user=self.service_account,
-                                                   timeout=min(self.timeout, 5.0)).out)
+            res = self._run(commands.ping(), as_user=self.service_account, timeout=min(self.timeout, 5.0))
+            ok, words = parse.parse_ping(res.out or res.err)
+            self._note_ping(ok, words)
             if not ok:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {words}")
         if self._use_json():
@@ -581,6 +588,7 @@ class SlurmScheduler:
             return Health(ok=False, latency_ms=None, detail=exc.msg)
         latency = (time.monotonic() - start) * 1000
         ok, words = parse.parse_ping(res.out or res.err)
+        self._note_ping(ok, words)
         return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
 
 

@@ -240,6 +240,37 @@ def test_controller_down_is_503_and_then_answered_by_ping(make):
     assert not health.ok and "DOWN" in health.detail
 
 
+@pytest.mark.parametrize("asked_by", ["health", "snapshot"])
+def test_a_ping_that_sees_the_controller_back_ends_the_down_hold_at_once(make, asked_by):
+    """Once DOWN was seen, commands are refused for down_hold seconds without asking again.
+    But any ping that sees the controller UP (/health's, the snapshot's) ends that at once:
+    no request may get a 503 on an old DOWN after the gateway has seen it back."""
+    import time
+    sched, t = make(snapshot_interval=0.01, down_probe_after=0.05, down_hold=30)
+    slow = [True]
+    replay = t.run
+
+    def run(argv, **kw):
+        if slow[0] and "squeue" in argv:
+            time.sleep(0.3)                    # squeue retrying an unreachable controller
+        return replay(argv, **kw)
+    t.run = run
+    t.answer(["squeue", "--json"], fx("down_squeue_json"))
+    t.answer(["scontrol", "ping"], fx("down_ping"))
+    with pytest.raises(SchedulerUnavailable):
+        sched.list_jobs(user=ALICE, query=JobQuery())
+    assert sched._controller_down                       # the fail-fast ping saw DOWN: held
+    # The controller is back.
+    slow[0] = False
+    t.answer(["squeue", "--json"], fx("squeue_json"))
+    t.answer(["scontrol", "ping"], fx("scontrol_ping"))
+    time.sleep(0.02)
+    if asked_by == "health":
+        assert sched.health().ok
+    assert {j.job_id for j in sched.list_jobs(user=ALICE, query=JobQuery())}
+    assert not sched._controller_down
+
+
 def test_hosts_queues_users_cluster(make):
     sched, t = make(run_as="sudo", admin_run_as="slurmop")
     [host] = sched.list_hosts()
