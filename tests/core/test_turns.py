@@ -92,3 +92,48 @@ def test_hooks_keep_the_turn_only_where_the_plugin_says_so():
             job = Scheduler("t", impl).call("get_job", user=None, job_id="1")
             assert job.name == held and g.hpcgw_turn is True     # and back after the call
             turns.give_back()
+
+
+def test_a_freed_turn_goes_to_the_request_that_waited_longest():
+    from gateway.turns import FifoSemaphore
+    sem = FifoSemaphore(1)
+    assert sem.acquire()
+    order: list[int] = []
+    gate = threading.Event()
+
+    def wait(i):
+        sem.acquire()
+        gate.wait(10)
+        order.append(i)
+        sem.release()
+
+    threads = []
+    for i in range(5):
+        t = threading.Thread(target=wait, args=(i,))
+        t.start()
+        threads.append(t)
+        for _ in range(500):                      # queued before the next one arrives
+            if len(sem._waiters) == i + 1:
+                break
+            threading.Event().wait(0.01)
+        assert len(sem._waiters) == i + 1
+    sem.release()
+    # The freed turn went to the oldest waiter: a newcomer cannot take it over (a plain
+    # threading.Semaphore lets it, which is what made the storm's tail).
+    assert not sem.acquire(blocking=False)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3, 4]
+    assert sem.acquire(blocking=False) and not sem.acquire(blocking=False)
+    sem.release()
+
+
+def test_a_wait_for_a_turn_that_times_out_leaves_the_queue():
+    from gateway.turns import FifoSemaphore
+    sem = FifoSemaphore(1)
+    assert sem.acquire()
+    assert sem.acquire(timeout=0.05) is False and not sem._waiters
+    sem.release()
+    assert sem.acquire(timeout=0.05) is True          # the unit came back, nobody queued for it
+    sem.release()
