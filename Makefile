@@ -29,7 +29,7 @@ run: install
 test: system-deps install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-test
+bench: system-deps install-test
 	$(PY) bench/run.py
 
 clean:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite starts for real: Slurm + munge, OpenSSH,
+# Installs the Debian packages the test suite and the benches start for real: Slurm + munge
+# (slurmrestd and its JWT plugin for bench/slurmrestd_compare.py), OpenSSH,
 # sudo, NGINX, Redis, Chromium, TigerVNC + websockify + noVNC, X clients.
 # Run as root on Debian 12; elsewhere it says what is missing and exits 0 (the tests then
 # skip locally, and fail under CI=true).
 set -euo pipefail
 
 PACKAGES=(
-  slurm-wlm slurmrestd munge
+  slurm-wlm slurmrestd slurm-wlm-jwt-plugin munge
   openssh-server openssh-client sudo
   nginx redis-server
   chromium chromium-driver
