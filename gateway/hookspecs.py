@@ -33,6 +33,15 @@ def get_job(user, job_id):
 
 
 @hookspec(firstresult=True)
+def job_state(user, job_id):
+    """Optional: the job's JobState from what the plugin already holds (a listing it keeps
+    for every caller), or None when it cannot tell without asking the scheduler about this
+    one job. A long poll watches for a change with it and calls get_job only for its answer;
+    without it, every look of a long poll is a get_job. Called only for a job the user was
+    just allowed to see (get_job answered first)."""
+
+
+@hookspec(firstresult=True)
 def control_job(user, job_id, action):
     """Apply action (kill, suspend, resume, requeue, hold, release); Conflict if invalid now."""
 

@@ -260,9 +260,12 @@ class JobDetail(MethodView):
         if wait <= 0 or job.state != baseline or job.state in FINAL_STATES:
             return jsonify(ok({"job": job_json(job)}))
         deadline = time.monotonic() + wait
-        # Back off from 50 ms to 1 s between looks; plugins answer get_job from a shared
-        # snapshot or a local database, so a look costs the scheduler nothing.
+        # Back off from 50 ms to 1 s between looks. A look costs the scheduler nothing: the
+        # plugin answers from a snapshot, a local database, or (job_state) a listing it
+        # keeps for every caller; the job itself is fetched again only for the answer.
+        watch = state.scheduler.implements("job_state")
         interval = 0.05
+        current = True                           # `job` is the latest look's
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -270,9 +273,21 @@ class JobDetail(MethodView):
             with state.turns.waiting():          # a sleeping long poll holds no turn
                 time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 1.0)
-            job = state.scheduler.call("get_job", user=user, job_id=job_id)
-            if job.state != baseline:
+            seen = state.scheduler.call("job_state", user=user, job_id=job_id) if watch else None
+            if seen is None:
+                job = state.scheduler.call("get_job", user=user, job_id=job_id)
+                seen, current = job.state, True
+            else:
+                current = False
+            if seen != baseline:
+                if not current:
+                    job = state.scheduler.call("get_job", user=user, job_id=job_id)
+                    current = True
+                    if job.state == baseline:     # the listing was behind the job: no change yet
+                        continue
                 break
+        if not current:
+            job = state.scheduler.call("get_job", user=user, job_id=job_id)
         return jsonify(ok({"job": job_json(job)}))
 
 

@@ -381,6 +381,24 @@ class AipScheduler:
         return self._job(str(job_id))
 
     @hookimpl
+    def job_state(self, user, job_id):
+        """From the listing every caller shares (cache_seconds): a long poll's looks cost
+        the scheduler no ``bjobs -l`` each. None for a job the listing does not hold (then
+        the core asks get_job)."""
+        ids = P.split_job_id(str(job_id))
+        if ids is None:
+            return None
+        base, index = ids
+        jobs = self._listing()
+        if index is not None:
+            wanted = f"{base}[{index}]"
+            return next((j.state for j in jobs if j.job_id == wanted), None)
+        elements = [j for j in jobs if j.job_id.startswith(base + "[")]
+        if elements:                               # an array: as get_job sums it up
+            return _aggregate(base, elements).state
+        return next((j.state for j in jobs if j.job_id == base), None)
+
+    @hookimpl
     def control_job(self, user, job_id, action):
         job = self._job(str(job_id))
         state = job.state

@@ -346,3 +346,36 @@ def test_shell_metacharacters_in_every_field_are_not_interpreted(cluster, transp
         shutil.rmtree(workdir, ignore_errors=True)
         os.unlink(script)
         assert not os.path.exists(sentinel)
+
+
+@pytest.mark.parametrize("listing", ["json", "wide"])
+def test_job_state_comes_from_the_shared_listing_and_agrees_with_get_job(cluster, listing):
+    """What a long poll looks at: the job's state from the listing every caller shares, not
+    a `bjobs -l` per look; the same state get_job gives, for a job, an array and an element."""
+    s = plugin(cluster, listing=listing, cache_seconds=60)
+    jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="js", hold=True))
+    arr = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="jsa", array="1-2", hold=True))
+    try:
+        ran = []
+        run = s._run
+
+        def counting(name, args, **kw):
+            ran.append([name, *args])
+            return run(name, args, **kw)
+        s._run = counting
+        looks = {j: [s.job_state(user=ALICE, job_id=j) for _ in range(10)]
+                 for j in (jid, arr, f"{arr}[1]")}
+        # One listing for all 30 looks (plus, in it, the settling of earlier tests' EXIT jobs,
+        # once each); nothing asked about these jobs in particular.
+        assert sum(1 for c in ran if c[0] == "bjobs" and "-l" not in c) == 1, ran
+        assert not [c for c in ran if {jid, arr, f"{arr}[1]"} & set(c)], ran
+        s._run = run
+        for j, seen in looks.items():
+            assert set(seen) == {s.get_job(user=ALICE, job_id=j).state} == {JobState.HELD}, j
+        assert s.job_state(user=ALICE, job_id="987654") is None      # not listed: get_job decides
+        assert s.job_state(user=ALICE, job_id="no-such") is None
+    finally:
+        s._run = run
+        for j in (jid, arr):
+            s.control_job(user=ALICE, job_id=j, action="kill")
+        s.close()

@@ -1,0 +1,123 @@
+"""A long poll watches the job through the plugin's optional job_state hook (a listing the
+plugin keeps for every caller) and fetches the job itself (get_job) only for its answer;
+a plugin without the hook is looked at with get_job, as before."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gateway import create_app
+from gateway.hookspecs import hookimpl
+from gateway.models import Job, JobState
+from tests.helpers import ApiClient
+
+
+class Watched:
+    """The job's real state (``actual``) and what the plugin's listing says (``listed``,
+    None: not in the listing), each with a call counter."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.actual = JobState.PENDING
+        self.listed: JobState | None = JobState.PENDING
+        self.calls = {"get_job": 0, "job_state": 0}
+
+    @hookimpl
+    def get_job(self, user, job_id):
+        with self.lock:
+            self.calls["get_job"] += 1
+            return Job(job_id=job_id, name="w", user_name="admin", queue="q", state=self.actual)
+
+    def set(self, actual=None, listed="keep"):
+        with self.lock:
+            if actual is not None:
+                self.actual = actual
+            if listed != "keep":
+                self.listed = listed
+
+
+class WatchedWithListing(Watched):
+    @hookimpl
+    def job_state(self, user, job_id):
+        with self.lock:
+            self.calls["job_state"] += 1
+            return self.listed
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    from gateway import plugins
+
+    class _EP:
+        def __init__(self, factory):
+            self.factory = factory
+
+        def load(self):
+            return self.factory
+
+    def _make(with_job_state=True):
+        plugin = WatchedWithListing() if with_job_state else Watched()
+        monkeypatch.setattr(plugins, "installed_backends", lambda: {"watched": _EP(lambda opts: plugin)})
+        work = tmp_path / f"w{int(with_job_state)}"
+        app = create_app({"work_dir": str(work), "scheduler": {"backend": "watched"}})
+        client = ApiClient(app)
+        client.login("admin", (work / "initial-admin-password").read_text().strip())
+        return plugin, client
+    return _make
+
+
+def later(seconds, fn):
+    t = threading.Timer(seconds, fn)
+    t.start()
+    return t
+
+
+def test_the_job_is_watched_in_the_listing_and_fetched_only_for_the_answer(make):
+    plugin, client = make()
+    t = later(0.6, lambda: plugin.set(actual=JobState.RUNNING, listed=JobState.RUNNING))
+    r = client.get("/jobs/7", params={"wait": "10"})
+    t.join()
+    assert r.status == 200 and r.body["data"]["job"]["state"] == "RUNNING"
+    assert plugin.calls["get_job"] == 2               # the check at the start, the answer
+    assert plugin.calls["job_state"] >= 3             # looks: 50 ms, 75 ms, ... until 0.6 s
+
+
+def test_a_listing_behind_the_job_is_no_change(make):
+    """The job was RUNNING when the poll began, the listing still says PENDING (taken
+    before): that is not a change to answer; the poll waits for a real one."""
+    plugin, client = make()
+    plugin.set(actual=JobState.RUNNING, listed=JobState.PENDING)
+    later(0.3, lambda: plugin.set(listed=JobState.RUNNING))        # the listing catches up
+    t = later(1.0, lambda: plugin.set(actual=JobState.COMPLETED, listed=JobState.COMPLETED))
+    start = time.monotonic()
+    r = client.get("/jobs/7", params={"wait": "10"})
+    elapsed = time.monotonic() - start
+    t.join()
+    assert r.body["data"]["job"]["state"] == "COMPLETED"
+    assert elapsed >= 0.9, f"answered after {elapsed:.2f} s on the stale listing"
+
+
+def test_the_answer_at_the_deadline_is_fetched_fresh(make):
+    plugin, client = make()
+    r = client.get("/jobs/7", params={"wait": "1"})
+    assert r.body["data"]["job"]["state"] == "PENDING"
+    assert plugin.calls["get_job"] == 2 and plugin.calls["job_state"] >= 3
+
+
+def test_a_job_missing_from_the_listing_is_looked_at_with_get_job(make):
+    plugin, client = make()
+    plugin.set(listed=None)
+    later(0.5, lambda: plugin.set(actual=JobState.RUNNING))
+    r = client.get("/jobs/7", params={"wait": "10"})
+    assert r.body["data"]["job"]["state"] == "RUNNING"
+    assert plugin.calls["get_job"] >= 3
+
+
+def test_without_the_hook_every_look_is_a_get_job(make):
+    plugin, client = make(with_job_state=False)
+    later(0.5, lambda: plugin.set(actual=JobState.RUNNING))
+    r = client.get("/jobs/7", params={"wait": "10"})
+    assert r.body["data"]["job"]["state"] == "RUNNING"
+    assert plugin.calls["get_job"] >= 3 and plugin.calls["job_state"] == 0
