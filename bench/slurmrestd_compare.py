@@ -134,6 +134,25 @@ def submit_queue(n: int) -> dict:
     return jobs
 
 
+FINISHED_STATES = "CANCELLED,COMPLETED,FAILED,TIMEOUT,NODE_FAIL,PREEMPTED,OUT_OF_MEMORY,BOOT_FAIL,DEADLINE"
+
+
+def wait_for_purge(jobs: int, limit: float) -> None:
+    """A comparison cancels thousands of jobs at its end, and slurmctld lists them for
+    MinJobAge (300 s): a run started meanwhile would measure lists several times longer than
+    the bench's own queue. Wait (bounded) until they are purged."""
+    def finished() -> int:
+        return len(sh("squeue", "-h", f"--states={FINISHED_STATES}", "-o", "%i", timeout=60).stdout.split())
+    left, deadline = finished(), time.monotonic() + limit
+    if left <= jobs // 2:
+        return
+    print(f"waiting up to {limit:.0f} s for slurmctld to purge {left} finished jobs (MinJobAge) ...", flush=True)
+    while left > jobs // 10 and time.monotonic() < deadline:
+        time.sleep(5)
+        left = finished()
+    print(f"{left} finished jobs left in squeue", flush=True)
+
+
 def queued_by_user(name: str) -> dict:
     """Pending jobs called ``name``, by user (a queue a --keep-queue run left)."""
     out = sh("squeue", "-h", "--states=PENDING", f"--name={name}", "-o", "%i %u", timeout=60).stdout
@@ -396,6 +415,9 @@ def main() -> int:
                     help="gunicorn threads per worker of the gateway (default: as deployed)")
     ap.add_argument("--gateway-config", type=json.loads, default={},
                     help='extra gateway.yaml settings, JSON (e.g. \'{"running_threads": 2}\'); default: none')
+    ap.add_argument("--purge-wait", type=float, default=360.0,
+                    help="seconds to wait at most for slurmctld to purge finished jobs (a previous "
+                         "run's, kept for MinJobAge) when they outnumber half the bench's own; 0: don't")
     ap.add_argument("--keep-queue", action="store_true",
                     help="leave the held jobs queued for the next run (which reuses them); default: cancel them")
     ap.add_argument("--json", help="write the figures here too")
@@ -439,6 +461,8 @@ def main() -> int:
             jobs = submit_queue(args.jobs)
             print(f"{args.jobs} held jobs submitted in {time.monotonic() - t0:.1f} s "
                   f"({', '.join(f'{u}: {len(v)}' for u, v in jobs.items())})")
+        if args.purge_wait > 0:
+            wait_for_purge(args.jobs, args.purge_wait)
         queued = len(sh("squeue", "-h", "--states=all", "-o", "%i", timeout=60).stdout.split())
         print(f"{queued} jobs in squeue in all (any state)")
         gateway.start()
