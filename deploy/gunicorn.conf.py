@@ -119,7 +119,9 @@ logconfig_dict = {
     "loggers": {
         "gunicorn.error": {"level": _level, "handlers": list(_handlers), "propagate": False,
                            "qualname": "gunicorn.error"},
-        "gunicorn.access": {"level": "INFO", "handlers": list(_handlers), "propagate": False,
+        # access_log: false keeps the logger but below its level: a request costs no log line.
+        "gunicorn.access": {"level": "INFO" if _cfg["access_log"] else "WARNING",
+                            "handlers": list(_handlers), "propagate": False,
                             "qualname": "gunicorn.access"},
     },
     "handlers": _handlers,

@@ -70,6 +70,7 @@ class ConfigSchema(Schema):
     workers = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=256))
     threads = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=1024))
     running_threads = fields.Integer(load_default=4, validate=validate.Range(min=0, max=1024))
+    access_log = fields.Boolean(load_default=True)
     api_prefix = fields.String(load_default="/aip/v9.2")
     work_dir = fields.String(load_default=None, allow_none=True)
     secret_file = fields.String(load_default=None, allow_none=True)

@@ -14,10 +14,11 @@ from tests.helpers import ApiClient
 from .servers import PREFIX, GunicornReplica, free_port, wait_until, write_config
 
 
-def _replica(procs, tmp, **kw):
+def _replica(procs, tmp, config: dict | None = None, **kw):
     (tmp / "run").mkdir()          # as systemd's RuntimeDirectory= would provide
     config = write_config(tmp / "gateway.yaml", bind="127.0.0.1", http_port=free_port(), work_dir=str(tmp / "work"),
-                          log_level="info", scheduler={"backend": "mock", "options": {"state_dir": str(tmp / "mock")}})
+                          log_level="info", scheduler={"backend": "mock", "options": {"state_dir": str(tmp / "mock")}},
+                          **(config or {}))
     replica = GunicornReplica(procs, "replica", config, tmp / "log", extra_env={"RUNTIME_DIRECTORY": str(tmp / "run")},
                               **kw).start()
     password = (tmp / "work" / "initial-admin-password").read_text().strip()
@@ -110,3 +111,15 @@ def test_concurrent_submissions_in_one_threaded_worker(tmp_path, procs, need_gun
         t.join(120)
     assert [r.status_code for r in answers] == [200] * 24, [r.text for r in answers if r.status_code != 200][:3]
     assert len({r.json()["data"]["job"]["jobId"] for r in answers}) == 24
+
+
+def test_access_log_false_writes_no_line_per_request(tmp_path, procs, need_gunicorn):
+    """Behind NGINX, which logs every request, the gateway's own access lines can go; the
+    rest of the log (start-up, errors) stays."""
+    replica, admin = _replica(procs, tmp_path, config={"access_log": False}, workers=1, threads=4)
+    for _ in range(5):
+        assert requests.get(replica.base + PREFIX + "/health", timeout=10).status_code == 200
+    assert admin.get("/jobs").status == 200
+    log = next((tmp_path / "log").glob("hpc-gateway.log.*")).read_text()
+    assert "Booting worker" in log
+    assert "gunicorn.access" not in log, log[-2000:]
