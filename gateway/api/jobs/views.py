@@ -273,18 +273,14 @@ class JobDetail(MethodView):
             with state.turns.waiting():          # a sleeping long poll holds no turn
                 time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 1.0)
-            seen = state.scheduler.call("job_state", user=user, job_id=job_id) if watch else None
-            if seen is None:
-                job = state.scheduler.call("get_job", user=user, job_id=job_id)
-                seen, current = job.state, True
-            else:
-                current = False
-            if seen != baseline:
-                if not current:
-                    job = state.scheduler.call("get_job", user=user, job_id=job_id)
-                    current = True
-                    if job.state == baseline:     # the listing was behind the job: no change yet
-                        continue
+            if watch and state.scheduler.call("job_state", user=user, job_id=job_id) == baseline:
+                current = False                  # the listing says no change: nothing fetched
+                continue
+            # No listing answer, or it says the job changed: the job itself decides (a listing
+            # behind the job is no change).
+            job = state.scheduler.call("get_job", user=user, job_id=job_id)
+            current = True
+            if job.state != baseline:
                 break
         if not current:
             job = state.scheduler.call("get_job", user=user, job_id=job_id)
