@@ -279,12 +279,13 @@ class AipScheduler:
 
     def _listing(self) -> list[Job]:
         """Every job the scheduler lists (all users, recently finished included); one
-        snapshot serves all callers for ``cache_seconds``."""
+        snapshot serves all callers for ``cache_seconds``. The Jobs are the snapshot's own:
+        read them; a hook that hands them out copies the ones it returns (list_jobs)."""
         now = time.monotonic()
         with self._lock:
             snap = self._snapshot
         if snap and now - snap[0] < self.o["cache_seconds"]:
-            return [_copy(j) for j in snap[1]]
+            return snap[1]
         utc = _utcnow()
         details_by_id = {}
         if self.listing_mode == "json":
@@ -302,7 +303,7 @@ class AipScheduler:
         self._settle_exits(jobs, details_by_id)
         with self._lock:
             self._snapshot = (time.monotonic(), jobs)
-        return [_copy(j) for j in jobs]
+        return jobs
 
     def _record_job(self, rec: dict, utc: datetime) -> Job:
         job = P.record_to_job(rec, utc, self.tz)
@@ -373,7 +374,7 @@ class AipScheduler:
                 continue
             if query.name and j.name != query.name and _base_name(j.name) != query.name:
                 continue
-            out.append(j)
+            out.append(_copy(j))
         return out
 
     @hookimpl
