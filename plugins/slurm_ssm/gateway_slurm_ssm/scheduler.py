@@ -169,22 +169,23 @@ class SlurmScheduler:
             # about the controller and must not delay the command's own answer much.
             res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
                                       timeout=min(self.timeout, 1.0))
-            up, words = parse.parse_ping(res.out or res.err)
         except GatewayError:
             return None
-        return self._note_ping(up, words)
+        return self._read_ping(res)[0]
 
-    def _note_ping(self, up: bool, words: str) -> bool:
-        """Every ping's answer, whoever asked (the fail-fast path, the snapshot, /health),
-        updates what this process believes: an UP ends the hold at once, so no request is
-        refused on an old DOWN after a ping has seen the controller back."""
+    def _read_ping(self, res: CommandResult) -> tuple[bool, str]:
+        """`scontrol ping`'s answer: (controller up, its words). Every ping, whoever asked
+        (the fail-fast path, the snapshot, /health), updates what this process believes: an
+        UP ends the hold at once, so no request is refused on an old DOWN after a ping has
+        seen the controller back."""
+        up, words = parse.parse_ping(res.out or res.err)
         if up:
             self._controller_down = False
         else:
             self._controller_down = True
             self._down_until = time.monotonic() + self.opts["down_hold"]
             self._down_words = words
-        return up
+        return up, words
 
     def _check(self, result: CommandResult, *, input_errors: bool = False) -> CommandResult:
         if result.returncode != 0:
@@ -209,9 +210,8 @@ class SlurmScheduler:
         if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
             # The controller was down: `scontrol ping` says so at once, where squeue would
             # retry for seconds.
-            res = self._run(commands.ping(), as_user=self.service_account, timeout=min(self.timeout, 5.0))
-            ok, words = parse.parse_ping(res.out or res.err)
-            self._note_ping(ok, words)
+            ok, words = self._read_ping(self._run(commands.ping(), as_user=self.service_account,
+                                                  timeout=min(self.timeout, 5.0)))
             if not ok:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {words}")
         if self._use_json():
@@ -587,8 +587,7 @@ class SlurmScheduler:
         except GatewayError as exc:
             return Health(ok=False, latency_ms=None, detail=exc.msg)
         latency = (time.monotonic() - start) * 1000
-        ok, words = parse.parse_ping(res.out or res.err)
-        self._note_ping(ok, words)
+        ok, words = self._read_ping(res)
         return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
 
 
