@@ -21,6 +21,8 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
+from flask import g, has_request_context
+
 
 class FifoSemaphore:
     """A counting semaphore that hands a released unit to the oldest waiter directly."""
@@ -56,8 +58,6 @@ class FifoSemaphore:
                 self._waiters.popleft().release()
             else:
                 self._free += 1
-
-from flask import g, has_request_context
 
 
 class Turns:
