@@ -121,3 +121,21 @@ class Response:
 
 def random_password() -> str:
     return secrets.token_urlsafe(12)
+
+
+def app_with_plugin(monkeypatch, work_dir, plugin, name: str = "fake"):
+    """An app whose scheduler backend is ``plugin`` (an object with hookimpls), found as if
+    installed under entry point ``name``; returns (app, ApiClient logged in as the
+    first-start admin)."""
+    from pathlib import Path
+
+    from gateway import create_app, plugins
+
+    class _EntryPoint:
+        def load(self):
+            return lambda options: plugin
+
+    monkeypatch.setattr(plugins, "installed_backends", lambda: {name: _EntryPoint()})
+    app = create_app({"work_dir": str(work_dir), "scheduler": {"backend": name}})
+    client = ApiClient(app).login("admin", (Path(work_dir) / "initial-admin-password").read_text().strip())
+    return app, client

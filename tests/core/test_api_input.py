@@ -109,22 +109,15 @@ def test_shell_metacharacters_are_carried_literally_and_never_interpreted(client
 
 
 def test_errors_never_leak_a_traceback(tmp_path, monkeypatch):
-    from gateway import create_app, plugins
     from gateway.hookspecs import hookimpl
-    from tests.helpers import ApiClient
+    from tests.helpers import app_with_plugin
 
     class Boom:
         @hookimpl
         def list_hosts(self):
             raise RuntimeError("secret internals")
 
-    class EntryPoint:
-        def load(self):
-            return lambda options: Boom()
-
-    monkeypatch.setattr(plugins, "installed_backends", lambda: {"boom": EntryPoint()})
-    app = create_app({"work_dir": str(tmp_path), "scheduler": {"backend": "boom"}})
-    c = ApiClient(app).login("admin", (tmp_path / "initial-admin-password").read_text().strip())
+    _, c = app_with_plugin(monkeypatch, tmp_path, Boom(), "boom")
     r = c.get("/hosts")
     assert r.status == 500
     assert "secret internals" not in r.body["msg"] and r.body["data"] is None

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from gateway import create_app
 from gateway.hookspecs import hookimpl
 from gateway.models import Job, JobState
-from tests.helpers import ApiClient
+from tests.helpers import app_with_plugin
 
 
 class Watched:
@@ -48,22 +47,9 @@ class WatchedWithListing(Watched):
 
 @pytest.fixture
 def make(tmp_path, monkeypatch):
-    from gateway import plugins
-
-    class _EP:
-        def __init__(self, factory):
-            self.factory = factory
-
-        def load(self):
-            return self.factory
-
     def _make(with_job_state=True):
         plugin = WatchedWithListing() if with_job_state else Watched()
-        monkeypatch.setattr(plugins, "installed_backends", lambda: {"watched": _EP(lambda opts: plugin)})
-        work = tmp_path / f"w{int(with_job_state)}"
-        app = create_app({"work_dir": str(work), "scheduler": {"backend": "watched"}})
-        client = ApiClient(app)
-        client.login("admin", (work / "initial-admin-password").read_text().strip())
+        _, client = app_with_plugin(monkeypatch, tmp_path / f"w{int(with_job_state)}", plugin, "watched")
         return plugin, client
     return _make
 

@@ -35,28 +35,11 @@ def test_an_unimplemented_hook_answers_501(tmp_path, monkeypatch):
             from gateway.models import Health
             return Health(ok=True)
 
-    from gateway import plugins
-    monkeypatch.setattr(plugins, "installed_backends", lambda: {"partial": _EP(lambda opts: Partial())})
-    _, client = _app(tmp_path, "partial")
+    from tests.helpers import app_with_plugin
+    _, client = app_with_plugin(monkeypatch, tmp_path / "w", Partial(), "partial")
     r = client.get("/hosts")
     assert r.status == 501
     assert "does not support list hosts" in r.body["msg"]
-
-
-class _EP:
-    def __init__(self, factory):
-        self.factory = factory
-
-    def load(self):
-        return self.factory
-
-
-def _app(tmp_path, backend):
-    from tests.helpers import ApiClient
-    app = create_app({"work_dir": str(tmp_path / "w"), "scheduler": {"backend": backend}})
-    client = ApiClient(app)
-    client.login("admin", (tmp_path / "w" / "initial-admin-password").read_text().strip())
-    return app, client
 
 
 THIRD_PARTY = {
