@@ -14,11 +14,11 @@ from tests.helpers import ApiClient
 from .servers import PREFIX, GunicornReplica, free_port, wait_until, write_config
 
 
-def _replica(procs, tmp, config: dict | None = None, **kw):
+def _replica(procs, tmp, settings: dict | None = None, **kw):
     (tmp / "run").mkdir()          # as systemd's RuntimeDirectory= would provide
     config = write_config(tmp / "gateway.yaml", bind="127.0.0.1", http_port=free_port(), work_dir=str(tmp / "work"),
                           log_level="info", scheduler={"backend": "mock", "options": {"state_dir": str(tmp / "mock")}},
-                          **(config or {}))
+                          **(settings or {}))
     replica = GunicornReplica(procs, "replica", config, tmp / "log", extra_env={"RUNTIME_DIRECTORY": str(tmp / "run")},
                               **kw).start()
     password = (tmp / "work" / "initial-admin-password").read_text().strip()
@@ -116,7 +116,7 @@ def test_concurrent_submissions_in_one_threaded_worker(tmp_path, procs, need_gun
 def test_access_log_false_writes_no_line_per_request(tmp_path, procs, need_gunicorn):
     """Behind NGINX, which logs every request, the gateway's own access lines can go; the
     rest of the log (start-up, errors) stays."""
-    replica, admin = _replica(procs, tmp_path, config={"access_log": False}, workers=1, threads=4)
+    replica, admin = _replica(procs, tmp_path, settings={"access_log": False}, workers=1, threads=4)
     for _ in range(5):
         assert requests.get(replica.base + PREFIX + "/health", timeout=10).status_code == 200
     assert admin.get("/jobs").status == 200
