@@ -30,6 +30,7 @@ test: system-deps install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: system-deps install-test
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) bench/run.py
 
 clean:

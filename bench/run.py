@@ -196,6 +196,11 @@ BENCHES = [
     Bench("compare", "bench/slurmrestd_compare.py", [], ["--quick"], root=True, json_arg="--json",
           about="the gateway against slurmrestd on 1000 queued jobs: list, detail, storm, long poll, submit",
           headline=compare_headline, timeout=1500),
+    Bench("compare_granian", "bench/slurmrestd_compare.py", ["--front", "granian", "--only", "detail,storm"],
+          ["--front", "granian", "--only", "detail,storm", "--quick"], root=True, json_arg="--json",
+          about=("the detail and storm runs again with the same app served by granian instead of gunicorn "
+                 "(what the HTTP front end costs; a bench option, not a deployment one)"),
+          headline=compare_headline, timeout=1200),
 ]
 
 
@@ -258,7 +263,7 @@ def markdown(doc: dict) -> str:
             continue
         if rec.get("rc") != 0:
             out += [f"exit status {rec.get('rc')}", ""]
-        if rec["name"] == "compare" and rec.get("figures", {}).get("results"):
+        if rec["name"].startswith("compare") and rec.get("figures", {}).get("results"):
             out += [compare_markdown(rec["figures"]), ""]
         elif rec.get("output"):
             text = rec["output"].strip()

@@ -41,6 +41,11 @@ gateway with 0 errors, p99 < 1 s and <= 2 job-info RPC/s.
 
     sudo .venv/bin/python bench/slurmrestd_compare.py [--seconds 15] [--storm-seconds 60]
          [--jobs 1000] [--only list,detail,storm,longpoll,submit] [--quick] [--json out.json]
+         [--front gunicorn|granian]
+
+--front granian serves the same app, configuration, workers and threads with granian
+(a Rust HTTP server with a WSGI interface; ``pip install '.[bench]'``) instead of gunicorn:
+it measures what the HTTP front end costs. It is a bench option, not a way to deploy.
 
 Needs root. Everything listens on 127.0.0.1 and every run is bounded; at the end the gateway
 and slurmrestd are stopped, the queued jobs cancelled, and Slurm left up (taken down only if
@@ -178,12 +183,13 @@ class Gateway:
     label = "gateway"
 
     def __init__(self, tmp: Path, plugin_options: dict | None = None, threads: int | None = None,
-                 workers: int | None = None, config: dict | None = None):
+                 workers: int | None = None, config: dict | None = None, front: str = "gunicorn"):
         from tests.reliability.live import LiveGateway
         self.plugin_options = dict(plugin_options or {})
         self.config = dict(config or {})
+        self.front = front
         self.live = LiveGateway(tmp / "gw", workers=workers, threads=threads, users={u: False for u in USERS},
-                                **self.config,
+                                front=front, **self.config,
                                 scheduler={"backend": "slurm_ssm", "options": {
                                     "transport": {"type": "local"}, "run_as": "sudo",
                                     "cache_dir": str(tmp / "gw" / "slurm-cache"), **self.plugin_options}})
@@ -202,8 +208,11 @@ class Gateway:
 
     def describe(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in {**self.config, **self.plugin_options}.items())
-        return (f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread workers x "
-                f"{self.live.threads_per_worker} threads; slurm_ssm, local transport, run_as sudo{extra or ' (defaults)'}")
+        front = (f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread workers x "
+                 f"{self.live.threads_per_worker} threads" if self.front == "gunicorn" else
+                 f"granian --interface wsgi (bench only, not a deployment option): {self.live.expected_workers} "
+                 f"workers x {self.live.threads_per_worker} blocking threads")
+        return f"{front}; slurm_ssm, local transport, run_as sudo{extra or ' (defaults)'}"
 
     def list_req(self, user):
         return Request("GET", f"{self.api}/jobs?limit=1000", self.auth[user])
@@ -415,6 +424,9 @@ def main() -> int:
                     help="gunicorn threads per worker of the gateway (default: as deployed)")
     ap.add_argument("--gateway-config", type=json.loads, default={},
                     help='extra gateway.yaml settings, JSON (e.g. \'{"running_threads": 2}\'); default: none')
+    ap.add_argument("--front", choices=("gunicorn", "granian"), default="gunicorn",
+                    help="the gateway's HTTP server: gunicorn as deployed (default), or granian (pip install "
+                         "'.[bench]') to measure what the HTTP front end costs; same app, config and workers")
     ap.add_argument("--purge-wait", type=float, default=360.0,
                     help="seconds to wait at most for slurmctld to purge finished jobs (a previous "
                          "run's, kept for MinJobAge) when they outnumber half the bench's own; 0: don't")
@@ -443,7 +455,7 @@ def main() -> int:
     slurmctld_pidfile = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm")) / "run" / "slurmctld.pid"
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-restd-"))
     gateway = Gateway(tmp, args.plugin_options, threads=args.gateway_threads, workers=args.gateway_workers,
-                      config=args.gateway_config)
+                      config=args.gateway_config, front=args.front)
     restd = SlurmRestd(tmp)
     results, started = [], []
     t_start = time.monotonic()
@@ -481,7 +493,7 @@ def main() -> int:
                     # As deployed, workers x threads (4 x 32 here) polls wait at once and the rest
                     # queue behind them; a site expecting N long polls sizes threads for N.
                     server = Gateway(tmp / "longpoll", args.plugin_options, threads=args.longpoll_threads,
-                                     config=args.gateway_config).start()
+                                     config=args.gateway_config, front=args.front).start()
                     started.append(server)
                     servers["gateway (long poll)"] = server
                 try:

@@ -193,8 +193,11 @@ class GunicornReplica:
     def base(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF)]
+
     def start(self, wait: bool = True) -> "GunicornReplica":
-        argv = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF)]
+        argv = self.argv()
         self.proc = self.procs.add(Proc(f"gunicorn {self.name}", argv, self.log_dir / f"{self.name}.stdout",
                                         env=self.env, cwd=str(ROOT)))
         self.proc.start()
@@ -215,6 +218,23 @@ class GunicornReplica:
         if self.proc is not None:
             self.proc.kill()
         self.start(wait=wait)
+
+
+class GranianReplica(GunicornReplica):
+    """The same app, configuration and environment served by granian (Rust HTTP, WSGI
+    interface) instead of gunicorn: **for bench/slurmrestd_compare.py --front granian
+    only**, to measure what the HTTP front end costs; not a supported way to deploy (no
+    TLS, access log, X-Forwarded-* handling or dead-worker metrics mapping). Plain HTTP on
+    127.0.0.1; workers and threads as gunicorn would have them (GATEWAY_WORKERS /
+    GATEWAY_THREADS, else gunicorn.conf.py's defaults)."""
+
+    def argv(self) -> list[str]:
+        workers = self.env.get("GATEWAY_WORKERS") or str(max(2, min(8, 2 * (os.cpu_count() or 1))))
+        threads = self.env.get("GATEWAY_THREADS") or "32"
+        granian = Path(sys.executable).with_name("granian")
+        return [str(granian), "--interface", "wsgi", "--factory", "--workers", workers,
+                "--blocking-threads", threads, "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning", "gateway:create_app"]
 
 
 # ----------------------------------------------------------------------------- nginx

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from gateway.auth.users_file import UsersFile
-from tests.deploy.servers import GunicornReplica, Processes, free_port, write_config
+from tests.deploy.servers import GranianReplica, GunicornReplica, Processes, free_port, write_config
 
 PREFIX = "/aip/v9.2"
 DEFAULT_USERS = {"alice": False, "bob": False, "admin": True}
@@ -32,9 +32,9 @@ DEFAULT_USERS = {"alice": False, "bob": False, "admin": True}
 
 class LiveGateway:
     def __init__(self, tmp: Path, *, workers: int | None = 2, threads: int | None = 8, scheduler: dict | None = None,
-                 users: dict | None = None, name: str = "gw", **config):
+                 users: dict | None = None, name: str = "gw", front: str = "gunicorn", **config):
         self.tmp = Path(tmp)
-        self.workers, self.threads, self.name = workers, threads, name
+        self.workers, self.threads, self.name, self.front = workers, threads, name, front
         self.users = dict(DEFAULT_USERS if users is None else users)
         self.passwords = {u: secrets.token_urlsafe(12) for u in self.users}
         self.port = free_port()
@@ -60,7 +60,8 @@ class LiveGateway:
             users_file.set_password(user, self.passwords[user], admin=admin)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         config = write_config(self.tmp / "gateway.yaml", **self.config)
-        self.replica = GunicornReplica(self.procs, self.name, config, self.tmp / "logs",
+        replica = {"gunicorn": GunicornReplica, "granian": GranianReplica}[self.front]
+        self.replica = replica(self.procs, self.name, config, self.tmp / "logs",
                                        workers=self.workers or 1, threads=self.threads or 1)
         # None: deploy/gunicorn.conf.py's own defaults (as deployed).
         if self.workers is None:
