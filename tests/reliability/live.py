@@ -11,7 +11,8 @@ with its own work dir, users file and configuration, always stopped at the end.
         gw.worker_pids()                # the current workers' pids
 
 Users: ``users`` maps a name to True (administrator) or False; passwords are random
-(``gw.passwords``).
+(``gw.passwords``). ``front="granian"`` serves the same app and configuration with granian
+instead (bench/slurmrestd_compare.py --front granian; not a deployment option).
 """
 from __future__ import annotations
 

@@ -188,3 +188,12 @@ def test_openapi_documents_the_vis_routes(vis_world):
         responses = paths[path]["get"]["responses"]
         for code in ("200", "403", "404", "409", "410"):
             assert code in responses, (path, code)
+
+
+def test_get_on_the_submit_route_is_405_not_a_job_lookup(vis_world):
+    """/vis/submit is POST only; GET must not fall through to /vis/<job_id> as job "submit"."""
+    c = vis_world()
+    for method in ("GET", "DELETE"):
+        r = c["alice"].request(method, "/vis/submit")
+        assert r.status == 405, (method, r.status, r.body)
+        assert "POST" in r.headers["Allow"], r.headers

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from werkzeug.exceptions import MethodNotAllowed
 
 from ...errors import Conflict, Forbidden, GatewayError, NotFound
 from ...models import FINAL_STATES, JobState
@@ -100,6 +101,9 @@ class VisDetail(MethodView):
         """Your visualization job: its noVNC address and state
 
         The same answers as GET /vis/url/{jobId}, with the job's state, host and display."""
+        if job_id == "submit":
+            # /vis/submit is POST only; Werkzeug falls through to this rule for a GET.
+            raise MethodNotAllowed(valid_methods=["POST"])
         job, session = _session(job_id)
         return ok({"visurl": {"url": vis_url(session, _options(), request.host_url)},
                    "vis": {"job_id": job.job_id, "state": job.state, "native_state": job.native_state,
