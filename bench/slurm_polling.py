@@ -18,7 +18,9 @@ keep-alive clients (threads of this process): req/s, p50, p99 and slurmctld's jo
 for each.
 
 Needs root (sudo -u, sdiag -r) and brings the cluster up if it is down. Bounded: every run
-lasts --seconds; the jobs it submits are cancelled at the end.
+lasts --seconds; the jobs it submits are cancelled at the end. It first waits (at most
+--purge-wait) for finished jobs an earlier run left in squeue: slurmctld lists them for
+MinJobAge (300 s), and a bench right after a comparison would otherwise poll 5,000 jobs.
 """
 from __future__ import annotations
 
@@ -208,6 +210,9 @@ def main():
     ap.add_argument("--clients", type=lambda v: [int(x) for x in v.split(",")], default=[8, 64])
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (--api)")
     ap.add_argument("--gunicorn-threads", type=int, default=32, help="threads per worker (--api)")
+    ap.add_argument("--purge-wait", type=float, default=360.0,
+                    help="wait at most this long for finished jobs of earlier runs to leave squeue "
+                         "(MinJobAge, 300 s), so the figures are for this bench's queue; 0: do not wait")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (sudo -u gwalice, sdiag -r)")
@@ -215,6 +220,9 @@ def main():
     ok, why = start_slurm()
     if not ok:
         sys.exit(why)
+    if args.purge_wait > 0:
+        from bench.slurmrestd_compare import wait_for_purge
+        wait_for_purge(args.jobs, args.purge_wait)
     submitter = make_plugin(tempfile.mkdtemp(prefix="gw-bench-slurm-"), 0)
     job_ids = [submitter.submit_job(user=USER, spec=JobSpec(command="sleep 600", name=f"bench-{i}",
                                                             hold=i % 3 == 0))
