@@ -43,6 +43,11 @@ if not _reload:
 _own_metrics_dir = os.environ.get("HPCGW_METRICS_OWNED") == "1"
 
 from gateway.config import load_config  # noqa: E402  (after the environment is set)
+from gateway.serving import install as _one_write_responses  # noqa: E402
+
+# Headers and body in one write (gateway/serving.py): one system call less per answer, and
+# no answer cut between its headers and its body when a replica dies.
+_one_write_responses()
 
 _cfg = load_config()      # GATEWAY_CONFIG, else the built-in defaults; errors stop the start
 
