@@ -225,15 +225,12 @@ class GranianReplica(GunicornReplica):
     interface) instead of gunicorn: **for bench/slurmrestd_compare.py --front granian
     only**, to measure what the HTTP front end costs; not a supported way to deploy (no
     TLS, access log, X-Forwarded-* handling or dead-worker metrics mapping). Plain HTTP on
-    127.0.0.1; workers and threads as gunicorn would have them (GATEWAY_WORKERS /
-    GATEWAY_THREADS, else gunicorn.conf.py's defaults)."""
+    127.0.0.1 with the replica's workers and threads."""
 
     def argv(self) -> list[str]:
-        workers = self.env.get("GATEWAY_WORKERS") or str(max(2, min(8, 2 * (os.cpu_count() or 1))))
-        threads = self.env.get("GATEWAY_THREADS") or "32"
         granian = Path(sys.executable).with_name("granian")
-        return [str(granian), "--interface", "wsgi", "--factory", "--workers", workers,
-                "--blocking-threads", threads, "--host", "127.0.0.1", "--port", str(self.port),
+        return [str(granian), "--interface", "wsgi", "--factory", "--workers", self.env["GATEWAY_WORKERS"],
+                "--blocking-threads", self.env["GATEWAY_THREADS"], "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning", "gateway:create_app"]
 
 

@@ -63,12 +63,14 @@ class LiveGateway:
         config = write_config(self.tmp / "gateway.yaml", **self.config)
         replica = {"gunicorn": GunicornReplica, "granian": GranianReplica}[self.front]
         self.replica = replica(self.procs, self.name, config, self.tmp / "logs",
-                                       workers=self.workers or 1, threads=self.threads or 1)
-        # None: deploy/gunicorn.conf.py's own defaults (as deployed).
-        if self.workers is None:
-            self.replica.env.pop("GATEWAY_WORKERS", None)
-        if self.threads is None:
-            self.replica.env.pop("GATEWAY_THREADS", None)
+                               workers=self.expected_workers, threads=self.threads_per_worker)
+        # None: gunicorn computes deploy/gunicorn.conf.py's own defaults (as deployed);
+        # granian has no such file and gets them (the same figures) from here.
+        if self.front == "gunicorn":
+            if self.workers is None:
+                self.replica.env.pop("GATEWAY_WORKERS", None)
+            if self.threads is None:
+                self.replica.env.pop("GATEWAY_THREADS", None)
         self.replica.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.replica.start(wait=False)
         self.wait_ready()
