@@ -4,7 +4,8 @@
 
 - Binds ``bind``:``http_port``, or ``bind``:``https_port`` with ``cert``/``key`` when ``ssl: 1``
   (then nothing listens on http_port: plain HTTP to the TLS port fails the handshake).
-- Worker class ``gthread``: a long poll (GET /jobs/{id}?wait=N) sleeps in one thread of a
+- Worker class ``gthread`` (gateway.serving.GatewayWorker: gthread with deadlines on slow
+  clients, ``client_header_timeout`` and ``client_io_timeout``): a long poll (GET /jobs/{id}?wait=N) sleeps in one thread of a
   worker, not in a whole worker process, so ``workers x threads`` polls may wait at once while
   the workers' other threads keep serving. The worker heartbeat runs in the worker's main
   loop, independent of request threads, so a 60 s poll never trips ``timeout``.
@@ -43,6 +44,7 @@ if not _reload:
 _own_metrics_dir = os.environ.get("HPCGW_METRICS_OWNED") == "1"
 
 from gateway.config import load_config  # noqa: E402  (after the environment is set)
+from gateway.serving import GatewayWorker  # noqa: E402
 from gateway.serving import install as _one_write_responses  # noqa: E402
 
 # Headers and body in one write (gateway/serving.py): one system call less per answer, and
@@ -78,7 +80,14 @@ if _cfg["ssl"] == 1:
 else:
     bind = [_bind_address(_cfg["bind"], _cfg["http_port"])]
 
-worker_class = "gthread"
+worker_class = "gateway.serving.GatewayWorker"
+# A client that stops sending its request, its body, or reading its answer frees its thread.
+GatewayWorker.header_timeout = _cfg["client_header_timeout"]
+GatewayWorker.io_timeout = _cfg["client_io_timeout"]
+# Answers are written, never sendfile()d: a write obeys client_io_timeout, sendfile() on a
+# blocking socket would wait for a reader that stopped for good. (Downloads are pipes from
+# dd anyway; only static Swagger UI files would take the sendfile path.)
+sendfile = False
 # Long enough for the longest documented query (paths up to 4096 characters, URL-encoded);
 # NGINX's large_client_header_buffers in deploy/nginx/ must allow as much.
 limit_request_line = 8190

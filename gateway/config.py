@@ -71,6 +71,10 @@ class ConfigSchema(Schema):
     threads = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=1024))
     running_threads = fields.Integer(load_default=4, validate=validate.Range(min=0, max=1024))
     access_log = fields.Boolean(load_default=True)
+    # Slow clients (gateway/serving.py): seconds for the request line and headers, in total;
+    # seconds a body may stop arriving or an answer stop being read, in one piece.
+    client_header_timeout = fields.Float(load_default=30, validate=validate.Range(min=0.5, max=3600))
+    client_io_timeout = fields.Float(load_default=60, validate=validate.Range(min=0.5, max=3600))
     api_prefix = fields.String(load_default="/aip/v9.2")
     work_dir = fields.String(load_default=None, allow_none=True)
     secret_file = fields.String(load_default=None, allow_none=True)

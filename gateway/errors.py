@@ -31,6 +31,12 @@ class BadRequest(GatewayError):
     default_msg = "Bad request"
 
 
+class ClientTimeout(GatewayError):
+    """The request body stopped arriving (``client_io_timeout``, gateway/serving.py)."""
+    status = 408
+    default_msg = "Request timeout: the request body stopped arriving"
+
+
 class InvalidInput(GatewayError):
     """Well-formed request whose content is not acceptable (field errors in ``errors``)."""
     status = 422

@@ -68,6 +68,7 @@ ERROR_RESPONSES = {
     401: "Not logged in, or the session expired: log in again",
     403: "Not yours, or not an administrator",
     404: "No such object",
+    408: "The request body stopped arriving (client_io_timeout)",
     409: "Not valid in the object's current state",
     413: "Request body too large",
     422: "Invalid input; `errors` has the field messages",

@@ -17,6 +17,7 @@ def test_every_key_has_a_working_default(tmp_path, monkeypatch):
     assert (cfg["http_port"], cfg["ssl"], cfg["https_port"], cfg["timeout"], cfg["log_level"]) == (
         8088, 0, 8043, 30, "info")
     assert cfg["api_prefix"] == "/aip/v9.2"
+    assert (cfg["client_header_timeout"], cfg["client_io_timeout"]) == (30, 60)
     assert cfg["scheduler"] == {"backend": "mock", "options": {}}
     assert cfg["secret_file"] == str(tmp_path / "secret.key")
     assert cfg["session_store"] == f"sqlite:///{tmp_path / 'sessions.sqlite'}"
@@ -38,6 +39,8 @@ def test_the_file_named_by_gateway_config_is_read(tmp_path, monkeypatch):
     ({"timeout": "soon"}, "timeout"),
     ({"api_prefix": "api/"}, "api_prefix"),
     ({"log_level": "loud"}, "log_level"),
+    ({"client_header_timeout": 0}, "client_header_timeout"),
+    ({"client_io_timeout": "never"}, "client_io_timeout"),
 ])
 def test_invalid_configuration_fails_with_the_key_named(raw, words):
     with pytest.raises(ConfigError) as err:

@@ -5,7 +5,9 @@ localhost); clients verify against it, so a wrong certificate would fail the tes
 """
 from __future__ import annotations
 
+import os
 import shutil
+import ssl
 import socket
 import subprocess
 
@@ -95,3 +97,87 @@ def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certi
     plain = requests.get(f"http://127.0.0.1:{listen}{PREFIX}/health", timeout=10)
     assert plain.status_code == 400
     assert "Success" not in plain.text
+
+
+def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate, need_gunicorn):
+    """ssl: 1 and the slow-client deadlines (tests/deploy/test_slow_clients.py has the plain
+    HTTP cases): a handshake that stops half-way and a reader that stops reading each lose
+    their connection, and the one worker's 4 threads serve again."""
+    from tests.files.test_download_cleanup import gone_within, leftovers
+
+    from .servers import wait_until
+    cert, key = certificate
+    https_port = free_port()
+    config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=https_port, cert=str(cert),
+                             key=str(key), client_header_timeout=2, client_io_timeout=2)
+    replica = GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
+                              scheme="https", verify=str(cert)).start()
+    base = f"https://127.0.0.1:{https_port}{PREFIX}"
+
+    def health() -> bool:
+        try:
+            return requests.get(base + "/health", verify=str(cert), timeout=3).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def closed(sock, within: float) -> bool:
+        sock.settimeout(within)
+        try:
+            while sock.recv(1 << 20):
+                pass
+            return True
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return True
+        except TimeoutError:
+            return False
+
+    # Half a ClientHello: a TLS record header announcing 512 bytes, and 10 of them.
+    halves = [socket.create_connection(("127.0.0.1", https_port)) for _ in range(4)]
+    try:
+        for sock in halves:
+            sock.sendall(b"\x16\x03\x01\x02\x00" + b"\x01" * 10)
+        assert all(closed(sock, 5 + 2 + 4) for sock in halves), "a stalled handshake kept its connection"
+        assert health()
+    finally:
+        for sock in halves:
+            sock.close()
+
+    token = requests.post(base + "/login", json={"username": "admin", "password": _admin_password(tmp_path)},
+                          verify=str(cert), timeout=10).json()["data"]["token"]["token"]
+    home = tmp_path / "mock" / "home" / "admin"
+    home.mkdir(parents=True, exist_ok=True)
+    big = home / "big.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(256 * 1024 * 1024)
+    context = ssl.create_default_context(cafile=str(cert))
+    readers = []
+    try:
+        for _ in range(4):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", https_port))
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(f"GET {PREFIX}/files/content?path=big.bin HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n".encode())
+            readers.append(sock)
+        wait_until(lambda: len(leftovers(str(big))) >= 4, 15, "the downloads' dd to start")
+        assert gone_within(str(big), 2 + 3 + 5) == [], "a stalled TLS download kept its dd"
+        assert health()
+    finally:
+        for sock in readers:
+            sock.close()
+        big.unlink()
+
+    # An upload that stops: a 408 over TLS too, and nothing left behind.
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", https_port)), server_hostname="127.0.0.1") as sock:
+        sock.sendall((f"PUT {PREFIX}/files/content?path=cut.bin HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {8 * 1024 * 1024}\r\n\r\n").encode() + b"\xab" * (1024 * 1024))
+        sock.settimeout(2 + 3 + 5)
+        answer = b""
+        while b"}" not in answer:
+            piece = sock.recv(65536)
+            assert piece, answer[:300]
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    wait_until(lambda: not os.listdir(home), 10, "the partial upload to be removed")

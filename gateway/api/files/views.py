@@ -220,7 +220,7 @@ class FileContent(MethodView):
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
     def put(self, args):
         """Upload a file (raw body or multipart), streamed to a temporary name and renamed when complete
 
@@ -232,7 +232,7 @@ class FileContent(MethodView):
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
     def post(self, args):
         """Upload a file (as PUT; for clients that only POST forms)"""
         return upload(args)
@@ -261,7 +261,7 @@ class VendorUpload(MethodView):
     @blp.arguments(VendorUploadQuerySchema, location="query")
     @blp.doc(requestBody=VENDOR_UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
     def post(self, args):
         """Upload a file into your home or a work dir (the vendor's form: multipart, `workdir`)
 

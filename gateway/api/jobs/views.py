@@ -202,7 +202,7 @@ def _settle_soon(store, store_key, claim, mine, ttl) -> None:
 class Jobs(MethodView):
     @blp.arguments(JobSpecSchema)
     @blp.response(200, SubmitEnvelope)
-    @document_errors(blp, 400, 401, 409, 413, 422, 502, 503, 504)
+    @document_errors(blp, 400, 401, 408, 409, 413, 422, 502, 503, 504)
     def post(self, spec):
         """Submit a job
 

@@ -64,7 +64,7 @@ def _session(job_id: str):
 class VisSubmit(MethodView):
     @blp.arguments(VisSubmitSchema)
     @blp.response(200, VisSubmitEnvelope)
-    @document_errors(blp, 400, 401, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 408, 409, 413, 422, 501, 502, 503, 504)
     def post(self, args):
         """Start a visualization job: the command on a VNC desktop
 
