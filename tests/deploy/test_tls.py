@@ -110,8 +110,8 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
     https_port = free_port()
     config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=https_port, cert=str(cert),
                              key=str(key), client_header_timeout=2, client_io_timeout=2)
-    replica = GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
-                              scheme="https", verify=str(cert)).start()
+    GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
+                    scheme="https", verify=str(cert)).start()
     base = f"https://127.0.0.1:{https_port}{PREFIX}"
 
     def health() -> bool:
