@@ -1,7 +1,7 @@
 """How gunicorn serves the gateway (deploy/gunicorn.conf.py installs both parts).
 
 1. :class:`GatewayWorker`, gunicorn's gthread worker with deadlines on slow clients, and
-   finished connections closed off the worker's main loop.
+   finished connections closed without holding up the worker's main loop.
 2. :class:`OneWriteResponse`, headers and body in one write.
 
 **Slow clients.** gthread waits 5 s for a new connection's first byte, then reads the rest
@@ -22,14 +22,16 @@ connections, unauthenticated, made a 1-worker, 4-thread gateway unable to answer
   answer stop being taken, in one piece (the kernel's ``SO_RCVTIMEO``/``SO_SNDTIMEO``: no
   extra system call per read or write, unlike a Python socket timeout; under TLS, which
   retries past those, Python's socket timeout). A stalled body is a
-  408 (:class:`~gateway.errors.ClientTimeout`); a stalled reader loses its connection, and
+  408 (:class:`~gateway.errors.ClientTimeout`, ``Connection: close``); a stalled reader
+  loses its connection (a reset), and
   a download's ``dd`` ends with the response (``close()``). A slow client that keeps going
   is never cut: the clock restarts with each piece.
 
 **Closing.** gthread closes a connection that is done (``Connection: close``, an error, a
 client gone) on the worker's main loop, and waits there up to 2 s for the client's FIN
 (``util.close_graceful``): meanwhile the worker accepts nothing and hands no kept-alive
-connection to a thread. :class:`GatewayWorker` closes it in the request's thread instead.
+connection to a thread. :class:`GatewayWorker` sends its FIN the same way and leaves the
+wait to the poller (``linger``): the main loop goes on at once.
 
 **One write.** gunicorn's HTTP/1 response sends its header block and then each body chunk, each in a
 ``sendall`` of its own. For the gateway's answers — a few hundred bytes to a few KB of JSON,
@@ -45,15 +47,19 @@ send their headers first, as gunicorn does.
 """
 from __future__ import annotations
 
+import errno
+import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
+from collections import deque
+from functools import partial
 
 from gunicorn import util
 from gunicorn.http import wsgi
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import ClientTimeout
 
@@ -61,6 +67,17 @@ from .errors import ClientTimeout
 # SO_RCVTIMEO/SO_SNDTIMEO, TimeoutError past a TLS socket's Python timeout (the SSL "want"
 # errors for completeness).
 STALLED = (BlockingIOError, TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# _ssl gives one deadline to a whole write: a TLS answer goes out in pieces this large, so the
+# timeout is per pause of the reader, not per MiB of a download.
+TLS_PIECE = 16 * 1024
+# As gunicorn's util.close_graceful: how long a closed connection waits for the client's FIN,
+# and how much of what the client still sends it reads meanwhile.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 65536
+
+# Set by a response whose write to the client stalled: only that is a client's stall (an
+# app's own TimeoutError is not, and gthread logs it as before).
+_this_request = threading.local()
 
 
 def _set_timeo(sock, option: int, seconds: float) -> None:
@@ -69,12 +86,36 @@ def _set_timeo(sock, option: int, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
+def _reset(sock) -> None:
+    """Close with a reset: the unsent bytes in the kernel's buffer are dropped at once."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    util.close(sock)
+
+
 class _Arrival:
-    """One connection's header deadline (its own object: a kept-alive connection re-arms)."""
-    __slots__ = ("deadline", "conn")
+    """One request head's deadline (its own object: a kept-alive connection re-arms)."""
+    __slots__ = ("deadline", "conn", "done")
 
     def __init__(self, deadline: float, conn):
-        self.deadline, self.conn = deadline, conn
+        self.deadline, self.conn, self.done = deadline, conn, False
+
+
+class _Conn(TConn):
+    """gthread's connection, closed gracefully without waiting on the worker's main loop."""
+
+    def __init__(self, worker, *args):
+        super().__init__(*args)
+        self.worker = worker
+        self.arrival: _Arrival | None = None
+
+    def close(self, graceful=False):
+        if graceful:
+            self.worker.linger(self.sock)     # gthread calls this on its main loop only
+        else:
+            super().close()
 
 
 class _ClientInput:
@@ -82,8 +123,10 @@ class _ClientInput:
 
     def __init__(self, body, seconds: float):
         self._body, self._seconds = body, seconds
+        self.stalled = False
 
     def _stalled(self):
+        self.stalled = True
         return ClientTimeout(f"no byte of the request body arrived for {self._seconds:g} s "
                              "(client_io_timeout): the request was not carried out")
 
@@ -113,16 +156,19 @@ class _ClientInput:
 
 
 class GatewayWorker(ThreadWorker):
-    """gthread with deadlines on slow clients (the module's docstring says which and why).
+    """gthread with deadlines on slow clients, closing off its main loop (the module's
+    docstring says which and why).
 
     deploy/gunicorn.conf.py sets the two class attributes from gateway.yaml before the
-    workers fork; tests/deploy/test_slow_clients.py runs it against stalled clients."""
+    workers fork; tests/deploy/test_slow_clients.py runs it against stalled clients.
+    Written against gunicorn 27's gthread (setup.cfg pins it)."""
 
     header_timeout = 30.0
     io_timeout = 60.0
 
     def init_process(self):
-        self._arriving: dict[_Arrival, bool] = {}     # connections whose request is not in yet
+        self._arriving: dict[_Arrival, bool] = {}      # request heads not in yet
+        self._lingering: deque = deque()               # [deadline, sock, bytes read], by deadline
         threading.Thread(target=self._watch, name="hpcgw-header-deadlines", daemon=True).start()
         super().init_process()           # runs the worker's loop: it returns when the worker ends
 
@@ -131,48 +177,71 @@ class GatewayWorker(ThreadWorker):
         app, seconds = self.wsgi, self.io_timeout
 
         def with_client_input(environ, start_response):
-            if environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING"):
-                environ["wsgi.input"] = _ClientInput(environ["wsgi.input"], seconds)
-            return app(environ, start_response)
+            if not (environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")):
+                return app(environ, start_response)
+            body = environ["wsgi.input"] = _ClientInput(environ["wsgi.input"], seconds)
+
+            def start(status, headers, exc_info=None):
+                if body.stalled:         # a 408: say the connection closes (RFC 9110, 15.5.9)
+                    getattr(start_response, "__self__", None) and start_response.__self__.force_close()
+                return start_response(status, headers, exc_info)
+            return app(environ, start)
         self.wsgi = with_client_input
+
+    def accept(self, listener):
+        """gthread's accept, with this worker's connection class and the write timeout."""
+        try:
+            client_sock, client_addr = listener.accept()
+            self.nr_conns += 1
+            client_sock.setblocking(True)
+            _set_timeo(client_sock, socket.SO_SNDTIMEO, self.io_timeout)
+            self.enqueue_req(_Conn(self, self.cfg, client_sock, client_addr, listener.getsockname()))
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
 
     # -------------------------------------------------------------- header deadline
     def _watch(self) -> None:
         tick = min(1.0, self.header_timeout / 4)
         while True:
             time.sleep(tick)
-            now = time.monotonic()
-            for arrival in list(self._arriving):
-                # pop() decides between this thread and the request's: only one gets it.
-                if arrival.deadline <= now and self._arriving.pop(arrival, False):
-                    self.log.info("%s sent no complete request in %g s (client_header_timeout): "
-                                  "connection closed", _peer(arrival.conn.client), self.header_timeout)
-                    try:      # the socket's own shutdown, also under TLS: the reader sees EOF
-                        socket.socket.shutdown(arrival.conn.sock, socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+            try:
+                self._cut_late_heads(time.monotonic())
+            except Exception:             # never let the deadlines stop silently
+                self.log.exception("header deadline watcher")
+
+    def _cut_late_heads(self, now: float) -> None:
+        for arrival in list(self._arriving):
+            # pop() decides between this thread and the request's: only one gets it, and a
+            # request whose arrival is gone is not carried out (handle_request).
+            if arrival.deadline > now or not self._arriving.pop(arrival, False):
+                continue
+            conn = arrival.conn
+            if conn is None or arrival.done:
+                continue
+            try:      # the socket's own shutdown, also under TLS: the reader sees EOF
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            except OSError as exc:
+                if exc.errno == errno.EBADF and not arrival.done:
+                    # Between a TLS handshake's detach() and its new socket: next tick.
+                    self._arriving[arrival] = True
+                continue
+            self.log.info("%s sent no complete request in %g s (client_header_timeout): "
+                          "connection closed", _peer(conn.client), self.header_timeout)
 
     def handle(self, conn):
-        if not getattr(conn, "hpcgw_timeouts", False):
-            _set_timeo(conn.sock, socket.SO_SNDTIMEO, self.io_timeout)
-            conn.hpcgw_timeouts = True
-        arrival = conn.hpcgw_arrival = _Arrival(time.monotonic() + self.header_timeout, conn)
+        arrival = conn.arrival = _Arrival(time.monotonic() + self.header_timeout, conn)
         self._arriving[arrival] = True
         try:
-            keep = super().handle(conn)
+            return super().handle(conn)
         finally:
+            arrival.done = True
+            arrival.conn = None
             self._arriving.pop(arrival, None)
-        if keep is False:
-            # gthread closes a finished connection on the worker's main loop, and its graceful
-            # close waits up to 2 s for the client's FIN: every thread's next request waits
-            # with it (measured: 1.7 s for another client's /health after one client sent
-            # "Connection: close" and kept its socket open). Closed here, only this thread waits;
-            # gthread's own close then finds the socket closed.
-            conn.close(graceful=True)
-        return keep
 
-    def _arrived(self, conn) -> None:
-        self._arriving.pop(conn.hpcgw_arrival, None)
+    def _arrived(self, conn) -> bool:
+        """The request head is in; False when the watcher cut the connection first."""
+        return self._arriving.pop(conn.arrival, None) is not None
 
     def handle_http2(self, conn):             # HTTP/2 (not enabled by deploy/gunicorn.conf.py)
         self._arrived(conn)
@@ -184,10 +253,12 @@ class GatewayWorker(ThreadWorker):
 
     # -------------------------------------------------------------- body and answer
     def handle_request(self, req, conn):
-        self._arrived(conn)                   # the request is in: from here the app's time
+        if not self._arrived(conn):
+            return False                      # past client_header_timeout: the socket is shut
         # Under TLS the kernel's timeouts do not help: _ssl retries a read or write that the
         # kernel timed out for as long as the socket is blocking. There, Python's own timeout.
         tls = isinstance(conn.sock, ssl.SSLSocket)
+        _this_request.client_stalled = False
         try:
             if tls:
                 conn.sock.settimeout(self.io_timeout)
@@ -195,12 +266,11 @@ class GatewayWorker(ThreadWorker):
                 _set_timeo(conn.sock, socket.SO_RCVTIMEO, self.io_timeout)
             return super().handle_request(req, conn)
         except STALLED:
-            # Reset, not a graceful close: the client reads nothing, and the unsent answer
-            # in the kernel's buffer is dropped at once.
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.sock.close()
+            if not _this_request.client_stalled:
+                raise                         # not the client's: gthread's handling, as before
+            _reset(conn.sock)
             self.log.info("%s %s %s: the client took nothing of the answer for %g s (client_io_timeout): "
-                          "connection closed", _peer(conn.client), req.method, req.path, self.io_timeout)
+                          "connection reset", _peer(conn.client), req.method, req.path, self.io_timeout)
             return False
         finally:
             try:        # the next request's head: the watcher's deadline only
@@ -210,6 +280,60 @@ class GatewayWorker(ThreadWorker):
                     _set_timeo(conn.sock, socket.SO_RCVTIMEO, 0)
             except OSError:
                 pass
+
+    # -------------------------------------------------------------- closing
+    def linger(self, sock) -> None:
+        """gunicorn's close_graceful (FIN, then read until the client's FIN, 2 s at most, so
+        that unread bytes do not turn the close into a reset that could cut the answer),
+        with the wait on the poller instead of in the main loop. Main loop only."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            util.close(sock)
+            return
+        entry = [time.monotonic() + LINGER_SECONDS, sock, 0]
+        if self._drained(entry):
+            self._close_lingering(entry)
+            return
+        self._lingering.append(entry)
+        self.poller.register(sock, selectors.EVENT_READ, partial(self._on_lingering_readable, entry))
+
+    @staticmethod
+    def _drained(entry) -> bool:
+        """Read what has come; True at the client's FIN, an error, or the cap."""
+        try:
+            while entry[2] < LINGER_BYTES:
+                data = entry[1].recv(4096)
+                if not data:
+                    return True
+                entry[2] += len(data)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def _close_lingering(self, entry, registered: bool = False) -> None:
+        sock, entry[1] = entry[1], None
+        if sock is None:
+            return
+        if registered:
+            try:
+                self.poller.unregister(sock)
+            except (OSError, KeyError, ValueError):
+                pass
+        util.close(sock)
+
+    def _on_lingering_readable(self, entry, _sock) -> None:
+        if self._drained(entry):
+            self._close_lingering(entry, registered=True)
+
+    def murder_keepalived(self, force=False):
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        while self._lingering and (force or self._lingering[0][0] <= now or self._lingering[0][1] is None):
+            self._close_lingering(self._lingering.popleft(), registered=True)
 
 
 def _peer(client) -> str:
@@ -224,7 +348,11 @@ class OneWriteResponse(wsgi.Response):
         if self.headers_sent:
             return
         if self._headers_now or self.chunked:
-            super().send_headers()
+            try:
+                super().send_headers()
+            except STALLED:
+                _this_request.client_stalled = True
+                raise
             return
         lines = self.default_headers()
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
@@ -234,14 +362,28 @@ class OneWriteResponse(wsgi.Response):
     def _flush_headers(self):
         if self._pending:
             pending, self._pending = self._pending, b""
-            self.sock.sendall(pending)
+            self._put(pending, False)
 
     def _emit_body(self, data):
         if self._pending:
             pending, self._pending = self._pending, b""
-            self.sock.sendall(pending + data)    # never chunked: chunked headers went already
+            self._put(pending + data, False)    # never chunked: chunked headers went already
             return
-        super()._emit_body(data)
+        self._put(data, self.chunked)
+
+    def _put(self, data, chunked: bool) -> None:
+        """gunicorn's util.write; under TLS in pieces (TLS_PIECE); a stall is marked as the
+        client's (GatewayWorker.handle_request resets the connection)."""
+        try:
+            if len(data) > TLS_PIECE and isinstance(self.sock, ssl.SSLSocket):
+                view = memoryview(data)
+                for at in range(0, len(data), TLS_PIECE):
+                    util.write(self.sock, view[at:at + TLS_PIECE], chunked)
+            else:
+                util.write(self.sock, data, chunked)
+        except STALLED:
+            _this_request.client_stalled = True
+            raise
 
     def sendfile(self, respiter):
         if self.cfg.is_ssl or not self.can_sendfile():
@@ -254,7 +396,11 @@ class OneWriteResponse(wsgi.Response):
         if not self.headers_sent:
             self.send_headers()
         self._flush_headers()
-        super().close()
+        try:
+            super().close()                      # a chunked answer's last chunk
+        except STALLED:
+            _this_request.client_stalled = True
+            raise
 
 
 def install() -> bool:

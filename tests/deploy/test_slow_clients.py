@@ -61,15 +61,41 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
     return False
 
 
-def _health_answers(replica) -> bool:
+def _health_answers(replica, within: float = SLACK) -> bool:
     try:
-        return requests.get(f"{replica.base}{PREFIX}/health", timeout=SLACK).status_code == 200
+        return requests.get(f"{replica.base}{PREFIX}/health", timeout=within).status_code == 200
     except requests.RequestException:
         return False
 
 
-def _answer(sock: socket.socket, within: float) -> tuple[int, dict]:
-    """Status and JSON body of one HTTP/1.1 answer read from ``sock``."""
+def dd_started(path, count: int, within: float = 15) -> None:
+    """Wait until ``count`` downloads of ``path`` have had their dd (each seen alive once:
+    the first may already be gone when the last starts)."""
+    seen: set[str] = set()
+
+    def enough():
+        seen.update(line.split()[0] for line in leftovers(str(path)))
+        return len(seen) >= count
+    wait_until(enough, within, f"{count} dd reading {path} to start")
+
+
+def read_slowly(sock, pause: float) -> bytes:
+    """Everything until the server closes, 16 KiB at a time with ``pause`` between reads."""
+    sock.settimeout(10)
+    raw = b""
+    while piece := sock.recv(16 * 1024):
+        raw += piece
+        time.sleep(pause)
+    return raw
+
+
+# A reader at this pace takes 1 MiB in ~2.6 s (64 reads of 16 KiB): longer than
+# client_io_timeout for a whole MiB, never that long for one read.
+SLOW_PAUSE = 0.04
+
+
+def _answer(sock: socket.socket, within: float) -> tuple[int, dict, bytes]:
+    """Status, JSON body and head of one HTTP/1.1 answer read from ``sock``."""
     sock.settimeout(within)
     raw = b""
     while b"\r\n\r\n" not in raw:
@@ -81,7 +107,7 @@ def _answer(sock: socket.socket, within: float) -> tuple[int, dict]:
                       if line.lower().startswith(b"content-length:")))
     while len(body) < length:
         body += sock.recv(65536)
-    return int(head.split()[1]), json.loads(body)
+    return int(head.split()[1]), json.loads(body), head
 
 
 def test_unfinished_request_heads_free_every_thread(gateway):
@@ -149,7 +175,7 @@ def test_readers_that_stop_lose_their_connections_and_their_dd(gateway):
         for sock in readers:
             sock.sendall(f"GET {PREFIX}/files/content?path=big.bin HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {admin.token}\r\n\r\n".encode())
-        wait_until(lambda: len(leftovers(str(path))) >= THREADS, 15, "the downloads' dd to start")
+        dd_started(path, THREADS)
         # Every thread is now writing to a client that reads nothing.
         assert gone_within(str(path), IO_TIMEOUT + SLACK + 5) == [], "a stalled download kept its dd"
         assert _health_answers(replica)
@@ -162,24 +188,19 @@ def test_readers_that_stop_lose_their_connections_and_their_dd(gateway):
 
 
 def test_a_slow_reader_that_keeps_reading_gets_the_whole_file(gateway):
-    """The answer's timeout is per piece, not for the whole answer."""
+    """The answer's timeout is per pause of the reader, not for the whole answer."""
     replica, admin, home = gateway
-    data = os.urandom(4 * 1024 * 1024)
+    data = os.urandom(2 * 1024 * 1024)
     (home / "slow.bin").write_bytes(data)
-    sock = _connect(replica, rcvbuf=4096)
+    sock = _connect(replica, rcvbuf=16 * 1024)
     started = time.monotonic()
     try:
         sock.sendall(f"GET {PREFIX}/files/content?path=slow.bin HTTP/1.1\r\nHost: x\r\n"
                      f"Authorization: Bearer {admin.token}\r\nConnection: close\r\n\r\n".encode())
-        sock.settimeout(10)
-        raw = b""
-        while piece := sock.recv(256 * 1024):
-            raw += piece
-            time.sleep(0.05)                   # ~IO_TIMEOUT x 3 in all, never IO_TIMEOUT at once
-        head, _, body = raw.partition(b"\r\n\r\n")
+        head, _, body = read_slowly(sock, SLOW_PAUSE).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head[:300]
         assert body == data
-        assert time.monotonic() - started > IO_TIMEOUT, "not slow enough to test anything"
+        assert time.monotonic() - started > 2 * IO_TIMEOUT, "not slow enough to test anything"
     finally:
         sock.close()
 
@@ -192,9 +213,10 @@ def test_an_upload_that_stops_is_a_408_and_leaves_nothing(gateway):
                       f"Authorization: Bearer {admin.token}\r\nContent-Type: application/octet-stream\r\n"
                       f"Content-Length: {8 * 1024 * 1024}\r\n\r\n").encode())
         sock.sendall(b"\xab" * (1024 * 1024))   # an eighth, then nothing
-        status, body = _answer(sock, IO_TIMEOUT + SLACK + 5)
+        status, body, head = _answer(sock, IO_TIMEOUT + SLACK + 5)
         assert status == 408, body
         assert "client_io_timeout" in body["msg"]
+        assert b"\r\nConnection: close\r\n" in head, head
         wait_until(lambda: not os.listdir(home), 10, "the partial upload to be removed")
     finally:
         sock.close()
@@ -218,7 +240,7 @@ def test_a_json_body_that_stops_is_a_408_and_submits_nothing(gateway):
         sock.sendall((f"POST {PREFIX}/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin.token}\r\n"
                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                      + body[:len(body) // 2])
-        status, answer = _answer(sock, IO_TIMEOUT + SLACK + 5)
+        status, answer, _ = _answer(sock, IO_TIMEOUT + SLACK + 5)
         assert status == 408, answer
     finally:
         sock.close()
@@ -234,9 +256,11 @@ def test_clients_that_keep_a_closed_connection_open_do_not_stall_the_worker(gate
         for sock in kept:
             sock.sendall(f"GET {PREFIX}/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         for sock in kept:
-            status, _ = _answer(sock, 10)          # read, but never close our end
+            status, _, _ = _answer(sock, 10)       # read, but never close our end
             assert status == 200
-        assert _health_answers(replica), "the worker is waiting for the clients' FIN"
+        # gthread alone: ~8 s (four 2 s waits one after the other).
+        assert _health_answers(replica, within=5), "the worker is waiting for the clients' FIN"
     finally:
         for sock in kept:
             sock.close()
+

@@ -103,9 +103,10 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
     """ssl: 1 and the slow-client deadlines (tests/deploy/test_slow_clients.py has the plain
     HTTP cases): a handshake that stops half-way and a reader that stops reading each lose
     their connection, and the one worker's 4 threads serve again."""
-    from tests.files.test_download_cleanup import gone_within, leftovers
+    from tests.files.test_download_cleanup import gone_within
 
     from .servers import wait_until
+    from .test_slow_clients import SLOW_PAUSE, dd_started, read_slowly
     cert, key = certificate
     https_port = free_port()
     config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=https_port, cert=str(cert),
@@ -160,7 +161,7 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
             sock.sendall(f"GET {PREFIX}/files/content?path=big.bin HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {token}\r\n\r\n".encode())
             readers.append(sock)
-        wait_until(lambda: len(leftovers(str(big))) >= 4, 15, "the downloads' dd to start")
+        dd_started(big, 4)
         assert gone_within(str(big), 2 + 3 + 5) == [], "a stalled TLS download kept its dd"
         assert health()
     finally:
@@ -181,3 +182,20 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
             answer += piece
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     wait_until(lambda: not os.listdir(home), 10, "the partial upload to be removed")
+
+    # A slow reader that keeps reading gets the whole file: under TLS too, the timeout is
+    # per pause, not per 1 MiB piece of the download.
+    data = os.urandom(2 * 1024 * 1024)
+    (home / "slow.bin").write_bytes(data)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    raw.connect(("127.0.0.1", https_port))
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(f"GET {PREFIX}/files/content?path=slow.bin HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
+        try:
+            head, _, body = read_slowly(sock, SLOW_PAUSE).partition(b"\r\n\r\n")
+        except ssl.SSLError as exc:           # a reset mid-answer
+            raise AssertionError(f"the slow TLS reader was cut: {exc!r}") from exc
+    assert head.startswith(b"HTTP/1.1 200"), head[:300]
+    assert body == data
