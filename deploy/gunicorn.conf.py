@@ -88,6 +88,9 @@ GatewayWorker.io_timeout = _cfg["client_io_timeout"]
 # blocking socket would wait for a reader that stopped for good. (Downloads are pipes from
 # dd anyway; only static Swagger UI files would take the sendfile path.)
 sendfile = False
+# The TLS handshake runs in the request's thread, under client_header_timeout (gunicorn's
+# default; with the handshake inside wrap_socket the header deadline could not cut it).
+do_handshake_on_connect = False
 # Long enough for the longest documented query (paths up to 4096 characters, URL-encoded);
 # NGINX's large_client_header_buffers in deploy/nginx/ must allow as much.
 limit_request_line = 8190

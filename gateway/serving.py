@@ -194,7 +194,10 @@ class GatewayWorker(ThreadWorker):
             client_sock, client_addr = listener.accept()
             self.nr_conns += 1
             client_sock.setblocking(True)
-            _set_timeo(client_sock, socket.SO_SNDTIMEO, self.io_timeout)
+            try:
+                _set_timeo(client_sock, socket.SO_SNDTIMEO, self.io_timeout)
+            except OSError:
+                pass                       # a connection already gone: its first read says so
             self.enqueue_req(_Conn(self, self.cfg, client_sock, client_addr, listener.getsockname()))
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
@@ -296,8 +299,11 @@ class GatewayWorker(ThreadWorker):
         if self._drained(entry):
             self._close_lingering(entry)
             return
-        self._lingering.append(entry)
         self.poller.register(sock, selectors.EVENT_READ, partial(self._on_lingering_readable, entry))
+        self._lingering.append(entry)
+        # Counted as open, as gthread counts the connections it waits for: a stopping worker
+        # lets the last answers linger too, and worker_connections bounds them.
+        self.nr_conns += 1
 
     @staticmethod
     def _drained(entry) -> bool:
@@ -319,6 +325,7 @@ class GatewayWorker(ThreadWorker):
         if sock is None:
             return
         if registered:
+            self.nr_conns -= 1
             try:
                 self.poller.unregister(sock)
             except (OSError, KeyError, ValueError):
