@@ -83,6 +83,11 @@ COMMANDS = Counter(
 COMMAND_SECONDS = Histogram(
     "hpcgw_scheduler_command_duration_seconds", "Scheduler command latency (transport round trip included)",
     ["plugin", "command"], buckets=LATENCY_BUCKETS, registry=PROCESS_REGISTRY)
+CLIENT_TIMEOUTS = Counter(
+    "hpcgw_client_timeouts_total",
+    "Connections cut for a slow client (gateway/serving.py), by phase: head "
+    "(client_header_timeout), body or answer (client_io_timeout)",
+    ["phase"], registry=PROCESS_REGISTRY)
 SNAPSHOT_TIME = Gauge(
     "hpcgw_scheduler_snapshot_timestamp_seconds",
     "Unix time at which the newest scheduler snapshot served was taken",
@@ -101,6 +106,10 @@ def _command_label(command) -> str:
     if isinstance(command, (list, tuple)):
         command = command[0] if command else ""
     return _label(os.path.basename(str(command or "")), "other", 40)
+
+
+def record_client_timeout(phase: str) -> None:
+    CLIENT_TIMEOUTS.labels(phase).inc()
 
 
 def record_hook(plugin: str, hook: str, seconds: float, outcome: str) -> None:

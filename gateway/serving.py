@@ -62,6 +62,7 @@ from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import ClientTimeout
+from .metrics import record_client_timeout
 
 # What a read or write past client_io_timeout raises: BlockingIOError past the kernel's
 # SO_RCVTIMEO/SO_SNDTIMEO, TimeoutError past a TLS socket's Python timeout (the SSL "want"
@@ -127,6 +128,7 @@ class _ClientInput:
 
     def _stalled(self):
         self.stalled = True
+        record_client_timeout("body")
         return ClientTimeout(f"no byte of the request body arrived for {self._seconds:g} s "
                              "(client_io_timeout): the request was not carried out")
 
@@ -229,6 +231,7 @@ class GatewayWorker(ThreadWorker):
                     # Between a TLS handshake's detach() and its new socket: next tick.
                     self._arriving[arrival] = True
                 continue
+            record_client_timeout("head")
             self.log.info("%s sent no complete request in %g s (client_header_timeout): "
                           "connection closed", _peer(conn.client), self.header_timeout)
 
@@ -272,6 +275,7 @@ class GatewayWorker(ThreadWorker):
             if not _this_request.client_stalled:
                 raise                         # not the client's: gthread's handling, as before
             _reset(conn.sock)
+            record_client_timeout("answer")
             self.log.info("%s %s %s: the client took nothing of the answer for %g s (client_io_timeout): "
                           "connection reset", _peer(conn.client), req.method, req.path, self.io_timeout)
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -68,6 +69,13 @@ def _health_answers(replica, within: float = SLACK) -> bool:
         return False
 
 
+def cut(replica, phase: str) -> float:
+    """hpcgw_client_timeouts_total{phase=...} on the replica's /metrics."""
+    text = requests.get(f"{replica.base}/metrics", timeout=10).text
+    found = re.search(rf'^hpcgw_client_timeouts_total{{phase="{phase}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def dd_started(path, count: int, within: float = 15) -> None:
     """Wait until ``count`` downloads of ``path`` have had their dd (each seen alive once:
     the first may already be gone when the last starts)."""
@@ -119,6 +127,7 @@ def test_unfinished_request_heads_free_every_thread(gateway):
         for sock in stalled:
             assert _closed_by_server(sock, HEADER_TIMEOUT + 5 + SLACK), "a stalled request head kept its connection"
         assert _health_answers(replica)
+        assert cut(replica, "head") == THREADS
     finally:
         for sock in stalled:
             sock.close()
@@ -181,6 +190,7 @@ def test_readers_that_stop_lose_their_connections_and_their_dd(gateway):
         assert _health_answers(replica)
         for sock in readers:
             assert _closed_by_server(sock, 10), "a stalled download kept its connection"
+        assert cut(replica, "answer") == THREADS
     finally:
         for sock in readers:
             sock.close()
@@ -217,6 +227,7 @@ def test_an_upload_that_stops_is_a_408_and_leaves_nothing(gateway):
         assert status == 408, body
         assert "client_io_timeout" in body["msg"]
         assert b"\r\nConnection: close\r\n" in head, head
+        assert cut(replica, "body") == 1
         wait_until(lambda: not os.listdir(home), 10, "the partial upload to be removed")
     finally:
         sock.close()
