@@ -59,6 +59,7 @@ from functools import partial
 
 from gunicorn import util
 from gunicorn.http import wsgi
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import ClientTimeout
@@ -264,11 +265,13 @@ class GatewayWorker(ThreadWorker):
         # Under TLS the kernel's timeouts do not help: _ssl retries a read or write that the
         # kernel timed out for as long as the socket is blocking. There, Python's own timeout.
         tls = isinstance(conn.sock, ssl.SSLSocket)
+        # Without a body (every GET) the app reads nothing: no read timeout to set and reset.
+        reads = not (isinstance(req.body.reader, LengthReader) and req.body.reader.length == 0)
         _this_request.client_stalled = False
         try:
             if tls:
                 conn.sock.settimeout(self.io_timeout)
-            else:
+            elif reads:
                 _set_timeo(conn.sock, socket.SO_RCVTIMEO, self.io_timeout)
             return super().handle_request(req, conn)
         except STALLED:
@@ -283,7 +286,7 @@ class GatewayWorker(ThreadWorker):
             try:        # the next request's head: the watcher's deadline only
                 if tls:
                     conn.sock.settimeout(None)
-                else:
+                elif reads:
                     _set_timeo(conn.sock, socket.SO_RCVTIMEO, 0)
             except OSError:
                 pass
