@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import time
 
 import pytest
@@ -47,24 +48,26 @@ def _connect(replica, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
-def _closed_by_server(sock: socket.socket, within: float) -> bool:
-    """Whether the server ends the connection within ``within`` s (unread bytes are drained)."""
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server ends the connection within ``within`` s (unread bytes are drained);
+    a plain or a TLS socket."""
     deadline = time.monotonic() + within
     while (left := deadline - time.monotonic()) > 0:
         sock.settimeout(left)
         try:
             if not sock.recv(1 << 20):
                 return True
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             return True
         except TimeoutError:
             return False
     return False
 
 
-def _health_answers(replica, within: float = SLACK) -> bool:
+def health_answers(replica, within: float = SLACK) -> bool:
     try:
-        return requests.get(f"{replica.base}{PREFIX}/health", timeout=within).status_code == 200
+        return requests.get(f"{replica.base}{PREFIX}/health", timeout=within,
+                            verify=replica.verify).status_code == 200
     except requests.RequestException:
         return False
 
@@ -102,7 +105,7 @@ def read_slowly(sock, pause: float) -> bytes:
 SLOW_PAUSE = 0.04
 
 
-def _answer(sock: socket.socket, within: float) -> tuple[int, dict, bytes]:
+def read_answer(sock: socket.socket, within: float) -> tuple[int, dict, bytes]:
     """Status, JSON body and head of one HTTP/1.1 answer read from ``sock``."""
     sock.settimeout(within)
     raw = b""
@@ -125,8 +128,8 @@ def test_unfinished_request_heads_free_every_thread(gateway):
         sock.sendall(f"GET {PREFIX}/health HTTP/1.1\r\nHost: x\r\n".encode())    # no blank line, ever
     try:
         for sock in stalled:
-            assert _closed_by_server(sock, HEADER_TIMEOUT + 5 + SLACK), "a stalled request head kept its connection"
-        assert _health_answers(replica)
+            assert closed_by_server(sock, HEADER_TIMEOUT + 5 + SLACK), "a stalled request head kept its connection"
+        assert health_answers(replica)
         assert cut(replica, "head") == THREADS
     finally:
         for sock in stalled:
@@ -187,9 +190,9 @@ def test_readers_that_stop_lose_their_connections_and_their_dd(gateway):
         dd_started(path, THREADS)
         # Every thread is now writing to a client that reads nothing.
         assert gone_within(str(path), IO_TIMEOUT + SLACK + 5) == [], "a stalled download kept its dd"
-        assert _health_answers(replica)
+        assert health_answers(replica)
         for sock in readers:
-            assert _closed_by_server(sock, 10), "a stalled download kept its connection"
+            assert closed_by_server(sock, 10), "a stalled download kept its connection"
         assert cut(replica, "answer") == THREADS
     finally:
         for sock in readers:
@@ -223,7 +226,7 @@ def test_an_upload_that_stops_is_a_408_and_leaves_nothing(gateway):
                       f"Authorization: Bearer {admin.token}\r\nContent-Type: application/octet-stream\r\n"
                       f"Content-Length: {8 * 1024 * 1024}\r\n\r\n").encode())
         sock.sendall(b"\xab" * (1024 * 1024))   # an eighth, then nothing
-        status, body, head = _answer(sock, IO_TIMEOUT + SLACK + 5)
+        status, body, head = read_answer(sock, IO_TIMEOUT + SLACK + 5)
         assert status == 408, body
         assert "client_io_timeout" in body["msg"]
         assert b"\r\nConnection: close\r\n" in head, head
@@ -251,7 +254,7 @@ def test_a_json_body_that_stops_is_a_408_and_submits_nothing(gateway):
         sock.sendall((f"POST {PREFIX}/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin.token}\r\n"
                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                      + body[:len(body) // 2])
-        status, answer, _ = _answer(sock, IO_TIMEOUT + SLACK + 5)
+        status, answer, _ = read_answer(sock, IO_TIMEOUT + SLACK + 5)
         assert status == 408, answer
     finally:
         sock.close()
@@ -267,10 +270,10 @@ def test_clients_that_keep_a_closed_connection_open_do_not_stall_the_worker(gate
         for sock in kept:
             sock.sendall(f"GET {PREFIX}/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         for sock in kept:
-            status, _, _ = _answer(sock, 10)       # read, but never close our end
+            status, _, _ = read_answer(sock, 10)       # read, but never close our end
             assert status == 200
         # gthread alone: ~8 s (four 2 s waits one after the other).
-        assert _health_answers(replica, within=5), "the worker is waiting for the clients' FIN"
+        assert health_answers(replica, within=5), "the worker is waiting for the clients' FIN"
     finally:
         for sock in kept:
             sock.close()

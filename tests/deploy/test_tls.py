@@ -106,39 +106,22 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
     from tests.files.test_download_cleanup import gone_within
 
     from .servers import wait_until
-    from .test_slow_clients import SLOW_PAUSE, dd_started, read_slowly
+    from .test_slow_clients import SLOW_PAUSE, closed_by_server, dd_started, health_answers, read_answer, read_slowly
     cert, key = certificate
     https_port = free_port()
     config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=https_port, cert=str(cert),
                              key=str(key), client_header_timeout=2, client_io_timeout=2)
-    GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
-                    scheme="https", verify=str(cert)).start()
+    replica = GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
+                              scheme="https", verify=str(cert)).start()
     base = f"https://127.0.0.1:{https_port}{PREFIX}"
-
-    def health() -> bool:
-        try:
-            return requests.get(base + "/health", verify=str(cert), timeout=3).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def closed(sock, within: float) -> bool:
-        sock.settimeout(within)
-        try:
-            while sock.recv(1 << 20):
-                pass
-            return True
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            return True
-        except TimeoutError:
-            return False
 
     # Half a ClientHello: a TLS record header announcing 512 bytes, and 10 of them.
     halves = [socket.create_connection(("127.0.0.1", https_port)) for _ in range(4)]
     try:
         for sock in halves:
             sock.sendall(b"\x16\x03\x01\x02\x00" + b"\x01" * 10)
-        assert all(closed(sock, 5 + 2 + 4) for sock in halves), "a stalled handshake kept its connection"
-        assert health()
+        assert all(closed_by_server(sock, 5 + 2 + 4) for sock in halves), "a stalled handshake kept its connection"
+        assert health_answers(replica)
     finally:
         for sock in halves:
             sock.close()
@@ -163,7 +146,7 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
             readers.append(sock)
         dd_started(big, 4)
         assert gone_within(str(big), 2 + 3 + 5) == [], "a stalled TLS download kept its dd"
-        assert health()
+        assert health_answers(replica)
     finally:
         for sock in readers:
             sock.close()
@@ -174,13 +157,8 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
         sock.sendall((f"PUT {PREFIX}/files/content?path=cut.bin HTTP/1.1\r\nHost: x\r\n"
                       f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
                       f"Content-Length: {8 * 1024 * 1024}\r\n\r\n").encode() + b"\xab" * (1024 * 1024))
-        sock.settimeout(2 + 3 + 5)
-        answer = b""
-        while b"}" not in answer:
-            piece = sock.recv(65536)
-            assert piece, answer[:300]
-            answer += piece
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        _, _, head = read_answer(sock, 2 + 3 + 5)
+    assert head.startswith(b"HTTP/1.1 408"), head[:300]
     wait_until(lambda: not os.listdir(home), 10, "the partial upload to be removed")
 
     # A slow reader that keeps reading gets the whole file: under TLS too, the timeout is
