@@ -24,10 +24,11 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import ClassVar, TypeVar
 
 from werkzeug.wsgi import ClosingIterator
 
@@ -37,6 +38,7 @@ from . import commands
 from .parse import error_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Transfer:
@@ -67,6 +69,15 @@ class Channel:
         if result.returncode != 0:
             raise error_for(result.stderr, what, path, self.as_user)
         return result
+
+    def scan(self, argv: list[str], consume: Callable[[Iterator[bytes]], T]) -> tuple[T, CommandResult]:
+        """Run ``argv`` and give its stdout to ``consume`` (an iterator of chunks); return what
+        ``consume`` returned and the command's result (its stdout left empty when streamed).
+
+        Here the output arrives whole (the SSM transport brings it back from S3 in one piece);
+        :class:`PipeChannel` streams it, so ``consume`` may keep less than the output."""
+        result = self.run(argv)
+        return consume(iter((result.stdout,))), result
 
     def quietly_remove(self, path: str) -> None:
         """Remove a temporary file; never raises (the caller is already handling an error)."""
@@ -125,11 +136,11 @@ def _end(proc: subprocess.Popen, errfile) -> None:
 
 
 class PipeChannel(Channel):
-    def _spawn(self, argv, *, stdin, stdout):
+    def _spawn(self, argv, *, stdin, stdout, timeout=None):
         # stderr goes to an anonymous file: a chatty tool can never block on a full pipe.
         errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
-        proc = self.transport.popen(argv, as_user=self.as_user, stdin=stdin, stdout=stdout,
-                                    stderr=errfile, timeout=self.transfer_timeout)
+        proc = self.transport.popen(argv, as_user=self.as_user, stdin=stdin, stdout=stdout, stderr=errfile,
+                                    timeout=self.transfer_timeout if timeout is None else timeout)
         return proc, errfile
 
     def _failure(self, proc, errfile, what: str, path: str) -> GatewayError:
@@ -168,6 +179,42 @@ class PipeChannel(Channel):
             except subprocess.TimeoutExpired:
                 _kill(proc)
             raise
+        finally:
+            _close(errfile)
+
+    def scan(self, argv, consume):
+        proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=self.timeout)
+        # command_timeout bounds the whole command, as Channel.run's does: a timer ends the
+        # tool's process group (sudo, ssh and the tool), and the read below sees EOF.
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            _kill(proc)
+
+        timer = threading.Timer(self.timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            try:
+                value = consume(iter(lambda: proc.stdout.read(self.chunk), b""))
+                proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                expired.set()
+            finally:
+                timer.cancel()
+                if expired.is_set() or proc.returncode is None:
+                    _kill(proc)
+                _close(proc.stdout)
+            if expired.is_set():
+                raise SchedulerTimeout(f"{os.path.basename(argv[0])} did not answer within {self.timeout:g} s")
+            errfile.seek(0)
+            stderr = errfile.read(64 * 1024)
+            conn = getattr(self.transport, "connection_error", None)
+            error = conn(proc.returncode, stderr) if callable(conn) else None
+            if error is not None:
+                raise error             # ssh could not reach the cluster: 503, as Channel.run says
+            return value, CommandResult(proc.returncode, b"", stderr)
         finally:
             _close(errfile)
 

@@ -1,6 +1,7 @@
 """Parsers for the file tools' output and errors (pure)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,6 +63,45 @@ def parse_records(stdout: bytes) -> list[Entry]:
         except ValueError:
             continue
     return entries
+
+
+def parse_listing(chunks: Iterable[bytes], limit: int) -> tuple[Entry | None, list[Entry], int]:
+    """A directory's ``find -maxdepth 1`` records (see commands.stat), read as they arrive:
+    the directory itself, its first ``limit`` entries by name, and how many it has.
+
+    Only ``limit`` records (twice that between two trims) and one chunk are held at a time,
+    and only the entries returned are parsed, so a directory of a million files costs the
+    gateway no more memory than one of ``limit``. The order is ``sorted(..., key=name)``'s."""
+    limit = max(1, int(limit))
+    top: Entry | None = None
+    kept: list[tuple[str, bytes]] = []
+    total = 0
+    rest = b""
+
+    def take(raw: bytes) -> None:
+        nonlocal top, total
+        if raw.startswith(b"1/"):
+            if raw.count(b"/") >= RECORD_FIELDS - 1:
+                total += 1
+                kept.append((raw.rsplit(b"/", 1)[-1].decode("utf-8", "surrogateescape"), raw))
+        elif raw.startswith(b"0/") and top is None:
+            parsed = parse_records(raw)
+            top = parsed[0] if parsed else None
+
+    for chunk in chunks:
+        records = (rest + chunk).split(b"\0") if rest else chunk.split(b"\0")
+        rest = records.pop()
+        for raw in records:
+            take(raw)
+        if len(kept) > 2 * limit:
+            kept.sort()
+            del kept[limit:]
+    if rest:
+        take(rest)
+    kept.sort()
+    del kept[limit:]
+    children = parse_records(b"\0".join(raw for _, raw in kept))
+    return top, children, total
 
 
 def parse_realpaths(stdout: bytes, count: int) -> list[str]:

@@ -28,6 +28,7 @@ from .parse import (
     Entry,
     error_for,
     parse_home,
+    parse_listing,
     parse_realpaths,
     parse_records,
     parse_sha256,
@@ -166,19 +167,18 @@ class FileSpace:
 
     def listing(self, given: str) -> dict:
         real = self.locate(given)
-        result = self.channel.run(commands.stat([real], depth=1))
-        entries = parse_records(result.stdout)
-        top = [e for e in entries if e.depth == 0]
-        if not top:
+        limit = self.settings["max_list_entries"]
+        # Read as find writes: however many entries the directory has, only `limit` are kept.
+        (top, children, total), result = self.channel.scan(
+            commands.stat([real], depth=1), lambda chunks: parse_listing(chunks, limit))
+        if top is None:
             raise error_for(result.stderr, "list", given, self.access.as_user)
-        if top[0].type != "directory":
-            raise Conflict(f"{given!r} is a {top[0].type}, not a directory: download it with GET /files/content")
+        if top.type != "directory":
+            raise Conflict(f"{given!r} is a {top.type}, not a directory: download it with GET /files/content")
         if result.returncode != 0 and b"Permission denied" in significant(result.stderr):
             raise Forbidden(f"cannot list {given!r}: permission denied{self._as_whom()}")
-        children = sorted((e for e in entries if e.depth == 1), key=lambda e: e.name)
-        limit = self.settings["max_list_entries"]
-        return {"path": real, "entries": [e.as_dict() for e in children[:limit]],
-                "total": len(children), "truncated": len(children) > limit}
+        return {"path": real, "entries": [e.as_dict() for e in children],
+                "total": total, "truncated": total > limit}
 
     def open_file(self, given: str) -> tuple[str, Entry]:
         real = self.locate(given)

@@ -194,6 +194,26 @@ def test_multipart_upload_and_the_vendors_routes(files, workdir):
     assert r.get_json()["data"]["file"]["path"] == f"{workdir}/sub/named.txt"
 
 
+def test_a_long_listing_is_cut_to_its_first_entries_by_name(files, workdir, monkeypatch):
+    """A directory with more entries than files.max_list_entries: the first ones by name, the
+    real total, truncated (the listing is read as it arrives, never held whole)."""
+    created = [f"e{(i * 37) % 25:02d}" for i in range(25)]        # all of e00..e24, out of order
+    for name in created:
+        pathlib.Path(workdir, name).touch()
+    everything = sorted([*created, ".keep"])
+    settings = files.app.extensions["hpc_gateway"].config["files"]
+    monkeypatch.setitem(settings, "max_list_entries", 10)
+    r = listing(files.alice, workdir)
+    assert r.status_code == 200, r.get_json()
+    data = r.get_json()["data"]
+    assert [e["name"] for e in data["entries"]] == everything[:10]
+    assert (data["total"], data["truncated"]) == (26, True)
+    monkeypatch.setitem(settings, "max_list_entries", 26)
+    data = listing(files.alice, workdir).get_json()["data"]
+    assert [e["name"] for e in data["entries"]] == everything
+    assert (data["total"], data["truncated"]) == (26, False)
+
+
 def test_directory_as_tar_gz(files, workdir):
     for name, content in (("a.txt", b"A"), ("d/b.bin", payload(20_000)), ("d/e/c", b"")):
         assert upload(files.alice, f"{workdir}/tree/{name}", content, mkdirs="true").status_code == 200

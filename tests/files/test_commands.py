@@ -73,6 +73,64 @@ def test_parse_listing():
     assert "target_type" not in by_name["a b"].as_dict()
 
 
+def _records(names, directory="/d"):
+    """find records (commands.stat's format) for ``directory`` and, at depth 1, ``names``."""
+    out = [f"0/r-x/d/d/4096/755/drwxr-xr-x/1700000000.5/gwalice/{directory}".encode()]
+    for i, name in enumerate(names):
+        raw = name if isinstance(name, bytes) else name.encode()
+        out.append(f"1/rw-/f/f/{i}/644/-rw-r--r--/1700000000.5/gwalice/{directory}/".encode() + raw)
+    return b"\0".join(out) + b"\0"
+
+
+def _chunks(data: bytes, size: int):
+    return (data[i:i + size] for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+@pytest.mark.parametrize("limit", [1, 3, 10, 500])
+def test_streamed_listing_keeps_the_first_entries_by_name(chunk, limit):
+    """Whatever the chunking (records cut anywhere, even mid-name), the same entries in the
+    same order as parsing everything and sorting by name; total counts them all."""
+    real = fixture("find-listing.out")
+    top, children, total = parse.parse_listing(_chunks(real, chunk), limit)
+    everything = parse.parse_records(real)
+    expected = sorted((e for e in everything if e.depth == 1), key=lambda e: e.name)
+    assert top == next(e for e in everything if e.depth == 0)
+    assert children == expected[:limit] and total == len(expected) == 9
+
+    # More names than the limit, in no order, some not UTF-8 (ordered as sorted() orders
+    # their surrogate-escaped names), and the last record without its NUL.
+    names = [f"n{(i * 7919) % 1000:04d}" for i in range(1000)] + [b"\xff\xfe", "\u00e9t\u00e9", b"z\xe9"]
+    data = _records(names)[:-1]
+    top, children, total = parse.parse_listing(_chunks(data, chunk), limit)
+    expected = sorted(parse.parse_records(data)[1:], key=lambda e: e.name)
+    assert top.path == "/d" and total == 1003
+    assert [e.name for e in children] == [e.name for e in expected[:limit]]
+    assert children == expected[:limit]
+
+
+def test_streamed_listing_memory_does_not_grow_with_the_directory():
+    """200,000 entries through a limit of 100: the parser holds the kept records and a chunk,
+    never the listing (parsed whole, these records take ~100 MB)."""
+    import tracemalloc
+
+    def stream(count=200_000, per_chunk=2_000):
+        yield _records([])
+        for start in range(0, count, per_chunk):
+            yield b"".join(f"1/rw-/f/f/1/644/-rw-r--r--/1700000000.5/gwalice/d/f{(i * 7919) % count:07d}".encode()
+                           + b"\0" for i in range(start, start + per_chunk))
+
+    tracemalloc.start()
+    try:
+        top, children, total = parse.parse_listing(stream(), 100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 200_000 and [e.name for e in children] == [f"f{i:07d}" for i in range(100)]
+    assert top.type == "directory"
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes"
+
+
 def test_parse_stat_of_several_paths_with_errors():
     entries = parse.parse_records(fixture("find-stat-two.out"))
     assert [e.path for e in entries] == ["/tmp/gwf/fx/dir"]

@@ -1,0 +1,77 @@
+"""PipeChannel.scan: a command's stdout handed over as it arrives (directory listings), under
+the command timeout. Local transport, as the service account: real processes, no mocks."""
+from __future__ import annotations
+
+import subprocess
+import time
+import tracemalloc
+
+import pytest
+
+from gateway.errors import SchedulerTimeout
+from gateway.files.channels import PipeChannel
+from gateway.transports.local import LocalTransport
+
+SETTINGS = {"command_timeout": 30, "transfer_timeout": 60, "chunk_bytes": 1024 * 1024}
+
+
+def channel(**settings) -> PipeChannel:
+    return PipeChannel(LocalTransport(), None, {**SETTINGS, **settings})
+
+
+def test_output_is_handed_over_as_it_arrives():
+    """64 MiB of output counted by the consumer without ever being held: the peak is a chunk
+    or two, not the output."""
+    def count(chunks):
+        return sum(len(c) for c in chunks)
+
+    tracemalloc.start()
+    try:
+        total, result = channel().scan(["head", "-c", str(64 * 1024 * 1024), "/dev/zero"], count)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (total, result.returncode, result.stdout) == (64 * 1024 * 1024, 0, b"")
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
+
+
+def test_exit_code_and_stderr_come_back():
+    value, result = channel().scan(["find", "/nonexistent-gw-scan", "-maxdepth", "0"], lambda c: b"".join(c))
+    assert value == b"" and result.returncode == 1
+    assert b"No such file or directory" in result.stderr
+
+
+def _running(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+def test_a_command_past_its_timeout_is_ended_and_is_a_504():
+    """command_timeout bounds the whole command: the tool is killed (not left blocked on its
+    pipe) and the caller gets SchedulerTimeout, whether the consumer is waiting for output or
+    the tool has gone quiet after some."""
+    for argv in (["sleep", "31.4159"], ["sh", "-c", "echo partial; exec sleep 31.4159"]):
+        started = time.monotonic()
+        with pytest.raises(SchedulerTimeout, match="did not answer within 0.5 s"):
+            channel(command_timeout=0.5).scan(argv, lambda chunks: b"".join(chunks))
+        assert time.monotonic() - started < 20          # a hang guard, not a speed figure
+        assert not _running("sleep 31.4159")
+
+
+def test_ssh_that_cannot_connect_is_a_503_not_an_empty_listing():
+    """Over ssh a refused connection is exit code 255 with ssh's own message: the caller gets
+    SchedulerUnavailable, as from Channel.run, not a result to read as "no such directory"."""
+    import socket
+
+    from gateway.errors import SchedulerUnavailable
+    from gateway.transports.ssh import SshTransport
+
+    with socket.socket() as sock:             # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for persist in (0, 60):
+        transport = SshTransport("127.0.0.1", port=port, connect_timeout=2, control_persist=persist)
+        try:
+            with pytest.raises(SchedulerUnavailable, match="Connection refused|ssh"):
+                PipeChannel(transport, None, SETTINGS).scan(["find", "/", "-maxdepth", "0"], lambda c: b"".join(c))
+        finally:
+            transport.close()
