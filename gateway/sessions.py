@@ -43,8 +43,9 @@ class SessionStore:
     def touch(self, sid: str, now: float, ttl: float) -> None: ...
     def revoke(self, sid: str, ttl: float) -> None: ...
     def live_count(self, now: float, timeout: float) -> int: ...
-    def hit(self, key: str, window: int, now: float) -> int:
-        """Count one event for ``key`` in a fixed window; return the count so far."""
+    def hit(self, key: str, window: int, now: float, amount: int = 1) -> int:
+        """Count ``amount`` events for ``key`` in a fixed window (atomically); return the count
+        so far. A negative ``amount`` takes back events counted earlier in the window."""
     def reset(self, key: str) -> None: ...
     def remember(self, key: str, value: str, ttl: int) -> str | None:
         """Store value under key unless present; return the earlier value, or None when stored."""
@@ -105,17 +106,18 @@ class SqliteSessionStore(SessionStore):
         return self._conn().execute(
             "SELECT COUNT(*) FROM sessions WHERE revoked=0 AND last_seen>=?", (now - timeout,)).fetchone()[0]
 
-    def hit(self, key, window, now):
+    def hit(self, key, window, now, amount=1):
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT count, expires FROM counters WHERE key=?", (key,)).fetchone()
             if row is None or row[1] < now:
-                count = 1
-                db.execute("INSERT OR REPLACE INTO counters(key, count, expires) VALUES (?,?,?)",
-                           (key, 1, now + window))
+                count = max(0, amount)
+                if count:
+                    db.execute("INSERT OR REPLACE INTO counters(key, count, expires) VALUES (?,?,?)",
+                               (key, count, now + window))
             else:
-                count = row[0] + 1
+                count = max(0, row[0] + amount)
                 db.execute("UPDATE counters SET count=? WHERE key=?", (count, key))
             db.execute("COMMIT")
         except BaseException:
@@ -223,10 +225,14 @@ class RedisSessionStore(SessionStore):
                 n += 1
         return n
 
-    def hit(self, key, window, now):
+    def hit(self, key, window, now, amount=1):
         k = self._k("c", key)
+        if amount < 0:
+            # Only take back from a live counter (an expired one is gone: nothing to undo).
+            count = self.r.eval(_TAKE_BACK, 1, k, -amount)
+            return int(count)
         with self.r.pipeline() as p:
-            p.incr(k)
+            p.incrby(k, amount)
             p.expire(k, int(window), nx=True)
             count, _ = p.execute()
         return int(count)
@@ -344,6 +350,16 @@ def _create_secret(path: str) -> bytes | None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+# Redis: decrement a counter that exists, never below 0, keeping its expiry (atomic).
+_TAKE_BACK = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local n = math.max(0, tonumber(v) - tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], n, 'KEEPTTL')
+return n
+"""
 
 
 class TokenManager:

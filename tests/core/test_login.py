@@ -55,6 +55,16 @@ def test_login_errors_say_what_to_do(make_app):
     assert c.post("/login", data="user=admin", headers={"Content-Type": "application/x-www-form-urlencoded"}).status == 422
 
 
+def test_a_user_name_with_control_characters_is_refused_before_anything_is_logged(make_app, caplog):
+    """A newline in the user name would forge lines in the plain-text audit log."""
+    app, _ = make_app()
+    forged = "x\n2026-12-06 07:00:00,000 INFO gateway.audit: login ok user=root"
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        r = ApiClient(app).post("/login", json={"username": forged, "password": "whatever"})
+    assert r.status == 422 and "control characters" in r.body["msg"]
+    assert "login ok user=root" not in caplog.text and "login failed" not in caplog.text
+
+
 def test_repeated_failures_are_limited_per_user_with_retry_after(make_app, caplog):
     app, admin = make_app(auth={"login_limit": {"max_failures_per_user": 3, "max_failures_per_address": 100,
                                                 "window_seconds": 60}})

@@ -148,3 +148,30 @@ def test_workers_starting_together_share_one_complete_secret(tmp_path):
             assert len(set(secrets_seen)) == 1 and len(secrets_seen[0]) >= 32
             assert os.stat(path).st_mode & 0o077 == 0
             assert os.listdir(os.path.dirname(path)) == ["secret.key"]     # no temporary left
+
+
+def test_concurrent_wrong_passwords_cannot_race_past_the_limit(tmp_path, store_url):
+    """40 wrong passwords at once on two replicas (each attempt is counted before the slow
+    Argon2 check, in the shared store): exactly max_failures_per_user of them are tried,
+    the rest are 429; the counts never linger for successful logins."""
+    import concurrent.futures
+
+    (a, b), password = _pair(tmp_path, store_url)
+    for app in (a, b):
+        app.extensions["hpc_gateway"].config["auth"]["login_limit"].update(
+            max_failures_per_user=5, max_failures_per_address=1000, window_seconds=60)
+    # Successes from one address do not use up its budget (each takes its count back).
+    for app in (a, b):
+        app.extensions["hpc_gateway"].config["auth"]["login_limit"]["max_failures_per_address"] = 2
+    for i in range(6):
+        assert ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": password}).status == 200
+    for app in (a, b):
+        app.extensions["hpc_gateway"].config["auth"]["login_limit"]["max_failures_per_address"] = 1000
+
+    def attempt(i):
+        return ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": f"wrong-{i}"}).status
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(attempt, range(40)))
+    assert statuses.count(401) == 5 and statuses.count(429) == 35, statuses
+    assert ApiClient(a).post("/login", json={"username": "admin", "password": password}).status == 429

@@ -1,13 +1,13 @@
 from marshmallow import RAISE, Schema, fields, validate
 
-from ..common import envelope
+from ..common import envelope, no_control_chars
 
 
 class LoginSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    username = fields.String(required=True, validate=[validate.Length(min=1, max=64), no_control_chars])
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024),
                              metadata={"format": "password"})
 

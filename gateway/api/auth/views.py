@@ -33,9 +33,15 @@ class Login(MethodView):
         keys = [(f"fail:u:{name}", limit["max_failures_per_user"]),
                 (f"fail:a:{addr}", limit["max_failures_per_address"])]
         now = time.time()
-        for key, most in keys:
-            count, left = state.store.count(key, now)
-            if count >= most:
+        # Each attempt is counted *before* the password is checked (atomically, in the store
+        # every replica shares), so concurrent attempts cannot all pass the limit while the
+        # slow check runs; a success takes its count back.
+        counts = [state.store.hit(key, limit["window_seconds"], now) for key, _ in keys]
+        for (key, most), count in zip(keys, counts):
+            if count > most:
+                _, left = state.store.count(key, now)
+                for other, _ in keys:      # not tried: it does not count against the other key
+                    state.store.hit(other, limit["window_seconds"], now, amount=-1)
                 audit.warning("login refused (rate limit) user=%s address=%s", name, addr)
                 state.metrics.login(outcome="limited")
                 raise TooManyRequests(
@@ -44,12 +50,11 @@ class Login(MethodView):
         with state.turns.waiting():        # PAM may ask a directory service; Argon2 is slow on purpose
             identity = state.authenticator.authenticate(name, creds["password"])
         if identity is None:
-            for key, _ in keys:
-                state.store.hit(key, limit["window_seconds"], now)
             audit.warning("login failed user=%s address=%s", name, addr)
             state.metrics.login(outcome="failure")
             raise Unauthorized("Wrong user name or password")
         state.store.reset(keys[0][0])
+        state.store.hit(keys[1][0], limit["window_seconds"], now, amount=-1)
         token = state.tokens.issue(identity.name)
         admin = state.is_admin(identity)
         audit.info("login ok user=%s address=%s admin=%s", identity.name, addr, admin)
