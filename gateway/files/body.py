@@ -20,6 +20,8 @@ from werkzeug.sansio.multipart import (
     MultipartDecoder,
 )
 
+from werkzeug.exceptions import RequestEntityTooLarge
+
 from ..errors import BadRequest
 
 MAX_FIELDS_BYTES = 64 * 1024
@@ -73,7 +75,11 @@ class MultipartBody:
         self._declared = request.content_length
         self._received = 0
         self._chunk = chunk
-        self._decoder = MultipartDecoder(boundary.encode("latin-1"))
+        # The decoder holds back what it has not matched yet: without a bound, a preamble or a
+        # part's headers with no end (300 MiB of "a") would all sit in its buffer. The file's
+        # own data passes through it one read at a time, so a read plus the fields' room is plenty.
+        self._room = chunk + 2 * MAX_FIELDS_BYTES
+        self._decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=self._room)
         self._events = self._read_events()
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
@@ -96,7 +102,11 @@ class MultipartBody:
                 data = read_chunk(self._stream, self._chunk)
                 self._received += len(data)
                 if data:
-                    self._decoder.receive_data(data)
+                    try:
+                        self._decoder.receive_data(data)
+                    except RequestEntityTooLarge:
+                        raise BadRequest(f"malformed multipart body: no boundary or end of part headers in "
+                                         f"{self._room} bytes") from None
                 elif self._declared is not None and self._received < self._declared:
                     raise BadRequest(f"the upload was interrupted: {self._received} of "
                                      f"{self._declared} bytes arrived")
