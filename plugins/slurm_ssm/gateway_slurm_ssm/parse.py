@@ -6,6 +6,7 @@ Every function here is unit-tested on output captured from a real Slurm 22.05
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import datetime, timezone
 
@@ -14,6 +15,8 @@ from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, Not
 from gateway.models import Host, Job, JobState, Queue
 
 from .commands import FIELD_SEP, FORMAT_FIELDS, RECORD_SEP
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- states
 
@@ -100,6 +103,13 @@ def parse_time_limit(text: str | None) -> int | None:
     """Slurm durations ([days-]hours:minutes:seconds, minutes[:seconds], ...) in minutes."""
     if not text or text in ("UNLIMITED", "NOT_SET", "INFINITE", "N/A", "NONE", "Partition_Limit"):
         return None
+    try:
+        return _time_limit_minutes(text)
+    except ValueError:
+        return None                  # a word this plugin does not know (INVALID, Unknown...)
+
+
+def _time_limit_minutes(text: str) -> int:
     days = 0
     if "-" in text:
         d, _, text = text.partition("-")
@@ -285,7 +295,18 @@ def parse_squeue_json(text: str) -> list[tuple[Job, dict]]:
     errors = json_errors(doc)
     if errors:
         raise SchedulerUnavailable("squeue failed: " + "; ".join(errors))
-    return [job_from_json(j) for j in doc.get("jobs") or []]
+    out = []
+    for j in doc.get("jobs") or []:
+        try:
+            out.append(job_from_json(j))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not a job to leave out quietly: a record this plugin cannot read means a JSON
+            # layout it does not know (a newer Slurm), so every job would be misread.
+            job_id = j.get("job_id") if isinstance(j, dict) else None
+            raise SchedulerRefused(f"cannot read squeue --json's record of job {job_id}: {exc!r}; "
+                                   "this Slurm's JSON layout is not one the plugin knows: set the "
+                                   "slurm_ssm option json: no (format strings)") from exc
+    return out
 
 
 def _na(value: str) -> str | None:
@@ -354,17 +375,31 @@ def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:
     return expand_output_pattern(path, **pattern_args)
 
 
+_SKIPPED_LOGGED: set[str] = set()
+
+
 def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
-    out = []
+    """squeue's format-string records. A record that cannot be read is left out (and logged
+    once): its free-text fields (name, paths, command) are set by users, and one job whose
+    name holds the separators must not take every other job's listing down with it."""
+    out, skipped = [], 0
     for record in text.split(RECORD_SEP):
         record = record.lstrip("\n")
         if not record:
             continue
         parts = record.split(FIELD_SEP)
-        if len(parts) != len(FORMAT_FIELDS):
-            raise SchedulerRefused(f"squeue printed a record with {len(parts)} fields, expected "
-                                   f"{len(FORMAT_FIELDS)}: {record[:200]!r}")
-        out.append(job_from_format(dict(zip(FORMAT_FIELDS, parts))))
+        try:
+            if len(parts) != len(FORMAT_FIELDS):
+                raise ValueError(f"{len(parts)} fields, expected {len(FORMAT_FIELDS)}")
+            out.append(job_from_format(dict(zip(FORMAT_FIELDS, parts))))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            skipped += 1
+            key = record[:120]
+            if key not in _SKIPPED_LOGGED and len(_SKIPPED_LOGGED) < 1000:
+                _SKIPPED_LOGGED.add(key)
+                log.warning("squeue record left out (%s): %r", exc, record[:200])
+    if skipped and not out:
+        raise SchedulerRefused(f"squeue printed {skipped} records and none could be read")
     return out
 
 

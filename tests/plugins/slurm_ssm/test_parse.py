@@ -128,9 +128,34 @@ def test_squeue_format_with_the_controller_down():
     assert "Unable to contact slurm controller" in err.msg
 
 
-def test_format_record_with_wrong_field_count_is_refused():
+def test_format_output_with_no_readable_record_is_refused():
     with pytest.raises(SchedulerRefused):
         parse.parse_squeue_format("1\x1f2\x1e\n")
+
+
+@pytest.mark.parametrize("sep", ["\x1f", "\x1e", "\x1f\x1e\x1f"])
+def test_one_job_with_the_separators_in_its_name_does_not_take_the_listing_down(sep):
+    """A job name (#SBATCH -J, or any cluster user's sbatch) may hold the format's separators:
+    that record is left out, every other job is still listed."""
+    text = fx("squeue_format")["stdout"]
+    records = [r for r in text.split("\x1e") if r.strip("\n")]
+    name_at = 4                                   # FORMAT_FIELDS: JobArrayID, JobID, ArrayJobID, ArrayTaskID, Name
+    fields = records[0].lstrip("\n").split("\x1f")
+    fields[name_at] = f"evil{sep}name"
+    spoiled = "\x1e".join(["\x1f".join(fields), *records[1:]]) + "\x1e\n"
+    all_jobs = parse.parse_squeue_format(text)
+    got = parse.parse_squeue_format(spoiled)
+    assert [j.job_id for j, _ in got] == [j.job_id for j, _ in all_jobs][1:]
+
+
+def test_squeue_json_in_a_layout_the_plugin_does_not_know_is_a_502_that_says_what_to_do():
+    """Slurm 23.02+ prints states as lists and numbers as {set, infinite, number}: refused
+    with the way out (json: no), not a 500 on every request."""
+    doc = {"jobs": [{"job_id": 7, "job_state": ["RUNNING"], "name": "x", "user_name": "alice",
+                     "time_limit": {"set": True, "infinite": False, "number": 60},
+                     "array_job_id": {"set": True, "infinite": False, "number": 0}}]}
+    with pytest.raises(SchedulerRefused, match="json: no"):
+        parse.parse_squeue_json(json.dumps(doc))
 
 
 # ---------------------------------------------------------------- values
@@ -142,7 +167,8 @@ def test_decode_wait_status(raw, code):
 
 @pytest.mark.parametrize("text,minutes", [
     ("UNLIMITED", None), ("1:00", 1), ("30:00", 30), ("2-00:00:00", 2880), ("3-11:20:00", 5000),
-    ("01:30:00", 90), ("5", 5), ("0:30", 1), ("1-2", 1560), (None, None)])
+    ("01:30:00", 90), ("5", 5), ("0:30", 1), ("1-2", 1560), (None, None),
+    ("INVALID", None), ("Unknown", None), ("-1", None)])
 def test_parse_time_limit(text, minutes):
     assert parse.parse_time_limit(text) == minutes
 
