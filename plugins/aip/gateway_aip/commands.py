@@ -224,6 +224,9 @@ def submit_args(spec: JobSpec, *, native_allow: Mapping[str, int] = DEFAULT_NATI
             raise InvalidInput("name must be non-empty and may not contain [ or ] "
                                "(use the array field for job arrays)",
                                errors={"name": ["[ and ] are reserved for arrays"]})
+        if "<" in name or ">" in name:
+            # bjobs -l prints fields as "Key <value>": a name with them could pose as another field.
+            raise InvalidInput("name may not contain < or >", errors={"name": ["may not contain < or >"]})
     if spec.array:
         arr = spec.array.strip()
         if not ARRAY_RE.match(arr):

@@ -466,10 +466,13 @@ def _detail(block: list[str], now: datetime, tz: tzinfo) -> JobDetail:
     head = lines[0]
     d = JobDetail(job_id=_JOB_HEAD.match(head).group("id"))
     d.name = _field(head, "Job Name")
-    d.user = _field(head, "User")
-    d.project = _field(head, "Project")
-    d.status = _field(head, "Status")
-    d.queue = _field(head, "Queue")
+    # The job name comes before these fields and is free text: a name such as
+    # "x>, Project <bob" would otherwise be read as the project (the owner under run_as:
+    # service) or the user. A field named twice cannot be told from the one faked, so the
+    # job is left without it (no owner: only administrators see it).
+    d.user, d.project, d.status, d.queue = (
+        _field(head, key) if len(re.findall(r",\s?" + key + r" ?<", head)) == 1 else None
+        for key in ("User", "Project", "Status", "Queue"))
     d.command = _command_of(head)
     section = None
     limit_name = None

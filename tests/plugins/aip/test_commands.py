@@ -142,7 +142,7 @@ def test_nul_characters_are_refused(field):
 
 def test_shell_metacharacters_stay_single_arguments():
     evil = "x; touch /tmp/pwned $(id) `id` | cat > /etc/x && '\"\n"
-    sub = C.submit_args(JobSpec(command=evil, name=evil.replace("\n", " "), queue="q;rm",
+    sub = C.submit_args(JobSpec(command=evil, name=evil.replace("\n", " ").replace(">", ""), queue="q;rm",
                                 environment={"V": evil}))
     assert evil in sub.args and "q;rm" in sub.args and sub.env["V"] == evil
     argv = C.env_prefix(sub.env, "/tmp/$(id)") + ["bsub", *sub.args]
@@ -225,3 +225,10 @@ def test_options_defaults_and_errors():
         assert word in exc.value.msg
     with pytest.raises(ConfigError):
         load_options({"commands_override": {"qsub": "x"}})
+
+
+@pytest.mark.parametrize("name", ["x>, Project <bob", "a<b", "b>"])
+def test_names_with_angle_brackets_are_refused(name):
+    """bjobs -l prints "Key <value>" fields after the name: such a name could pose as one."""
+    with pytest.raises(InvalidInput, match="< or >"):
+        args_of(name=name, command="true")

@@ -240,6 +240,22 @@ def test_bjobs_long_running(now):
     assert d.exit_code is None and not d.killed
 
 
+@pytest.mark.parametrize("name", ["x>, Project <bob", "x>, User <bob>, Project <bob",
+                                  "x>, Status <DONE>, Queue <short"])
+def test_a_job_name_cannot_pose_as_the_owner_or_state(now, name):
+    """The name is free text before User/Project/Status: a field it names a second time cannot
+    be told from the real one, so the job gets none (under run_as: service no owner, so only
+    administrators see it; before, "x>, Project <bob" made it bob's)."""
+    text = ol("bjobs_l_2.txt").replace("Job Name <vncjob>", f"Job Name <{name}>")
+    (d,), _ = parse.parse_bjobs_long(text, now)
+    faked = {key: None for key in ("user", "project", "status", "queue") if key.capitalize() in name}
+    assert "bob" not in (d.user, d.project) and d.status != "DONE" and d.queue != "short"
+    assert {key: getattr(d, key) for key in faked} == faked
+    untouched = {"user": "alice", "project": "default", "status": "RUN", "queue": "vnc"}
+    assert {k: getattr(d, k) for k in untouched if k not in faked} == {k: v for k, v in untouched.items()
+                                                                        if k not in faked}
+
+
 def test_bjobs_long_pending_with_reason(now):
     (d,), _ = parse.parse_bjobs_long(ol("bjobs_l_5.txt"), now)
     assert d.status == "PEND" and d.processors == 8
