@@ -241,7 +241,12 @@ EOF
 cat > "$PREFIX/bin/hpc-gateway" <<EOF
 #!/bin/sh
 # The admin CLI with this installation's configuration: hpc-gateway users add NAME ...
+# Run by root, it acts as the service account $SERVICE_USER: the users file and the session
+# store it rewrites must stay the service's (a root-owned 0600 users file locks everyone out).
 set -a; . "$ENVFILE"; set +a
+if [ "\$(id -u)" = 0 ] && [ "$SERVICE_USER" != root ]; then
+    exec runuser -u "$SERVICE_USER" -- "$PREFIX/venv/bin/hpc-gateway" "\$@"
+fi
 exec "$PREFIX/venv/bin/hpc-gateway" "\$@"
 EOF
 chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"

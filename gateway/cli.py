@@ -26,6 +26,23 @@ def _password(args) -> str:
     return first
 
 
+def _end_sessions(cfg: dict, name: str) -> str:
+    """A changed password or a removed user ends the user's sessions on every replica (tokens
+    stay valid for token_max_age_hours otherwise)."""
+    from .sessions import open_store
+    try:
+        store = open_store(cfg["session_store"])
+        try:
+            ended = store.revoke_user(name, float(cfg["token_max_age_hours"]) * 3600.0)
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - the users file is changed; say what is left to do
+        print(f"hpc-gateway: WARNING: could not end {name}'s sessions in {cfg['session_store']}: {exc}; "
+              f"they stay valid until they expire (token_max_age_hours) or log out", file=sys.stderr)
+        return "sessions NOT ended"
+    return f"ended {ended} session{'s' if ended != 1 else ''}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hpc-gateway", description="HPC Gateway administration")
     parser.add_argument("--config", help="configuration file (default: $GATEWAY_CONFIG, else built-in defaults)")
@@ -62,11 +79,11 @@ def main(argv=None) -> int:
             if args.name not in store.users():
                 raise SystemExit(f"no such user: {args.name}")
             store.set_password(args.name, _password(args))
-            print(f"password of {args.name} changed")
+            print(f"password of {args.name} changed; {_end_sessions(cfg, args.name)}")
         elif args.action == "remove":
             if not store.remove(args.name):
                 raise SystemExit(f"no such user: {args.name}")
-            print(f"removed {args.name}")
+            print(f"removed {args.name}; {_end_sessions(cfg, args.name)}")
     except (GatewayError, ValueError) as exc:
         print(f"hpc-gateway: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,8 @@ class SessionStore:
     def get(self, sid: str) -> Session | None: ...
     def touch(self, sid: str, now: float, ttl: float) -> None: ...
     def revoke(self, sid: str, ttl: float) -> None: ...
+    def revoke_user(self, user: str, ttl: float) -> int:
+        """End every session of ``user`` (password changed, user removed); how many were live."""
     def live_count(self, now: float, timeout: float) -> int: ...
     def hit(self, key: str, window: int, now: float, amount: int = 1) -> int:
         """Count ``amount`` events for ``key`` in a fixed window (atomically); return the count
@@ -101,6 +103,9 @@ class SqliteSessionStore(SessionStore):
 
     def revoke(self, sid, ttl):
         self._conn().execute("UPDATE sessions SET revoked=1 WHERE sid=?", (sid,))
+
+    def revoke_user(self, user, ttl):
+        return self._conn().execute("UPDATE sessions SET revoked=1 WHERE user=? AND revoked=0", (user,)).rowcount
 
     def live_count(self, now, timeout):
         return self._conn().execute(
@@ -191,9 +196,12 @@ class RedisSessionStore(SessionStore):
 
     def create(self, sid, user, now, ttl):
         k = self._k("s", sid)
+        mine = self._k("u", user)           # the user's session ids, for revoke_user
         with self.r.pipeline() as p:
             p.hset(k, mapping={"user": user, "created": now, "last_seen": now, "revoked": 0})
             p.expire(k, int(ttl) + 1)
+            p.sadd(mine, sid)
+            p.expire(mine, int(ttl) + 1)
             p.execute()
 
     def get(self, sid):
@@ -216,6 +224,16 @@ class RedisSessionStore(SessionStore):
             p.hset(k, "revoked", 1)
             p.expire(k, int(ttl) + 1)
             p.execute()
+
+    def revoke_user(self, user, ttl):
+        mine = self._k("u", user)
+        ended = 0
+        for sid in self.r.smembers(mine):
+            k = self._k("s", sid.decode())
+            # Only a session that still exists (HSET would create an empty one).
+            if self.r.eval(_REVOKE_IF_LIVE, 1, k, int(ttl) + 1):
+                ended += 1
+        return ended
 
     def live_count(self, now, timeout):
         n = 0
@@ -352,6 +370,14 @@ def _create_secret(path: str) -> bytes | None:
             pass
 
 
+# Redis: mark a session revoked if it exists and is not yet; 1 if it was live.
+_REVOKE_IF_LIVE = """
+local r = redis.call('HGET', KEYS[1], 'revoked')
+if not r or r == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 # Redis: decrement a counter that exists, never below 0, keeping its expiry (atomic).
 _TAKE_BACK = """
 local v = redis.call('GET', KEYS[1])
@@ -410,3 +436,7 @@ class TokenManager:
     def revoke(self, token: str) -> None:
         session = self.check(token)
         self.store.revoke(session.sid, self.max_age)
+
+    def revoke_user(self, user: str) -> int:
+        """End every session of ``user`` on every replica; how many were live."""
+        return self.store.revoke_user(user, self.max_age)

@@ -2,6 +2,7 @@
 another issued; the idle timeout slides; logout revokes everywhere; bad tokens are 401."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -175,3 +176,42 @@ def test_concurrent_wrong_passwords_cannot_race_past_the_limit(tmp_path, store_u
         statuses = list(pool.map(attempt, range(40)))
     assert statuses.count(401) == 5 and statuses.count(429) == 35, statuses
     assert ApiClient(a).post("/login", json={"username": "admin", "password": password}).status == 429
+
+
+def test_a_changed_password_or_a_removed_user_ends_their_sessions_on_every_replica(tmp_path, store_url):
+    """`hpc-gateway users passwd/remove` (the CLI, in its own process) revokes the user's live
+    tokens in the shared store; before, they worked on for token_max_age_hours (24 h)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (a, b), password = _pair(tmp_path, store_url)
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(yaml.safe_dump({"work_dir": str(tmp_path / "a"), "session_store": store_url,
+                                   "secret_file": str(tmp_path / "shared" / "secret.key"),
+                                   "auth": {"users_file": str(tmp_path / "shared" / "users.yaml")}}))
+    cli = [os.path.join(os.path.dirname(sys.executable), "hpc-gateway"), "--config", str(cfg)]
+
+    def run(*args, stdin=""):
+        return subprocess.run([*cli, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    for name in ("dave", "erin"):
+        assert run("users", "add", name, "--password-stdin", stdin=f"{name}-password-1\n").returncode == 0
+    tokens = {name: [ApiClient(app).login(name, f"{name}-password-1").token for app in (a, b)]
+              for name in ("dave", "erin")}
+    admin = ApiClient(a).login("admin", password)
+
+    def works(app, token):
+        client = ApiClient(app)
+        client.token = token
+        return client.get("/jobs").status == 200
+
+    assert all(works(app, t) for name in tokens for app in (a, b) for t in tokens[name])
+    changed = run("users", "passwd", "dave", "--password-stdin", stdin="dave-password-2\n")
+    assert changed.returncode == 0 and "ended 2 sessions" in changed.stdout, changed
+    removed = run("users", "remove", "erin")
+    assert removed.returncode == 0 and "ended 2 sessions" in removed.stdout, removed
+    assert not any(works(app, t) for name in tokens for app in (a, b) for t in tokens[name])
+    assert works(a, admin.token) and works(b, admin.token)          # nobody else's
+    assert works(b, ApiClient(a).login("dave", "dave-password-2").token)

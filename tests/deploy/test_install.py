@@ -111,12 +111,21 @@ def test_install_start_use_uninstall(prefix_dir):
         assert "installed-and-running" in admin.output(job_id)["data"]
 
         # The CLI wrapper works on this installation's users file; the server sees the new user.
-        add = _run(["runuser", "-u", user, "--", str(prefix / "bin" / "hpc-gateway"), "users", "add", "carol",
-                    "--password-stdin"] if as_root and user != "root" else
-                   [str(prefix / "bin" / "hpc-gateway"), "users", "add", "carol", "--password-stdin"],
+        # Run by root as the docs show it, it acts as the service account: the users file it
+        # rewrites stays readable by the service (before, root's rewrite locked everyone out).
+        users_file = prefix / "var" / "users.yaml"
+        owner = users_file.stat().st_uid
+        add = _run([str(prefix / "bin" / "hpc-gateway"), "users", "add", "carol", "--password-stdin"],
                    input="carol-password-9\n")
         assert add.returncode == 0, add.stderr
-        ApiClient(base).login("carol", "carol-password-9")
+        assert users_file.stat().st_uid == owner
+        carol = ApiClient(base).login("carol", "carol-password-9")
+        assert ApiClient(base).login("admin", password)
+        # A new password ends carol's sessions (the store is the installation's).
+        changed = _run([str(prefix / "bin" / "hpc-gateway"), "users", "passwd", "carol", "--password-stdin"],
+                       input="carol-password-10\n")
+        assert changed.returncode == 0 and "ended 1 session" in changed.stdout, (changed.stdout, changed.stderr)
+        assert carol.get("/jobs").status == 401
 
         # Logs: the per-host file (journald takes stderr under systemd).
         log = prefix / "log" / f"hpc-gateway.log.{socket.gethostname().split('.')[0]}"
