@@ -21,7 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from ..errors import ConfigError
 from . import Authenticator, Identity
 
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
 _hasher = PasswordHasher()
 # A real hash to verify against when the user does not exist, so that an unknown name costs
 # as much time as a wrong password (no user enumeration by timing).

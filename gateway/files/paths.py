@@ -20,7 +20,7 @@ MAX_NAME_BYTES = 255
 # C0 controls, DEL and C1 controls: never in a path the gateway handles.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A user name usable in a root template ({user}) and as a sudo target.
-_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class PathRefused(BadRequest):

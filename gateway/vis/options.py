@@ -14,7 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from ..errors import ConfigError
 
-GEOMETRY_RE = re.compile(r"^(\d{3,4})x(\d{3,4})$")
+GEOMETRY_RE = re.compile(r"^(\d{3,4})x(\d{3,4})\Z")
 
 
 def check_geometry(value: str) -> None:

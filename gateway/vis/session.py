@@ -16,8 +16,8 @@ from ..models import VisSession
 
 SESSION_DIR = "~/.hpc-gateway/vis"
 MAX_SESSION_BYTES = 4096
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
-_PASSWORD_RE = re.compile(r"^[A-Za-z0-9]{6,64}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}\Z")
+_PASSWORD_RE = re.compile(r"^[A-Za-z0-9]{6,64}\Z")
 
 
 def session_path(job_id: str) -> str:

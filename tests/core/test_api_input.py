@@ -94,6 +94,19 @@ def test_path_traversal_in_job_ids_is_404(client):
     for jid in ("..%2F..%2Fetc%2Fpasswd", "1;ls", "$(id)"):
         r = client.get(f"/jobs/{jid}")
         assert r.status == 404, (jid, r.body)
+    # Refused by the gateway's own check (the plugin never sees them): a trailing newline,
+    # an id shaped like an option.
+    for jid, given in (("1%0A", "1\n"), ("-rf", "-rf"), ("--help", "--help")):
+        r = client.get(f"/jobs/{jid}")
+        assert (r.status, r.body["msg"]) == (404, f"no such job: {given!r}"), (jid, r.body)
+
+
+def test_names_with_a_trailing_newline_are_not_valid():
+    """`$` matches before a final newline: every validator anchors with \\Z."""
+    from gateway.auth.users_file import valid_username
+    from gateway.files import paths
+    assert valid_username("alice") and not valid_username("alice\n")
+    assert paths.valid_user_name("alice") and not paths.valid_user_name("alice\n")
 
 
 def test_shell_metacharacters_are_carried_literally_and_never_interpreted(client, tmp_path):

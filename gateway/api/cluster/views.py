@@ -13,7 +13,7 @@ from .schemas import (ClusterEnvelope, HostEnvelope, HostListEnvelope, QueueEnve
                       UserEnvelope, UserListEnvelope)
 
 blp = Blueprint("cluster", __name__, description="The cluster's hosts, queues and users")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}\Z")
 
 
 def _find(items, name, what):

@@ -9,7 +9,7 @@ from ...models import JOB_ACTIONS, OUTPUT_STREAMS, JobSpec, JobState
 from ..common import envelope, no_control_chars, no_nul
 
 NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$"
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 ARRAY_RE = r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$"
 DEPENDENCY_RE = r"^(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]{1,18}(_[0-9]{1,9})?(\+[0-9]{1,9})?)+)([,?](singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:[0-9]{1,18}(_[0-9]{1,9})?(\+[0-9]{1,9})?)+))*$"
 

@@ -26,8 +26,8 @@ log = logging.getLogger("gateway.jobs")
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Batch jobs: submit, follow, control, read output")
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,64}$")
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\[\]-]{0,63}\Z")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 
 
 def _check_id(job_id: str) -> str:

@@ -51,16 +51,16 @@ RESERVED_OPTIONS = {
     "-w": "dependency", "-H": "hold", "-cwd": "workDir", "-env": "environment",
 }
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Variables a client may not set: they steer the commands the gateway runs (loader,
 # search path, scheduler configuration, shell start-up), not just the job.
 ENV_DENIED = re.compile(r"^(?:PATH|LD_\w*|LSF_\w*|LSB_\w*|EGO_\w*|BASH_ENV|ENV|BASH_FUNC_\w*|"
                         r"IFS|SHELLOPTS|BASHOPTS|PS4|HOME|USER|LOGNAME|SHELL|PYTHON\w*|"
                         r"PERL5?\w*|GCONV_PATH|LOCALDOMAIN|HOSTALIASES|RES_OPTIONS|TMPDIR|NLSPATH)$")
 
-ARRAY_RE = re.compile(r"^\d+(?:-\d+(?::\d+)?)?(?:,\d+(?:-\d+(?::\d+)?)?)*(?:%\d+)?$")
-JOB_ID_ARG = re.compile(r"^\d{1,15}(?:\[\d{1,9}\])?$")
-NAME_ARG = re.compile(r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+:-]{0,127}$")   # hosts and queues
+ARRAY_RE = re.compile(r"^\d+(?:-\d+(?::\d+)?)?(?:,\d+(?:-\d+(?::\d+)?)?)*(?:%\d+)?\Z")
+JOB_ID_ARG = re.compile(r"^\d{1,15}(?:\[\d{1,9}\])?\Z")
+NAME_ARG = re.compile(r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+:-]{0,127}\Z")   # hosts and queues
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ _STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState
                 JobState.UNKNOWN, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED]
 
 
-_DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+_DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\Z")
 
 
 def _utcnow() -> datetime:
