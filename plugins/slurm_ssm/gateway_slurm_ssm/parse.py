@@ -559,8 +559,10 @@ def parse_getent_home(stdout: str) -> str | None:
 # The controller cannot be reached: 503, try again later.
 _UNAVAILABLE = re.compile(
     r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted|"
-    r"Communication connection failure|Connection refused|is DOWN|Unable to establish|"
-    r"Could not establish a configuration source|Munge|munge|Slurm backup controller in standby|"
+    r"Communication connection failure|Connection refused|Slurmctld\(\w+\) at \S+ is DOWN|"
+    r"Unable to establish|Could not establish a configuration source|"
+    # munge's own failures only: the bare word is in users' file names too (munge_results.sh)
+    r"Munge (?:encode|decode) failed|munge\.socket|auth/munge|Slurm backup controller in standby|"
     r"Slurmctld is not responding|Unable to resolve|Transport endpoint", re.I)
 _NOT_FOUND = re.compile(r"Invalid job id specified|Invalid node name specified|"
                         r"Invalid partition name specified|Job not found", re.I)

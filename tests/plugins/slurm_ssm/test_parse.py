@@ -275,6 +275,19 @@ def test_sbatch_refusals(fixture, cls):
     assert err.msg.splitlines()[0] == d["stderr"].strip().splitlines()[0]
 
 
+@pytest.mark.parametrize("stderr,cls", [
+    ('sbatch: error: Munge encode failed: Failed to access "/run/munge/munge.socket.2": No such file '
+     'or directory (retrying ...)', SchedulerUnavailable),
+    ("sbatch: error: Munge decode failed: Expired credential", SchedulerUnavailable),
+    ("scontrol: error: Slurmctld(primary) at vm is DOWN", SchedulerUnavailable),
+    # The words are in users' own names: their input, not an outage (was a 503 with Retry-After).
+    ("sbatch: error: Unable to open file /home/alice/munge_results.sh", InvalidInput),
+    ("sbatch: error: Unable to open file /home/alice/disk is down/job.sh", InvalidInput)])
+def test_outage_words_are_slurms_not_a_users_file_name(stderr, cls):
+    err = parse.refusal("", stderr, input_errors=True)
+    assert type(err) is cls, err
+
+
 @pytest.mark.parametrize("fixture,cls", [
     ("suspend_pending", Conflict), ("resume_running", Conflict), ("suspend_finished", Conflict),
     ("hold_finished", Conflict), ("hold_invalid", NotFound), ("requeue_pending", Conflict),
