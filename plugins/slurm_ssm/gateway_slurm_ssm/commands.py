@@ -39,6 +39,15 @@ DEFAULT_NATIVE_OPTIONS = frozenset("""
 --time-min --tmp --use-min-nodes --wckey
 """.split())
 
+# Of those, the ones sbatch accepts without a value (no argument, or an optional one that
+# getopt only takes after '='). Every other option must come as --name=value: given bare,
+# sbatch would take the *next* argument as its value (--mail-user swallowing the gateway's
+# --wrap=..., --account the next native option).
+NATIVE_FLAGS = frozenset("""
+--contiguous --exclusive --ignore-pbs --nice --no-kill --no-requeue --overcommit --oversubscribe
+--propagate --requeue --spread-job --use-min-nodes
+""".split())
+
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 NATIVE_OPTION = re.compile(r"(--[a-z][a-z0-9-]*)(=.*)?\Z", re.S)
 # A job id as Slurm prints it: 123, 123_4 (array task), 123_[4-9%2] (pending tasks).
@@ -183,6 +192,10 @@ def check_native_options(options: Iterable[str], allowed: Iterable[str]) -> list
         if m.group(1) not in allowed:
             bad.append(m.group(1))
             messages.append(f"{m.group(1)}: not an allowed sbatch option")
+            continue
+        if m.group(2) is None and m.group(1) in DEFAULT_NATIVE_OPTIONS and m.group(1) not in NATIVE_FLAGS:
+            bad.append(opt)
+            messages.append(f"{opt}: takes a value, give it as {opt}=VALUE")
             continue
         out.append(opt)
     if bad:

@@ -85,6 +85,16 @@ def test_native_options_allow_list():
         assert e.value.errors["nativeOptions"]
 
 
+@pytest.mark.parametrize("bare", ["--mail-user", "--account", "--qos", "--begin"])
+def test_a_native_option_that_takes_a_value_must_carry_it(bare):
+    """Given bare, sbatch would take the next argument as its value (--mail-user swallowing
+    the gateway's own --wrap=..., --account the next native option)."""
+    with pytest.raises(InvalidInput) as e:
+        commands.check_native_options([bare, "--qos=high"], ALLOWED)
+    assert e.value.errors["nativeOptions"] == [f"{bare}: takes a value, give it as {bare}=VALUE"]
+    assert commands.check_native_options(["--exclusive", "--requeue", "--nice", f"{bare}=x"], ALLOWED)
+
+
 def test_native_options_list_can_be_extended():
     assert commands.check_native_options(["--x11"], ALLOWED | {"--x11"}) == ["--x11"]
 
