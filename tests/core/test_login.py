@@ -123,3 +123,31 @@ def test_pam_login_of_a_real_unix_user(tmp_path, pam_user):
     job = c.wait_for(jid, {"COMPLETED", "FAILED"})
     assert job["userName"] == name
     assert not (tmp_path / "initial-admin-password").exists()     # PAM needs no generated user
+
+
+def test_wrong_pam_passwords_do_not_queue_every_other_login(tmp_path, pam_user):
+    """A failed PAM check sleeps on purpose (pam_faildelay, 3 s in Debian's "login"). Under one
+    process-wide lock, six wrong passwords made a good login wait for all of them (~18-21 s);
+    with a PAM handle per check and a few checks at once, it is answered with the first ones."""
+    import concurrent.futures
+    import time
+
+    name, password = pam_user
+    app = create_app({"work_dir": str(tmp_path), "log_level": "warning", "auth": {
+        "backend": "pam", "login_limit": {"max_failures_per_user": 100, "max_failures_per_address": 100,
+                                          "window_seconds": 60}},
+        "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
+    finished = {}
+
+    def login(label, pw):
+        status = ApiClient(app).post("/login", json={"username": name, "password": pw}).status
+        finished[label] = time.monotonic()
+        return status
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=7) as pool:
+        bad = [pool.submit(login, f"bad{i}", f"not-{password}-{i}") for i in range(6)]
+        time.sleep(0.5)                         # the six are being checked (or waiting) first
+        good = pool.submit(login, "good", password)
+        assert good.result() == 200 and [f.result() for f in bad] == [401] * 6
+    last_bad = max(t for label, t in finished.items() if label.startswith("bad"))
+    assert finished["good"] < last_bad, finished

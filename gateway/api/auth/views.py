@@ -8,7 +8,7 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ...errors import TooManyRequests, Unauthorized
+from ...errors import GatewayError, TooManyRequests, Unauthorized
 from ..common import bearer_token, document_errors, gw, ok
 from .schemas import LoginEnvelope, LoginSchema, LogoutEnvelope
 
@@ -47,8 +47,13 @@ class Login(MethodView):
                 raise TooManyRequests(
                     f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
                     f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
-        with state.turns.waiting():        # PAM may ask a directory service; Argon2 is slow on purpose
-            identity = state.authenticator.authenticate(name, creds["password"])
+        try:
+            with state.turns.waiting():    # PAM may ask a directory service; Argon2 is slow on purpose
+                identity = state.authenticator.authenticate(name, creds["password"])
+        except GatewayError:
+            for key, _ in keys:            # not checked (PAM busy...): not a failure either
+                state.store.hit(key, limit["window_seconds"], now, amount=-1)
+            raise
         if identity is None:
             audit.warning("login failed user=%s address=%s", name, addr)
             state.metrics.login(outcome="failure")
