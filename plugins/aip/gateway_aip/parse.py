@@ -634,7 +634,7 @@ _INPUT_FAULTS = re.compile(
     r"dependency|user|project)|Illegal|invalid (?:job name|dependency|value|resource)|"
     r"syntax error|too many processors|Too many processors|not a valid|"
     r"exceeds? (?:the )?queue|job name is too long|Bad argument|Unknown option|"
-    r"requested more processors|Specified (?:host|queue)", re.I)
+    r"requested more processors|Specified (?:host|queue)|Job array index (?:too large|error)", re.I)
 
 
 def parse_submit(text: str) -> tuple[str, str | None]:
@@ -652,6 +652,8 @@ def parse_submit(text: str) -> tuple[str, str | None]:
     if _INPUT_FAULTS.search(msg):
         # keep a usage text short: its first line says what was wrong
         return _raise(InvalidInput(first if "Usage:" in msg else msg))
+    if "permission denied" in msg.lower():        # "User permission denied. Job not submitted."
+        return _raise(Forbidden(msg))
     return _raise(SchedulerRefused(msg))
 
 

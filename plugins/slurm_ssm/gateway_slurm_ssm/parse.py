@@ -572,7 +572,8 @@ _CONFLICT = re.compile(
     r"Requested operation is presently disabled|Job is current|Job not held|"
     r"Job is already|operation disabled|Invalid node state specified|already in requested state",
     re.I)
-_FORBIDDEN = re.compile(r"Access/permission denied|Invalid user id|sudo: unknown user|User not found", re.I)
+_FORBIDDEN = re.compile(r"Access/permission denied|Invalid user id|sudo: unknown user|User not found|"
+                        r"not permitted to use this partition", re.I)
 # Where the client's input is at fault (sbatch and friends): 422.
 _INPUT = re.compile(
     r"Invalid partition name specified|invalid|unrecognized option|requires an argument|"

@@ -393,6 +393,16 @@ def test_bsub_input_errors(name, first):
     assert exc.value.msg.splitlines()[0] == first
 
 
+@pytest.mark.parametrize("text,cls", [
+    ("Job array index too large. Job not submitted.\n", InvalidInput),     # LSBE_BIG_IDX
+    ("User permission denied. Job not submitted.\n", Forbidden),           # LSBE_PERMISSION
+])
+def test_bsub_refusals_that_are_not_the_schedulers_fault(text, cls):
+    with pytest.raises(cls) as exc:
+        parse.parse_submit(text)
+    assert exc.value.msg == text.strip()
+
+
 def test_bsub_daemons_down_is_503():
     with pytest.raises(SchedulerUnavailable) as exc:
         parse.parse_submit(ol("LSB_NTRIES_1_timeout_20_bsub_sleep_1.txt"))

@@ -282,7 +282,10 @@ def test_sbatch_refusals(fixture, cls):
     ("scontrol: error: Slurmctld(primary) at vm is DOWN", SchedulerUnavailable),
     # The words are in users' own names: their input, not an outage (was a 503 with Retry-After).
     ("sbatch: error: Unable to open file /home/alice/munge_results.sh", InvalidInput),
-    ("sbatch: error: Unable to open file /home/alice/disk is down/job.sh", InvalidInput)])
+    ("sbatch: error: Unable to open file /home/alice/disk is down/job.sh", InvalidInput),
+    # Slurm's words (slurm_errno.c) when the partition's AllowGroups leaves the user out.
+    ("sbatch: error: Batch job submission failed: User's group not permitted to use this partition",
+     Forbidden)])
 def test_outage_words_are_slurms_not_a_users_file_name(stderr, cls):
     err = parse.refusal("", stderr, input_errors=True)
     assert type(err) is cls, err
