@@ -101,7 +101,8 @@ def test_counters_add_up_exactly_across_workers(gateway):
         # Hook calls by outcome; the core's 404 for a job it does not know is a client error.
         assert sample(m, HOOKS, plugin="mock", hook="get_job", outcome="client_error") == sent["detail"]
         assert sample(m, HOOKS, plugin="mock", hook="list_jobs", outcome="ok") == sent["list"]
-        assert sample(m, HOOKS, plugin="mock", hook="health", outcome="ok") == sent["health"]
+        # /health callers within a second share one check (gateway/api/system/views.py).
+        assert 1 <= sample(m, HOOKS, plugin="mock", hook="health", outcome="ok") <= sent["health"]
         assert sample(m, "hpcgw_scheduler_hook_duration_seconds_count", plugin="mock", hook="get_job") == sent["detail"]
         # Gauges: the scrape itself is the one request in flight, over all live workers;
         # live sessions come from the shared session store.

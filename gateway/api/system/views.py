@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
-from flask import Response, send_from_directory, url_for
+from flask import Response, current_app, send_from_directory, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
@@ -29,19 +31,55 @@ class HealthSchema(Schema):
 HealthEnvelope = envelope("HealthEnvelope", Schema.from_dict({"health": fields.Nested(HealthSchema)}, name="HealthData"))
 
 
+# /health needs no token, and asking the scheduler is a command (scontrol ping; over SSM a Run
+# Command): within this many seconds of a check *started*, a worker's callers share its
+# answer, and callers that arrive while one is running wait for it instead of starting more.
+HEALTH_SHARED_SECONDS = 1.0
+
+
+class _SharedCheck:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.started = float("-inf")
+        self.value = None
+
+    def get(self, check, turns):
+        if time.monotonic() - self.started < HEALTH_SHARED_SECONDS:
+            return self.value
+        # Waiting for another caller's check gives this request's turn away (gateway/turns.py):
+        # the checker gives its own away during the command and needs one back afterwards.
+        with turns.waiting():
+            self.lock.acquire()
+        try:
+            if time.monotonic() - self.started < HEALTH_SHARED_SECONDS:
+                return self.value                   # another caller just checked
+            started = time.monotonic()
+            value = check()
+            self.value, self.started = value, started
+            return value
+        finally:
+            self.lock.release()
+
+
+def _scheduler_health() -> dict:
+    state = gw()
+    try:
+        health = state.scheduler.call("health")
+        return {"backend": state.scheduler.name, "ok": bool(health.ok),
+                "latency_ms": health.latency_ms, "detail": health.detail}
+    except GatewayError as exc:
+        return {"backend": state.scheduler.name, "ok": False, "latency_ms": None, "detail": exc.msg}
+
+
 @blp.route("/health")
 class Health(MethodView):
     @blp.response(200, HealthEnvelope)
     @blp.alt_response(503, schema=HealthEnvelope, description="The scheduler does not answer")
     def get(self):
-        """Whether the gateway is up and the scheduler answers, and how fast (no token needed)"""
-        state = gw()
-        try:
-            health = state.scheduler.call("health")
-            sched = {"backend": state.scheduler.name, "ok": bool(health.ok),
-                     "latency_ms": health.latency_ms, "detail": health.detail}
-        except GatewayError as exc:
-            sched = {"backend": state.scheduler.name, "ok": False, "latency_ms": None, "detail": exc.msg}
+        """Whether the gateway is up and the scheduler answers, and how fast (no token needed;
+        callers within a second share one check)"""
+        shared = current_app.extensions.setdefault("hpc_gateway_health", _SharedCheck())
+        sched = dict(shared.get(_scheduler_health, gw().turns))
         body = {"health": {"gateway": "ok", "scheduler": sched}}
         if sched["ok"]:
             return ok(body)

@@ -1,0 +1,33 @@
+"""GET /health needs no token: callers close together share one scheduler check."""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+from tests.helpers import ApiClient
+
+
+def test_concurrent_health_calls_share_one_scheduler_check(make_app):
+    """Each /health asked the scheduler (scontrol ping; over SSM a Run Command): an
+    unauthenticated flood was a flood of commands. Now callers within a second of a check
+    share it, and those arriving during a check wait for it."""
+    app, _ = make_app()
+    scheduler = app.extensions["hpc_gateway"].scheduler
+    real_call, calls, lock = scheduler.call, [], threading.Lock()
+
+    def counting_call(hook, *args, **kwargs):
+        if hook == "health":
+            with lock:
+                calls.append(time.monotonic())
+            time.sleep(0.3)                     # a slow ping: the others arrive meanwhile
+        return real_call(hook, *args, **kwargs)
+
+    scheduler.call = counting_call
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: ApiClient(app).get("/health"), range(20)))
+    assert [a.status for a in answers] == [200] * 20
+    assert all(a.body["data"]["health"]["scheduler"]["ok"] for a in answers)
+    assert len(calls) == 1, calls
+    time.sleep(1.1)                             # the shared answer is at most a second old
+    assert ApiClient(app).get("/health").status == 200 and len(calls) == 2
