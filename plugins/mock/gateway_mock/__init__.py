@@ -57,6 +57,9 @@ class MockOptions(Schema):
     ])
     users = fields.List(fields.String(), load_default=list)
     native_options = fields.List(fields.String(), load_default=list)
+    # The most one GET /jobs/{id}/output returns (as slurm_ssm's max_output_bytes): the
+    # answer is JSON text, where binary output grows up to 6x (\ufffd per byte).
+    max_output_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1))
 
 
 def _ts(value):
@@ -330,6 +333,8 @@ class MockScheduler:
 
     @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):
+        cap = self.opts["max_output_bytes"]
+        limit = cap if limit is None else min(int(limit), cap)
         row = self._row(job_id)
         path = row["stdout_path"] if stream == "stdout" else row["stderr_path"]
         if self.opts["run_as"] == "sudo":
