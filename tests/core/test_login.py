@@ -151,3 +151,25 @@ def test_wrong_pam_passwords_do_not_queue_every_other_login(tmp_path, pam_user):
         assert good.result() == 200 and [f.result() for f in bad] == [401] * 6
     last_bad = max(t for label, t in finished.items() if label.startswith("bad"))
     assert finished["good"] < last_bad, finished
+
+
+def test_a_login_that_could_not_be_checked_is_not_a_failed_login(make_app):
+    """An authenticator error (an unreadable users file...) is a 500, not a wrong password:
+    it must not count towards the limit (five such errors locked the user out for 300 s)."""
+    app, _ = make_app(auth={"login_limit": {"max_failures_per_user": 3, "max_failures_per_address": 3,
+                                            "window_seconds": 300}})
+    state = app.extensions["hpc_gateway"]
+    real, broken = state.authenticator.authenticate, [True]
+
+    def authenticate(name, password):
+        if broken[0]:
+            raise PermissionError("users.yaml: Permission denied")
+        return real(name, password)
+
+    state.authenticator.authenticate = authenticate
+    password = open(os.path.join(state.config["work_dir"], "initial-admin-password")).read().strip()
+    c = ApiClient(app)
+    for _ in range(5):
+        assert c.post("/login", json={"username": "admin", "password": password}).status == 500
+    broken[0] = False
+    assert c.post("/login", json={"username": "admin", "password": password}).status == 200

@@ -172,6 +172,14 @@ def test_concurrent_wrong_passwords_cannot_race_past_the_limit(tmp_path, store_u
     def attempt(i):
         return ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": f"wrong-{i}"}).status
 
+    # Twelve right passwords at once: over the limit of 5 while in flight, so some wait for
+    # the others' checks to end, but none is refused (a success frees its place).
+    def right(i):
+        return ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": password}).status
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        assert list(pool.map(right, range(12))) == [200] * 12
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
         statuses = list(pool.map(attempt, range(40)))
     assert statuses.count(401) == 5 and statuses.count(429) == 35, statuses

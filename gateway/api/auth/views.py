@@ -8,11 +8,16 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ...errors import GatewayError, TooManyRequests, Unauthorized
+from ...errors import ServiceUnavailable, TooManyRequests, Unauthorized
 from ..common import bearer_token, document_errors, gw, ok
 from .schemas import LoginEnvelope, LoginSchema, LogoutEnvelope
 
 blp = Blueprint("auth", __name__, description="Log in and out")
+# A login over the limit with checks in flight waits this long for them, then is a 503.
+LOGIN_QUEUE_SECONDS = 10.0
+LOGIN_QUEUE_PAUSE = 0.05
+# The in-flight counters expire on their own (a worker killed mid-check cannot hold a place).
+BUSY_SECONDS = 60
 audit = logging.getLogger("gateway.audit")
 
 
@@ -24,7 +29,7 @@ def client_address() -> str:
 class Login(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(200, LoginEnvelope)
-    @document_errors(blp, 400, 401, 422, 429)
+    @document_errors(blp, 400, 401, 422, 429, 503)
     def post(self, creds):
         """Log in with a user name and password; the token expires after `timeout` idle minutes"""
         state = gw()
@@ -32,40 +37,63 @@ class Login(MethodView):
         name, addr = creds["username"], client_address()
         keys = [(f"fail:u:{name}", limit["max_failures_per_user"]),
                 (f"fail:a:{addr}", limit["max_failures_per_address"])]
-        now = time.time()
-        # Each attempt is counted *before* the password is checked (atomically, in the store
-        # every replica shares), so concurrent attempts cannot all pass the limit while the
-        # slow check runs; a success takes its count back.
-        counts = [state.store.hit(key, limit["window_seconds"], now) for key, _ in keys]
-        for (key, most), count in zip(keys, counts):
-            if count > most:
-                _, left = state.store.count(key, now)
-                for other, _ in keys:      # not tried: it does not count against the other key
-                    state.store.hit(other, limit["window_seconds"], now, amount=-1)
-                audit.warning("login refused (rate limit) user=%s address=%s", name, addr)
-                state.metrics.login(outcome="limited")
-                raise TooManyRequests(
-                    f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
-                    f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
+        window = limit["window_seconds"]
+        busy = [(key.replace("fail:", "busy:", 1), most) for key, most in keys]
+        # Recorded failures plus the checks in flight may not pass the limit (counters in the
+        # store every replica shares), so concurrent wrong passwords cannot all be tried while
+        # the slow checks run. An attempt over it waits for those checks to end (a success
+        # frees its place, a failure is recorded), so concurrent *right* passwords all pass.
+        deadline = time.monotonic() + LOGIN_QUEUE_SECONDS
+        while True:
+            now = time.time()
+            for key, most in keys:
+                count, left = state.store.count(key, now)
+                if count >= most:
+                    audit.warning("login refused (rate limit) user=%s address=%s", name, addr)
+                    state.metrics.login(outcome="limited")
+                    raise TooManyRequests(
+                        f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
+                        f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
+            if _reserve(state.store, keys, busy, now):
+                break
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable("too many logins for this user or address are being checked "
+                                         "right now: try again in a few seconds", retry_after=2)
+            with state.turns.waiting():
+                time.sleep(LOGIN_QUEUE_PAUSE)
         try:
             with state.turns.waiting():    # PAM may ask a directory service; Argon2 is slow on purpose
                 identity = state.authenticator.authenticate(name, creds["password"])
-        except GatewayError:
-            for key, _ in keys:            # not checked (PAM busy...): not a failure either
-                state.store.hit(key, limit["window_seconds"], now, amount=-1)
-            raise
+            if identity is None:
+                for key, _ in keys:        # recorded before this check stops counting as in flight
+                    state.store.hit(key, window, now)
+        finally:
+            for key, _ in busy:
+                state.store.hit(key, BUSY_SECONDS, now, amount=-1)
         if identity is None:
             audit.warning("login failed user=%s address=%s", name, addr)
             state.metrics.login(outcome="failure")
             raise Unauthorized("Wrong user name or password")
         state.store.reset(keys[0][0])
-        state.store.hit(keys[1][0], limit["window_seconds"], now, amount=-1)
         token = state.tokens.issue(identity.name)
         admin = state.is_admin(identity)
         audit.info("login ok user=%s address=%s admin=%s", identity.name, addr, admin)
         state.metrics.login(outcome="success")
         return ok({"token": {"token": token, "userName": identity.name, "admin": admin,
                              "timeoutMinutes": state.config["timeout"]}})
+
+
+def _reserve(store, keys, busy, now) -> bool:
+    """Count this check as in flight on each key, unless failures + checks would pass the limit."""
+    taken = []
+    for (key, most), (busy_key, _) in zip(keys, busy):
+        in_flight = store.hit(busy_key, BUSY_SECONDS, now)
+        taken.append(busy_key)
+        if store.count(key, now)[0] + in_flight > most:
+            for k in taken:
+                store.hit(k, BUSY_SECONDS, now, amount=-1)
+            return False
+    return True
 
 
 @blp.route("/logout")
