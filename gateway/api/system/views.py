@@ -40,22 +40,25 @@ HEALTH_SHARED_SECONDS = 1.0
 class _SharedCheck:
     def __init__(self):
         self.lock = threading.Lock()
-        self.started = float("-inf")
+        self.started = self.finished = float("-inf")
         self.value = None
 
     def get(self, check, turns):
-        if time.monotonic() - self.started < HEALTH_SHARED_SECONDS:
+        arrived = time.monotonic()
+        if arrived - self.started < HEALTH_SHARED_SECONDS:
             return self.value
         # Waiting for another caller's check gives this request's turn away (gateway/turns.py):
         # the checker gives its own away during the command and needs one back afterwards.
         with turns.waiting():
             self.lock.acquire()
         try:
-            if time.monotonic() - self.started < HEALTH_SHARED_SECONDS:
-                return self.value                   # another caller just checked
+            # A check that ended after this caller arrived answers it too, however long it took
+            # (a slow ping during an outage must not make each waiter ping again in turn).
+            if self.finished >= arrived or time.monotonic() - self.started < HEALTH_SHARED_SECONDS:
+                return self.value
             started = time.monotonic()
             value = check()
-            self.value, self.started = value, started
+            self.value, self.started, self.finished = value, started, time.monotonic()
             return value
         finally:
             self.lock.release()
