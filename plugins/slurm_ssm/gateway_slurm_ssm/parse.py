@@ -375,14 +375,15 @@ def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:
     return expand_output_pattern(path, **pattern_args)
 
 
-_SKIPPED_LOGGED: set[str] = set()
+def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
+    """squeue's format-string records, and what made the output ambiguous.
 
-
-def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
-    """squeue's format-string records. A record that cannot be read is left out (and logged
-    once): its free-text fields (name, paths, command) are set by users, and one job whose
-    name holds the separators must not take every other job's listing down with it."""
-    out, skipped = [], 0
+    Free-text fields (name, paths, command) are set by users and may hold the separators
+    (sbatch -J $'a\\x1fb' is accepted). A record that cannot be read is left out (and logged
+    once), and since separators can also forge whole records, a job id printed twice is
+    left out with every copy: only squeue --json can say which is real (the scheduler
+    reads that refresh with --json when it can)."""
+    out, problems = [], []
     for record in text.split(RECORD_SEP):
         record = record.lstrip("\n")
         if not record:
@@ -393,14 +394,29 @@ def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
                 raise ValueError(f"{len(parts)} fields, expected {len(FORMAT_FIELDS)}")
             out.append(job_from_format(dict(zip(FORMAT_FIELDS, parts))))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            skipped += 1
+            problems.append(f"a record left out ({exc})")
             key = record[:120]
             if key not in _SKIPPED_LOGGED and len(_SKIPPED_LOGGED) < 1000:
                 _SKIPPED_LOGGED.add(key)
                 log.warning("squeue record left out (%s): %r", exc, record[:200])
-    if skipped and not out:
-        raise SchedulerRefused(f"squeue printed {skipped} records and none could be read")
-    return out
+    seen: dict[str, int] = {}
+    for job, _ in out:
+        seen[job.job_id] = seen.get(job.job_id, 0) + 1
+    twice = {job_id for job_id, n in seen.items() if n > 1}
+    if twice:
+        problems.append(f"job ids printed more than once: {', '.join(sorted(twice)[:10])}")
+        out = [(job, extra) for job, extra in out if job.job_id not in twice]
+    if problems and not out:
+        raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be read")
+    return out, problems
+
+
+_SKIPPED_LOGGED: set[str] = set()
+
+
+def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
+    """The records :func:`read_squeue_format` could read unambiguously."""
+    return read_squeue_format(text)[0]
 
 
 # ---------------------------------------------------------------- scontrol key=value

@@ -223,7 +223,16 @@ class SlurmScheduler:
                 raise parse.refusal(res.out, res.err)
             return parse.parse_squeue_json(res.out)
         res = self._service(commands.squeue_format())
-        records = parse.parse_squeue_format(res.out)
+        records, problems = parse.read_squeue_format(res.out)
+        if problems:
+            # Separators in a user's free text (a job name...) left records out or forged
+            # some: JSON cannot be fooled that way, so this refresh reads it (when it can).
+            log.warning("slurm_ssm: squeue's format output is ambiguous (%s): reading squeue --json "
+                        "for this refresh", "; ".join(problems[:3]))
+            res = self._run(commands.squeue_json(), as_user=self.service_account)
+            if res.returncode == 0 and res.stdout.strip().startswith(b"{"):
+                return parse.parse_squeue_json(res.out)
+            log.warning("slurm_ssm: squeue --json is not available: listing only the unambiguous records")
         return self._add_exit_codes(records, previous)
 
     def _add_exit_codes(self, records: list[Record], previous: dict[str, Record]) -> list[Record]:

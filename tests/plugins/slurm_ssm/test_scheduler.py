@@ -169,6 +169,30 @@ def test_get_job_list_jobs_and_arrays(make):
     assert len([c for c in t.calls if c["argv"][0] == "squeue" and "--json" in c["argv"]]) == 1
 
 
+def test_a_forged_format_record_is_not_believed_the_refresh_reads_json(make):
+    """A job name holding the separators can forge a whole squeue record, e.g. one that
+    gives bob's job 28 to mallory: a job id printed twice makes that refresh read
+    squeue --json, which separators cannot fool."""
+    text = fx("squeue_format").out
+    records = [r.lstrip("\n") for r in text.split("\x1e") if r.strip("\n")]
+    real = next(r for r in records if r.split("\x1f")[1] == "28")
+    fields = real.split("\x1f")
+    owner = fields[5]
+    fields[5] = "mallory"
+    forged = text.rstrip("\n") + "\x1f".join(fields) + "\x1e\n"
+    sched, t = make(json="no")
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, forged.encode(), b""))
+    job = sched.get_job(user=ADMIN, job_id="28")
+    assert job.user_name == owner != "mallory"
+    assert [c for c in t.calls if c["argv"][:2] == ["squeue", "--json"]]
+    # Without JSON (Slurm before 21.08), the doubled id is left out, not given to either.
+    sched2, t2 = make(json="no", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
+    t2.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, forged.encode(), b""))
+    t2.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
+    ids = {j.job_id for j in sched2.list_jobs(user=ADMIN, query=JobQuery())}
+    assert "28" not in ids and len(ids) > 10
+
+
 def test_format_strings_when_json_is_off_or_too_old(make):
     sched, t = make(json="no")
     job = sched.get_job(user=ALICE, job_id="28")
