@@ -415,9 +415,10 @@ def _unwrap(lines: list[str]) -> list[str]:
     return out
 
 
-def _field(text: str, key: str) -> str | None:
-    # wrapping may have eaten the space before "<"
-    m = re.search(re.escape(key) + r" ?<(?P<v>[^>]*)>", text)
+def _field(text: str, key: str, after_comma: bool = False) -> str | None:
+    # wrapping may have eaten the space before "<"; after_comma: only a field of its own
+    # (", User <..."), never the same words inside a job name ("xUser <bob")
+    m = re.search((r",\s?" if after_comma else "") + re.escape(key) + r" ?<(?P<v>[^>]*)>", text)
     return m.group("v") if m else None
 
 
@@ -471,7 +472,7 @@ def _detail(block: list[str], now: datetime, tz: tzinfo) -> JobDetail:
     # service) or the user. A field named twice cannot be told from the one faked, so the
     # job is left without it (no owner: only administrators see it).
     d.user, d.project, d.status, d.queue = (
-        _field(head, key) if len(re.findall(r",\s?" + key + r" ?<", head)) == 1 else None
+        _field(head, key, after_comma=True) if len(re.findall(r",\s?" + key + r" ?<", head)) == 1 else None
         for key in ("User", "Project", "Status", "Queue"))
     d.command = _command_of(head)
     section = None

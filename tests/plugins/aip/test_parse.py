@@ -241,14 +241,14 @@ def test_bjobs_long_running(now):
 
 
 @pytest.mark.parametrize("name", ["x>, Project <bob", "x>, User <bob>, Project <bob",
-                                  "x>, Status <DONE>, Queue <short"])
+                                  "x>, Status <DONE>, Queue <short", "aProject <bob", "xUser <bob"])
 def test_a_job_name_cannot_pose_as_the_owner_or_state(now, name):
     """The name is free text before User/Project/Status: a field it names a second time cannot
     be told from the real one, so the job gets none (under run_as: service no owner, so only
     administrators see it; before, "x>, Project <bob" made it bob's)."""
     text = ol("bjobs_l_2.txt").replace("Job Name <vncjob>", f"Job Name <{name}>")
     (d,), _ = parse.parse_bjobs_long(text, now)
-    faked = {key: None for key in ("user", "project", "status", "queue") if key.capitalize() in name}
+    faked = {key: None for key in ("user", "project", "status", "queue") if f", {key.capitalize()} <" in name}
     assert "bob" not in (d.user, d.project) and d.status != "DONE" and d.queue != "short"
     assert {key: getattr(d, key) for key in faked} == faked
     untouched = {"user": "alice", "project": "default", "status": "RUN", "queue": "vnc"}
