@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from ..common import envelope
+from ..common import envelope, no_control_chars
 
 SHA256_RE = r"^[0-9a-fA-F]{64}$"
 MODE_RE = r"^0?[0-7]{3}$"
@@ -49,9 +49,9 @@ class UploadQuerySchema(Schema):
     job_id = _job_id()
     overwrite = fields.Boolean(load_default=False, metadata={"description": "replace an existing file"})
     mkdirs = fields.Boolean(load_default=False, metadata={"description": "create missing parent directories"})
-    sha256 = fields.String(validate=validate.Regexp(SHA256_RE, error="must be 64 hexadecimal digits"),
+    sha256 = fields.String(validate=[validate.Regexp(SHA256_RE, error="must be 64 hexadecimal digits"), no_control_chars],
                            metadata={"description": "the expected sha256: a mismatch is refused (422) and nothing is kept"})
-    mode = fields.String(validate=validate.Regexp(MODE_RE, error="must be an octal mode such as 0644 or 755"),
+    mode = fields.String(validate=[validate.Regexp(MODE_RE, error="must be an octal mode such as 0644 or 755"), no_control_chars],
                          metadata={"description": "permissions of the new file (else the user's umask decides)"})
 
 
@@ -60,7 +60,7 @@ class VendorUploadQuerySchema(Schema):
                             metadata={"description": "directory to upload into (default: your home, or the job's work dir)"})
     job_id = _job_id()
     overwrite = fields.Boolean(load_default=True, metadata={"description": "replace an existing file (default true)"})
-    sha256 = fields.String(validate=validate.Regexp(SHA256_RE, error="must be 64 hexadecimal digits"))
+    sha256 = fields.String(validate=[validate.Regexp(SHA256_RE, error="must be 64 hexadecimal digits"), no_control_chars])
 
 
 class VendorDownloadQuerySchema(Schema):

@@ -8,6 +8,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from ...models import JOB_ACTIONS, OUTPUT_STREAMS, JobSpec, JobState
 from ..common import envelope, no_control_chars, no_nul
 
+# These patterns also go into the OpenAPI document (ECMA regex, where $ is the end); Python's
+# $ also matches before a final newline, so the fields add no_control_chars.
 NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$"
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 ARRAY_RE = r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$"
@@ -45,7 +47,7 @@ class JobSpecSchema(Schema):
                                    validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars],
                                    metadata={"description": "a script file on the cluster, or s3://bucket/key"})
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
-    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name")])
+    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"), no_control_chars])
     nodes = fields.Integer(validate=validate.Range(min=1, max=100000), strict=True)
     cpus = fields.Integer(validate=validate.Range(min=1, max=10_000_000), strict=True,
                           metadata={"description": "tasks/slots"})
@@ -59,9 +61,9 @@ class JobSpecSchema(Schema):
                               metadata={"description": "extra environment variables"})
     stdout = _path_field("file for the job's standard output")
     stderr = _path_field("file for the job's standard error")
-    array = fields.String(validate=[validate.Length(max=256), validate.Regexp(ARRAY_RE, error="not an array range like 1-100%10")])
+    array = fields.String(validate=[validate.Length(max=256), validate.Regexp(ARRAY_RE, error="not an array range like 1-100%10"), no_control_chars])
     dependency = fields.String(validate=[validate.Length(max=1024), validate.Regexp(
-        DEPENDENCY_RE, error="not a dependency like afterok:123:124 or afterany:125")])
+        DEPENDENCY_RE, error="not a dependency like afterok:123:124 or afterany:125"), no_control_chars])
     hold = StrictBoolean(metadata={"description": "submit held (release it later)"})
     nativeOptions = fields.List(fields.String(validate=[validate.Length(min=1, max=1024), no_nul]),
                                 attribute="native_options", validate=validate.Length(max=64),
@@ -146,11 +148,11 @@ class JobListQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    user = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE)],
+    user = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE), no_control_chars],
                          metadata={"description": "only this user's jobs; `all` for everyone's (admins)"})
     state = fields.List(fields.Enum(JobState, by_value=True),
                         metadata={"description": "one or more states (repeat the parameter or separate by commas)"})
-    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE)])
+    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE), no_control_chars])
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
     limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "page size"})
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
