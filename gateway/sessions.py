@@ -196,11 +196,14 @@ class RedisSessionStore(SessionStore):
 
     def create(self, sid, user, now, ttl):
         k = self._k("s", sid)
-        mine = self._k("u", user)           # the user's session ids, for revoke_user
+        # The user's session ids by creation time, for revoke_user; ids older than the longest
+        # a session may live are dropped here, so a user who logs in all day keeps a bounded set.
+        mine = self._k("u", user)
         with self.r.pipeline() as p:
             p.hset(k, mapping={"user": user, "created": now, "last_seen": now, "revoked": 0})
             p.expire(k, int(ttl) + 1)
-            p.sadd(mine, sid)
+            p.zadd(mine, {sid: now})
+            p.zremrangebyscore(mine, "-inf", now - ttl - 1)
             p.expire(mine, int(ttl) + 1)
             p.execute()
 
@@ -228,7 +231,7 @@ class RedisSessionStore(SessionStore):
     def revoke_user(self, user, ttl):
         mine = self._k("u", user)
         ended = 0
-        for sid in self.r.smembers(mine):
+        for sid in self.r.zrange(mine, 0, -1):
             k = self._k("s", sid.decode())
             # Only a session that still exists (HSET would create an empty one).
             if self.r.eval(_REVOKE_IF_LIVE, 1, k, int(ttl) + 1):
