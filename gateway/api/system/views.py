@@ -64,6 +64,14 @@ class _SharedCheck:
             self.lock.release()
 
 
+HEALTH_KEY = "hpc_gateway_health"
+
+
+@blp.record_once
+def _shared_check(setup_state) -> None:
+    setup_state.app.extensions[HEALTH_KEY] = _SharedCheck()
+
+
 def _scheduler_health() -> dict:
     state = gw()
     try:
@@ -81,8 +89,7 @@ class Health(MethodView):
     def get(self):
         """Whether the gateway is up and the scheduler answers, and how fast (no token needed;
         callers within a second share one check)"""
-        shared = current_app.extensions.setdefault("hpc_gateway_health", _SharedCheck())
-        sched = dict(shared.get(_scheduler_health, gw().turns))
+        sched = dict(current_app.extensions[HEALTH_KEY].get(_scheduler_health, gw().turns))
         body = {"health": {"gateway": "ok", "scheduler": sched}}
         if sched["ok"]:
             return ok(body)
