@@ -439,7 +439,3 @@ class TokenManager:
     def revoke(self, token: str) -> None:
         session = self.check(token)
         self.store.revoke(session.sid, self.max_age)
-
-    def revoke_user(self, user: str) -> int:
-        """End every session of ``user`` on every replica; how many were live."""
-        return self.store.revoke_user(user, self.max_age)
