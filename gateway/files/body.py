@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import (
     NEED_DATA,
     Data,
@@ -19,8 +20,6 @@ from werkzeug.sansio.multipart import (
     File,
     MultipartDecoder,
 )
-
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import BadRequest
 

@@ -143,11 +143,16 @@ class PipeChannel(Channel):
                                     timeout=self.transfer_timeout if timeout is None else timeout)
         return proc, errfile
 
-    def _failure(self, proc, errfile, what: str, path: str) -> GatewayError:
+    def _ended(self, proc, errfile) -> tuple[bytes, GatewayError | None]:
+        """A finished tool's stderr, and the 503 it means if the transport could not connect
+        (ssh's exit code 255 with its own words), as Channel.run would have raised."""
         errfile.seek(0)
         stderr = errfile.read(64 * 1024)
         conn = getattr(self.transport, "connection_error", None)
-        error = conn(proc.returncode, stderr) if callable(conn) else None
+        return stderr, (conn(proc.returncode, stderr) if callable(conn) else None)
+
+    def _failure(self, proc, errfile, what: str, path: str) -> GatewayError:
+        stderr, error = self._ended(proc, errfile)
         return error or error_for(stderr, what, path, self.as_user)
 
     def write_new(self, path, source):
@@ -208,12 +213,9 @@ class PipeChannel(Channel):
                 _close(proc.stdout)
             if expired.is_set():
                 raise SchedulerTimeout(f"{os.path.basename(argv[0])} did not answer within {self.timeout:g} s")
-            errfile.seek(0)
-            stderr = errfile.read(64 * 1024)
-            conn = getattr(self.transport, "connection_error", None)
-            error = conn(proc.returncode, stderr) if callable(conn) else None
+            stderr, error = self._ended(proc, errfile)
             if error is not None:
-                raise error             # ssh could not reach the cluster: 503, as Channel.run says
+                raise error
             return value, CommandResult(proc.returncode, b"", stderr)
         finally:
             _close(errfile)
