@@ -152,22 +152,22 @@ def test_workers_starting_together_share_one_complete_secret(tmp_path):
 
 
 def test_concurrent_wrong_passwords_cannot_race_past_the_limit(tmp_path, store_url):
-    """40 wrong passwords at once on two replicas (each attempt is counted before the slow
-    Argon2 check, in the shared store): exactly max_failures_per_user of them are tried,
-    the rest are 429; the counts never linger for successful logins."""
+    """40 wrong passwords at once on two replicas (failures plus checks in flight, counted in
+    the shared store, may not pass the limit): exactly max_failures_per_user of them are
+    tried, the rest are 429; successful logins leave no count behind."""
     import concurrent.futures
 
     (a, b), password = _pair(tmp_path, store_url)
-    for app in (a, b):
-        app.extensions["hpc_gateway"].config["auth"]["login_limit"].update(
-            max_failures_per_user=5, max_failures_per_address=1000, window_seconds=60)
-    # Successes from one address do not use up its budget (each takes its count back).
-    for app in (a, b):
-        app.extensions["hpc_gateway"].config["auth"]["login_limit"]["max_failures_per_address"] = 2
+
+    def set_limits(**limits):
+        for app in (a, b):
+            app.extensions["hpc_gateway"].config["auth"]["login_limit"].update(limits)
+
+    # Successes from one address do not use up its budget.
+    set_limits(max_failures_per_user=5, max_failures_per_address=2, window_seconds=60)
     for i in range(6):
         assert ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": password}).status == 200
-    for app in (a, b):
-        app.extensions["hpc_gateway"].config["auth"]["login_limit"]["max_failures_per_address"] = 1000
+    set_limits(max_failures_per_address=1000)
 
     def attempt(i):
         return ApiClient((a, b)[i % 2]).post("/login", json={"username": "admin", "password": f"wrong-{i}"}).status

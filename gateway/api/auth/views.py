@@ -38,7 +38,7 @@ class Login(MethodView):
         keys = [(f"fail:u:{name}", limit["max_failures_per_user"]),
                 (f"fail:a:{addr}", limit["max_failures_per_address"])]
         window = limit["window_seconds"]
-        busy = [(key.replace("fail:", "busy:", 1), most) for key, most in keys]
+        busy = [key.replace("fail:", "busy:", 1) for key, _ in keys]
         # Recorded failures plus the checks in flight may not pass the limit (counters in the
         # store every replica shares), so concurrent wrong passwords cannot all be tried while
         # the slow checks run. An attempt over it waits for those checks to end (a success
@@ -68,7 +68,7 @@ class Login(MethodView):
                 for key, _ in keys:        # recorded before this check stops counting as in flight
                     state.store.hit(key, window, now)
         finally:
-            for key, _ in busy:
+            for key in busy:
                 state.store.hit(key, BUSY_SECONDS, now, amount=-1)
         if identity is None:
             audit.warning("login failed user=%s address=%s", name, addr)
@@ -86,9 +86,11 @@ class Login(MethodView):
 def _reserve(store, keys, busy, now) -> bool:
     """Count this check as in flight on each key, unless failures + checks would pass the limit."""
     taken = []
-    for (key, most), (busy_key, _) in zip(keys, busy):
+    for (key, most), busy_key in zip(keys, busy):
         in_flight = store.hit(busy_key, BUSY_SECONDS, now)
         taken.append(busy_key)
+        # Failures read after this check is counted (not the ones read for the 429): one
+        # recorded meanwhile is seen, since a failure is recorded before its check stops counting.
         if store.count(key, now)[0] + in_flight > most:
             for k in taken:
                 store.hit(k, BUSY_SECONDS, now, amount=-1)
