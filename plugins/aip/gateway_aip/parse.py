@@ -415,11 +415,21 @@ def _unwrap(lines: list[str]) -> list[str]:
     return out
 
 
-def _field(text: str, key: str, after_comma: bool = False) -> str | None:
-    # wrapping may have eaten the space before "<"; after_comma: only a field of its own
-    # (", User <..."), never the same words inside a job name ("xUser <bob")
-    m = re.search((r",\s?" if after_comma else "") + re.escape(key) + r" ?<(?P<v>[^>]*)>", text)
+def _field(text: str, key: str) -> str | None:
+    # wrapping may have eaten the space before "<"
+    m = re.search(re.escape(key) + r" ?<(?P<v>[^>]*)>", text)
     return m.group("v") if m else None
+
+
+def _own_field(head: str, key: str) -> str | None:
+    """A field that follows the free-text job name in a ``bjobs -l`` head: read only as a
+    field of its own (", User <...", never "xUser <bob" inside a name), and only when the
+    head has it once; a name such as "x>, Project <bob" cannot be told from the real one."""
+    starts = [m.end() for m in re.finditer(r",\s?" + re.escape(key) + r" ?<", head)]
+    if len(starts) != 1:
+        return None
+    end = head.find(">", starts[0])
+    return head[starts[0]:end] if end >= 0 else None
 
 
 def _command_of(head: str) -> str | None:
@@ -467,13 +477,9 @@ def _detail(block: list[str], now: datetime, tz: tzinfo) -> JobDetail:
     head = lines[0]
     d = JobDetail(job_id=_JOB_HEAD.match(head).group("id"))
     d.name = _field(head, "Job Name")
-    # The job name comes before these fields and is free text: a name such as
-    # "x>, Project <bob" would otherwise be read as the project (the owner under run_as:
-    # service) or the user. A field named twice cannot be told from the one faked, so the
-    # job is left without it (no owner: only administrators see it).
-    d.user, d.project, d.status, d.queue = (
-        _field(head, key, after_comma=True) if len(re.findall(r",\s?" + key + r" ?<", head)) == 1 else None
-        for key in ("User", "Project", "Status", "Queue"))
+    # The project is the owner under run_as: service; a field faked by the name is left
+    # unknown (no owner: only administrators see the job).
+    d.user, d.project, d.status, d.queue = (_own_field(head, key) for key in ("User", "Project", "Status", "Queue"))
     d.command = _command_of(head)
     section = None
     limit_name = None
