@@ -375,6 +375,9 @@ def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:
     return expand_output_pattern(path, **pattern_args)
 
 
+_SKIPPED_LOGGED: set[str] = set()      # records already logged as left out
+
+
 def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
     """squeue's format-string records, and what made the output ambiguous.
 
@@ -409,9 +412,6 @@ def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
     if problems and not out:
         raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be read")
     return out, problems
-
-
-_SKIPPED_LOGGED: set[str] = set()
 
 
 def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
