@@ -45,7 +45,9 @@ class JobSpecSchema(Schema):
                             metadata={"description": "a command line run as the job (by the job's shell, as you)"})
     scriptLocation = fields.String(attribute="script_location",
                                    validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars],
-                                   metadata={"description": "a script file on the cluster, or s3://bucket/key"})
+                                   metadata={"description": "a script file on the cluster (absolute path, read as the "
+                                                           "user), or s3://bucket/key under a prefix the operator "
+                                                           "allows for this user (else 403)"})
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
     queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"), no_control_chars])
     nodes = fields.Integer(validate=validate.Range(min=1, max=100000), strict=True)

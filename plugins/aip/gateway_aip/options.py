@@ -8,6 +8,7 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, validate, valid
                          validates_schema)
 
 from gateway.errors import ConfigError
+from gateway.s3scripts import S3ScriptOptions
 
 from .commands import B_COMMANDS, DEFAULT_JSON_FIELDS, DEFAULT_NATIVE_ALLOW
 
@@ -70,6 +71,9 @@ class AipOptions(Schema):
     #: The most of a finished job's output file read at once.
     max_output_bytes = fields.Integer(load_default=64 * 1024 * 1024,
                                       validate=validate.Range(min=1024))
+    #: Where s3://bucket/key scripts may come from and how S3 is reached (gateway.s3scripts):
+    #: {allow: ["s3://bucket/{user}/", ...], endpoint_url, region_name, max_script_bytes}.
+    s3 = fields.Nested(S3ScriptOptions, load_default=lambda: S3ScriptOptions().load({}))
 
     @validates("bindir")
     def _bindir(self, value, **_):

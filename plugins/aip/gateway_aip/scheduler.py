@@ -13,6 +13,7 @@ from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, Sche
                             SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
 from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo)
+from gateway.s3scripts import S3ScriptSource
 from gateway.transports import make_transport
 
 from . import commands as C
@@ -59,6 +60,7 @@ class AipScheduler:
         self.native_allow = dict(self.o["native_options"])
         if self.service:
             self.native_allow.pop("-P", None)      # the project carries the gateway user
+        self.s3_scripts = S3ScriptSource(self.o["s3"])
         self._lock = threading.Lock()
         self._env: dict | None = None
         self._homes: dict[str, str] = {}
@@ -349,7 +351,7 @@ class AipScheduler:
 
     def _read_script(self, user, location: str) -> str:
         if location.startswith("s3://"):
-            return _read_s3(location)
+            return self.s3_scripts.fetch(location, user.name).decode("utf-8", "replace")
         if not location.startswith("/"):
             raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
                                errors={"scriptLocation": ["not absolute"]})
@@ -648,20 +650,3 @@ def _aggregate(job_id: str, elements: list[Job]) -> Job:
                hosts=sorted({h for e in elements for h in e.hosts}), cpus=first.cpus,
                memory_mb=first.memory_mb, time_limit_minutes=first.time_limit_minutes,
                work_dir=first.work_dir, command=first.command)
-
-
-def _read_s3(location: str) -> str:
-    try:
-        import boto3
-    except ImportError:
-        raise InvalidInput("s3:// script locations need boto3 on the gateway") from None
-    bucket, _, key = location[len("s3://"):].partition("/")
-    if not bucket or not key:
-        raise InvalidInput("scriptLocation must be s3://bucket/key",
-                           errors={"scriptLocation": ["expected s3://bucket/key"]})
-    try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as exc:  # botocore's errors: the client's location is at fault
-        raise InvalidInput(f"cannot read {location}: {exc}",
-                           errors={"scriptLocation": [str(exc)]}) from None
-    return body.decode("utf-8", "replace")

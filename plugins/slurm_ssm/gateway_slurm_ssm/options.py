@@ -6,20 +6,12 @@ import os
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from gateway.errors import ConfigError
+from gateway.s3scripts import S3ScriptOptions
 
 
 def _default_cache_dir() -> str:
     from gateway.config import default_work_dir
     return os.path.join(default_work_dir(), "slurm_ssm")
-
-
-class S3Options(Schema):
-    """Where ``s3://bucket/key`` scripts are fetched from (boto3's usual credential chain)."""
-    endpoint_url = fields.String(load_default=None, allow_none=True)
-    region_name = fields.String(load_default=None, allow_none=True)
-    aws_access_key_id = fields.String(load_default=None, allow_none=True)
-    aws_secret_access_key = fields.String(load_default=None, allow_none=True)
-    max_script_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1))
 
 
 class SlurmOptions(Schema):
@@ -54,7 +46,9 @@ class SlurmOptions(Schema):
     # until a ping says UP again, commands answer 503 (pinging at most every down_hold s).
     down_probe_after = fields.Float(load_default=0.5, validate=validate.Range(min=0.05, max=600))
     down_hold = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=60))
-    s3 = fields.Nested(S3Options, load_default=lambda: S3Options().load({}))
+    # Where s3://bucket/key scripts may come from and how S3 is reached (gateway.s3scripts):
+    # {allow: ["s3://bucket/{user}/", ...], endpoint_url, region_name, max_script_bytes}.
+    s3 = fields.Nested(S3ScriptOptions, load_default=lambda: S3ScriptOptions().load({}))
     # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--x11").
     allowed_native_options = fields.List(
         fields.String(validate=validate.Regexp(r"^--[a-z][a-z0-9-]*$", error="not a long option: {input}")),

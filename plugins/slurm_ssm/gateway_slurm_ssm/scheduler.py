@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 import time
@@ -25,9 +24,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
-                            SchedulerRefused, SchedulerUnavailable)
+                            SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
 from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
+from gateway.s3scripts import S3ScriptSource
 from gateway.transports import CommandResult, make_transport
 
 try:                                          # the core's Prometheus figures, when it has them
@@ -72,8 +72,7 @@ class SlurmScheduler:
         self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
         self._homes: dict[str | None, str | None] = {}
         self._config: tuple[float, dict] | None = None
-        self._s3 = None
-        self._lock = threading.Lock()
+        self.s3_scripts = S3ScriptSource(self.opts["s3"])
         self._reported_snapshot = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
@@ -314,6 +313,8 @@ class SlurmScheduler:
         if location is not None and not from_s3 and not location.startswith("/"):
             raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
                                errors={"scriptLocation": ["not an absolute path or s3:// URL"]})
+        if from_s3:
+            self.s3_scripts.check(location, user.name)
         script_path = location if location is not None and not from_s3 else None
         build = dict(allowed_native=self.allowed_native, script_path=script_path)
         commands.sbatch(spec, default_work_dir="/", **build)
@@ -321,7 +322,7 @@ class SlurmScheduler:
         if spec.script is not None:
             stdin = spec.script.encode("utf-8", "surrogateescape")
         elif from_s3:
-            stdin = self._fetch_s3(location)
+            stdin = self.s3_scripts.fetch(location, user.name)
         build["default_work_dir"] = spec.work_dir or self._default_work_dir(account)
         env_file = None
         try:
@@ -361,35 +362,6 @@ class SlurmScheduler:
 
     def _default_work_dir(self, account: str | None) -> str:
         return self.opts["default_work_dir"] or self._home_of(account) or "/tmp"
-
-    def _fetch_s3(self, url: str) -> bytes:
-        bucket, _, key = url[len("s3://"):].partition("/")
-        if not bucket or not key:
-            raise InvalidInput("scriptLocation s3:// URLs look like s3://bucket/key",
-                               errors={"scriptLocation": ["expected s3://bucket/key"]})
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-        s3opts = self.opts["s3"]
-        with self._lock:
-            if self._s3 is None:
-                kw = {k: s3opts[k] for k in ("endpoint_url", "region_name", "aws_access_key_id",
-                                              "aws_secret_access_key") if s3opts.get(k)}
-                self._s3 = boto3.client("s3", **kw)
-        limit = s3opts["max_script_bytes"]
-        try:
-            obj = self._s3.get_object(Bucket=bucket, Key=key)
-            if obj.get("ContentLength", 0) > limit:
-                raise InvalidInput(f"{url} is larger than {limit} bytes",
-                                   errors={"scriptLocation": ["script too large"]})
-            return obj["Body"].read(limit + 1)[:limit]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403", "InvalidBucketName"):
-                raise InvalidInput(f"cannot fetch {url}: {code}",
-                                   errors={"scriptLocation": [f"cannot fetch: {code}"]}) from exc
-            raise SchedulerRefused(f"cannot fetch {url}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise SchedulerUnavailable(f"cannot reach S3 for {url}: {exc}") from exc
 
     @hookimpl
     def control_job(self, user, job_id, action):

@@ -8,15 +8,22 @@ import time
 
 import pytest
 
-from gateway.errors import (Conflict, InvalidInput, NotFound, NotImplementedByPlugin,
+from gateway.errors import (Conflict, Forbidden, InvalidInput, NotFound, NotImplementedByPlugin,
                             SchedulerRefused, SchedulerTimeout, SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway_aip import make_scheduler
 from tests.helpers import require
 from tests.standins.lsf import lsf_standin
+from tests.support.remote_fixtures import s3  # noqa: F401  (fixture)
 
 ROOT = os.geteuid() == 0
 ALICE, BOB, ADMIN = User("gwalice"), User("gwbob"), User("gwadmin", is_admin=True)
+SCRIPT_BUCKET = "gw-aip-test-scripts"
+
+
+@pytest.fixture(scope="session")
+def s3_buckets():
+    return [SCRIPT_BUCKET]
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +135,34 @@ def test_script_location_is_read_as_the_user(b, tmp_path):
         b.submit_job(user=ALICE, spec=JobSpec(script_location="/nonexistent/script.sh"))
     with pytest.raises(InvalidInput):
         b.submit_job(user=ALICE, spec=JobSpec(script_location="relative.sh"))
+
+
+def test_s3_scripts_come_only_from_the_users_allowed_prefix(cluster, s3):  # noqa: F811
+    s = plugin(cluster, listing="json", s3={"endpoint_url": s3.url, "region_name": s3.region,
+                                            "allow": [f"s3://{SCRIPT_BUCKET}/{{user}}/"]})
+    try:
+        s3.put(SCRIPT_BUCKET, "gwalice/job.sh", b"#!/bin/sh\n#BSUB -J from-s3\necho from s3\n")
+        jid = s.submit_job(user=ALICE, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwalice/job.sh"))
+        job = wait(s, jid, JobState.COMPLETED)
+        assert job.name == "from-s3"
+        assert s.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=100).data == b"from s3\n"
+        before = {j.job_id for j in s.list_jobs(user=ADMIN, query=JobQuery())}
+        assert jid in before
+        with pytest.raises(Forbidden):      # alice's object, fetched for bob
+            s.submit_job(user=BOB, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwalice/job.sh"))
+        with pytest.raises(InvalidInput) as e:
+            s.submit_job(user=ALICE, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwalice/nope.sh"))
+        assert "NoSuchKey" in e.value.msg
+        assert {j.job_id for j in s.list_jobs(user=ADMIN, query=JobQuery())} == before
+    finally:
+        s.close()
+    with pytest.raises(Forbidden) as e:     # no allow list: no s3:// at all
+        b_plain = plugin(cluster)
+        try:
+            b_plain.submit_job(user=ALICE, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwalice/job.sh"))
+        finally:
+            b_plain.close()
+    assert "not enabled" in e.value.msg
 
 
 def test_inactive_queue_keeps_jobs_pending_with_the_reason(b):

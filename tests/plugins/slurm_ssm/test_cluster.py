@@ -30,6 +30,12 @@ def squeue_owner(job_id: str) -> str:
     return out.strip()
 
 
+def slurm_job_ids() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return out.split()
+
+
 def job_info_rpcs() -> int:
     out = subprocess.run(["sdiag"], capture_output=True, text=True, timeout=30).stdout
     return int(re.search(r"REQUEST_JOB_INFO\s+\(\s*\d+\)\s+count:(\d+)", out).group(1))
@@ -83,7 +89,8 @@ def test_every_spec_field_reaches_slurm(make_plugin, tmp_path):
 
 
 def test_script_location_on_the_cluster_and_in_s3(make_plugin, s3):
-    plugin = make_plugin(s3={"endpoint_url": s3.url, "region_name": s3.region})
+    plugin = make_plugin(s3={"endpoint_url": s3.url, "region_name": s3.region,
+                             "allow": [f"s3://{SCRIPT_BUCKET}/{{user}}/"]})
     path = f"/tmp/gw-it-{uuid.uuid4().hex[:6]}.sh"
     with open(path, "w") as fh:
         fh.write("#!/bin/sh\necho from-file $1\n")
@@ -93,13 +100,19 @@ def test_script_location_on_the_cluster_and_in_s3(make_plugin, s3):
     assert job.command == path
     assert plugin.job_output(user=ALICE, job_id=job_id, stream="stdout", offset=0, limit=100).data == b"from-file\n"
 
-    s3.put(SCRIPT_BUCKET, "jobs/hello.sh", b"#!/bin/sh\necho from-s3 $(id -un)\n")
-    job_id = plugin.submit_job(user=BOB, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/jobs/hello.sh"))
+    s3.put(SCRIPT_BUCKET, "gwbob/hello.sh", b"#!/bin/sh\necho from-s3 $(id -un)\n")
+    job_id = plugin.submit_job(user=BOB, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwbob/hello.sh"))
     wait_for(plugin, BOB, job_id, FINAL)
     assert plugin.job_output(user=BOB, job_id=job_id, stream="stdout", offset=0, limit=100).data == b"from-s3 gwbob\n"
     with pytest.raises(InvalidInput) as e:
-        plugin.submit_job(user=BOB, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/nope.sh"))
+        plugin.submit_job(user=BOB, spec=JobSpec(script_location=f"s3://{SCRIPT_BUCKET}/gwbob/nope.sh"))
     assert "NoSuchKey" in e.value.msg
+    # bob's script is not alice's to run, though the gateway's credentials could read it
+    before = set(slurm_job_ids())
+    for location in (f"s3://{SCRIPT_BUCKET}/gwbob/hello.sh", f"s3://{SCRIPT_BUCKET}/gwbob/../gwbob/hello.sh"):
+        with pytest.raises((Forbidden, InvalidInput)):
+            plugin.submit_job(user=ALICE, spec=JobSpec(script_location=location))
+    assert set(slurm_job_ids()) == before
 
 
 def test_arrays_and_dependencies(make_plugin):

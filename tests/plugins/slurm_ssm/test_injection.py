@@ -48,7 +48,8 @@ def batch_script(job_id: str) -> str:
 @pytest.fixture(params=["local", "ssh", "ssm"])
 def plugin(request, make_plugin, s3):
     return make_plugin(transport=transport_options(request.param, request),
-                       s3={"endpoint_url": s3.url, "region_name": s3.region})
+                       s3={"endpoint_url": s3.url, "region_name": s3.region,
+                           "allow": [f"s3://{SCRIPT_BUCKET}/"]})
 
 
 @pytest.fixture
