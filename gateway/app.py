@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from flask import Flask, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -129,6 +130,27 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
                     cfg["http_port"], cfg["api_prefix"], note)
 
 
+class GatewayJSON(DefaultJSONProvider):
+    """Answers as UTF-8 JSON written out: a job's non-ASCII output (CJK text, or the U+FFFD
+    standing for bytes that are not UTF-8) costs 3 bytes a character, not a 6-byte \\uXXXX
+    escape. Keys keep the order they were built in ("msg" before "data").
+
+    A string holding a lone surrogate (a file name that is not UTF-8, read with
+    surrogateescape) cannot be UTF-8: such an answer is escaped throughout, as before."""
+    ensure_ascii = False
+    sort_keys = False
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        dump_args = {"indent": 2} if (self.compact is None and self._app.debug) or self.compact is False \
+            else {"separators": (",", ":")}
+        try:
+            body = self.dumps(obj, **dump_args).encode("utf-8")
+        except UnicodeEncodeError:
+            body = self.dumps(obj, ensure_ascii=True, **dump_args).encode("ascii")
+        return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+
+
 def create_app(config: dict | str | None = None) -> Flask:
     """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
     cfg = load_config(config)
@@ -137,6 +159,7 @@ def create_app(config: dict | str | None = None) -> Flask:
     os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)
 
     app = Flask("gateway")
+    app.json = GatewayJSON(app)
     if cfg["trusted_proxies"]:
         # Behind NGINX: the client's address and scheme come from X-Forwarded-*.
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -145,7 +168,6 @@ def create_app(config: dict | str | None = None) -> Flask:
     prefix = cfg["api_prefix"]
     app.config.update(
         MAX_CONTENT_LENGTH=cfg["max_body_bytes"],
-        JSON_SORT_KEYS=False,
         API_TITLE="HPC Gateway",
         API_VERSION="9.2",
         OPENAPI_VERSION="3.0.3",

@@ -327,6 +327,16 @@ def test_shell_metacharacters_are_just_names(files, workdir):
     assert not os.path.exists(os.path.join(workdir, "gw-pwned"))
 
 
+def test_names_that_are_not_utf8_are_listed_escaped(files, workdir):
+    """A name of Latin-1 bytes made on the cluster is listed (as \\udce9, surrogate-escaped),
+    beside names in other scripts; the answer is still JSON."""
+    open(os.path.join(os.fsencode(workdir), b"caf\xe9-latin1"), "wb").close()
+    assert upload(files.alice, f"{workdir}/作业.txt", b"x").status_code == 200
+    r = listing(files.alice, workdir)
+    assert r.status_code == 200, r.data[:300]
+    assert {e["name"] for e in r.get_json()["data"]["entries"]} == {".keep", "caf\udce9-latin1", "作业.txt"}
+
+
 def test_symbolic_links_cannot_lead_out_of_the_roots(files, workdir):
     os.symlink("/etc", f"{workdir}/etc-link")
     os.symlink("/etc/passwd", f"{workdir}/passwd-link")
