@@ -120,8 +120,13 @@ while [ "$d" -le "$VIS_DISPLAY_MAX" ]; do
     : >"$XAUTHORITY"
     printf 'add :%s . %s\n' "$d" "$cookie" | xauth -q -f "$XAUTHORITY" source - 2>/dev/null
     rm -f "$work/rfb.sock"
+    # Xvnc blacklists a client address after 5 failed logins (10 s, doubling). Through
+    # websockify every viewer has the same address (the socket's path), so anyone who can
+    # reach websockify could lock the owner out for good. A random 8-character password
+    # (62^8) needs no such guard: TigerVNC 1.12 answers ~10 failed logins a second.
     Xvnc ":$d" -auth "$XAUTHORITY" -nolisten tcp -rfbport -1 -rfbunixpath "$work/rfb.sock" \
         -rfbunixmode 0600 -SecurityTypes VncAuth -PasswordFile "$work/passwd" \
+        -BlacklistThreshold 2147483647 \
         -geometry "$VIS_GEOMETRY" -depth 24 -AlwaysShared -desktop "job $job_id" \
         </dev/null >&2 2>&1 &
     xvnc_pid=$!

@@ -118,6 +118,15 @@ def test_a_session_and_its_secrets(launches):
     assert not os.path.exists(f"/tmp/.X{s['display']}-lock")
 
 
+def test_wrong_passwords_do_not_lock_the_owner_out(launches):
+    """Every viewer reaches Xvnc through websockify, from one address: Xvnc's blacklist
+    (5 failures) would lock the desktop's owner out too (measured: 10 s, doubling)."""
+    s = launches().session()
+    url = f"ws://127.0.0.1:{s['port']}/websockify"
+    assert [rfb_auth(url, f"wrong{i:03d}")[0] for i in range(8)] == [1] * 8
+    assert rfb_auth(url, s["password"]) == (0, "")
+
+
 def test_sigterm_to_the_launcher_alone_also_ends_everything(launches):
     one = launches()
     s = one.session()
