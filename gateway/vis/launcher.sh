@@ -123,7 +123,8 @@ while [ "$d" -le "$VIS_DISPLAY_MAX" ]; do
     # Xvnc blacklists a client address after 5 failed logins (10 s, doubling). Through
     # websockify every viewer has the same address (the socket's path), so anyone who can
     # reach websockify could lock the owner out for good. A random 8-character password
-    # (62^8) needs no such guard: TigerVNC 1.12 answers ~10 failed logins a second.
+    # (62^8) needs no such guard: TigerVNC 1.12 answers each failure after ~0.1 s
+    # (measured: 309 a second over 32 connections at once).
     Xvnc ":$d" -auth "$XAUTHORITY" -nolisten tcp -rfbport -1 -rfbunixpath "$work/rfb.sock" \
         -rfbunixmode 0600 -SecurityTypes VncAuth -PasswordFile "$work/passwd" \
         -BlacklistThreshold 2147483647 \
