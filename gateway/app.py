@@ -185,9 +185,9 @@ def create_app(config: dict | str | None = None) -> Flask:
 
     scheduler = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"])
     store = open_store(cfg["session_store"])
-    tokens = TokenManager(load_or_create_secret(cfg["secret_file"]), store, cfg["timeout"],
-                          cfg["token_max_age_hours"])
     authenticator = load_authenticator(cfg["auth"])
+    tokens = TokenManager(load_or_create_secret(cfg["secret_file"]), store, cfg["timeout"],
+                          cfg["token_max_age_hours"], stamp=authenticator.stamp)
     _first_start(cfg, authenticator)
     from . import __version__
     state = GatewayState(cfg, scheduler, store, tokens, authenticator,

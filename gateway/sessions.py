@@ -1,7 +1,9 @@
 """Sessions: signed tokens checked against a shared session store.
 
-A token is ``itsdangerous``-signed ``{"s": session id, "u": user}`` with the secret every
-replica shares, so any replica can check a token another issued. The store keeps each
+A token is ``itsdangerous``-signed ``{"s": session id, "u": user, "c": credential stamp}``
+with the secret every replica shares, so any replica can check a token another issued. The
+stamp (``Authenticator.stamp``; users file: a digest of the password hash) ends the session
+once the user is removed or the password changes, however the users file was edited. The store keeps each
 session's last activity and revocation, so the idle timeout slides and logout is seen by
 every replica. To keep the store off the hot path, an authenticated call writes its
 last-activity only when the stored value is older than ``touch_interval`` (a few seconds).
@@ -18,6 +20,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -397,9 +400,12 @@ class TokenManager:
     SALT = "hpc-gateway-session"
 
     def __init__(self, secret: bytes, store: SessionStore, timeout_minutes: float,
-                 max_age_hours: float = 24.0):
+                 max_age_hours: float = 24.0, stamp: Callable[[str], str | None] | None = None):
         self.serializer = URLSafeTimedSerializer(secret, salt=self.SALT)
         self.store = store
+        # The authenticator's credential stamp (Authenticator.stamp): a token carries the one
+        # of its login and is refused once the user's stamp differs (removed, new password).
+        self.stamp = stamp or (lambda user: None)
         self.timeout = float(timeout_minutes) * 60.0
         self.max_age = float(max_age_hours) * 3600.0
         # Write last-activity at most this often per session: the store stays off the hot path
@@ -409,7 +415,11 @@ class TokenManager:
     def issue(self, user: str) -> str:
         sid = secrets.token_urlsafe(24)
         self.store.create(sid, user, time.time(), self.max_age)
-        return self.serializer.dumps({"s": sid, "u": user})
+        data = {"s": sid, "u": user}
+        stamp = self.stamp(user)
+        if stamp is not None:
+            data["c"] = stamp
+        return self.serializer.dumps(data)
 
     def _load(self, token: str) -> dict:
         try:
@@ -424,6 +434,10 @@ class TokenManager:
 
     def check(self, token: str) -> Session:
         data = self._load(token)
+        stamp = self.stamp(data["u"])
+        if stamp is not None and "c" in data and data["c"] != stamp:
+            raise Unauthorized("Session ended: the account was removed or its password changed; "
+                               "log in again with POST /login")
         session = self.store.get(data["s"])
         if session is None or session.user != data["u"]:
             raise Unauthorized("Session expired or unknown: log in again with POST /login")

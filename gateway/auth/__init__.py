@@ -29,6 +29,15 @@ class Authenticator:
     def authenticate(self, username: str, password: str) -> Identity | None:  # pragma: no cover
         raise NotImplementedError
 
+    def stamp(self, username: str) -> str | None:
+        """A short string that changes when ``username``'s credentials change; "" once the
+        backend no longer knows the user; None when it cannot tell (the default).
+
+        A session carries the stamp of its login and ends when the stamp no longer matches,
+        so a removed user or a new password ends sessions however the change was made.
+        Called on every authenticated request: it must be cheap."""
+        return None
+
 
 _uids: dict[str, tuple[int | None, float]] = {}
 UID_CACHE_SECONDS = 60.0

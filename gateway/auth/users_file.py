@@ -8,6 +8,7 @@ is re-read when it changes, so ``hpc-gateway users add`` takes effect without a 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -36,23 +37,24 @@ class UsersFile:
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.Lock()
-        self._stamp = None
+        self._file_id = None
         self._users: dict = {}
+        self._stamps: dict[str, str] = {}
 
     def _load(self) -> dict:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return {}
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        file_id = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
-            if stamp != self._stamp:
+            if file_id != self._file_id:
                 with open(self.path, encoding="utf-8") as fh:
                     data = yaml.safe_load(fh) or {}
                 users = data.get("users") or {}
                 if not isinstance(users, dict):
                     raise ConfigError(f"{self.path}: 'users' must be a mapping")
-                self._users, self._stamp = users, stamp
+                self._users, self._file_id = users, file_id
             return self._users
 
     def users(self) -> dict:
@@ -97,6 +99,23 @@ class UsersFile:
         self._save(users)
         return True
 
+    def stamp(self, name: str) -> str | None:
+        """A digest of the user's password hash ("" for a user the file no longer lists).
+        None while the file is missing or lists nobody: a file being rewritten in place
+        must not end every session."""
+        users = self._load()
+        if not users:
+            return None
+        entry = users.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str) or not entry["hash"]:
+            return ""
+        stamp = self._stamps.get(entry["hash"])
+        if stamp is None:
+            if len(self._stamps) > 10000:
+                self._stamps.clear()
+            stamp = self._stamps[entry["hash"]] = hashlib.sha256(entry["hash"].encode()).hexdigest()[:16]
+        return stamp
+
     def verify(self, name: str, password: str) -> Identity | None:
         entry = self._load().get(name) if valid_username(name) else None
         stored = (entry or {}).get("hash") or _DUMMY_HASH
@@ -115,6 +134,9 @@ class UsersFileAuthenticator(Authenticator):
 
     def authenticate(self, username, password):
         return self.users.verify(username, password)
+
+    def stamp(self, username):
+        return self.users.stamp(username)
 
 
 def make_authenticator(auth_config: dict) -> Authenticator:

@@ -223,3 +223,49 @@ def test_a_changed_password_or_a_removed_user_ends_their_sessions_on_every_repli
     assert not any(works(app, t) for name in tokens for app in (a, b) for t in tokens[name])
     assert works(a, admin.token) and works(b, admin.token)          # nobody else's
     assert works(b, ApiClient(a).login("dave", "dave-password-2").token)
+
+
+def test_hand_edits_of_the_users_file_end_the_sessions_they_concern(tmp_path, store_url):
+    """Removing a user or replacing a password hash by editing users.yaml (no CLI, so nothing
+    revokes in the store) ends that user's tokens: each carries its login's credential stamp.
+    A users file that is briefly empty or missing (rewritten in place) ends nobody's."""
+    import yaml
+
+    from gateway.auth.users_file import UsersFile
+
+    (a, b), password = _pair(tmp_path, store_url)
+    path = tmp_path / "shared" / "users.yaml"
+    users = UsersFile(str(path))
+    for name in ("dave", "erin", "fred"):
+        users.set_password(name, f"{name}-password-1")
+    tokens = {name: ApiClient(a).login(name, f"{name}-password-1").token for name in ("dave", "erin", "fred")}
+    admin = ApiClient(a).login("admin", password).token
+
+    def status(app, token):
+        client = ApiClient(app)
+        client.token = token
+        return client.get("/jobs").status
+
+    assert {status(app, t) for app in (a, b) for t in [*tokens.values(), admin]} == {200}
+    original = path.read_text()
+    path.write_text("")                                   # an editor truncating before it writes
+    assert {status(app, t) for app in (a, b) for t in [*tokens.values(), admin]} == {200}
+    path.unlink()
+    assert {status(app, t) for app in (a, b) for t in [*tokens.values(), admin]} == {200}
+
+    data = yaml.safe_load(original)
+    del data["users"]["erin"]
+    other = UsersFile(str(tmp_path / "other.yaml"))
+    other.set_password("dave", "dave-password-2")
+    data["users"]["dave"]["hash"] = other.entry("dave")["hash"]
+    path.write_text(yaml.safe_dump(data))
+    for app in (a, b):
+        assert status(app, tokens["dave"]) == 401 and status(app, tokens["erin"]) == 401
+        assert status(app, tokens["fred"]) == 200 and status(app, admin) == 200
+    client = ApiClient(b)
+    client.token = tokens["dave"]
+    assert "password changed" in client.get("/jobs").body["msg"]
+    assert status(a, ApiClient(b).login("dave", "dave-password-2").token) == 200
+    # Put back as it was, the old password's tokens are the user's again (nothing was revoked).
+    path.write_text(original)
+    assert status(a, tokens["erin"]) == 200 and status(b, tokens["dave"]) == 200
