@@ -443,10 +443,28 @@ def parse_oneliner(line: str, tail_keys: tuple[str, ...] = ("Reason",)) -> dict[
     return out
 
 
-def parse_show_job_exit_code(text: str) -> int | None:
+_EXIT_CODE = re.compile(r"(?:^|\s)ExitCode=(\S+)")
+
+
+def parse_show_job_exit_code(text: str, name: str | None = None) -> int | None:
+    """The exit code of ``scontrol --oneliner show job``'s first record.
+
+    Free text a user chose comes both before the real ``ExitCode=`` (JobName) and after it
+    (Comment, Command, WorkDir, StdOut...), and may say ``ExitCode=0:0`` itself. Given the
+    job's ``name`` (squeue printed it), the name is skipped and the first ``ExitCode=``
+    after it is Slurm's: what lies between (user, account, state, reason, dependency...)
+    is Slurm's own words or checked by it."""
     for line in text.splitlines():
-        if line.strip():
-            return parse_exit_code(parse_oneliner(line, tail_keys=()).get("ExitCode"))
+        if not line.strip():
+            continue
+        if name is not None:
+            head = f" JobName={name} "
+            idx = line.find(head)
+            if idx < 0:
+                return None
+            m = _EXIT_CODE.search(line, idx + len(head) - 1)
+            return parse_exit_code(m.group(1)) if m else None
+        return parse_exit_code(parse_oneliner(line, tail_keys=()).get("ExitCode"))
     return None
 
 

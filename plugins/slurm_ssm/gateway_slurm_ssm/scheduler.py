@@ -246,7 +246,7 @@ class SlurmScheduler:
                     lookups += 1
                     res = self._run(commands.show_job(extra["id"]), as_user=self.service_account)
                     if res.returncode == 0:
-                        code = parse.parse_show_job_exit_code(res.out)
+                        code = parse.parse_show_job_exit_code(res.out, name=job.name)
                         if code is not None:
                             job = replace(job, exit_code=code,
                                           state=parse.normalize_state(job.native_state, job.reason, code))

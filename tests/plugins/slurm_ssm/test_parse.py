@@ -75,6 +75,22 @@ def test_format_strings_know_only_that_completed_means_zero():
     assert jobs["failed"].exit_code is None         # filled in by scontrol show job
     assert parse.parse_show_job_exit_code(fx("scontrol_show_job_failed")["stdout"]) == 3
     assert parse.parse_show_job_exit_code(fx("scontrol_show_job_signalled")["stdout"]) == 143
+    assert parse.parse_show_job_exit_code(fx("scontrol_show_job_failed")["stdout"], name="failed") == 3
+
+
+def test_exit_codes_in_a_jobs_own_free_text_are_not_believed():
+    """A job's name, comment or work dir may say ExitCode=...: Slurm's own field is the first
+    one after the name, which squeue printed."""
+    real = fx("scontrol_show_job_failed")["stdout"]
+    name = "x ExitCode=0:0 Reboot=0 ExitCode=0:0"
+    forged = real.replace("JobName=failed ", f"JobName={name} ").replace(
+        " WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=0:0 ")
+    assert forged.count("ExitCode=0:0") == 3 and "ExitCode=3:0" in forged
+    assert parse.parse_show_job_exit_code(forged, name=name) == 3
+    work_dir_only = real.replace(" WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=0:0 ")
+    assert parse.parse_show_job_exit_code(work_dir_only) == 0                # what a key=value read believes
+    assert parse.parse_show_job_exit_code(work_dir_only, name="failed") == 3
+    assert parse.parse_show_job_exit_code(real, name="another") is None     # not that job's record
 
 
 def test_job_fields(queue):
