@@ -5,11 +5,13 @@ than any one user's scripts. So a user may name only objects under the prefixes 
 operator allows (``allow``), where ``{user}`` stands for the user's own name; with no
 ``allow`` list, ``s3://`` locations are refused. A location outside the list is refused
 before anything is asked of S3, with the same answer whether the object exists or not.
+Keep ``{user}`` under a folder of its own (``users/{user}/``): at a bucket's top level, a
+user named like another folder there would reach it.
 
 Options (a plugin's ``s3:`` section)::
 
     s3:
-      allow: ["s3://hpc-scripts/{user}/", "s3://hpc-scripts/shared/"]
+      allow: ["s3://hpc-scripts/users/{user}/", "s3://hpc-scripts/shared/"]
       endpoint_url: null          # e.g. a VPC endpoint or a local S3 server
       region_name: null
       max_script_bytes: 1048576

@@ -412,11 +412,14 @@ class TokenManager:
         # while the timeout still slides with a precision far below the timeout itself.
         self.touch_interval = min(5.0, self.timeout / 10.0)
 
-    def issue(self, user: str) -> str:
+    def issue(self, user: str, stamp: str | None = None) -> str:
+        """A new session's token. ``stamp``: the credential stamp of the check that let the user
+        in (else the authenticator's current one)."""
         sid = secrets.token_urlsafe(24)
         self.store.create(sid, user, time.time(), self.max_age)
         data = {"s": sid, "u": user}
-        stamp = self.stamp(user)
+        if stamp is None:
+            stamp = self.stamp(user)
         if stamp is not None:
             data["c"] = stamp
         return self.serializer.dumps(data)

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "hpc_gateway.auth"
 class Identity:
     name: str
     admin: bool = False          # the backend's own opinion (users file role); config admins add to it
+    stamp: str | None = None     # the credential stamp of what was verified (Authenticator.stamp)
 
 
 class Authenticator:

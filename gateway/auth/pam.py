@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from ..errors import ServiceUnavailable
-from . import Authenticator, Identity, unix_uid
+from . import Authenticator, Identity
 from .users_file import valid_username
 
 # PAM checks at once per process. A failed check takes seconds on purpose (pam_faildelay: 3 s
@@ -40,13 +40,6 @@ class PamAuthenticator(Authenticator):
         finally:
             self._turns.release()
         return Identity(name=username) if ok else None
-
-    def stamp(self, username):
-        """The account's uid ("" once the name resolves no more): deleting the Unix account,
-        or giving the name to another one, ends its sessions within a minute (the uid
-        cache). A locked or expired account keeps its sessions until they time out."""
-        uid = unix_uid(username)
-        return f"uid:{uid}" if uid is not None else ""
 
 
 def make_authenticator(auth_config: dict) -> Authenticator:

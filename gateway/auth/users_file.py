@@ -9,6 +9,7 @@ is re-read when it changes, so ``hpc-gateway users add`` takes effect without a 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from ..errors import ConfigError
 from . import Authenticator, Identity
 
 USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
+log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 # A real hash to verify against when the user does not exist, so that an unknown name costs
 # as much time as a wrong password (no user enumeration by timing).
@@ -39,22 +41,43 @@ class UsersFile:
         self._lock = threading.Lock()
         self._file_id = None
         self._users: dict = {}
+        self._good = None                    # the file_id of the last version that parsed
+        self._error: Exception | None = None
+        self._listed = False                 # the file has a users: key (it may list nobody)
         self._stamps: dict[str, str] = {}
 
     def _load(self) -> dict:
+        """The users, re-read when the file changes. A file that cannot be read or parsed (a
+        hand edit left half done) is reported once and the last good version kept; with none
+        (the first read), it is a ConfigError."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            self._listed = False
             return {}
         file_id = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             if file_id != self._file_id:
-                with open(self.path, encoding="utf-8") as fh:
-                    data = yaml.safe_load(fh) or {}
-                users = data.get("users") or {}
-                if not isinstance(users, dict):
-                    raise ConfigError(f"{self.path}: 'users' must be a mapping")
-                self._users, self._file_id = users, file_id
+                try:
+                    with open(self.path, encoding="utf-8") as fh:
+                        data = yaml.safe_load(fh)
+                    data = {} if data is None else data
+                    if not isinstance(data, dict) or not isinstance(data.get("users") or {}, dict):
+                        raise ConfigError(f"{self.path}: expected a mapping 'users: {{name: {{hash, admin}}}}'")
+                except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as exc:
+                    self._file_id = file_id            # not parsed again until it changes
+                    why = str(exc).replace("\n", " ")[:300]
+                    if self._good is None:
+                        self._error = exc
+                        log.error("%s cannot be read (%s): no login works until it is mended", self.path, why)
+                    else:
+                        log.error("%s cannot be read (%s): still using the version read before", self.path, why)
+                else:
+                    self._users, self._file_id, self._error = data.get("users") or {}, file_id, None
+                    self._good = file_id
+                    self._listed = "users" in data
+            if self._error is not None:
+                raise ConfigError("the gateway's users file cannot be read: its log says why")
             return self._users
 
     def users(self) -> dict:
@@ -101,12 +124,17 @@ class UsersFile:
 
     def stamp(self, name: str) -> str | None:
         """A digest of the user's password hash ("" for a user the file no longer lists).
-        None while the file is missing or lists nobody: a file being rewritten in place
-        must not end every session."""
-        users = self._load()
-        if not users:
+        None while the file is missing or empty (an editor rewriting it in place must not end
+        every session) or cannot be read at all."""
+        try:
+            users = self._load()
+        except ConfigError:
             return None
-        entry = users.get(name)
+        if not self._listed:
+            return None
+        return self._stamp_of(users.get(name))
+
+    def _stamp_of(self, entry) -> str:
         if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str) or not entry["hash"]:
             return ""
         stamp = self._stamps.get(entry["hash"])
@@ -125,12 +153,20 @@ class UsersFile:
             return None
         if entry is None:
             return None
-        return Identity(name=name, admin=bool(entry.get("admin", False)))
+        # The stamp of the hash just verified, not of the file's entry by the time the token is
+        # made: a password changed during this check must not give the old one a new session.
+        return Identity(name=name, admin=bool(entry.get("admin", False)), stamp=self._stamp_of(entry))
 
 
 class UsersFileAuthenticator(Authenticator):
     def __init__(self, auth_config: dict):
         self.users = UsersFile(auth_config["users_file"])
+        # Read at start: a file that does not parse stops the start with the reason, and a
+        # replica that has read it once keeps that version through a later bad edit.
+        try:
+            self.users._load()
+        except ConfigError:
+            raise ConfigError(f"{self.users.path} cannot be read: {self.users._error}") from None
 
     def authenticate(self, username, password):
         return self.users.verify(username, password)

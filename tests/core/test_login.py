@@ -125,24 +125,6 @@ def test_pam_login_of_a_real_unix_user(tmp_path, pam_user):
     assert not (tmp_path / "initial-admin-password").exists()     # PAM needs no generated user
 
 
-def test_deleting_the_unix_account_ends_its_pam_sessions(tmp_path, pam_user, monkeypatch):
-    import gateway.auth as auth
-    name, password = pam_user
-    app = create_app({"work_dir": str(tmp_path), "log_level": "warning", "auth": {"backend": "pam"},
-                      "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
-    c = ApiClient(app).login(name, password)
-    assert c.get("/jobs").status == 200
-    subprocess.run(["userdel", "-r", name], capture_output=True, check=True)
-    monkeypatch.setattr(auth, "UID_CACHE_SECONDS", 0.0)     # the uid cache keeps a name a minute
-    auth._uids.clear()
-    r = c.get("/jobs")
-    assert r.status == 401 and "removed" in r.body["msg"]
-    # The name given to a new account (another uid) does not inherit the old sessions.
-    subprocess.run(["useradd", "-u", "4321", name], capture_output=True, check=True)
-    auth._uids.clear()
-    assert c.get("/jobs").status == 401
-
-
 def test_wrong_pam_passwords_do_not_queue_every_other_login(tmp_path, pam_user):
     """A failed PAM check sleeps on purpose (pam_faildelay, 3 s in Debian's "login"). Under one
     process-wide lock, six wrong passwords made a good login wait for all of them (~18-21 s);

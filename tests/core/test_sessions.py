@@ -269,3 +269,48 @@ def test_hand_edits_of_the_users_file_end_the_sessions_they_concern(tmp_path, st
     # Put back as it was, the old password's tokens are the user's again (nothing was revoked).
     path.write_text(original)
     assert status(a, tokens["erin"]) == 200 and status(b, tokens["dave"]) == 200
+
+
+def test_a_users_file_left_unparseable_keeps_the_last_good_version(tmp_path, store_url, caplog):
+    (a, b), password = _pair(tmp_path, store_url)
+    path = tmp_path / "shared" / "users.yaml"
+    client = ApiClient(a).login("admin", password)
+    good = path.read_text()
+    path.write_text(good + "  broken: [\n")                # a hand edit left half done
+    with caplog.at_level("ERROR", logger="gateway.auth.users_file"):
+        assert client.get("/jobs").status == 200
+        assert ApiClient(b).login("admin", password).get("/jobs").status == 200
+    assert "still using the version read before" in caplog.text
+    # Emptied to `users: {}` on purpose (not a truncated file): the last user's sessions end.
+    path.write_text("users: {}\n")
+    assert client.get("/jobs").status == 401
+
+
+def test_a_password_changed_during_the_check_gives_the_old_one_no_session(tmp_path):
+    """The token carries the stamp of the hash the login verified, not of the file by the time
+    the token is made."""
+    from gateway.auth.users_file import UsersFile
+    from gateway.errors import Unauthorized
+    from gateway.sessions import SqliteSessionStore, TokenManager
+
+    users = UsersFile(str(tmp_path / "users.yaml"))
+    users.set_password("dave", "dave-password-1")
+    tokens = TokenManager(b"k" * 32, SqliteSessionStore(str(tmp_path / "s.sqlite")), 30, stamp=users.stamp)
+    identity = users.verify("dave", "dave-password-1")        # the slow check passes...
+    users.set_password("dave", "dave-password-2")              # ...while the password changes
+    token = tokens.issue(identity.name, stamp=identity.stamp)
+    with pytest.raises(Unauthorized) as e:
+        tokens.check(token)
+    assert "password changed" in e.value.msg
+    fresh = users.verify("dave", "dave-password-2")
+    assert tokens.check(tokens.issue(fresh.name, stamp=fresh.stamp)).user == "dave"
+
+
+def test_a_users_file_that_does_not_parse_stops_the_start_with_the_reason(tmp_path):
+    from gateway.errors import ConfigError
+    users = tmp_path / "users.yaml"
+    users.write_text("users:\n  alice: {hash: [\n")
+    with pytest.raises(ConfigError) as e:
+        create_app({"work_dir": str(tmp_path / "w"), "log_level": "warning", "auth": {"users_file": str(users)},
+                    "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
+    assert str(users) in e.value.msg and "flow" in e.value.msg

@@ -75,7 +75,7 @@ class Login(MethodView):
             state.metrics.login(outcome="failure")
             raise Unauthorized("Wrong user name or password")
         state.store.reset(keys[0][0])
-        token = state.tokens.issue(identity.name)
+        token = state.tokens.issue(identity.name, stamp=identity.stamp)
         admin = state.is_admin(identity)
         audit.info("login ok user=%s address=%s admin=%s", identity.name, addr, admin)
         state.metrics.login(outcome="success")
