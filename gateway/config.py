@@ -39,6 +39,9 @@ class AuthSchema(Schema):
     backend = fields.String(load_default="users_file")
     users_file = fields.String(load_default=None, allow_none=True)
     pam_service = fields.String(load_default="login")
+    # PAM checks at once per worker. pam_unix and sssd are thread-safe; 1 for a PAM module
+    # that is not (each check still has its own handle).
+    pam_concurrent_checks = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
     login_limit = fields.Nested(LoginLimitSchema, load_default=lambda: LoginLimitSchema().load({}))
 
 

@@ -26,7 +26,7 @@ class PamAuthenticator(Authenticator):
         import pam  # python-pam; imported here so the default backend does not need libpam
         self._pam = pam
         self.service = auth_config.get("pam_service") or "login"
-        self._turns = threading.BoundedSemaphore(CONCURRENT_CHECKS)
+        self._turns = threading.BoundedSemaphore(int(auth_config.get("pam_concurrent_checks") or CONCURRENT_CHECKS))
 
     def authenticate(self, username, password):
         if not valid_username(username):

@@ -173,3 +173,17 @@ def test_a_login_that_could_not_be_checked_is_not_a_failed_login(make_app):
         assert c.post("/login", json={"username": "admin", "password": password}).status == 500
     broken[0] = False
     assert c.post("/login", json={"username": "admin", "password": password}).status == 200
+
+
+def test_pam_checks_at_once_are_a_setting(tmp_path):
+    """auth.pam_concurrent_checks: 1 for a PAM module that is not thread-safe."""
+    from gateway.auth.pam import PamAuthenticator
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    cfg = load_config({"work_dir": str(tmp_path), "auth": {"backend": "pam", "pam_concurrent_checks": 1}})
+    one = PamAuthenticator(cfg["auth"])
+    assert one._turns.acquire(timeout=0) and not one._turns.acquire(timeout=0)
+    default = PamAuthenticator(load_config({"work_dir": str(tmp_path), "auth": {"backend": "pam"}})["auth"])
+    assert [default._turns.acquire(timeout=0) for _ in range(5)] == [True] * 4 + [False]
+    with pytest.raises(ConfigError):
+        load_config({"work_dir": str(tmp_path), "auth": {"backend": "pam", "pam_concurrent_checks": 0}})
