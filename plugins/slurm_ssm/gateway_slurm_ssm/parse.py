@@ -447,24 +447,25 @@ _EXIT_CODE = re.compile(r"(?:^|\s)ExitCode=(\S+)")
 
 
 def parse_show_job_exit_code(text: str, name: str | None = None) -> int | None:
-    """The exit code of ``scontrol --oneliner show job``'s first record.
+    """The exit code of ``scontrol --oneliner show job``'s first record; None when unsure.
 
-    Free text a user chose comes both before the real ``ExitCode=`` (JobName) and after it
-    (Comment, Command, WorkDir, StdOut...), and may say ``ExitCode=0:0`` itself. Given the
-    job's ``name`` (squeue printed it), the name is skipped and the first ``ExitCode=``
-    after it is Slurm's: what lies between (user, account, state, reason, dependency...)
-    is Slurm's own words or checked by it."""
+    Free text a user chose comes both before Slurm's ``ExitCode=`` (JobName, and MCS_label:
+    Slurm 22.05's mcs/none keeps ``--mcs-label="x ExitCode=0:0"`` as given) and after it
+    (Comment, Command, WorkDir, StdOut...), and may say ``ExitCode=0:0`` itself. So the name
+    (squeue printed it) is skipped, and the code is believed only when every ``ExitCode=``
+    after it says the same: a forged one makes it unknown, never another number."""
     for line in text.splitlines():
         if not line.strip():
             continue
+        start = 0
         if name is not None:
             head = f" JobName={name} "
             idx = line.find(head)
             if idx < 0:
                 return None
-            m = _EXIT_CODE.search(line, idx + len(head) - 1)
-            return parse_exit_code(m.group(1)) if m else None
-        return parse_exit_code(parse_oneliner(line, tail_keys=()).get("ExitCode"))
+            start = idx + len(head) - 1
+        codes = {m.group(1) for m in _EXIT_CODE.finditer(line, start)}
+        return parse_exit_code(codes.pop()) if len(codes) == 1 else None
     return None
 
 

@@ -189,6 +189,18 @@ def test_format_strings_and_json_agree_on_the_real_queue(make_plugin):
             assert a.exit_code == b.exit_code
 
 
+def test_a_failed_jobs_own_text_cannot_give_it_another_exit_code(make_plugin):
+    """Format path: squeue has no exit code, scontrol show job's text does, beside free text a
+    user chose. Slurm 22.05 (mcs/none) keeps --mcs-label as given, before the real field."""
+    plugin = make_plugin(json="no")
+    honest = plugin.submit_job(user=ALICE, spec=JobSpec(command="exit 3", name=name()))
+    forged = plugin.submit_job(user=ALICE, spec=JobSpec(
+        command="exit 3", name="x ExitCode=0:0", native_options=["--mcs-label=y ExitCode=0:0"]))
+    assert wait_for(plugin, ALICE, honest, FINAL).exit_code == 3
+    job = wait_for(plugin, ALICE, forged, FINAL)
+    assert job.state is JobState.FAILED and job.exit_code in (3, None), job
+
+
 def test_hosts_queues_users_cluster_health(make_plugin):
     plugin = make_plugin()
     host = plugin.list_hosts()[0]

@@ -79,17 +79,21 @@ def test_format_strings_know_only_that_completed_means_zero():
 
 
 def test_exit_codes_in_a_jobs_own_free_text_are_not_believed():
-    """A job's name, comment or work dir may say ExitCode=...: Slurm's own field is the first
-    one after the name, which squeue printed."""
+    """A job's name, MCS label, comment or work dir may say ExitCode=...: the code is believed
+    only when every ExitCode= after the name (which squeue printed) agrees."""
     real = fx("scontrol_show_job_failed")["stdout"]
     name = "x ExitCode=0:0 Reboot=0 ExitCode=0:0"
-    forged = real.replace("JobName=failed ", f"JobName={name} ").replace(
-        " WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=0:0 ")
-    assert forged.count("ExitCode=0:0") == 3 and "ExitCode=3:0" in forged
-    assert parse.parse_show_job_exit_code(forged, name=name) == 3
-    work_dir_only = real.replace(" WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=0:0 ")
-    assert parse.parse_show_job_exit_code(work_dir_only) == 0                # what a key=value read believes
-    assert parse.parse_show_job_exit_code(work_dir_only, name="failed") == 3
+    in_name = real.replace("JobName=failed ", f"JobName={name} ")
+    assert in_name.count("ExitCode=0:0") == 2
+    assert parse.parse_show_job_exit_code(in_name) is None               # unsure without the name
+    assert parse.parse_show_job_exit_code(in_name, name=name) == 3
+    # Measured on 22.05 (mcs/none): --mcs-label="x ExitCode=0:0" is kept, before the real field.
+    in_label = real.replace("MCS_label=N/A ", "MCS_label=x ExitCode=0:0 ")
+    work_dir = real.replace(" WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=0:0 ")
+    for forged in (in_label, work_dir):
+        assert parse.parse_show_job_exit_code(forged, name="failed") is None
+    agreeing = real.replace(" WorkDir=/tmp ", " WorkDir=/tmp/a ExitCode=3:0 ")
+    assert parse.parse_show_job_exit_code(agreeing, name="failed") == 3
     assert parse.parse_show_job_exit_code(real, name="another") is None     # not that job's record
 
 
