@@ -202,7 +202,11 @@ def test_listing_filters_and_pagination(gateway, queues):
         page2 = [j["jobId"] for j in r.body["data"]["jobs"]]
         assert len(page1) == 2 and len(page2) == 2 and not set(page1) & set(page2)
         assert alice.get("/jobs", params={"name": tag, "state": "RUNNING"}).body["data"]["total"] == 0
+        # several states: repeated, or separated by commas (as documented)
+        for params in ({"name": tag, "state": "RUNNING,HELD"}, {"name": tag, "state": ["RUNNING", "HELD"]}):
+            assert alice.get("/jobs", params=params).body["data"]["total"] == 4, params
         assert alice.get("/jobs", params={"state": "BOGUS"}).status == 422
+        assert alice.get("/jobs", params={"state": "HELD,BOGUS"}).status == 422
     finally:
         for jid in held + [other_q]:
             alice.post(f"/jobs/{jid}/kill")
@@ -283,3 +287,31 @@ def test_refused_submissions_answer_422(gateway, bad):
     r = gateway.alice.post("/jobs", json=bad)
     assert r.status == 422, r.body
     assert r.body["msg"] and r.body["data"] is None
+
+
+def test_script_locations_that_are_not_small_regular_files_answer_422_at_once(gateway, tmp_path):
+    """A device, a FIFO or a directory would fill or hold the reader (sbatch, head) until its
+    command timeout; a file over 1 MiB is no script. Nothing is submitted."""
+    import os
+    import time
+    big = f"/tmp/gw-big-script-{os.getpid()}.sh"
+    with open(big, "wb") as fh:
+        fh.write(b"#!/bin/sh\n" + b"#" * (1024 * 1024))
+    os.chmod(big, 0o644)
+    fifo = f"/tmp/gw-fifo-script-{os.getpid()}"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    before = gateway.alice.get("/jobs", params={"limit": 1000}).body["data"]
+    try:
+        for path, words in (("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                            ("/tmp", "not a regular file"), (big, "more than 1048576"),
+                            ("/nonexistent/gw-script.sh", "No such file")):
+            t0 = time.monotonic()
+            r = gateway.alice.post("/jobs", json={"scriptLocation": path})
+            assert r.status == 422 and words in r.body["msg"], (path, r.body)
+            assert time.monotonic() - t0 < 10, path
+    finally:
+        os.unlink(big)
+        os.unlink(fifo)
+    assert gateway.alice.get("/jobs", params={"limit": 1000}).body["data"]["total"] == before["total"]
+

@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+from gateway import scriptfile
 from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, SchedulerRefused,
                             SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
@@ -355,10 +356,12 @@ class AipScheduler:
         if not location.startswith("/"):
             raise InvalidInput("scriptLocation must be an absolute path on the cluster or s3://bucket/key",
                                errors={"scriptLocation": ["not absolute"]})
-        res = self._run_plain(["head", "-c", str(self.o["max_output_bytes"]), "--", location],
+        st = self._run_plain(scriptfile.stat_argv(location), as_user=self._as(user))
+        scriptfile.check(location, st.returncode, st.out, st.err)
+        res = self._run_plain(["head", "-c", str(scriptfile.MAX_SCRIPT_BYTES + 1), "--", location],
                               as_user=self._as(user))
-        if res.returncode != 0:
-            msg = (res.err or res.out).strip() or f"exit status {res.returncode}"
+        if res.returncode != 0 or len(res.stdout) > scriptfile.MAX_SCRIPT_BYTES:
+            msg = (res.err or res.out).strip() or f"exit status {res.returncode}, or it grew"
             raise InvalidInput(f"cannot read scriptLocation {location}: {msg}",
                                errors={"scriptLocation": [msg]})
         return res.stdout.decode("utf-8", "replace")

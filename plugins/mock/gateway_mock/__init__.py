@@ -14,6 +14,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -21,10 +22,10 @@ from datetime import datetime, timezone
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from gateway.errors import ConfigError, Conflict, InvalidInput, NotFound
+from gateway import scriptfile
+from gateway.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound
 from gateway.hookspecs import hookimpl
-from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, UserInfo,
-                            VisSession)
+from gateway.models import ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, User, UserInfo
 
 from . import db as jobdb
 from .dispatch import FINAL, dispatch, reap_lost
@@ -88,7 +89,8 @@ class MockScheduler:
         self.opts = opts
         self.state_dir = os.path.abspath(opts["state_dir"] or _default_state_dir())
         self.jobs_dir = os.path.join(self.state_dir, "jobs")
-        os.makedirs(self.jobs_dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.jobs_dir, 0o700)      # 0711 before: jobs' scripts go to them as descriptors
         self.db_path = os.path.join(self.state_dir, "jobs.sqlite")
         jobdb.init(self.db_path)
         self.host = opts["host_name"] or socket.gethostname()
@@ -134,25 +136,42 @@ class MockScheduler:
         """Popen arguments that run a helper as the job's user (run_as: sudo)."""
         if self.opts["run_as"] != "sudo":
             return {}
-        entry = pwd.getpwnam(user.name)
+        try:
+            entry = pwd.getpwnam(user.name)
+        except KeyError:
+            raise Conflict(f"user {user.name} has no Unix account on {self.host}") from None
+        if entry.pw_uid == 0:
+            raise Forbidden(f"{user.name} is root: the mock backend runs no job or command as root")
         return {"user": entry.pw_uid, "group": entry.pw_gid,
                 "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
 
     def _user_entry(self, user):
         try:
-            return pwd.getpwnam(user.name)
+            entry = pwd.getpwnam(user.name)
         except KeyError:
             if self.opts["run_as"] == "sudo":
                 raise InvalidInput(f"user {user.name} has no Unix account on {self.host}")
             return None
+        if self.opts["run_as"] == "sudo" and entry.pw_uid == 0:
+            raise Forbidden(f"{user.name} is root: the mock backend runs no job or command as root")
+        return entry
 
-    def _read_as(self, user, path: str) -> bytes:
-        if self.opts["run_as"] != "sudo":
-            with open(path, "rb") as fh:
-                return fh.read()
-        proc = subprocess.run(["cat", "--", path], capture_output=True, timeout=30, **self._as_user(user))
-        if proc.returncode != 0:
-            raise InvalidInput(f"cannot read {path}: {proc.stderr.decode(errors='replace').strip()}")
+    def _read_script(self, user, path: str) -> bytes:
+        """A scriptLocation, read as the account jobs run as, once gateway.scriptfile found a
+        regular file small enough (a device or a FIFO would fill or hold the worker)."""
+        if not os.path.isabs(path):
+            raise InvalidInput("scriptLocation must be an absolute path", errors={"scriptLocation": ["not absolute"]})
+        as_user = self._as_user(user)
+        try:
+            st = subprocess.run(scriptfile.stat_argv(path), capture_output=True, timeout=10, **as_user)
+            scriptfile.check(path, st.returncode, st.stdout.decode(errors="replace"), st.stderr.decode(errors="replace"))
+            proc = subprocess.run(["head", "-c", str(scriptfile.MAX_SCRIPT_BYTES + 1), "--", path],
+                                  capture_output=True, timeout=10, **as_user)
+        except subprocess.TimeoutExpired:
+            raise InvalidInput(f"{path} could not be read within 10 s", errors={"scriptLocation": ["too slow"]}) from None
+        if proc.returncode != 0 or len(proc.stdout) > scriptfile.MAX_SCRIPT_BYTES:
+            raise InvalidInput(f"cannot read {path}: {proc.stderr.decode(errors='replace').strip()[-300:] or 'it grew'}",
+                               errors={"scriptLocation": ["cannot read"]})
         return proc.stdout
 
     # ---------------------------------------------------------------- jobs
@@ -181,7 +200,7 @@ class MockScheduler:
         else:
             if spec.script_location.startswith("s3://"):
                 raise InvalidInput("s3:// script locations are not supported by the mock backend")
-            script, command = self._read_as(user, spec.script_location), spec.script_location
+            script, command = self._read_script(user, spec.script_location), spec.script_location
         if self.opts["run_as"] == "sudo":
             home = entry.pw_dir
         else:
@@ -212,10 +231,10 @@ class MockScheduler:
             script_path = os.path.join(job_dir, "script")
             with open(script_path, "wb") as fh:
                 fh.write(script)
-            os.chmod(script_path, 0o700)
-            if entry is not None and self.opts["run_as"] == "sudo":
-                os.chown(job_dir, entry.pw_uid, entry.pw_gid)
-                os.chown(script_path, entry.pw_uid, entry.pw_gid)
+            # The gateway's own file in its own 0700 directory: the runner hands it to the job
+            # as an open descriptor, so the user needs to read and run it (0755) but never gets a
+            # path to it (a user-owned one could be swapped for a link to any file root reads).
+            os.chmod(script_path, 0o755 if self.opts["run_as"] == "sudo" else 0o700)
             out = self._output_path(spec.stdout, work_dir, job_id, "out")
             err = self._output_path(spec.stderr, work_dir, job_id, "err") if spec.stderr or not spec.stdout else out
             db.execute("UPDATE jobs SET script_path=?, stdout_path=?, stderr_path=? WHERE id=?",
@@ -338,15 +357,22 @@ class MockScheduler:
         row = self._row(job_id)
         path = row["stdout_path"] if stream == "stdout" else row["stderr_path"]
         if self.opts["run_as"] == "sudo":
-            return self._read_slice_as(user, path, offset, limit)
+            # As the job's owner (an admin reading it may have no account, or other rights).
+            return self._read_slice_as(User(name=row["user"]), path, offset, limit)
         try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                fh.seek(offset)
-                data = fh.read(limit)
+            # Non-blocking: a FIFO given as the job's stdout must not hold the worker.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return JobOutput(b"", offset, 0, path)
-        return JobOutput(data, offset, size, path)
+        except OSError as exc:
+            raise Conflict(f"cannot read {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise Conflict(f"{path} is not a regular file")
+            fh.seek(offset)
+            data = fh.read(limit)
+        return JobOutput(data, offset, st.st_size, path)
 
     def _read_slice_as(self, user, path, offset, limit):
         """Read as the job's user, so Unix permissions decide (coreutils, no shell)."""

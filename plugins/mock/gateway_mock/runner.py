@@ -4,15 +4,18 @@ Started as ``setsid --fork python -m gateway_mock.runner DB JOB_ID`` (or with ``
 it double-forks itself), so that it outlives the gateway worker that dispatched the job, is
 never left a zombie, and the dispatcher does not wait for Python to start. The job itself runs in
 its own process group (kill = signal the group; suspend/resume = SIGSTOP/SIGCONT), as the job's
-user when the gateway runs as root with ``run_as: sudo``, with stdout/stderr opened *as that
-user* so a job cannot write where its user could not.
+user when the gateway runs as root with ``run_as: sudo`` (never as root instead), with its work
+dir entered and stdout/stderr opened *as that user* so a job cannot write, or learn, what its
+user could not.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,24 +27,35 @@ KILL_GRACE = 5.0
 TICK = 0.25
 
 
-def _open_outputs(stdout_path: str, stderr_path: str, append: bool):
+def _prepare(work_dir: str | None, stdout_path: str, stderr_path: str, append: bool, report_fd: int):
     def preexec():
-        # Runs in the child after setuid (Popen user=...), before exec: the files are opened
-        # with the job user's rights. Truncated on the first run (like sbatch), appended after
-        # a requeue.
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-        out = os.open(stdout_path, flags, 0o644)
-        err = out if stderr_path == stdout_path else os.open(stderr_path, flags, 0o644)
+        # Runs in the child after setuid (Popen user=...), before exec: the work dir is
+        # entered and the output files opened with the job user's rights (a chdir done by
+        # Popen's cwd= would be root's, and tell the user what lies in directories they cannot
+        # open). Outputs are truncated on the first run (like sbatch), appended after a
+        # requeue. What failed goes to report_fd: Popen itself only says "preexec_fn".
+        step = f"enter its work dir {work_dir}"
+        try:
+            if work_dir:
+                os.chdir(work_dir)
+            step = f"write its output files {stdout_path} / {stderr_path}"
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            out = os.open(stdout_path, flags, 0o644)
+            err = out if stderr_path == stdout_path else os.open(stderr_path, flags, 0o644)
+        except OSError as exc:
+            os.write(report_fd, f"{step}: {exc.strerror}".encode()[:400])
+            raise
         os.dup2(out, 1)
         os.dup2(err, 2)
     return preexec
 
 
-def _start_error(job, exc) -> str:
-    if isinstance(exc, subprocess.SubprocessError) and "preexec_fn" in str(exc):
-        return (f"cannot start the job: {job['user']} cannot write its output files "
-                f"{job['stdout_path']} / {job['stderr_path']}")
-    return f"cannot start the job: {exc}"
+def _fail(db, db_path: str, job_id: int, reason: str) -> None:
+    """The job cannot start: FAILED with 127, as a shell says of a command it cannot run."""
+    with jobdb.transaction(db):
+        db.execute("UPDATE jobs SET state='FAILED', native_state='EXIT', exit_code=127, end_time=?, "
+                   "reason=? WHERE id=? AND state='STARTING'", (time.time(), reason, job_id))
+    dispatch(db, db_path)
 
 
 def _job_env(job, user_entry) -> dict:
@@ -70,29 +84,47 @@ def run(db_path: str, job_id: int) -> None:
         user_entry = pwd.getpwnam(job["user"])
     except KeyError:
         pass
-    run_as_user = bool(as_root and user_entry is not None and user_entry.pw_uid != 0
-                       and jobdb.setting(db, "run_as", "service") == "sudo")
+    run_as_user = as_root and jobdb.setting(db, "run_as", "service") == "sudo"
+    if run_as_user and (user_entry is None or user_entry.pw_uid == 0):
+        # Checked at submission too, but the account may be gone since (userdel, a directory
+        # outage): never fall back to running the job as root.
+        _fail(db, db_path, job_id, f"cannot start the job: user {job['user']} has no Unix account "
+                                   "on this host (jobs never run as root)")
+        return
     # The script is handed over as an open descriptor (like fexecve): the job's user needs no
-    # path into the gateway's private state directory.
-    script_fd = os.open(job["script_path"], os.O_RDONLY)
+    # path into the gateway's private state directory. It must be the file the gateway wrote
+    # (no link, owned by this process's user), not one put in its place.
+    try:
+        script_fd = os.open(job["script_path"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        st = os.fstat(script_fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(script_fd)
+            raise OSError(errno.EPERM, "it is not the file the gateway wrote")
+    except OSError as exc:
+        _fail(db, db_path, job_id, f"cannot start the job: its script {job['script_path']}: {exc.strerror}")
+        return
     head = os.pread(script_fd, 2, 0)
     script = f"/dev/fd/{script_fd}"
     argv = [script] if head == b"#!" else ["/bin/sh", script]
     me = f"{os.getpid()}"
+    report_r, report_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            argv, cwd=job["work_dir"] or None, env=_job_env(job, user_entry),
+            argv, env=_job_env(job, user_entry),
             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True, pass_fds=(script_fd,),
             user=user_entry.pw_uid if run_as_user else None,
             group=user_entry.pw_gid if run_as_user else None,
             extra_groups=os.getgrouplist(user_entry.pw_name, user_entry.pw_gid) if run_as_user else None,
-            preexec_fn=_open_outputs(job["stdout_path"], job["stderr_path"], job["restarts"] > 0))
+            preexec_fn=_prepare(job["work_dir"] or None, job["stdout_path"], job["stderr_path"],
+                                job["restarts"] > 0, report_w))
     except (OSError, subprocess.SubprocessError) as exc:
-        with jobdb.transaction(db):
-            db.execute("UPDATE jobs SET state='FAILED', native_state='EXIT', exit_code=127, end_time=?, "
-                       "reason=? WHERE id=? AND state='STARTING'", (time.time(), _start_error(job, exc), job_id))
-        dispatch(db, db_path)
+        os.close(report_w)
+        why = os.read(report_r, 500).decode("utf-8", "replace")
+        os.close(report_r)
+        _fail(db, db_path, job_id, f"cannot start the job: {why or exc}")
         return
+    os.close(report_w)
+    os.close(report_r)
     with jobdb.transaction(db):
         still = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()["state"]
         if still == "STARTING":

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 
+from gateway import scriptfile
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
                             SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
@@ -71,6 +72,7 @@ class SlurmScheduler:
                                        stale_grace=self.opts["snapshot_stale_grace"])
         self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
         self._homes: dict[str | None, str | None] = {}
+        self._exit_unknown: set[str] = set()   # failed jobs whose scontrol text was ambiguous
         self._config: tuple[float, dict] | None = None
         self.s3_scripts = S3ScriptSource(self.opts["s3"])
         self._reported_snapshot = None
@@ -242,7 +244,7 @@ class SlurmScheduler:
                 prev = previous.get(extra.get("id"))
                 if prev is not None and prev[0].exit_code is not None:
                     job = replace(job, exit_code=prev[0].exit_code)
-                elif lookups < _EXIT_CODE_LOOKUPS:
+                elif extra["id"] not in self._exit_unknown and lookups < _EXIT_CODE_LOOKUPS:
                     lookups += 1
                     res = self._run(commands.show_job(extra["id"]), as_user=self.service_account)
                     if res.returncode == 0:
@@ -250,6 +252,12 @@ class SlurmScheduler:
                         if code is not None:
                             job = replace(job, exit_code=code,
                                           state=parse.normalize_state(job.native_state, job.reason, code))
+                        else:
+                            # Its own text makes it ambiguous: asking again would not help, and
+                            # every refresh would cost slurmctld one more RPC.
+                            if len(self._exit_unknown) > 10000:
+                                self._exit_unknown.clear()
+                            self._exit_unknown.add(extra["id"])
             out.append((job, extra))
         return out
 
@@ -323,6 +331,11 @@ class SlurmScheduler:
             stdin = spec.script.encode("utf-8", "surrogateescape")
         elif from_s3:
             stdin = self.s3_scripts.fetch(location, user.name)
+        elif script_path is not None:
+            # sbatch reads the file itself: a device or a FIFO would hold it (and fill memory
+            # on the cluster's host) until the command timeout.
+            st = self._run(scriptfile.stat_argv(script_path), as_user=account)
+            scriptfile.check(script_path, st.returncode, st.out, st.err)
         build["default_work_dir"] = spec.work_dir or self._default_work_dir(account)
         env_file = None
         try:
