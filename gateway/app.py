@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import logging
 import os
 import secrets
@@ -130,6 +131,38 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
                     cfg["http_port"], cfg["api_prefix"], note)
 
 
+class FromProxies:
+    """werkzeug's ProxyFix for connections from ``addresses`` only; on any other, the
+    X-Forwarded-* headers are ignored (a client reaching a replica directly, past NGINX,
+    could otherwise be any address it likes to the login limits and the audit log)."""
+
+    def __init__(self, wsgi_app, hops: int, addresses: list[str]):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        self.plain = wsgi_app
+        self.fixed = ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        self.networks = [ipaddress.ip_network(a, strict=False) for a in addresses]
+        self._known: dict[str, bool] = {}
+
+    def _trusted(self, addr: str) -> bool:
+        known = self._known.get(addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(addr.split("%", 1)[0])
+                ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in net for net in self.networks)
+            if len(self._known) > 4096:
+                self._known.clear()
+            self._known[addr] = known
+        return known
+
+    def __call__(self, environ, start_response):
+        app = self.fixed if self._trusted(environ.get("REMOTE_ADDR") or "") else self.plain
+        return app(environ, start_response)
+
+
 class GatewayJSON(DefaultJSONProvider):
     """Answers as UTF-8 JSON written out: a job's non-ASCII output (CJK text, or the U+FFFD
     standing for bytes that are not UTF-8) costs 3 bytes a character, not a 6-byte \\uXXXX
@@ -161,10 +194,9 @@ def create_app(config: dict | str | None = None) -> Flask:
     app = Flask("gateway")
     app.json = GatewayJSON(app)
     if cfg["trusted_proxies"]:
-        # Behind NGINX: the client's address and scheme come from X-Forwarded-*.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        n = cfg["trusted_proxies"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+        # Behind NGINX: the client's address and scheme come from X-Forwarded-*, on
+        # connections from the proxies themselves (proxy_addresses) only.
+        app.wsgi_app = FromProxies(app.wsgi_app, cfg["trusted_proxies"], cfg["proxy_addresses"])
     prefix = cfg["api_prefix"]
     app.config.update(
         MAX_CONTENT_LENGTH=cfg["max_body_bytes"],

@@ -6,12 +6,14 @@ the defaults and validates the result; an invalid configuration fails at start-u
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (INCLUDE, Schema, ValidationError, fields, post_load, validate, validates,
+                         validates_schema)
 
 from .errors import ConfigError
 from .files.settings import FilesSchema
@@ -88,13 +90,28 @@ class ConfigSchema(Schema):
     list_all_jobs = fields.Boolean(load_default=False)
     max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024))
     max_wait_seconds = fields.Integer(load_default=60, validate=validate.Range(min=0, max=3600))
+    # Long polls one user may hold for their full wait at once in one worker process (each
+    # holds a thread); the user's others answer within a second (state unchanged). 0: no limit.
+    max_waits_per_user = fields.Integer(load_default=8, validate=validate.Range(min=0))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1))
     max_page_size = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))
     idempotency_pending_seconds = fields.Float(load_default=300, validate=validate.Range(min=1))
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
+    # The proxies' own addresses (IPs or networks): X-Forwarded-* is believed only on
+    # connections from these; a client that reaches a replica directly cannot pose as another
+    # address (login limits per address, audit log).
+    proxy_addresses = fields.List(fields.String(), load_default=lambda: ["127.0.0.1", "::1"])
     scheduler = fields.Nested(SchedulerSchema, load_default=lambda: SchedulerSchema().load({}))
     files = fields.Nested(FilesSchema, load_default=lambda: FilesSchema().load({}))  # see gateway/files/settings.py
+
+    @validates("proxy_addresses")
+    def _proxy_addresses(self, value, **_):
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValidationError(f"not an IP address or network: {item!r}") from None
 
     @validates_schema
     def _tls(self, data, **_):

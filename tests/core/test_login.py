@@ -99,6 +99,36 @@ def test_repeated_failures_are_limited_per_address(make_app):
     assert r.status == 429 and "address" in r.body["msg"]
 
 
+def test_forwarded_addresses_are_believed_from_the_proxies_only(make_app, caplog):
+    """trusted_proxies: 1 behind NGINX. A client reaching the replica directly (past NGINX) sends
+    its own X-Forwarded-For: it must still be counted, and logged, under its real address."""
+    app, _ = make_app(trusted_proxies=1, proxy_addresses=["127.0.0.1", "192.0.2.0/24"],
+                      auth={"login_limit": {"max_failures_per_user": 100, "max_failures_per_address": 3,
+                                            "window_seconds": 60}})
+    flask = app.test_client()
+
+    def login(i, remote):
+        return flask.post("/aip/v9.2/login", json={"username": f"user{i}", "password": "x"},
+                          headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                          environ_base={"REMOTE_ADDR": remote}).status_code
+
+    with caplog.at_level("INFO"):
+        # From a proxy: each forwarded address is its own (5 addresses, 1 failure each).
+        assert [login(i, "192.0.2.7") for i in range(5)] == [401] * 5
+        # From elsewhere: one address however the header varies; the 4th is over the limit.
+        assert [login(i, "198.51.100.9") for i in range(10, 14)] == [401, 401, 401, 429]
+    assert "address=203.0.113.4" in caplog.text and "address=203.0.113.10" not in caplog.text
+    assert "address=198.51.100.9" in caplog.text
+
+
+def test_proxy_addresses_must_be_addresses(tmp_path):
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        load_config({"work_dir": str(tmp_path), "proxy_addresses": ["nginx.example.org"]})
+    assert "nginx.example.org" in e.value.msg
+
+
 @pytest.fixture
 def pam_user():
     require(os.geteuid() == 0, "PAM login of a real Unix user needs root (useradd, chpasswd, /etc/shadow)")
