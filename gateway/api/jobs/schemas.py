@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates, validates_schema
 
 from ...models import JOB_ACTIONS, OUTPUT_STREAMS, JobSpec, JobState
 from ..common import envelope, no_control_chars, no_nul
@@ -158,6 +158,17 @@ class JobListQuerySchema(Schema):
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
     limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "page size"})
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+    @pre_load
+    def _states_by_commas(self, data, **_):
+        """?state=RUNNING,PENDING as well as ?state=RUNNING&state=PENDING."""
+        if "state" not in data:
+            return data
+        values = data["state"]
+        values = [values] if isinstance(values, str) else list(values)
+        out = {key: data[key] for key in data}
+        out["state"] = [part for value in values for part in str(value).split(",")]
+        return out
 
 
 class JobWaitQuerySchema(Schema):
