@@ -215,7 +215,13 @@ class Metrics:
         if self.tokens is None:
             return None
         now = time.monotonic()
-        with self._sessions_lock:
+        expires, value = self._sessions
+        if now < expires:
+            return value
+        # One counter at a time; a scrape that arrives meanwhile answers the last count.
+        if not self._sessions_lock.acquire(blocking=False):
+            return value
+        try:
             expires, value = self._sessions
             if now < expires:
                 return value
@@ -226,6 +232,8 @@ class Metrics:
                 value = None
             self._sessions = (now + SESSIONS_CACHE_SECONDS, value)
             return value
+        finally:
+            self._sessions_lock.release()
 
     def _scrape_time_families(self, stored: list) -> list:
         families = []

@@ -242,12 +242,21 @@ class RedisSessionStore(SessionStore):
         return ended
 
     def live_count(self, now, timeout):
-        n = 0
+        # One pipelined round trip per 500 sessions (one per session took seconds at 10^5).
+        n, batch = 0, []
+
+        def count(keys):
+            pipe = self.r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, "last_seen", "revoked")
+            return sum(1 for h in pipe.execute()
+                       if h[0] is not None and float(h[0]) >= now - timeout and h[1] != b"1")
+
         for key in self.r.scan_iter(match=self._k("s", "*"), count=500):
-            h = self.r.hmget(key, "last_seen", "revoked")
-            if h[0] is not None and float(h[0]) >= now - timeout and h[1] != b"1":
-                n += 1
-        return n
+            batch.append(key)
+            if len(batch) == 500:
+                n, batch = n + count(batch), []
+        return n + (count(batch) if batch else 0)
 
     def hit(self, key, window, now, amount=1):
         k = self._k("c", key)

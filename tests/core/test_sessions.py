@@ -314,3 +314,21 @@ def test_a_users_file_that_does_not_parse_stops_the_start_with_the_reason(tmp_pa
         create_app({"work_dir": str(tmp_path / "w"), "log_level": "warning", "auth": {"users_file": str(users)},
                     "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
     assert str(users) in e.value.msg and "flow" in e.value.msg
+
+
+def test_live_sessions_are_counted_in_batches(store_url):
+    """/metrics counts live sessions; on Redis in pipelined batches of 500 (one round trip per
+    session took seconds with many). Idle and revoked ones are not live."""
+    from gateway.sessions import open_store
+    store = open_store(store_url)
+    try:
+        now = time.time()
+        for i in range(1203):
+            store.create(f"live-{i}", "dave", now, 3600)
+        for i in range(7):
+            store.create(f"idle-{i}", "dave", now - 7200, 3600 * 3)
+        for i in range(5):
+            store.revoke(f"live-{i}", 3600)
+        assert store.live_count(now, 1800) == 1198
+    finally:
+        store.close()
