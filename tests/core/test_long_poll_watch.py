@@ -107,3 +107,29 @@ def test_without_the_hook_every_look_is_a_get_job(make):
     r = client.get("/jobs/7", params={"wait": "10"})
     assert r.body["data"]["job"]["state"] == "RUNNING"
     assert plugin.calls["get_job"] >= 3 and plugin.calls["job_state"] == 0
+
+
+def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
+    """Each waiting poll holds a worker thread: beyond max_waits_per_user in one process, a
+    user's polls answer within SHORT_WAIT (state unchanged) instead of holding one for wait=N,
+    and nobody gets an error."""
+    app, admin = make_app(max_waits_per_user=2)
+    job_id = admin.submit(command="true", hold=True)
+    answered = {}
+
+    def poll(label):
+        r = admin.get(f"/jobs/{job_id}", params={"wait": 20})
+        answered[label] = (time.monotonic(), r.status, r.body["data"]["job"]["state"])
+
+    threads = [threading.Thread(target=poll, args=(f"p{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)                          # in order: p0 and p1 take the user's two slots
+    threads[3].join(timeout=10)
+    threads[2].join(timeout=10)
+    assert set(answered) == {"p2", "p3"}, answered          # p0 and p1 still wait their 20 s
+    assert all(status == 200 and state == "HELD" for _, status, state in answered.values())
+    admin.post(f"/jobs/{job_id}/release")                     # the two full polls see the change
+    for t in threads[:2]:
+        t.join(timeout=20)
+    assert {answered[p][2] for p in ("p0", "p1")} <= {"PENDING", "RUNNING", "COMPLETED"}

@@ -10,7 +10,10 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 
 from flask import jsonify, request
 from flask.views import MethodView
@@ -259,32 +262,65 @@ class JobDetail(MethodView):
         baseline = args.get("since") or job.state
         if wait <= 0 or job.state != baseline or job.state in FINAL_STATES:
             return jsonify(ok({"job": job_json(job)}))
-        deadline = time.monotonic() + wait
-        # Back off from 50 ms to 1 s between looks. A look costs the scheduler nothing: the
-        # plugin answers from a snapshot, a local database, or (job_state) a listing it
-        # keeps for every caller; the job itself is fetched again only for the answer.
-        watch = state.scheduler.implements("job_state")
-        interval = 0.05
-        current = True                           # `job` is the latest look's
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            with state.turns.waiting():          # a sleeping long poll holds no turn
-                time.sleep(min(interval, remaining))
-            interval = min(interval * 1.5, 1.0)
-            if watch and state.scheduler.call("job_state", user=user, job_id=job_id) == baseline:
-                current = False                  # the listing says no change: nothing fetched
-                continue
-            # No listing answer, or it says the job changed: the job itself decides (a listing
-            # behind the job is no change).
-            job = state.scheduler.call("get_job", user=user, job_id=job_id)
-            current = True
-            if job.state != baseline:
-                break
-        if not current:
-            job = state.scheduler.call("get_job", user=user, job_id=job_id)
-        return jsonify(ok({"job": job_json(job)}))
+        with _wait_slot(state, user.name) as full:
+            # Beyond the user's share of this worker's threads a poll still answers, after
+            # SHORT_WAIT at most: the client polls again, and nobody's thread is held for long.
+            return _watch(state, user, job_id, job, baseline, wait if full else min(wait, SHORT_WAIT))
+
+
+SHORT_WAIT = 1.0                       # seconds, a long poll beyond max_waits_per_user
+_WAITS: Counter = Counter()            # full-length long polls in flight in this process, by user
+_WAITS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _wait_slot(state, user_name: str):
+    """True when the poll may wait its full time: one of the user's max_waits_per_user here.
+    Each waiting poll holds a thread, so one user must not hold them all (logins, /health
+    and everybody else's requests would queue behind)."""
+    limit = state.config["max_waits_per_user"]
+    with _WAITS_LOCK:
+        full = not limit or _WAITS[user_name] < limit
+        if full:
+            _WAITS[user_name] += 1
+    try:
+        yield full
+    finally:
+        if full:
+            with _WAITS_LOCK:
+                _WAITS[user_name] -= 1
+                if _WAITS[user_name] <= 0:
+                    del _WAITS[user_name]
+
+
+def _watch(state, user, job_id, job, baseline, wait):
+    """The long poll itself: the job's answer once its state leaves ``baseline``, or at the end."""
+    deadline = time.monotonic() + wait
+    # Back off from 50 ms to 1 s between looks. A look costs the scheduler nothing: the
+    # plugin answers from a snapshot, a local database, or (job_state) a listing it
+    # keeps for every caller; the job itself is fetched again only for the answer.
+    watch = state.scheduler.implements("job_state")
+    interval = 0.05
+    current = True                           # `job` is the latest look's
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        with state.turns.waiting():          # a sleeping long poll holds no turn
+            time.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, 1.0)
+        if watch and state.scheduler.call("job_state", user=user, job_id=job_id) == baseline:
+            current = False                  # the listing says no change: nothing fetched
+            continue
+        # No listing answer, or it says the job changed: the job itself decides (a listing
+        # behind the job is no change).
+        job = state.scheduler.call("get_job", user=user, job_id=job_id)
+        current = True
+        if job.state != baseline:
+            break
+    if not current:
+        job = state.scheduler.call("get_job", user=user, job_id=job_id)
+    return jsonify(ok({"job": job_json(job)}))
 
 
 @blp.route("/<job_id>/<any({}):action>".format(",".join(JOB_ACTIONS)))
