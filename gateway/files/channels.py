@@ -224,13 +224,28 @@ class PipeChannel(Channel):
         """Start ``argv``; the first chunk is read before returning, so that a command that
         fails at once (permission denied) becomes an error response, not an empty 200."""
         proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        # The first chunk within command_timeout: a FIFO put in the file's place after the
+        # check (dd then waits in open for a writer) or a hung mount held the thread forever.
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            _kill(proc)
+
+        timer = threading.Timer(self.timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             first = proc.stdout.read(self.chunk)
+            timer.cancel()
+            if expired.is_set():
+                raise SchedulerTimeout(f"{what} {path}: no data within {self.timeout:g} s")
             if not first:
                 proc.wait(timeout=self.timeout)
                 if proc.returncode != 0:
                     raise self._failure(proc, errfile, what, path)
         except BaseException:
+            timer.cancel()
             _end(proc, errfile)
             raise
         rest = self._rest(proc, errfile, first, what, path)

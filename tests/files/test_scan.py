@@ -75,3 +75,17 @@ def test_ssh_that_cannot_connect_is_a_503_not_an_empty_listing():
                 PipeChannel(transport, None, SETTINGS).scan(["find", "/", "-maxdepth", "0"], lambda c: b"".join(c))
         finally:
             transport.close()
+
+
+def test_a_download_whose_first_chunk_never_comes_ends_at_the_command_timeout(tmp_path):
+    """A FIFO put in a file's place after the gateway's check: dd waits in open() for a writer
+    that never comes. Before, the request's thread waited with it for ever (locally)."""
+    import os
+    fifo = tmp_path / "swapped"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(SchedulerTimeout):
+        channel(command_timeout=1).read(str(fifo), 0, 100)
+    assert time.monotonic() - t0 < 30          # (the command timeout is 1 s; no writer ever comes)
+    assert not [p for p in subprocess.run(["pgrep", "-f", f"if={fifo}"], capture_output=True, text=True)
+                .stdout.split()]
