@@ -42,6 +42,21 @@ class Entry:
         return out
 
 
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _when(seconds: float) -> datetime:
+    """A modification time, clamped to what datetime holds: a file anyone can `touch -d
+    @9000000000000000000` (tmpfs, btrfs) must not make its whole directory unlistable."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        if seconds != seconds:                       # NaN
+            raise ValueError("not a time") from None
+        return _LATEST if seconds > 0 else _EARLIEST
+
+
 def parse_records(stdout: bytes) -> list[Entry]:
     """find -printf records (see commands.stat), NUL-terminated."""
     entries = []
@@ -54,7 +69,7 @@ def parse_records(stdout: bytes) -> list[Entry]:
             continue
         depth, access, kind, target, size, mode, perms, mtime, owner, path = parts
         try:
-            when = datetime.fromtimestamp(float(mtime), tz=UTC)
+            when = _when(float(mtime))
             entries.append(Entry(
                 path=path, name=path.rsplit("/", 1)[-1] or "/", type=TYPES.get(kind, "unknown"),
                 size=int(size), mode=mode.rjust(4, "0"), permissions=perms, mtime=when, owner=owner,

@@ -173,3 +173,22 @@ def test_error_mapping(stderr, cls):
 def test_full_disk_is_507():
     err = parse.error_for(b"dd: error writing '/x': No space left on device\n", "write", "/x", None)
     assert err.status == 507
+
+
+def test_a_file_with_an_impossible_mtime_is_listed_not_fatal():
+    """`touch -d @9000000000000000000` works on tmpfs and btrfs: such a file made its whole
+    directory a 500 (fromtimestamp raised), or was silently dropped past the year 9999."""
+    records = b"".join(b"1/rw-/f/f/1/644/-rw-r--r--/%s/gwbob//tmp/d/%s\x00" % (t, n) for t, n in (
+        (b"9000000000000000000.0000000000", b"future"), (b"-9000000000000000000.0000000000", b"past"),
+        (b"1795312534.3302634760", b"now")))
+    by_name = {e.name: e for e in parse.parse_records(records)}
+    assert set(by_name) == {"future", "past", "now"}
+    assert by_name["future"].mtime.year == 9999 and by_name["past"].mtime.year == 1
+    assert by_name["now"].mtime.year == 2026
+    assert by_name["future"].as_dict()["mtime"].year == 9999
+
+
+def test_a_download_named_in_bytes_that_are_not_utf8_gets_a_header():
+    from gateway.api.files.views import _disposition
+    assert _disposition("caf\udce9 x.txt") == "attachment; filename=\"caf_ x.txt\"; filename*=UTF-8''caf%E9%20x.txt"
+    assert _disposition("作业.txt").endswith("filename*=UTF-8''%E4%BD%9C%E4%B8%9A.txt")

@@ -92,7 +92,8 @@ def file_space(job_id: str | None = None, workdir: str | None = None) -> FileSpa
 # ------------------------------------------------------------------ responses
 def _disposition(name: str) -> str:
     fallback = "".join(c if (32 <= ord(c) < 127 and c not in '"\\') else "_" for c in name) or "download"
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+    # A name that is not UTF-8 (surrogate-escaped) is sent as its own bytes, percent-encoded.
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name.encode('utf-8', 'surrogateescape'), safe='')}"
 
 
 def _etag(entry) -> str:
