@@ -240,8 +240,11 @@ class FileSpace:
                 raise InvalidInput(
                     f"the upload's sha256 is {transfer.sha256}, not the expected {sha256.lower()}: "
                     "the file was not saved", errors={"sha256": ["does not match the uploaded data"]})
-            if mode:
-                self.channel.check(commands.chmod(mode, temp), "set the mode of", given)
+            # Without a mode, a replaced file keeps its own (the new one would otherwise get
+            # the default 0644: a 0600 key file overwritten became readable to others).
+            keep = mode or (existing.mode if existing is not None and existing.type == "file" else None)
+            if keep:
+                self.channel.check(commands.chmod(keep, temp), "set the mode of", given)
             self._publish(temp, target, given, overwrite)
         except BaseException:
             self.channel.quietly_remove(temp)

@@ -235,6 +235,12 @@ def test_overwrite_conflicts_and_missing_things(files, workdir):
     replaced = upload(files.alice, path, b"two", overwrite="true")
     assert replaced.status_code == 200 and replaced.get_json()["data"]["file"]["replaced"] is True
     assert download(files.alice, path).data == b"two"
+    # A replaced file keeps its mode (a 0600 key overwritten became 0644), unless one is given.
+    assert upload(files.alice, f"{workdir}/key", b"k1", mode="600").status_code == 200
+    assert upload(files.alice, f"{workdir}/key", b"k2", overwrite="true").status_code == 200
+    assert os.stat(f"{workdir}/key").st_mode & 0o777 == 0o600
+    assert upload(files.alice, f"{workdir}/key", b"k3", overwrite="true", mode="640").status_code == 200
+    assert os.stat(f"{workdir}/key").st_mode & 0o777 == 0o640
 
     assert upload(files.alice, workdir, b"x", overwrite="true").status_code == 409       # a directory
     assert download(files.alice, workdir).status_code == 409
