@@ -122,6 +122,7 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     import requests
     assert requests.get(s.front_url + "/novnc-ws/10.0.0.1/6100", timeout=10).status_code == 403
     assert requests.get(s.front_url + "/novnc-ws/127.0.0.1/22", timeout=10).status_code == 403
+    _novnc_route_carries_websockets_only(s.front_url)
 
     # The desktop in the browser.
     with chromium(tmp_path) as browser:
@@ -182,6 +183,48 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     r = s.alice.get(f"/vis/url/{job_id}")
     assert r.status == 410, r.body
     print(f"[{s.backend}] killed: processes gone {gone_s:.1f} s after the kill request")
+
+
+def _novnc_route_carries_websockets_only(front_url):
+    """Any user's job may listen on a port of the vis range. A page, script or service worker
+    it served through /novnc-ws/ would run with the gateway's origin (where the desktops'
+    addresses and the API's tokens live): NGINX refuses anything but a websocket upgrade,
+    and what answers one is sandboxed and may not widen a service worker's scope."""
+    import http.server
+    import threading
+
+    import requests
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<script>steal()</script>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Service-Worker-Allowed", "/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    for port in range(6199, 6099, -1):
+        try:
+            server = http.server.HTTPServer(("127.0.0.1", port), Page)
+            break
+        except OSError:
+            continue
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"{front_url}/novnc-ws/127.0.0.1/{port}"
+        plain = requests.get(url, timeout=10)
+        assert plain.status_code == 403 and b"steal" not in plain.content
+        upgrade = requests.get(url, headers={"Upgrade": "websocket", "Connection": "Upgrade"}, timeout=10)
+        assert upgrade.headers.get("Content-Security-Policy") == "sandbox", upgrade.headers
+        assert "Service-Worker-Allowed" not in upgrade.headers
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_session_ends_with_its_command(vis_stack):
