@@ -131,6 +131,15 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
                     cfg["http_port"], cfg["api_prefix"], note)
 
 
+def worker_threads(cfg: dict) -> int:
+    """Threads per gunicorn worker, as deploy/gunicorn.conf.py counts them."""
+    raw = os.environ.get("GATEWAY_THREADS") or cfg.get("threads")
+    try:
+        return max(1, int(raw)) if raw not in (None, "") else 32
+    except (TypeError, ValueError):
+        return 32
+
+
 class FromProxies:
     """werkzeug's ProxyFix for connections from ``addresses`` only; on any other, the
     X-Forwarded-* headers are ignored (a client reaching a replica directly, past NGINX,
@@ -187,6 +196,8 @@ class GatewayJSON(DefaultJSONProvider):
 def create_app(config: dict | str | None = None) -> Flask:
     """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
     cfg = load_config(config)
+    if cfg["max_waits_per_user"] is None:
+        cfg["max_waits_per_user"] = max(1, worker_threads(cfg) // 4)
     logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gateway").setLevel(cfg["log_level"].upper())
     os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)

@@ -91,8 +91,9 @@ class ConfigSchema(Schema):
     max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024))
     max_wait_seconds = fields.Integer(load_default=60, validate=validate.Range(min=0, max=3600))
     # Long polls one user may hold for their full wait at once in one worker process (each
-    # holds a thread); the user's others answer within a second (state unchanged). 0: no limit.
-    max_waits_per_user = fields.Integer(load_default=8, validate=validate.Range(min=0))
+    # holds a thread); the user's others answer within a second (state unchanged). 0: no
+    # limit; null: a quarter of the worker's threads (GATEWAY_THREADS, else threads, else 32).
+    max_waits_per_user = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1))
     max_page_size = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))

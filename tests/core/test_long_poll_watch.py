@@ -133,3 +133,12 @@ def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
     for t in threads[:2]:
         t.join(timeout=20)
     assert {answered[p][2] for p in ("p0", "p1")} <= {"PENDING", "RUNNING", "COMPLETED"}
+
+
+def test_the_default_share_is_a_quarter_of_a_workers_threads(make_app, monkeypatch):
+    monkeypatch.delenv("GATEWAY_THREADS", raising=False)
+    assert make_app()[0].extensions["hpc_gateway"].config["max_waits_per_user"] == 8       # 32 threads
+    assert make_app(threads=40)[0].extensions["hpc_gateway"].config["max_waits_per_user"] == 10
+    monkeypatch.setenv("GATEWAY_THREADS", "512")                    # as gunicorn.conf.py reads it
+    assert make_app(threads=40)[0].extensions["hpc_gateway"].config["max_waits_per_user"] == 128
+    assert make_app(max_waits_per_user=0)[0].extensions["hpc_gateway"].config["max_waits_per_user"] == 0
