@@ -26,7 +26,9 @@ def _replica(procs, tmp, settings: dict | None = None, **kw):
 
 
 def test_long_polls_hold_threads_not_the_worker(tmp_path, procs, need_gunicorn):
-    replica, admin = _replica(procs, tmp_path, workers=1, threads=8)
+    # Five polls of one user wait their full time: more than max_waits_per_user's default
+    # share (a quarter of 8 threads) allows, so the share is raised here.
+    replica, admin = _replica(procs, tmp_path, {"max_waits_per_user": 5}, workers=1, threads=8)
     job_id = admin.submit(command="true", hold=True)          # HELD until released: a poll waits
     polls_done = []
 
@@ -49,6 +51,31 @@ def test_long_polls_hold_threads_not_the_worker(tmp_path, procs, need_gunicorn):
         t.join(30)
     assert [s for _, s in polls_done] == [200] * 5
     assert all(at > answered_at for at, _ in polls_done)
+
+
+def test_a_users_polls_beyond_their_share_answer_early_and_the_others_still_wait(tmp_path, procs, need_gunicorn):
+    """As deployed, one user's long polls may hold a quarter of a worker's threads (2 of 8
+    here); that user's other polls answer within a second, so other users' requests and
+    /health find free threads."""
+    replica, admin = _replica(procs, tmp_path, workers=1, threads=8)
+    job_id = admin.submit(command="true", hold=True)
+    done = []
+
+    def poll():
+        r = requests.get(f"{replica.base}{PREFIX}/jobs/{job_id}", params={"wait": 8, "since": "HELD"},
+                         headers={"Authorization": f"Bearer {admin.token}"}, timeout=30)
+        done.append((time.monotonic(), r.status_code, r.json()["data"]["job"]["state"]))
+
+    pollers = [threading.Thread(target=poll) for _ in range(5)]
+    for t in pollers:
+        t.start()
+        time.sleep(0.1)
+    time.sleep(3)
+    early = list(done)
+    assert len(early) == 3 and all(s == 200 and st == "HELD" for _, s, st in early), early
+    for t in pollers:
+        t.join(30)
+    assert len(done) == 5 and all(s == 200 for _, s, _ in done)
 
 
 def _health_total(base) -> float:
