@@ -129,6 +129,21 @@ def _close(*files) -> None:
                 pass
 
 
+def _deadline(proc: subprocess.Popen, seconds: float) -> tuple[threading.Timer, threading.Event]:
+    """A started timer that kills ``proc``'s process group after ``seconds`` (cancel it when
+    done), and the event it sets first, telling a read that ended why it did."""
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        _kill(proc)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer, expired
+
+
 def _end(proc: subprocess.Popen, errfile) -> None:
     """Kill and reap a streaming tool (its whole process group) and close its pipe."""
     _kill(proc)
@@ -191,15 +206,7 @@ class PipeChannel(Channel):
         proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, timeout=self.timeout)
         # command_timeout bounds the whole command, as Channel.run's does: a timer ends the
         # tool's process group (sudo, ssh and the tool), and the read below sees EOF.
-        expired = threading.Event()
-
-        def expire():
-            expired.set()
-            _kill(proc)
-
-        timer = threading.Timer(self.timeout, expire)
-        timer.daemon = True
-        timer.start()
+        timer, expired = _deadline(proc, self.timeout)
         try:
             try:
                 value = consume(iter(lambda: proc.stdout.read(self.chunk), b""))
@@ -226,15 +233,7 @@ class PipeChannel(Channel):
         proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         # The first chunk within command_timeout: a FIFO put in the file's place after the
         # check (dd then waits in open for a writer) or a hung mount held the thread forever.
-        expired = threading.Event()
-
-        def expire():
-            expired.set()
-            _kill(proc)
-
-        timer = threading.Timer(self.timeout, expire)
-        timer.daemon = True
-        timer.start()
+        timer, expired = _deadline(proc, self.timeout)
         try:
             first = proc.stdout.read(self.chunk)
             timer.cancel()

@@ -49,6 +49,19 @@ def tricky(size):
     return (piece * (size // len(piece) + 1))[:size]
 
 
+def post_measured(app, body: bytes):
+    """POST a multipart body (boundary B) as a stream: (response, tracemalloc's peak bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        r = app.test_client().post("/up", input_stream=io.BytesIO(body), content_type="multipart/form-data; boundary=B",
+                                   environ_overrides={"CONTENT_LENGTH": str(len(body))})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return r, peak
+
+
 def test_multipart_streams_in_chunks_with_fields_before_the_file(app):
     data = tricky(1_000_000)
     r = app.test_client().post("/up", data={"workdir": "/w", "sha256": "ab", "file": (io.BytesIO(data), "in.dat")},
@@ -108,14 +121,7 @@ def test_a_body_shorter_than_declared_is_an_interrupted_upload(app, multipart):
 def test_multipart_without_an_end_in_sight_is_refused_after_a_bounded_read(app, body):
     """The decoder holds back what it has not matched: such a body was held whole (a 300 MiB
     one grew a worker by 241 MB). Now it is a 400 once a read plus the fields' room is held."""
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        r = app.test_client().post("/up", input_stream=io.BytesIO(body), content_type="multipart/form-data; boundary=B",
-                                   environ_overrides={"CONTENT_LENGTH": str(len(body))})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    r, peak = post_measured(app, body)
     assert r.status_code == 400 and "no boundary or end of part headers" in r.get_json()["msg"]
     assert peak < 1_500_000, f"peak {peak} bytes"
 
@@ -123,16 +129,9 @@ def test_multipart_without_an_end_in_sight_is_refused_after_a_bounded_read(app, 
 def test_many_fields_before_the_file_are_refused_not_held(app):
     """The names and the count of the fields count too: 300,000 empty fields with distinct
     names held ~56 MB when only their values counted (a review's measurement)."""
-    import tracemalloc
     fields = b"".join(b"--B\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\n\r\n" % i for i in range(20_000))
     body = fields + b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nx\r\n--B--\r\n"
-    tracemalloc.start()
-    try:
-        r = app.test_client().post("/up", input_stream=io.BytesIO(body), content_type="multipart/form-data; boundary=B",
-                                   environ_overrides={"CONTENT_LENGTH": str(len(body))})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    r, peak = post_measured(app, body)
     assert r.status_code == 400 and "fields" in r.get_json()["msg"], r.get_json()
     assert peak < 1_500_000, f"peak {peak} bytes"
     few = b"".join(b"--B\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nv\r\n" % i for i in range(50))
