@@ -3,8 +3,8 @@
 The path is the client's, so it may name a device (``/dev/zero``: sbatch or a reader would
 fill memory until the command's timeout), a FIFO (the reader waits for a writer), a
 directory, or a file far larger than any script. Each plugin runs :func:`stat_argv` as the
-user through its transport and hands the result to :func:`check` before reading or
-submitting the file. (A file swapped after the check is still bounded by the command's
+user through its transport and hands the result to :func:`check` before submitting the
+file, or before reading it with :func:`head_argv` and :func:`content`. (A file swapped after the check is still bounded by the command's
 timeout: this keeps honest mistakes and casual abuse cheap, it is not a lock.)
 """
 from __future__ import annotations
@@ -35,3 +35,17 @@ def check(path: str, returncode: int, stdout: str, stderr: str, limit: int = MAX
         raise InvalidInput(f"scriptLocation {path} is {int(size)} bytes, more than {limit}",
                            errors={"scriptLocation": ["too large"]})
     return int(size)
+
+
+def head_argv(path: str) -> list[str]:
+    """The file's first MAX_SCRIPT_BYTES + 1 bytes (one more tells it grew past the limit)."""
+    return ["head", "-c", str(MAX_SCRIPT_BYTES + 1), "--", path]
+
+
+def content(path: str, returncode: int, stdout: bytes, stderr: str) -> bytes:
+    """What :func:`head_argv` read; InvalidInput when it failed or the file grew past the limit
+    after :func:`check`."""
+    if returncode != 0 or len(stdout) > MAX_SCRIPT_BYTES:
+        why = stderr.strip()[-300:] or f"exit status {returncode}, or it grew past {MAX_SCRIPT_BYTES} bytes"
+        raise InvalidInput(f"cannot read scriptLocation {path}: {why}", errors={"scriptLocation": ["cannot read"]})
+    return stdout

@@ -358,13 +358,8 @@ class AipScheduler:
                                errors={"scriptLocation": ["not absolute"]})
         st = self._run_plain(scriptfile.stat_argv(location), as_user=self._as(user))
         scriptfile.check(location, st.returncode, st.out, st.err)
-        res = self._run_plain(["head", "-c", str(scriptfile.MAX_SCRIPT_BYTES + 1), "--", location],
-                              as_user=self._as(user))
-        if res.returncode != 0 or len(res.stdout) > scriptfile.MAX_SCRIPT_BYTES:
-            msg = (res.err or res.out).strip() or f"exit status {res.returncode}, or it grew"
-            raise InvalidInput(f"cannot read scriptLocation {location}: {msg}",
-                               errors={"scriptLocation": [msg]})
-        return res.stdout.decode("utf-8", "replace")
+        res = self._run_plain(scriptfile.head_argv(location), as_user=self._as(user))
+        return scriptfile.content(location, res.returncode, res.stdout, res.err).decode("utf-8", "replace")
 
     @hookimpl
     def list_jobs(self, user, query):

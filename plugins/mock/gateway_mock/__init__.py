@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from marshmallow import Schema, ValidationError, fields, validate
 
 from gateway import scriptfile
-from gateway.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound
+from gateway.errors import ConfigError, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.models import ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, User, UserInfo
 
@@ -132,29 +132,31 @@ class MockScheduler:
             time_limit_minutes=row["time_limit"], work_dir=row["work_dir"], stdout_path=row["stdout_path"],
             stderr_path=row["stderr_path"], command=row["command"])
 
+    def _account(self, name: str, missing: type[GatewayError]):
+        """run_as: sudo: ``name``'s passwd entry (``missing`` when it has none), never root's."""
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise missing(f"user {name} has no Unix account on {self.host}") from None
+        if entry.pw_uid == 0:
+            raise Forbidden(f"{name} is root: the mock backend runs no job or command as root")
+        return entry
+
     def _as_user(self, user) -> dict:
         """Popen arguments that run a helper as the job's user (run_as: sudo)."""
         if self.opts["run_as"] != "sudo":
             return {}
-        try:
-            entry = pwd.getpwnam(user.name)
-        except KeyError:
-            raise Conflict(f"user {user.name} has no Unix account on {self.host}") from None
-        if entry.pw_uid == 0:
-            raise Forbidden(f"{user.name} is root: the mock backend runs no job or command as root")
+        entry = self._account(user.name, Conflict)
         return {"user": entry.pw_uid, "group": entry.pw_gid,
                 "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
 
     def _user_entry(self, user):
+        if self.opts["run_as"] == "sudo":
+            return self._account(user.name, InvalidInput)
         try:
-            entry = pwd.getpwnam(user.name)
+            return pwd.getpwnam(user.name)
         except KeyError:
-            if self.opts["run_as"] == "sudo":
-                raise InvalidInput(f"user {user.name} has no Unix account on {self.host}")
             return None
-        if self.opts["run_as"] == "sudo" and entry.pw_uid == 0:
-            raise Forbidden(f"{user.name} is root: the mock backend runs no job or command as root")
-        return entry
 
     def _read_script(self, user, path: str) -> bytes:
         """A scriptLocation, read as the account jobs run as, once gateway.scriptfile found a
@@ -165,14 +167,10 @@ class MockScheduler:
         try:
             st = subprocess.run(scriptfile.stat_argv(path), capture_output=True, timeout=10, **as_user)
             scriptfile.check(path, st.returncode, st.stdout.decode(errors="replace"), st.stderr.decode(errors="replace"))
-            proc = subprocess.run(["head", "-c", str(scriptfile.MAX_SCRIPT_BYTES + 1), "--", path],
-                                  capture_output=True, timeout=10, **as_user)
+            proc = subprocess.run(scriptfile.head_argv(path), capture_output=True, timeout=10, **as_user)
         except subprocess.TimeoutExpired:
             raise InvalidInput(f"{path} could not be read within 10 s", errors={"scriptLocation": ["too slow"]}) from None
-        if proc.returncode != 0 or len(proc.stdout) > scriptfile.MAX_SCRIPT_BYTES:
-            raise InvalidInput(f"cannot read {path}: {proc.stderr.decode(errors='replace').strip()[-300:] or 'it grew'}",
-                               errors={"scriptLocation": ["cannot read"]})
-        return proc.stdout
+        return scriptfile.content(path, proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
 
     # ---------------------------------------------------------------- jobs
     @hookimpl
