@@ -43,7 +43,8 @@ if not _reload:
     os.environ["HPCGW_METRICS_MASTER"] = str(os.getpid())
 _own_metrics_dir = os.environ.get("HPCGW_METRICS_OWNED") == "1"
 
-from gateway.config import load_config  # noqa: E402  (after the environment is set)
+from gateway.config import count_setting, load_config  # noqa: E402  (after the environment is set)
+from gateway.errors import ConfigError  # noqa: E402
 from gateway.serving import GatewayWorker  # noqa: E402
 from gateway.serving import install as _one_write_responses  # noqa: E402
 
@@ -55,16 +56,10 @@ _cfg = load_config()      # GATEWAY_CONFIG, else the built-in defaults; errors s
 
 
 def _count(env: str, key: str, default: int) -> int:
-    raw = os.environ.get(env) or _cfg.get(key)
-    if raw in (None, ""):
-        return default
     try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise SystemExit(f"{env} / {key}: expected a whole number, got {raw!r}")
-    if value < 1:
-        raise SystemExit(f"{env} / {key}: must be at least 1, got {value}")
-    return value
+        return count_setting(env, _cfg, key, default)
+    except ConfigError as exc:
+        raise SystemExit(exc.msg) from None
 
 
 def _bind_address(host: str, port: int) -> str:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .api.common import ErrorEnvelope, bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
-from .config import load_config
+from .config import count_setting, load_config
 from .errors import GatewayError, ServiceUnavailable, Unauthorized
 from .metrics import Metrics, metrics_view
 from .models import User
@@ -131,15 +131,6 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
                     cfg["http_port"], cfg["api_prefix"], note)
 
 
-def worker_threads(cfg: dict) -> int:
-    """Threads per gunicorn worker, as deploy/gunicorn.conf.py counts them."""
-    raw = os.environ.get("GATEWAY_THREADS") or cfg.get("threads")
-    try:
-        return max(1, int(raw)) if raw not in (None, "") else 32
-    except (TypeError, ValueError):
-        return 32
-
-
 class FromProxies:
     """werkzeug's ProxyFix for connections from ``addresses`` only; on any other, the
     X-Forwarded-* headers are ignored (a client reaching a replica directly, past NGINX,
@@ -197,7 +188,8 @@ def create_app(config: dict | str | None = None) -> Flask:
     """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
     cfg = load_config(config)
     if cfg["max_waits_per_user"] is None:
-        cfg["max_waits_per_user"] = max(1, worker_threads(cfg) // 4)
+        # A quarter of a worker's threads, counted as deploy/gunicorn.conf.py counts them.
+        cfg["max_waits_per_user"] = max(1, count_setting("GATEWAY_THREADS", cfg, "threads", 32) // 4)
     logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gateway").setLevel(cfg["log_level"].upper())
     os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)

@@ -139,6 +139,21 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def count_setting(env: str, cfg: dict, key: str, default: int) -> int:
+    """A whole-number setting of the server (workers, threads): the environment variable
+    ``env``, else ``cfg[key]``, else ``default``; ConfigError unless it is at least 1."""
+    raw = os.environ.get(env) or cfg.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{env} / {key}: expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{env} / {key}: must be at least 1, got {value}")
+    return value
+
+
 def load_config(config: dict | str | os.PathLike | None = None) -> dict[str, Any]:
     """Return the validated configuration.
 
