@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -79,10 +80,11 @@ class Channel:
         result = self.run(argv)
         return consume(iter((result.stdout,))), result
 
-    def quietly_remove(self, path: str) -> None:
-        """Remove a temporary file; never raises (the caller is already handling an error)."""
+    def quietly_remove(self, path: str, *, tree: bool = False) -> None:
+        """Remove a temporary file (or, with ``tree``, a temporary directory and what it holds);
+        never raises (the caller is already handling an error)."""
         try:
-            result = self.run(commands.remove(path, force=True))
+            result = self.run(commands.remove(path, force=True, tree=tree))
             if result.returncode != 0:
                 log.warning("cannot remove %s as %s: %s", path, self.as_user, result.err.strip()[-300:])
         except Exception as exc:  # noqa: BLE001 - best effort while another error is handled
@@ -144,6 +146,40 @@ def _deadline(proc: subprocess.Popen, seconds: float) -> tuple[threading.Timer, 
     return timer, expired
 
 
+def _read_within(fd: int, size: int, seconds: float) -> tuple[bytes, bool]:
+    """Up to ``size`` bytes from the pipe ``fd`` (fewer only at its end), and whether it
+    stalled: no byte came for ``seconds`` (what came until then is returned)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    parts, got = [], 0
+    while got < size:
+        if not poller.poll(seconds * 1000):
+            return b"".join(parts), True
+        piece = os.read(fd, size - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts), False
+
+
+def _write_within(fd: int, data: bytes, seconds: float) -> bool:
+    """Write all of ``data`` to the non-blocking pipe ``fd``; False when no byte could go for
+    ``seconds`` (the reader is stuck). A reader gone raises BrokenPipeError, as a write does."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+            continue
+        except BlockingIOError:
+            pass
+        if not poller.poll(seconds * 1000):
+            return False
+    return True
+
+
 def _end(proc: subprocess.Popen, errfile) -> None:
     """Kill and reap a streaming tool (its whole process group) and close its pipe."""
     _kill(proc)
@@ -174,12 +210,16 @@ class PipeChannel(Channel):
         proc, errfile = self._spawn(commands.write_new(path, self.chunk), stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL)
         digest, size = hashlib.sha256(), 0
+        fd = proc.stdin.fileno()
+        os.set_blocking(fd, False)
         try:
             try:
                 for chunk in source:
                     digest.update(chunk)
                     size += len(chunk)
-                    proc.stdin.write(chunk)
+                    # A tool stuck in its write (a hung mount) must not hold the thread for ever.
+                    if not _write_within(fd, chunk, self.timeout):
+                        raise SchedulerTimeout(f"writing {path}: no progress for {self.timeout:g} s")
             except BrokenPipeError:
                 pass                    # dd is gone: its exit code and stderr say why
             _close(proc.stdin)
@@ -231,20 +271,19 @@ class PipeChannel(Channel):
         """Start ``argv``; the first chunk is read before returning, so that a command that
         fails at once (permission denied) becomes an error response, not an empty 200."""
         proc, errfile = self._spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        # The first chunk within command_timeout: a FIFO put in the file's place after the
-        # check (dd then waits in open for a writer) or a hung mount held the thread forever.
-        timer, expired = _deadline(proc, self.timeout)
+        # Every read waits at most command_timeout for a byte: a FIFO put in the file's place
+        # after the check (dd then waits in open for a writer) or a hung mount held the thread
+        # for ever. A poll, not a timer that kills the tool: a tool in uninterruptible sleep
+        # (hard NFS mount) does not die, and a blocked read would wait for it.
         try:
-            first = proc.stdout.read(self.chunk)
-            timer.cancel()
-            if expired.is_set():
+            first, stalled = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
+            if stalled:
                 raise SchedulerTimeout(f"{what} {path}: no data within {self.timeout:g} s")
             if not first:
                 proc.wait(timeout=self.timeout)
                 if proc.returncode != 0:
                     raise self._failure(proc, errfile, what, path)
         except BaseException:
-            timer.cancel()
             _end(proc, errfile)
             raise
         rest = self._rest(proc, errfile, first, what, path)
@@ -261,10 +300,15 @@ class PipeChannel(Channel):
             return
         yield first
         while True:
-            chunk = proc.stdout.read(self.chunk)
+            chunk, stalled = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
+            if chunk:
+                yield chunk
+            if stalled:
+                # Too late for an error status: the client sees a short body (Content-Length).
+                log.warning("%s %s: no data for %g s, ended", what, path, self.timeout)
+                return                  # the response's close ends the tool (_end)
             if not chunk:
                 break
-            yield chunk
         try:
             proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:

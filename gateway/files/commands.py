@@ -82,9 +82,18 @@ def rename_no_clobber(src: str, dst: str) -> list[str]:
     return ["mv", "-n", "-T", "--", src, dst]
 
 
-def remove(path: str, *, force: bool = False) -> list[str]:
+def remove(path: str, *, force: bool = False, tree: bool = False) -> list[str]:
     _abs(path)
+    if tree:
+        return ["rm", "-rf", "--", path]
     return ["rm", "-f", "--", path] if force else ["rm", "--", path]
+
+
+def private_dir(path: str) -> list[str]:
+    """A new directory only its owner can enter (mode 0700 from creation on; refused if the
+    name exists, even as a link)."""
+    _abs(path)
+    return ["mkdir", "-m", "700", "--", path]
 
 
 def mkdirs(path: str) -> list[str]:

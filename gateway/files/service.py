@@ -233,22 +233,32 @@ class FileSpace:
                 raise Conflict(f"{given!r} is a directory: give the path of a file in it")
             if not overwrite:
                 raise Conflict(f"{given!r} already exists: send overwrite=true to replace it")
-        temp = f"{parent.rstrip('/')}/{commands.temp_name(name)}"
+        # Without a mode, a replaced file keeps its own (the new one would otherwise get
+        # the default 0644: a 0600 key file overwritten became readable to others).
+        keep = mode or (existing.mode if existing is not None and existing.type == "file" else None)
+        # The temporary file has the default mode (typically 0644) while it is written. When the
+        # result is to be less readable than that, it is written inside a new 0700 directory
+        # instead: a reader who opened it mid-write would keep reading after the chmod.
+        hidden = keep is not None and int(keep, 8) & 0o044 != 0o044
+        leftover = f"{parent.rstrip('/')}/{commands.temp_name(name)}"
+        temp = f"{leftover}/upload" if hidden else leftover
         try:
+            if hidden:
+                self.channel.check(commands.private_dir(leftover), "write into", parent)
             transfer = self.channel.write_new(temp, source)
             if sha256 and sha256.lower() != transfer.sha256:
                 raise InvalidInput(
                     f"the upload's sha256 is {transfer.sha256}, not the expected {sha256.lower()}: "
                     "the file was not saved", errors={"sha256": ["does not match the uploaded data"]})
-            # Without a mode, a replaced file keeps its own (the new one would otherwise get
-            # the default 0644: a 0600 key file overwritten became readable to others).
-            keep = mode or (existing.mode if existing is not None and existing.type == "file" else None)
             if keep:
                 self.channel.check(commands.chmod(keep, temp), "set the mode of", given)
             self._publish(temp, target, given, overwrite)
         except BaseException:
-            self.channel.quietly_remove(temp)
+            self.channel.quietly_remove(leftover, tree=hidden)
             raise
+        if hidden or not overwrite:
+            # ln left the temporary name behind (or mv left the emptied 0700 directory).
+            self.channel.quietly_remove(leftover, tree=hidden)
         return {"path": target, "name": name, "size": transfer.size, "sha256": transfer.sha256,
                 "replaced": existing is not None}
 
@@ -258,7 +268,6 @@ class FileSpace:
             return
         linked = self.channel.run(commands.link_new(temp, target))
         if linked.returncode == 0:
-            self.channel.quietly_remove(temp)
             return
         if b"File exists" in linked.stderr:
             raise Conflict(f"{given!r} appeared while uploading: send overwrite=true to replace it")

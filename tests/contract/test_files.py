@@ -15,7 +15,10 @@ import pathlib
 import pwd
 import random
 import shutil
+import stat
 import tarfile
+import threading
+import time
 import uuid
 
 import pytest
@@ -262,6 +265,74 @@ def test_mode_of_an_uploaded_file(files, workdir):
     stat = call(files.alice, "GET", "/files/stat", params={"path": f"{workdir}/run.sh"}).get_json()["data"]["file"]
     assert stat["mode"] == "0750" and stat["permissions"] == "-rwxr-x---"
     assert upload(files.alice, f"{workdir}/bad", b"", mode="999").status_code == 422
+
+
+class SlowBody(io.BytesIO):
+    """A request body handed over in small pieces, a little at a time."""
+
+    PIECE, PAUSE = 64 * 1024, 0.01
+
+    def read(self, size=-1):
+        if self.tell():
+            time.sleep(self.PAUSE)
+        return super().read(self.PIECE if size is None or size < 0 else min(size, self.PIECE))
+
+    read1 = read
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+
+def test_a_private_upload_is_never_readable_by_others_while_written(files, workdir):
+    """With mode 0600 (given, or kept from the file it replaces), no one else may open the
+    data mid-write: an open descriptor would keep reading after the final chmod."""
+    data = payload(2 * 1024 * 1024)
+    seen: list[tuple[str, int, bool]] = []          # (path, mode, is a directory)
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                for entry in os.scandir(workdir):
+                    if ".gw-upload-" not in entry.name:
+                        continue
+                    st = os.lstat(entry.path)
+                    seen.append((entry.path, st.st_mode, stat.S_ISDIR(st.st_mode)))
+                    if stat.S_ISDIR(st.st_mode):
+                        seen.extend((e.path, os.lstat(e.path).st_mode, False) for e in os.scandir(entry.path))
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        r = call(files.alice, "PUT", "/files/content", params={"path": f"{workdir}/key", "mode": "600"},
+                 headers={"Content-Type": "application/octet-stream"}, input_stream=SlowBody(data),
+                 environ_overrides={"CONTENT_LENGTH": str(len(data))})
+        assert r.status_code == 200, r.get_json()
+        # Replaced without a mode: it keeps 0600, so it is written privately too.
+        r = call(files.alice, "PUT", "/files/content", params={"path": f"{workdir}/key", "overwrite": "true"},
+                 headers={"Content-Type": "application/octet-stream"}, input_stream=SlowBody(data[::-1]),
+                 environ_overrides={"CONTENT_LENGTH": str(len(data))})
+        assert r.status_code == 200, r.get_json()
+    finally:
+        done.set()
+        watcher.join(10)
+    assert download(files.alice, f"{workdir}/key").data == data[::-1]
+    assert os.stat(f"{workdir}/key").st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(workdir)) == [".keep", "key"]            # nothing left behind
+    if "ssm" not in files.backend:      # over SSM the data reaches the cluster in one curl
+        assert seen, "the watcher never saw the upload being written"
+    for path, mode, is_dir in seen:
+        beside_target = os.path.dirname(path) == workdir
+        if is_dir:
+            assert beside_target and mode & 0o777 == 0o700, (path, oct(mode))
+        else:
+            # A file being written sits in a 0700 directory, or is itself unreadable to others.
+            assert not beside_target or mode & 0o044 == 0, (path, oct(mode))
 
 
 # ------------------------------------------------------------------ refusals

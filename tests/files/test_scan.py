@@ -89,3 +89,45 @@ def test_a_download_whose_first_chunk_never_comes_ends_at_the_command_timeout(tm
     assert time.monotonic() - t0 < 30          # (the command timeout is 1 s; no writer ever comes)
     assert not [p for p in subprocess.run(["pgrep", "-f", f"if={fifo}"], capture_output=True, text=True)
                 .stdout.split()]
+
+
+def test_a_download_that_stalls_midway_ends_and_frees_its_thread(tmp_path):
+    """Data comes, then none (a hung mount): the download ends command_timeout after the last
+    byte, with what came (the client sees a short body), and the tool is ended. Before, the
+    thread waited in read() for as long as the tool did."""
+    import os
+    import threading
+    fifo = tmp_path / "stalls"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def writer():
+        with open(fifo, "wb") as out:
+            out.write(b"x" * 300_000)
+            out.flush()
+            release.wait(30)              # holds the FIFO open, writing nothing more
+
+    threading.Thread(target=writer, daemon=True).start()
+    t0 = time.monotonic()
+    stream = channel(command_timeout=1, chunk_bytes=64 * 1024).read(str(fifo), 0, 10 * 1024 * 1024)
+    try:
+        got = sum(len(chunk) for chunk in stream)
+        waited = time.monotonic() - t0
+    finally:
+        stream.close()
+        release.set()
+    assert got == 300_000
+    assert waited < 15, waited                 # the writer would have held it 30 s
+    assert not _running(f"if={fifo}")
+
+
+def test_an_upload_whose_tool_stops_reading_is_a_504(monkeypatch):
+    """The tool writing the upload stops taking data (a hung mount): the write gives up after
+    command_timeout without progress, and the tool is ended."""
+    from gateway.files import commands
+    monkeypatch.setattr(commands, "write_new", lambda path, block: ["sleep", "27.1828"])
+    t0 = time.monotonic()
+    with pytest.raises(SchedulerTimeout, match="no progress for 1 s"):
+        channel(command_timeout=1).write_new("/nonexistent/x", iter([b"y" * (1 << 20)] * 4))
+    assert time.monotonic() - t0 < 15          # a hang guard: sleep would hold it 27 s
+    assert not _running("sleep 27.1828")
