@@ -5,8 +5,9 @@ bring back exit code, stdout and stderr. They know no scheduler.
 - ``ssh``: the head node over OpenSSH (arguments shell-quoted for the remote shell).
 - ``ssm``: AWS Systems Manager Run Command on the head node's instance.
 
-``run(argv, stdin=None, timeout=None, as_user=None)``: ``as_user`` runs the command as that
-Unix user through ``sudo -n -u USER --`` (no shell). A command that does not finish in time
+``run(argv, stdin=None, timeout=None, as_user=None, private=False)``: ``as_user`` runs the
+command as that Unix user through ``sudo -n -u USER --`` (no shell); ``private`` keeps its
+output out of anything that records output (over SSM: command history, output bucket). A command that does not finish in time
 raises ``SchedulerTimeout`` (504); a transport that cannot reach its target raises
 ``SchedulerUnavailable`` (503). A non-zero exit code is *not* an error here: callers decide.
 """
@@ -48,13 +49,20 @@ class Transport:
             return [*self.sudo, "-u", as_user, "--", *argv]
         return argv
 
+    #: Whether what commands print is kept by the way it travels (SSM's command history and
+    #: output bucket); such a transport's ``_run`` takes ``private``.
+    keeps_output = False
+
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None, as_user: str | None = None,
-            env: dict[str, str] | None = None) -> CommandResult:
+            env: dict[str, str] | None = None, private: bool = False) -> CommandResult:
+        """``private``: the output is a secret (a VNC password): a transport that keeps
+        output must carry this one another way. Pipes keep nothing: it changes nothing."""
         if not argv:
             raise ValueError("empty argument list")
+        extra = {"private": True} if private and self.keeps_output else {}
         return self._run(self.wrap_user(argv, as_user), stdin=stdin,
-                         timeout=self.timeout if timeout is None else timeout, env=env)
+                         timeout=self.timeout if timeout is None else timeout, env=env, **extra)
 
     def _run(self, argv: list[str], *, stdin: bytes | None, timeout: float,
              env: dict[str, str] | None) -> CommandResult:  # pragma: no cover

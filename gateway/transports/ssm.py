@@ -23,6 +23,11 @@ The script (see :func:`build_script`) is plain POSIX sh, because the agent runs 
   ``<prefix>/<command-id>/<instance-id>/awsrunShellScript/0.awsrunShellScript/stdout``).
   Without ``output_bucket`` such output cannot be recovered and the run fails with a message
   saying so. Base64 costs 4/3: outputs up to ~18 KB come back inline.
+- SSM keeps what the script prints (command history, output bucket). A ``private=True`` run
+  (a vis session file: the VNC password) uploads its frame with curl to a presigned S3 PUT
+  (``<output_prefix>/private/<uuid>``) and prints only ``GW-SSM-PUT <curl exit code>``; the
+  gateway reads the object once and deletes it. Without ``output_bucket`` it runs as usual
+  and a warning is logged;
 - the exit code travels in the frame and also as the script's own exit code (ResponseCode),
   except 194, which would make the SSM agent *reboot the instance*: the script exits 1
   instead and the frame keeps the true 194.
@@ -43,9 +48,11 @@ Credentials come from boto3's normal chain (environment, ``profile``, instance r
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import threading
 import time
+import uuid
 from typing import Sequence
 
 from ..errors import GatewayError, SchedulerRefused, SchedulerTimeout, SchedulerUnavailable
@@ -54,6 +61,9 @@ from .ssh import remote_command_line
 
 FRAME_HEADER = "GW-SSM-1"
 FRAME_END = "GW-SSM-END"
+PUT_HEADER = "GW-SSM-PUT"
+log = logging.getLogger(__name__)
+
 INLINE_STDOUT_LIMIT = 24000  # characters of StandardOutputContent SSM returns inline
 
 _RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
@@ -69,8 +79,13 @@ _UNAVAILABLE_CODES = {
 }
 
 
-def build_script(command_line: str, stdin: bytes | None) -> str:
-    """The AWS-RunShellScript body that runs ``command_line`` and frames its output (pure)."""
+def build_script(command_line: str, stdin: bytes | None, put_url: str | None = None,
+                 put_timeout: float = 30) -> str:
+    """The AWS-RunShellScript body that runs ``command_line`` and frames its output (pure).
+
+    With ``put_url`` (a presigned S3 PUT) the frame is uploaded there with curl instead of
+    printed: the agent's output (kept in SSM's command history and the output bucket) then
+    holds only ``GW-SSM-PUT <curl's exit code>``."""
     lines = ['gw_d=$(mktemp -d) || exit 125']
     if stdin is not None:
         encoded = base64.encodebytes(stdin).decode("ascii")  # 76-char lines
@@ -79,14 +94,26 @@ def build_script(command_line: str, stdin: bytes | None) -> str:
     else:
         lines.append(': >"$gw_d/in"')
         redirect_in = "</dev/null"
-    lines += [
-        f'{command_line} {redirect_in} >"$gw_d/out" 2>"$gw_d/err"',
-        "gw_rc=$?",
+    frame = [
         f"printf '{FRAME_HEADER} %d\\n' \"$gw_rc\"",
         "base64 \"$gw_d/out\" | tr -d '\\n'",
         "printf '\\n'",
         "base64 \"$gw_d/err\" | tr -d '\\n'",
         f"printf '\\n{FRAME_END}\\n'",
+    ]
+    lines += [f'{command_line} {redirect_in} >"$gw_d/out" 2>"$gw_d/err"', "gw_rc=$?"]
+    if put_url is None:
+        lines += frame
+    else:
+        from ..files.commands import curl_config
+        lines += ["{", *frame, '} >"$gw_d/frame"',
+                  "curl --silent --show-error --fail --retry 3 --max-time "
+                  f'{max(1, math.ceil(put_timeout))} --config - --upload-file "$gw_d/frame" '
+                  "<<'GW_URL_EOF'",
+                  curl_config(put_url).decode("ascii").rstrip("\n"),
+                  "GW_URL_EOF",
+                  f"printf '{PUT_HEADER} %d\\n' \"$?\""]
+    lines += [
         'rm -rf "$gw_d"',
         # 194 asks the SSM agent to reboot the instance: never exit with it.
         '[ "$gw_rc" -eq 194 ] && gw_rc=1',
@@ -131,6 +158,7 @@ class SsmTransport(Transport):
     """Commands on one SSM-managed instance (``instance_id``) through Run Command."""
 
     name = "ssm"
+    keeps_output = True
 
     def __init__(self, instance_id: str, region: str = "us-east-1",
                  endpoint_url: str | None = None, output_bucket: str | None = None,
@@ -161,6 +189,7 @@ class SsmTransport(Transport):
         self._session = None
         self._clients: dict = {}
         self._lock = threading.Lock()
+        self._warned_private = False
 
     # -- boto3 ------------------------------------------------------------------------
     def _client(self, service: str, read_timeout: float, attempts: int | None = None):
@@ -186,6 +215,7 @@ class SsmTransport(Transport):
                                 read_timeout=read_timeout,
                                 user_agent_extra="hpc-gateway")
                 if service == "s3":
+                    config = config.merge(Config(signature_version="s3v4"))   # presigned URLs
                     if self.s3_endpoint_url:
                         config = config.merge(Config(s3={"addressing_style": "path"}))
                     client = self._session.client("s3", region_name=self.output_region,
@@ -205,11 +235,24 @@ class SsmTransport(Transport):
         return timeout / max(1, self.max_attempts)
 
     # -- run --------------------------------------------------------------------------
-    def _run(self, argv, *, stdin, timeout, env):
+    def _run(self, argv, *, stdin, timeout, env, private=False):
         from botocore.exceptions import BotoCoreError, ClientError
 
         deadline = time.monotonic() + timeout
-        script = build_script(remote_command_line(argv, env), stdin)
+        private_key = put_url = None
+        if private and self.output_bucket:
+            private_key = self._private_key()
+            try:
+                put_url = self._s3(timeout).generate_presigned_url(
+                    "put_object", Params={"Bucket": self.output_bucket, "Key": private_key},
+                    ExpiresIn=max(60, math.ceil(timeout) + 60))
+            except BotoCoreError as exc:                  # no credentials
+                raise SchedulerUnavailable(f"cannot sign an S3 URL for the output: {exc}") from exc
+        elif private and not self._warned_private:
+            self._warned_private = True
+            log.warning("ssm transport: no output_bucket, so private output (vis session "
+                        "files with their VNC passwords) is kept in SSM's command history")
+        script = build_script(remote_command_line(argv, env), stdin, put_url=put_url, put_timeout=timeout)
         ssm = self._client("ssm", self._per_call_timeout(timeout))
         params = {
             "InstanceIds": [self.instance_id],
@@ -233,8 +276,52 @@ class SsmTransport(Transport):
         except (ClientError, BotoCoreError) as exc:
             raise self._api_error("SendCommand", exc) from exc
 
-        invocation = self._wait(ssm, command_id, deadline, timeout)
-        return self._result(invocation, command_id, deadline)
+        if private_key is None:
+            invocation = self._wait(ssm, command_id, deadline, timeout)
+            return self._result(invocation, command_id, deadline)
+        try:
+            invocation = self._wait(ssm, command_id, deadline, timeout)
+            return self._private_result(invocation, private_key)
+        finally:
+            self._delete_private(private_key)
+
+    # -- private output: through a presigned PUT, read once, deleted ---------------------
+    def _private_key(self) -> str:
+        name = f"private/{uuid.uuid4().hex}"
+        return f"{self.output_prefix}/{name}" if self.output_prefix else name
+
+    def _s3(self, timeout: float):
+        return self._client("s3", self._per_call_timeout(timeout))
+
+    def _private_result(self, invocation: dict, key: str) -> CommandResult:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        status = invocation.get("Status")
+        if status not in ("Success", "Failed"):
+            return self._result(invocation, "", 0.0)        # says why (timed out, cancelled...)
+        inline = invocation.get("StandardOutputContent") or ""
+        start = inline.rfind(PUT_HEADER + " ")
+        words = inline[start:].split() if start >= 0 else []
+        if len(words) < 2 or words[1] != "0":
+            why = f"curl exit code {words[1]}" if len(words) >= 2 else "no report from the script"
+            raise SchedulerUnavailable(
+                f"the command on {self.instance_id} could not upload its output to "
+                f"s3://{self.output_bucket} ({why})" + _tail(invocation.get("StandardErrorContent")))
+        try:
+            body = self._s3(self.api_timeout).get_object(Bucket=self.output_bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise SchedulerUnavailable(f"cannot read the command's output from S3: {exc}") from exc
+        result = parse_frame(body.decode("ascii", "replace"))
+        if result is None:
+            raise GatewayError(f"the output of the command on {self.instance_id} arrived incomplete")
+        return result
+
+    def _delete_private(self, key: str) -> None:
+        try:
+            self._s3(self.api_timeout).delete_object(Bucket=self.output_bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - the answer matters more; the key is logged
+            log.warning("cannot delete s3://%s/%s (a command's private output): %s",
+                        self.output_bucket, key, exc)
 
     def _wait(self, ssm, command_id: str, deadline: float, timeout: float) -> dict:
         from botocore.exceptions import BotoCoreError, ClientError

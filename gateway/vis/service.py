@@ -50,8 +50,10 @@ def _read_through_file_transport(scheduler, user: User, path: str, limit: int) -
     access = file_access(scheduler, user)
     if path.startswith("~/"):
         path = _account_home(scheduler, access) + path[1:]
+    # private: the session file holds the VNC password (kept out of SSM's command history).
+    extra = {"private": True} if getattr(access.transport, "keeps_output", False) else {}
     res = access.transport.run(["head", "-c", str(int(limit)), "--", path], as_user=access.as_user,
-                               timeout=COMMAND_TIMEOUT)
+                               timeout=COMMAND_TIMEOUT, **extra)
     if res.returncode != 0:
         if "No such file" in res.err:
             return None

@@ -228,3 +228,64 @@ def test_retry_configuration():
     client = t._client("ssm", 10)
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
     assert client.meta.config.read_timeout <= 10
+
+
+# -- private output (a vis session file's VNC password) ------------------------------------
+def _bucket_objects(s3) -> dict[str, bytes]:
+    client = s3.client()
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=OUTPUT_BUCKET)
+            for o in page.get("Contents", [])]
+    return {key: s3.get(OUTPUT_BUCKET, key) for key in keys}
+
+
+def test_private_output_stays_out_of_ssm_history_and_the_output_bucket(ssm, ssm_double, s3, tmp_path):
+    """SSM keeps every command's output (command history, the output bucket). A private run's
+    frame goes to a presigned S3 PUT instead, is read once and deleted: the secret is found
+    in no invocation's output and in no object left in the bucket."""
+    import base64
+    secret = b"vnc-password-" + os.urandom(24).hex().encode() + bytes(range(256))
+    path = tmp_path / "session.json"
+    path.write_bytes(secret)
+    before = set(_bucket_objects(s3))
+
+    result = ssm.run(["cat", "--", str(path)], private=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, secret, b"")
+    failed = ssm.run(["cat", "--", str(tmp_path / "missing")], private=True)
+    assert failed.returncode == 1 and b"No such file" in failed.stderr
+
+    encoded = base64.b64encode(secret)
+    for inv in list(ssm_double.invocations.values())[-2:]:
+        assert inv.stdout.startswith(b"GW-SSM-PUT 0") and encoded not in inv.stdout, inv.stdout[:200]
+        assert secret not in inv.stdout and encoded not in inv.stderr
+    left = {k: v for k, v in _bucket_objects(s3).items() if k not in before}
+    assert not [k for k in left if "/private/" in k]                  # read once, deleted
+    assert not [k for k, v in left.items() if encoded in v or secret in v]
+    # The same read, not private, is kept by SSM: what the test guards against.
+    ssm.run(["cat", "--", str(path)])
+    assert encoded in _last(ssm_double).stdout
+
+
+def test_private_output_without_a_bucket_is_still_answered(ssm_double, tmp_path, caplog):
+    """No output bucket: the run is answered inline, as before, and the operator is told."""
+    path = tmp_path / "s"
+    path.write_bytes(b"secret")
+    t = make_transport(ssm_double.transport_options())
+    try:
+        with caplog.at_level("WARNING", logger="gateway.transports.ssm"):
+            assert t.run(["cat", "--", str(path)], private=True).stdout == b"secret"
+        assert "no output_bucket" in caplog.text
+    finally:
+        t.close()
+
+
+def test_private_output_that_cannot_reach_s3_is_a_503(ssm_double, s3, tmp_path):
+    """curl cannot PUT (here: a bucket that does not exist): a clear 503, not empty output."""
+    path = tmp_path / "s"
+    path.write_bytes(b"secret")
+    t = make_transport(ssm_double.transport_options(output_bucket="gw-no-such-bucket",
+                                                     s3_endpoint_url=s3.url))
+    try:
+        with pytest.raises(SchedulerUnavailable, match="could not upload its output"):
+            t.run(["cat", "--", str(path)], private=True)
+    finally:
+        t.close()

@@ -127,9 +127,11 @@ class AipScheduler:
         return text
 
     def _run_plain(self, argv: list[str], as_user: str | None = None,
-                   stdin: bytes | None = None):
-        """A non-scheduler helper (getent, id, head) on the scheduler's host."""
-        return self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user)
+                   stdin: bytes | None = None, private: bool = False):
+        """A non-scheduler helper (getent, id, head) on the scheduler's host; ``private``: its
+        output is a secret, kept out of SSM's command history."""
+        extra = {"private": True} if private and getattr(self.transport, "keeps_output", False) else {}
+        return self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user, **extra)
 
     def account(self) -> str:
         """The transport's own account (the service account with run_as: service)."""
@@ -580,7 +582,8 @@ class AipScheduler:
             path = home.rstrip("/") + path[1:]
         if not path.startswith("/"):
             raise InvalidInput(f"not an absolute path: {path}")
-        res = self._run_plain(["head", "-c", str(int(limit)), "--", path], as_user=self._as(user))
+        res = self._run_plain(["head", "-c", str(int(limit)), "--", path], as_user=self._as(user),
+                              private=True)     # the session file holds the VNC password
         if res.returncode != 0:
             if "No such file" in res.err:
                 return None

@@ -106,23 +106,25 @@ class SlurmScheduler:
 
     # ------------------------------------------------------------ running commands
     def _run(self, argv: list[str], *, as_user: str | None = None, stdin: bytes | None = None,
-             timeout: float | None = None) -> CommandResult:
+             timeout: float | None = None, private: bool = False) -> CommandResult:
+        """``private``: the output is a secret, kept out of SSM's command history."""
         if command_timer is None:
-            return self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+            return self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout, private=private)
         with command_timer(PLUGIN, _program(argv)) as timing:
-            result = self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+            result = self._run_bare(argv, as_user=as_user, stdin=stdin, timeout=timeout, private=private)
             timing.ok = result.returncode == 0
         return result
 
-    def _run_bare(self, argv, *, as_user, stdin, timeout) -> CommandResult:
+    def _run_bare(self, argv, *, as_user, stdin, timeout, private=False) -> CommandResult:
         if _program(argv) not in CONTROLLER_COMMANDS or argv == commands.ping():
-            return self._run_transport(argv, as_user=as_user, stdin=stdin, timeout=timeout)
+            return self._run_transport(argv, as_user=as_user, stdin=stdin, timeout=timeout, private=private)
         return self._run_controller_command(argv, as_user=as_user, stdin=stdin, timeout=timeout)
 
-    def _run_transport(self, argv, *, as_user, stdin, timeout) -> CommandResult:
+    def _run_transport(self, argv, *, as_user, stdin, timeout, private=False) -> CommandResult:
+        extra = {"private": True} if private and getattr(self.transport, "keeps_output", False) else {}
         try:
             return self.transport.run(argv, stdin=stdin, as_user=as_user,
-                                      timeout=self.timeout if timeout is None else timeout)
+                                      timeout=self.timeout if timeout is None else timeout, **extra)
         except ValueError as exc:          # e.g. an embedded NUL the checks let through
             raise InvalidInput(f"cannot run {argv[0]}: {exc}") from exc
 
@@ -451,7 +453,8 @@ class SlurmScheduler:
             path = home.rstrip("/") + path[1:]
         if not path.startswith("/") or "\x00" in path:
             raise InvalidInput(f"not an absolute path: {path!r}")
-        res = self._run(commands.read_bytes(path, 0, int(limit)), as_user=account)
+        # private: the session file holds the desktop's VNC password.
+        res = self._run(commands.read_bytes(path, 0, int(limit)), as_user=account, private=True)
         if res.returncode != 0:
             if "No such file" in res.err:
                 return None

@@ -288,8 +288,13 @@ def test_controller_down_answers_503_quickly_after_the_first_failure(make_plugin
     plugin.list_jobs(user=ALICE, query=JobQuery())
 
 
-def test_read_user_file_as_the_user(make_plugin):
-    plugin = make_plugin()
+@pytest.mark.parametrize("kind", ["local", "ssm"])
+def test_read_user_file_as_the_user(make_plugin, request, kind):
+    """Over SSM the file (a vis session: a VNC password) comes back through S3, not in the
+    command's output, which SSM keeps."""
+    plugin = make_plugin(transport=transport_options(kind, request))
+    ssm_double = request.getfixturevalue("ssm_double") if kind == "ssm" else None
+    earlier = set(ssm_double.invocations) if ssm_double else set()
     name = f".gw-it-{uuid.uuid4().hex[:6]}"
     subprocess.run(["sudo", "-u", "gwbob", "sh", "-c", f"umask 077; printf secret > ~/{name}"], check=True)
     try:
@@ -297,5 +302,11 @@ def test_read_user_file_as_the_user(make_plugin):
         with pytest.raises(Forbidden):          # 0600, bob's: alice may not read it
             plugin.read_user_file(user=ALICE, path=f"/home/gwbob/{name}", limit=10)
         assert plugin.read_user_file(user=BOB, path="~/.no-such-file", limit=10) is None
+        if ssm_double:
+            kept = [inv.stdout for key, inv in ssm_double.invocations.items() if key not in earlier]
+            # The three reads went through S3; "c2Vj" is base64 for "sec" (in a frame, "sec"
+            # is where a base64 block starts).
+            assert sum(out.startswith(b"GW-SSM-PUT 0") for out in kept) == 3, kept
+            assert not [out for out in kept if b"c2Vj" in out]
     finally:
         os.unlink(f"/home/gwbob/{name}")
