@@ -88,6 +88,18 @@ def require_vis_components() -> None:
     require(chromium_binary() is not None, "chromium is not installed")
 
 
+def _kill_leftover_jobs(admin) -> None:
+    """A test that failed part-way leaves its desktop running (Xvnc, websockify, the job):
+    end every unfinished job of the stack's users before the scheduler goes."""
+    r = admin.get("/jobs", params={"user": "all", "limit": 1000,
+                                   "state": "PENDING,HELD,RUNNING,SUSPENDED"})
+    if r.status != 200:
+        return
+    for job in r.body["data"]["jobs"]:
+        if job.get("userName") in TEST_USERS.values():
+            admin.post(f"/jobs/{job['jobId']}/kill")
+
+
 @pytest.fixture(scope="module", params=VIS_BACKEND_IDS)
 def vis_stack(request, tmp_path_factory):
     require_vis_components()
@@ -119,5 +131,6 @@ def vis_stack(request, tmp_path_factory):
         gateway_url = stack.enter_context(serve_app(app))
         front = stack.enter_context(nginx(tmp / "nginx", gateway_url))
         clients = {role: ApiClient(front).login(TEST_USERS[role], passwords[role]) for role in TEST_USERS}
+        stack.callback(_kill_leftover_jobs, clients["admin"])
         yield VisStack(backend, app, gateway_url, front, clients["alice"], clients["bob"], clients["admin"],
                        dict(TEST_USERS), tmp / "nginx")
