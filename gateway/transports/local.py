@@ -36,7 +36,14 @@ class LocalTransport(Transport):
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.communicate()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                # Something outside the group still holds the pipes (a process that left it,
+                # one in uninterruptible sleep on a hung mount): do not wait for it.
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
             raise SchedulerTimeout(f"{os.path.basename(argv[0])} did not answer within {timeout:g} s")
         return CommandResult(proc.returncode, out, err)
 
