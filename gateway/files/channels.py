@@ -146,21 +146,14 @@ def _deadline(proc: subprocess.Popen, seconds: float) -> tuple[threading.Timer, 
     return timer, expired
 
 
-def _read_within(fd: int, size: int, seconds: float) -> tuple[bytes, bool]:
-    """Up to ``size`` bytes from the pipe ``fd`` (fewer only at its end), and whether it
-    stalled: no byte came for ``seconds`` (what came until then is returned)."""
+def _read_within(fd: int, size: int, seconds: float) -> bytes | None:
+    """What the pipe ``fd`` has (at most ``size`` bytes; b"" at its end), as soon as it has
+    something; None when nothing came for ``seconds``."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    parts, got = [], 0
-    while got < size:
-        if not poller.poll(seconds * 1000):
-            return b"".join(parts), True
-        piece = os.read(fd, size - got)
-        if not piece:
-            break
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts), False
+    if not poller.poll(seconds * 1000):
+        return None
+    return os.read(fd, size)
 
 
 def _write_within(fd: int, data: bytes, seconds: float) -> bool:
@@ -276,8 +269,8 @@ class PipeChannel(Channel):
         # for ever. A poll, not a timer that kills the tool: a tool in uninterruptible sleep
         # (hard NFS mount) does not die, and a blocked read would wait for it.
         try:
-            first, stalled = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
-            if stalled:
+            first = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
+            if first is None:
                 raise SchedulerTimeout(f"{what} {path}: no data within {self.timeout:g} s")
             if not first:
                 proc.wait(timeout=self.timeout)
@@ -300,15 +293,16 @@ class PipeChannel(Channel):
             return
         yield first
         while True:
-            chunk, stalled = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
-            if chunk:
-                yield chunk
-            if stalled:
-                # Too late for an error status: the client sees a short body (Content-Length).
+            chunk = _read_within(proc.stdout.fileno(), self.chunk, self.timeout)
+            if chunk is None:
+                # Too late for an error status. Raising (not returning) makes the server drop
+                # the connection: an archive is sent chunked, and a clean end of it would look
+                # like a whole .tar.gz. The response's close ends the tool (_end).
                 log.warning("%s %s: no data for %g s, ended", what, path, self.timeout)
-                return                  # the response's close ends the tool (_end)
+                raise SchedulerTimeout(f"{what} {path}: no data for {self.timeout:g} s")
             if not chunk:
                 break
+            yield chunk
         try:
             proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:

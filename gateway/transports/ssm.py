@@ -25,9 +25,10 @@ The script (see :func:`build_script`) is plain POSIX sh, because the agent runs 
   saying so. Base64 costs 4/3: outputs up to ~18 KB come back inline.
 - SSM keeps what the script prints (command history, output bucket). A ``private=True`` run
   (a vis session file: the VNC password) uploads its frame with curl to a presigned S3 PUT
-  (``<output_prefix>/private/<uuid>``) and prints only ``GW-SSM-PUT <curl exit code>``; the
-  gateway reads the object once and deletes it. Without ``output_bucket`` it runs as usual
-  and a warning is logged;
+  (``<output_prefix>/private/<uuid>``, valid for the timeout + 10 s, written only if absent:
+  ``If-None-Match: *``) and prints only ``GW-SSM-PUT <curl exit code>``; the gateway reads
+  the object once and deletes it (again after the URL expired, when the run failed). Without
+  ``output_bucket`` it runs as usual and a warning is logged;
 - the exit code travels in the frame and also as the script's own exit code (ResponseCode),
   except 194, which would make the SSM agent *reboot the instance*: the script exits 1
   instead and the frame keeps the true 194.
@@ -111,6 +112,9 @@ def build_script(command_line: str, stdin: bytes | None, put_url: str | None = N
                   f'{max(1, math.ceil(put_timeout))} --config - --upload-file "$gw_d/frame" '
                   "<<'GW_URL_EOF'",
                   curl_config(put_url).decode("ascii").rstrip("\n"),
+                  # First write wins (S3 conditional write): whoever reads the URL in SSM's
+                  # history cannot replace the frame; a frame put there first fails ours.
+                  'header = "If-None-Match: *"',
                   "GW_URL_EOF",
                   f"printf '{PUT_HEADER} %d\\n' \"$?\""]
     lines += [
@@ -159,6 +163,7 @@ class SsmTransport(Transport):
 
     name = "ssm"
     keeps_output = True
+    late_delete_grace = 30.0     # seconds after a private PUT URL expires: its last delete
 
     def __init__(self, instance_id: str, region: str = "us-east-1",
                  endpoint_url: str | None = None, output_bucket: str | None = None,
@@ -236,16 +241,17 @@ class SsmTransport(Transport):
 
     # -- run --------------------------------------------------------------------------
     def _run(self, argv, *, stdin, timeout, env, private=False):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError
 
         deadline = time.monotonic() + timeout
         private_key = put_url = None
         if private and self.output_bucket:
             private_key = self._private_key()
             try:
+                # Valid only while the script may run (executionTimeout is timeout + 5 s).
                 put_url = self._s3(timeout).generate_presigned_url(
                     "put_object", Params={"Bucket": self.output_bucket, "Key": private_key},
-                    ExpiresIn=max(60, math.ceil(timeout) + 60))
+                    ExpiresIn=self._put_expiry(timeout))
             except BotoCoreError as exc:                  # no credentials
                 raise SchedulerUnavailable(f"cannot sign an S3 URL for the output: {exc}") from exc
         elif private and not self._warned_private:
@@ -267,8 +273,30 @@ class SsmTransport(Transport):
             if self.output_prefix:
                 params["OutputS3KeyPrefix"] = self.output_prefix
             params["OutputS3Region"] = self.output_region
+        if private_key is None:
+            command_id = self._send(ssm, params)
+            invocation = self._wait(ssm, command_id, deadline, timeout)
+            return self._result(invocation, command_id, deadline)
         try:
-            command_id = ssm.send_command(**params)["Command"]["CommandId"]
+            command_id = self._send(ssm, params)
+            invocation = self._wait(ssm, command_id, deadline, timeout)
+            result = self._private_result(invocation, private_key)
+        except BaseException:
+            # The script may still put its frame after this (it finished late, or SendCommand's
+            # answer was lost): delete now, and again once the URL has expired.
+            self._delete_private(private_key)
+            later = threading.Timer(self._put_expiry(timeout) + self.late_delete_grace,
+                                    self._delete_private, (private_key,))
+            later.daemon = True
+            later.start()
+            raise
+        self._delete_private(private_key)
+        return result
+
+    def _send(self, ssm, params: dict) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            return ssm.send_command(**params)["Command"]["CommandId"]
         except _MaybeSent as exc:
             raise SchedulerTimeout(
                 f"SSM did not answer SendCommand in time; the command may or may not run on "
@@ -276,19 +304,14 @@ class SsmTransport(Transport):
         except (ClientError, BotoCoreError) as exc:
             raise self._api_error("SendCommand", exc) from exc
 
-        if private_key is None:
-            invocation = self._wait(ssm, command_id, deadline, timeout)
-            return self._result(invocation, command_id, deadline)
-        try:
-            invocation = self._wait(ssm, command_id, deadline, timeout)
-            return self._private_result(invocation, private_key)
-        finally:
-            self._delete_private(private_key)
-
     # -- private output: through a presigned PUT, read once, deleted ---------------------
     def _private_key(self) -> str:
         name = f"private/{uuid.uuid4().hex}"
         return f"{self.output_prefix}/{name}" if self.output_prefix else name
+
+    @staticmethod
+    def _put_expiry(timeout: float) -> int:
+        return math.ceil(timeout) + 10
 
     def _s3(self, timeout: float):
         return self._client("s3", self._per_call_timeout(timeout))

@@ -290,6 +290,7 @@ def test_a_private_upload_is_never_readable_by_others_while_written(files, workd
     data mid-write: an open descriptor would keep reading after the final chmod."""
     data = payload(2 * 1024 * 1024)
     seen: list[tuple[str, int, bool]] = []          # (path, mode, is a directory)
+    problems: list[OSError] = []
     done = threading.Event()
 
     def watch():
@@ -303,7 +304,10 @@ def test_a_private_upload_is_never_readable_by_others_while_written(files, workd
                     if stat.S_ISDIR(st.st_mode):
                         seen.extend((e.path, os.lstat(e.path).st_mode, False) for e in os.scandir(entry.path))
             except FileNotFoundError:
-                pass
+                pass                    # renamed or removed between the listing and the look
+            except OSError as exc:      # e.g. not allowed to look: the test would check nothing
+                problems.append(exc)
+                return
             time.sleep(0.001)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -324,6 +328,7 @@ def test_a_private_upload_is_never_readable_by_others_while_written(files, workd
     assert download(files.alice, f"{workdir}/key").data == data[::-1]
     assert os.stat(f"{workdir}/key").st_mode & 0o777 == 0o600
     assert sorted(os.listdir(workdir)) == [".keep", "key"]            # nothing left behind
+    assert not problems, problems
     if "ssm" not in files.backend:      # over SSM the data reaches the cluster in one curl
         assert seen, "the watcher never saw the upload being written"
     for path, mode, is_dir in seen:

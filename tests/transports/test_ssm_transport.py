@@ -289,3 +289,49 @@ def test_private_output_that_cannot_reach_s3_is_a_503(ssm_double, s3, tmp_path):
             t.run(["cat", "--", str(path)], private=True)
     finally:
         t.close()
+
+
+def test_a_private_frame_put_first_by_someone_else_is_refused(ssm, ssm_double, s3, tmp_path, monkeypatch):
+    """The presigned URL is in the command, which SSM's history shows. Whoever reads it there
+    could put a forged frame (a session file pointing elsewhere): the script's PUT is a
+    conditional write (If-None-Match: *), so a frame already there makes the run a 503
+    instead of answering with it, and one put later cannot replace ours."""
+    import base64
+    path = tmp_path / "s"
+    path.write_bytes(b"real")
+    key = "ssm/private/forged-" + os.urandom(4).hex()
+    monkeypatch.setattr(ssm, "_private_key", lambda: key)
+    forged = f"GW-SSM-1 0\n{base64.b64encode(b'forged').decode()}\n\nGW-SSM-END\n".encode()
+    s3.put(OUTPUT_BUCKET, key, forged)
+    with pytest.raises(SchedulerUnavailable, match="could not upload its output"):
+        ssm.run(["cat", "--", str(path)], private=True)
+    assert key not in _bucket_objects(s3)
+
+
+def test_a_private_frame_put_after_a_timeout_is_deleted_later(ssm_double, s3, tmp_path, monkeypatch):
+    """The gateway gave up (timeout) and its cancel did not arrive: the script still puts its
+    frame when it ends. That object is deleted once the URL has expired."""
+    path = tmp_path / "s"
+    path.write_bytes(b"late secret")
+    t = make_transport(ssm_double.transport_options(output_bucket=OUTPUT_BUCKET, s3_endpoint_url=s3.url))
+    monkeypatch.setattr(t, "_cancel", lambda command_id: None)          # the cancel is lost
+    monkeypatch.setattr(SsmTransport, "_put_expiry", staticmethod(lambda timeout: 6))
+    monkeypatch.setattr(t, "late_delete_grace", 1.0)
+    before = set(_bucket_objects(s3))
+
+    def late():
+        return [k for k in _bucket_objects(s3) if "/private/" in k and k not in before]
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(SchedulerTimeout):
+            t.run(["sh", "-c", f"sleep 2; cat {path}"], timeout=1, private=True)
+        while time.monotonic() < started + 6 and not late():
+            time.sleep(0.2)
+        assert late(), "the script's late frame never arrived (the test would prove nothing)"
+        # Deleted at about started + 1 s (the timeout) + 6 s (expiry) + 1 s (grace).
+        while time.monotonic() < started + 20 and late():
+            time.sleep(0.2)
+        assert not late()
+    finally:
+        t.close()
