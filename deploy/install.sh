@@ -24,9 +24,10 @@
 # otherwise the invoking user) runs the service and owns var/, log/ and the secret. Use
 # --user root for plugins that run jobs as the logged-in user (run_as: sudo).
 #
-# --uninstall removes what the installer installed (venv, bin, unit, gunicorn config) and
-# keeps the configuration, secret, state and logs; with --purge it removes PREFIX entirely
-# and the account if the installer created it. Needs only PyPI for dependencies.
+# PREFIX must be new, empty or an earlier installation. --uninstall removes what the
+# installer installed (venv, its two commands, unit, gunicorn config) and keeps the
+# configuration, environment file, secret, state and logs; with --purge it removes PREFIX
+# entirely and the account if the installer created it. Needs only PyPI for dependencies.
 set -euo pipefail
 
 NAME=hpc-gateway
@@ -94,7 +95,11 @@ if [ $UNINSTALL = 1 ]; then
         systemd_running && [ "$(dirname "$unit")" = /etc/systemd/system ] && systemctl daemon-reload || true
         say "removed $unit"
     fi
-    rm -rf "$PREFIX/venv" "$PREFIX/bin" "$PREFIX/share" "$PREFIX/etc/gunicorn.conf.py" "$PREFIX/etc/hpc-gateway.env"
+    # Only what the installer wrote: bin/ and share/ may hold an operator's own files.
+    rm -rf "$PREFIX/venv"
+    rm -f "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway" "$PREFIX/share/doc/deploy.md" \
+        "$PREFIX/etc/gunicorn.conf.py"
+    rmdir "$PREFIX/share/doc" "$PREFIX/share" "$PREFIX/bin" 2>/dev/null || true
     if [ $PURGE = 1 ]; then
         rm -rf "$PREFIX"
         if [ -n "$created_user" ] && id "$created_user" >/dev/null 2>&1; then
@@ -102,7 +107,7 @@ if [ $UNINSTALL = 1 ]; then
         fi
         say "purged $PREFIX"
     else
-        say "uninstalled from $PREFIX; kept etc/gateway.yaml, etc/secret.key, var/ and log/ (--purge removes them)"
+        say "uninstalled from $PREFIX; kept etc/gateway.yaml, etc/hpc-gateway.env, etc/secret.key, var/ and log/ (--purge removes them)"
     fi
     exit 0
 fi
@@ -143,6 +148,11 @@ as_service_user() {
 }
 
 # ------------------------------------------------------------------------------ files
+# --uninstall --purge removes PREFIX whole: never take over a directory that holds
+# something else (--prefix /usr/local, ~/.local).
+if [ ! -f "$MARKER" ] && [ -d "$PREFIX" ] && [ -n "$(ls -A "$PREFIX")" ]; then
+    die "$PREFIX is not empty and holds no HPC Gateway installation: give --prefix a new or empty directory"
+fi
 umask 022
 mkdir -p "$PREFIX/etc" "$PREFIX/var" "$PREFIX/log" "$PREFIX/bin" "$PREFIX/share/doc"
 {

@@ -179,3 +179,22 @@ def _safe_post(base, token, key, name):
         return _post(base, token, key, name)
     except requests.RequestException:
         return None
+
+
+def test_an_outage_every_replica_shares_is_answered_by_the_gateway_not_by_nginx(cluster):
+    """When every replica answers 503 (Redis, which they share, is down here; a scheduler
+    outage is the same), NGINX passes the gateway's own answer on (JSON, Retry-After) and
+    keeps the replicas in rotation. With http_503 in proxy_next_upstream and max_fails=1, the
+    first such answer took all three replicas out for 10 s: every request then got NGINX's
+    own "502 Bad Gateway" page, /health included, and each GET was tried on all replicas."""
+    login = requests.post(cluster.base + PREFIX + "/login",
+                          json={"username": "alice", "password": cluster.passwords["alice"]}, timeout=10)
+    auth = {"Authorization": f"Bearer {login.json()['data']['token']['token']}"}
+    cluster.redis.proc.stop()
+    for _ in range(4):
+        r = requests.get(cluster.base + PREFIX + "/jobs", headers=auth, timeout=30)
+        assert r.status_code == 503 and r.headers.get("Content-Type", "").startswith("application/json"), \
+            (r.status_code, r.text[:300])
+        assert r.headers.get("Retry-After"), r.headers
+    health = requests.get(cluster.base + PREFIX + "/health", timeout=30)
+    assert health.headers.get("Content-Type", "").startswith("application/json"), (health.status_code, health.text[:300])

@@ -133,13 +133,15 @@ def test_install_start_use_uninstall(prefix_dir):
 
         server.stop()
 
-        # Uninstall keeps configuration, secret, state and logs ...
+        # Uninstall keeps configuration, secret, state and logs, and what it did not write ...
+        (prefix / "bin" / "operator-tool").write_text("#!/bin/sh\n")
         out = _run([str(INSTALL), "--uninstall", "--prefix", str(prefix)])
         assert out.returncode == 0, out.stderr
-        for gone in ("venv", "bin", "etc/gunicorn.conf.py", "etc/hpc-gateway.env"):
+        for gone in ("venv", "bin/hpc-gateway", "bin/hpc-gateway-server", "etc/gunicorn.conf.py", "share"):
             assert not (prefix / gone).exists(), gone
         assert not (units / "hpc-gateway.service").exists()
-        for kept in ("etc/gateway.yaml", "etc/secret.key", "var/users.yaml", "log"):
+        for kept in ("etc/gateway.yaml", "etc/hpc-gateway.env", "etc/secret.key", "var/users.yaml", "log",
+                     "bin/operator-tool"):
             assert (prefix / kept).exists(), kept
         # ... and --purge removes the rest, and the account it created.
         out = _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
@@ -157,6 +159,13 @@ def test_install_start_use_uninstall(prefix_dir):
 
 
 def test_the_installer_refuses_what_it_cannot_do(prefix_dir):
+    # A directory holding something else (--prefix /usr/local): --purge would remove it all.
+    full = prefix_dir / "full"
+    (full / "bin").mkdir(parents=True)
+    (full / "bin" / "someone-elses").write_text("x")
+    out = _run([str(INSTALL), "--prefix", str(full), "--plugins", "mock", "--no-start"])
+    assert out.returncode != 0 and "not empty" in out.stderr, out.stderr
+    assert sorted(p.name for p in full.rglob("*")) == ["bin", "someone-elses"]
     out = _run([str(INSTALL), "--prefix", str(prefix_dir / "x"), "--plugins", "no_such_plugin"])
     assert out.returncode != 0 and "no plugin 'no_such_plugin'" in out.stderr and "mock" in out.stderr
     out = _run([str(INSTALL), "--uninstall", "--prefix", str(prefix_dir / "nothing-here")])
