@@ -218,7 +218,7 @@ def create_app(config: dict | str | None = None) -> Flask:
         },
     )
 
-    scheduler = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"])
+    scheduler = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"], cfg["work_dir"])
     store = open_store(cfg["session_store"])
     authenticator = load_authenticator(cfg["auth"])
     tokens = TokenManager(load_or_create_secret(cfg["secret_file"]), store, cfg["timeout"],

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config)
         if args.command == "check-config":
             from .plugins import load_scheduler
-            sched = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"])
+            sched = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"], cfg["work_dir"])
             print(f"configuration OK; scheduler backend {sched.name}")
             sched.close()
             return 0

@@ -6,6 +6,7 @@ the defaults and validates the result; an invalid configuration fails at start-u
 """
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import os
 from pathlib import Path
@@ -21,7 +22,16 @@ from .files.settings import FilesSchema
 CONFIG_ENV = "GATEWAY_CONFIG"
 
 
+# The work_dir of the configuration whose scheduler plugin is being built (plugins.load_scheduler):
+# a plugin's own default directory (the mock's state_dir, slurm_ssm's cache_dir) goes under it.
+_configured_work_dir: contextvars.ContextVar[str | None] = contextvars.ContextVar("work_dir", default=None)
+
+
 def default_work_dir() -> str:
+    """The configured work_dir while a plugin is being built; else GATEWAY_WORK_DIR, else
+    ~/.local/state/hpc-gateway (XDG_STATE_HOME)."""
+    if _configured_work_dir.get():
+        return _configured_work_dir.get()
     if os.environ.get("GATEWAY_WORK_DIR"):
         return os.environ["GATEWAY_WORK_DIR"]
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

@@ -73,7 +73,10 @@ class Scheduler:
             close()
 
 
-def load_scheduler(backend: str, options: dict | None) -> Scheduler:
+def load_scheduler(backend: str, options: dict | None, work_dir: str | None = None) -> Scheduler:
+    """The backend's plugin, built with ``options``; with ``work_dir`` (the configuration's),
+    ``gateway.config.default_work_dir()`` answers it while the plugin is built, so that
+    a plugin's default directories follow the configuration."""
     backends = installed_backends()
     if backend not in backends:
         names = ", ".join(sorted(backends)) or "none"
@@ -82,11 +85,15 @@ def load_scheduler(backend: str, options: dict | None) -> Scheduler:
         factory = backends[backend].load()
     except Exception as exc:  # a broken plugin must say which one
         raise ConfigError(f"cannot load scheduler backend {backend!r}: {exc}") from exc
+    from .config import _configured_work_dir
+    token = _configured_work_dir.set(work_dir)
     try:
         impl = factory(dict(options or {}))
     except GatewayError:
         raise
     except Exception as exc:
         raise ConfigError(f"scheduler backend {backend!r} failed to start: {exc}") from exc
+    finally:
+        _configured_work_dir.reset(token)
     log.info("scheduler backend: %s", backend)
     return Scheduler(backend, impl)

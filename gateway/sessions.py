@@ -322,7 +322,9 @@ def open_store(url: str) -> SessionStore:
         return SqliteSessionStore(path)
     if parsed.scheme in ("redis", "rediss", "unix"):
         return RedisSessionStore(url)
-    raise ConfigError(f"unsupported session_store {url!r}: use sqlite:///path or redis://host:port/db")
+    # Only the scheme: the URL may hold a password (redis://:secret@host), and this goes to the log.
+    shown = f"{parsed.scheme}:" if parsed.scheme else "(no scheme)"
+    raise ConfigError(f"unsupported session_store {shown}: use sqlite:///path or redis://host:port/db")
 
 
 def load_or_create_secret(path: str) -> bytes:

@@ -104,3 +104,18 @@ def test_a_third_party_plugin_installed_with_pip_is_found_and_used(tmp_path, thi
     assert r.body["data"]["hosts"][0]["name"] == "pip-installed"
     assert client.get("/jobs").status == 501
     assert client.get("/health").body["data"]["health"]["scheduler"]["backend"] == "echo"
+
+
+def test_a_plugins_default_directory_follows_the_configured_work_dir(tmp_path, monkeypatch):
+    """config/gateway.yaml documents the mock's state_dir as <work_dir>/mock (slurm_ssm's
+    cache_dir likewise): with work_dir set in the file, the plugin used GATEWAY_WORK_DIR or
+    ~/.local/state instead, so an installation's jobs and its sessions lived apart."""
+    from gateway.config import default_work_dir
+    monkeypatch.setenv("GATEWAY_WORK_DIR", str(tmp_path / "from-env"))
+    configured = tmp_path / "configured"
+    app = create_app({"work_dir": str(configured), "scheduler": {"backend": "mock"}})
+    try:
+        assert app.extensions["hpc_gateway"].scheduler.impl.state_dir == str(configured / "mock")
+    finally:
+        app.extensions["hpc_gateway"].scheduler.close()
+    assert default_work_dir() == str(tmp_path / "from-env")       # only while the plugin is built

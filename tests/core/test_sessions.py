@@ -332,3 +332,12 @@ def test_live_sessions_are_counted_in_batches(store_url):
         assert store.live_count(now, 1800) == 1198
     finally:
         store.close()
+
+
+def test_an_unsupported_session_store_is_refused_without_echoing_its_password():
+    """The message goes to the log (journald): a URL's credentials must not."""
+    from gateway.errors import ConfigError
+    from gateway.sessions import open_store
+    with pytest.raises(ConfigError) as info:
+        open_store("memcached://gw:hunter2@cache.example:11211/0")
+    assert "memcached:" in str(info.value) and "hunter2" not in str(info.value)
