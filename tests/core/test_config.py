@@ -59,8 +59,15 @@ def test_broken_yaml_is_a_clear_error(tmp_path):
 
 def test_the_documented_config_file_names_every_key_and_loads():
     text = open(os.path.join(ROOT, "config", "gateway.yaml")).read()
-    documented = set(re.findall(r"^#?\s*([a-z_]+):", text, re.M))
+    documented = set(re.findall(r"^\s*#?\s*([a-z_]+):", text, re.M))
     missing = set(ConfigSchema().fields) - documented
     assert not missing, f"config/gateway.yaml does not document: {sorted(missing)}"
+    # ...and every key of the sections (vis: was missing), and the mock's options.
+    from gateway.files.settings import FilesSchema
+    from gateway.vis.options import VisOptions
+    from gateway_mock import MockOptions
+    for schema in (FilesSchema, VisOptions, MockOptions):
+        missing = set(schema().fields) - documented
+        assert not missing, f"config/gateway.yaml does not document {schema.__name__}: {sorted(missing)}"
     cfg = load_config(os.path.join(ROOT, "config", "gateway.yaml"))
     assert cfg["scheduler"]["backend"] == "mock"
