@@ -274,6 +274,21 @@ else
     chmod 700 "$PREFIX/var"
 fi
 
+# work_dir comes from the configuration (a --config file may name its own, e.g.
+# /var/lib/hpc-gateway): the service account must be able to write it, or every start fails.
+WORK=$("$PREFIX/venv/bin/python" -c 'import sys; from gateway.config import load_config; print(load_config(sys.argv[1])["work_dir"])' "$CONF")
+if [ "$WORK" != "$PREFIX/var" ]; then
+    if [ ! -e "$WORK" ]; then
+        mkdir -p "$WORK"
+        chmod 750 "$WORK"
+        if [ $IS_ROOT = 1 ]; then chown "$SERVICE_USER:$SERVICE_GROUP" "$WORK"; fi
+        say "created work_dir $WORK"
+    fi
+    if ! as_service_user test -d "$WORK" -a -w "$WORK" -a -x "$WORK"; then
+        die "work_dir $WORK (from $CONF) is not a directory $SERVICE_USER may write: give it to that account, or change work_dir"
+    fi
+fi
+
 # The configuration must load, and its scheduler plugin with it, as the service will.
 if ! as_service_user "$PREFIX/bin/hpc-gateway" check-config; then
     die "the configuration in $CONF does not load (see above); fix it and run the installer again"
@@ -287,7 +302,7 @@ chmod 644 "$UNIT_DIR/$NAME.service"
 say "installed the systemd unit $UNIT_DIR/$NAME.service"
 
 say "On first start the gateway creates the administrator 'admin' with a random password in"
-say "    $PREFIX/var/initial-admin-password"
+say "    $WORK/initial-admin-password"
 say "Add users with: $PREFIX/bin/hpc-gateway users add NAME"
 if systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; then
     systemctl daemon-reload

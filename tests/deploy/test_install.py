@@ -172,3 +172,30 @@ def test_the_installer_refuses_what_it_cannot_do(prefix_dir):
     assert out.returncode != 0 and "no HPC Gateway installation" in out.stderr
     out = _run([str(INSTALL), "--prefix", "/"])
     assert out.returncode != 0 and "--prefix" in out.stderr
+
+
+def test_a_work_dir_named_by_the_configuration_is_made_for_the_service(prefix_dir):
+    """A --config file naming its own work_dir (the documented example: /var/lib/hpc-gateway):
+    the installer creates it for the service account and says where the first password will
+    be. Before, check-config passed, the directory was never made, and every start failed
+    (the service account may not create it)."""
+    as_root = os.geteuid() == 0
+    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    prefix, work = prefix_dir / "opt", prefix_dir / "lib" / "hpc-gateway"
+    (prefix_dir / "lib").mkdir()
+    (prefix_dir / "lib").chmod(0o755)                        # root's: the service cannot create in it
+    given = prefix_dir / "given.yaml"
+    given.write_text(yaml.safe_dump({"work_dir": str(work), "scheduler": {"backend": "mock"}}))
+    try:
+        out = _run([str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock",
+                    "--user", user, "--no-start", "--unit-dir", str(prefix_dir / "units"),
+                    "--python", _python_for(as_root)])
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+        assert work.is_dir() and pwd.getpwuid(work.stat().st_uid).pw_name == user
+        assert stat.S_IMODE(work.stat().st_mode) == 0o750
+        assert f"{work}/initial-admin-password" in out.stdout
+    finally:
+        if prefix.exists():
+            _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
+        if as_root:
+            subprocess.run(["userdel", user], capture_output=True)
