@@ -295,16 +295,22 @@ if ! as_service_user "$PREFIX/bin/hpc-gateway" check-config; then
 fi
 
 # ------------------------------------------------------------------------------ systemd
-mkdir -p "$UNIT_DIR"
-sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER@|$SERVICE_USER|g" -e "s|@GROUP@|$SERVICE_GROUP|g" \
-    "$SRC/deploy/hpc-gateway.service" > "$UNIT_DIR/$NAME.service"
-chmod 644 "$UNIT_DIR/$NAME.service"
-say "installed the systemd unit $UNIT_DIR/$NAME.service"
+UNIT_WRITTEN=1
+if [ $IS_ROOT = 0 ] && [ "$UNIT_DIR" = /etc/systemd/system ] && [ ! -w "$UNIT_DIR" ]; then
+    UNIT_WRITTEN=0          # a system unit needs root; everything else is installed
+    say "no systemd unit written: $UNIT_DIR needs root (give --unit-dir DIR for a copy to install by hand)"
+else
+    mkdir -p "$UNIT_DIR"
+    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER@|$SERVICE_USER|g" -e "s|@GROUP@|$SERVICE_GROUP|g" \
+        "$SRC/deploy/hpc-gateway.service" > "$UNIT_DIR/$NAME.service"
+    chmod 644 "$UNIT_DIR/$NAME.service"
+    say "installed the systemd unit $UNIT_DIR/$NAME.service"
+fi
 
 say "On first start the gateway creates the administrator 'admin' with a random password in"
 say "    $WORK/initial-admin-password"
 say "Add users with: $PREFIX/bin/hpc-gateway users add NAME"
-if systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; then
+if [ $UNIT_WRITTEN = 1 ] && systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; then
     systemctl daemon-reload
     systemctl enable --now "$NAME.service"
     systemctl --no-pager --lines=5 status "$NAME.service" || true
@@ -312,6 +318,8 @@ if systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; t
 else
     if [ $START = 0 ]; then
         why="--no-start was given"
+    elif [ $UNIT_WRITTEN = 0 ]; then
+        why="no systemd unit without root"
     elif systemd_running; then
         why="the unit went to $UNIT_DIR, not /etc/systemd/system"
     else
@@ -324,5 +332,7 @@ else
     fi
     say "HPC Gateway is installed but not started ($why). Start it with:"
     say "    $cmd"
-    say "(or, where systemd runs: systemctl daemon-reload && systemctl enable --now $NAME)"
+    if [ $UNIT_WRITTEN = 1 ]; then
+        say "(or, where systemd runs: systemctl daemon-reload && systemctl enable --now $NAME)"
+    fi
 fi
