@@ -72,6 +72,28 @@ class Transport:
         """Release connections; the default holds none."""
 
 
+def check_not_the_gateways_account(transport: Transport, account: str | None, plugin: str,
+                                   allowed: bool) -> None:
+    """Refuse ``run_as: service`` whose jobs would run as the gateway process's own Unix
+    account on this host (the local transport, and no other ``account``; None: the
+    transport's own). Such jobs can read the gateway's secret key, users file and sessions:
+    any user could then make an administrator's token. ``allowed`` (the plugin's
+    ``allow_gateway_account``) accepts it, for one trusted user or a demo."""
+    if allowed or getattr(transport, "name", "") != "local":
+        return
+    import os
+    import pwd
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if account not in (None, me):
+        return
+    raise ConfigError(
+        f"{plugin}: run_as: service with the local transport runs every user's jobs as the "
+        f"gateway's own account ({me}), which can read the gateway's secret key and users file. "
+        "Use run_as: sudo, or run the jobs as another account (service_user, or a transport of "
+        "type ssh or ssm), or set allow_gateway_account: true if every user is trusted like "
+        "an administrator")
+
+
 def make_transport(options: dict | None) -> Transport:
     """Build a transport from a plugin's ``transport`` options: ``{"type": "local"|"ssh"|"ssm", ...}``."""
     options = dict(options or {})

@@ -34,6 +34,8 @@ def _options(cluster, style: str, transport: dict) -> dict:
     }
     if ROOT:
         opts["admin_account"] = "gwadmin"
+    else:                        # a developer's run: one account for the gateway and the jobs
+        opts["allow_gateway_account"] = True
     if style == "b":
         opts.update(env_file=str(cluster.env_file), listing="json")
     else:

@@ -39,6 +39,9 @@ class AipOptions(Schema):
     #: "service": everything runs as the transport's account, jobs are tagged with the
     #: gateway user through their project (-P).
     run_as = fields.String(load_default="service", validate=validate.OneOf(["sudo", "service"]))
+    #: run_as: service with the local transport runs jobs as the gateway's own account (they
+    #: could read its secret key): refused unless this is true.
+    allow_gateway_account = fields.Boolean(load_default=False)
     #: With run_as: sudo, admin commands (badmin) and an admin's actions on other users' jobs
     #: run as this cluster-administrator account instead of as the admin's own user.
     admin_account = fields.String(load_default=None, allow_none=True)

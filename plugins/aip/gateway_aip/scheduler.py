@@ -15,7 +15,7 @@ from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, Sche
 from gateway.hookspecs import hookimpl
 from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo)
 from gateway.s3scripts import S3ScriptSource
-from gateway.transports import make_transport
+from gateway.transports import check_not_the_gateways_account, make_transport
 
 from . import commands as C
 from . import parse as P
@@ -54,6 +54,8 @@ class AipScheduler:
         # cannot enter, and tools such as find fail when they cannot return to it.
         topts.setdefault("sudo", ["env", "-C", "/", "sudo", "-n"])
         self.transport = make_transport(topts)
+        if self.service:
+            check_not_the_gateways_account(self.transport, None, "aip", self.o["allow_gateway_account"])
         self.tz = ZoneInfo(self.o["timezone"])
         self.listing_mode = self.o["listing"]
         if self.service and self.listing_mode == "wide":
@@ -192,8 +194,13 @@ class AipScheduler:
 
     # ================================================================ reading jobs
     def _owner(self, native_user: str | None, project: str | None) -> str | None:
-        if self.service and project and project != "default":
-            return project
+        """The gateway user a job belongs to. Under run_as: service, its project (-P), but
+        only for a job of the service account itself: anyone on the cluster may submit with
+        -P alice, and that job must not become alice's (nor be hers to kill)."""
+        if self.service:
+            if project and project != "default" and native_user and native_user == self.account():
+                return project
+            return native_user
         return native_user
 
     def _job_from_detail(self, d: P.JobDetail, home_hint: str | None = None) -> Job:

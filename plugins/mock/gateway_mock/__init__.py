@@ -10,6 +10,7 @@ survives the worker that started it (each job has a detached runner process).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import signal
@@ -29,6 +30,8 @@ from gateway.models import ClusterInfo, Health, Host, Job, JobOutput, JobState, 
 
 from . import db as jobdb
 from .dispatch import FINAL, dispatch, reap_lost
+
+log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
 
@@ -86,6 +89,10 @@ class MockScheduler:
         defaults = [q for q in opts["queues"] if q["default"]]
         if len(defaults) != 1:
             raise ConfigError("mock backend: exactly one queue must have default: true")
+        if opts["run_as"] == "service":
+            log.warning("mock backend, run_as: service: every user's jobs run as the gateway's own "
+                        "account and can read its secret key and users file; give accounts only to "
+                        "people you would make administrators (run_as: sudo keeps users apart)")
         self.opts = opts
         self.state_dir = os.path.abspath(opts["state_dir"] or _default_state_dir())
         self.jobs_dir = os.path.join(self.state_dir, "jobs")

@@ -164,6 +164,10 @@ def remove_file(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- submission
 
+# Options whose value sbatch reads as a file on the submit host when it holds a '/'.
+READS_FILE_WITH_SLASH = frozenset({"--nodelist", "--exclude"})
+
+
 def _no_nul(field: str, value: str | None, errors: dict) -> None:
     if value is not None and "\x00" in value:
         errors.setdefault(field, []).append("must not contain NUL characters")
@@ -196,6 +200,10 @@ def check_native_options(options: Iterable[str], allowed: Iterable[str]) -> list
         if m.group(2) is None and m.group(1) in DEFAULT_NATIVE_OPTIONS and m.group(1) not in NATIVE_FLAGS:
             bad.append(opt)
             messages.append(f"{opt}: takes a value, give it as {opt}=VALUE")
+            continue
+        if m.group(1) in READS_FILE_WITH_SLASH and "/" in (m.group(2) or ""):
+            bad.append(opt)
+            messages.append(f"{m.group(1)}: give host names; sbatch reads a value with '/' as a file")
             continue
         out.append(opt)
     if bad:

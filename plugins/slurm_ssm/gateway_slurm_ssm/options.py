@@ -22,6 +22,9 @@ class SlurmOptions(Schema):
     run_as = fields.String(load_default="service", validate=validate.OneOf(["sudo", "service"]))
     # The service account (None: whoever the transport runs as). Takes the queue snapshot.
     service_user = fields.String(load_default=None, allow_none=True)
+    # run_as: service with the local transport and no other service_user runs jobs as the
+    # gateway's own account (they could read its secret key): refused unless this is true.
+    allow_gateway_account = fields.Boolean(load_default=False)
     # The account for operator actions: host/queue open/close, job suspend/resume (Slurm
     # allows those to operators only). None: the service account.
     admin_run_as = fields.String(load_default=None, allow_none=True)
@@ -31,6 +34,10 @@ class SlurmOptions(Schema):
     # at most this many seconds past the interval instead of waiting (never after this
     # gateway changed a job: those reads wait for the new snapshot).
     snapshot_stale_grace = fields.Float(load_default=2.0, validate=validate.Range(min=0, max=3600))
+    # While the gateway runs, the snapshot is never older than this (a background squeue when
+    # nobody reads): a job that ends unobserved is seen finished before Slurm forgets it
+    # (MinJobAge, 300 s by default; keep this below it). Else it was a 404. 0: off.
+    watch_seconds = fields.Float(load_default=120.0, validate=validate.Range(min=0, max=86400))
     # Snapshot, lock and finished-job store, shared by the gunicorn workers of this host.
     cache_dir = fields.String(load_default=None, allow_none=True)
     # How the snapshot reads the queue: "no" = squeue's format strings, one line a job (on

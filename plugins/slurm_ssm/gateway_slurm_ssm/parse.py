@@ -409,14 +409,16 @@ def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
     if twice:
         problems.append(f"job ids printed more than once: {', '.join(sorted(twice)[:10])}")
         out = [(job, extra) for job, extra in out if job.job_id not in twice]
-    if problems and not out:
-        raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be read")
     return out, problems
 
 
 def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
-    """The records :func:`read_squeue_format` could read unambiguously."""
-    return read_squeue_format(text)[0]
+    """The records :func:`read_squeue_format` could read unambiguously; SchedulerRefused
+    when there were records and none could be."""
+    out, problems = read_squeue_format(text)
+    if problems and not out:
+        raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be read")
+    return out
 
 
 # ---------------------------------------------------------------- scontrol key=value

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 import time
@@ -25,11 +27,11 @@ from dataclasses import replace
 
 from gateway import scriptfile
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
-                            SchedulerUnavailable)
+                            SchedulerRefused, SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
 from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
 from gateway.s3scripts import S3ScriptSource
-from gateway.transports import CommandResult, make_transport
+from gateway.transports import CommandResult, check_not_the_gateways_account, make_transport
 
 try:                                          # the core's Prometheus figures, when it has them
     from gateway.metrics import command_timer, set_snapshot_time
@@ -65,6 +67,9 @@ class SlurmScheduler:
     def __init__(self, options: dict | None):
         self.opts = load_options(options)
         self.transport = make_transport(dict(self.opts["transport"]))
+        if self.opts["run_as"] == "service":
+            check_not_the_gateways_account(self.transport, self.opts["service_user"], "slurm_ssm",
+                                           self.opts["allow_gateway_account"])
         self.timeout = self.opts["command_timeout"]
         self.allowed_native = commands.DEFAULT_NATIVE_OPTIONS | set(self.opts["allowed_native_options"])
         self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
@@ -81,9 +86,22 @@ class SlurmScheduler:
         self._controller_down = False
         self._down_until = 0.0
         self._down_words = ""
+        self._closed = threading.Event()
+        self._watch_pid: int | None = None
+        self._start_watch()
 
     def close(self) -> None:
+        self._closed.set()
         self.transport.close()
+
+    def _start_watch(self) -> None:
+        """The background refresh (watch_seconds), once per process: threads do not survive
+        a fork (gunicorn's workers), so a worker starts its own on its first read."""
+        if self.opts["watch_seconds"] <= 0 or self._watch_pid == os.getpid() or self._closed.is_set():
+            return
+        self._watch_pid = os.getpid()
+        threading.Thread(target=_watch, name="slurm-snapshot-watch", daemon=True,
+                         args=(weakref.ref(self), self._closed, self.opts["watch_seconds"])).start()
 
     # ------------------------------------------------------------ accounts
     @property
@@ -235,6 +253,9 @@ class SlurmScheduler:
             res = self._run(commands.squeue_json(), as_user=self.service_account)
             if res.returncode == 0 and res.stdout.strip().startswith(b"{"):
                 return parse.parse_squeue_json(res.out)
+            if not records:
+                raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be "
+                                       "read, and squeue --json is not available")
             log.warning("slurm_ssm: squeue --json is not available: listing only the unambiguous records")
         return self._add_exit_codes(records, previous)
 
@@ -264,6 +285,7 @@ class SlurmScheduler:
         return out
 
     def _view(self, max_age: float | None = None) -> View:
+        self._start_watch()
         view = self.snapshot.get(max_age=max_age)
         if set_snapshot_time is not None and view.taken_at != self._reported_snapshot:
             self._reported_snapshot = view.taken_at
@@ -643,3 +665,17 @@ def _aggregate(array_id: str, members: list[Record]) -> Job:
         reason=f"job array with {len(jobs)} record(s)", exit_code=max(codes) if codes and state.is_final else None,
         start_time=min(starts) if starts else None, end_time=max(ends) if ends and state.is_final else None,
         hosts=hosts, stdout_path=None, stderr_path=None)
+
+
+def _watch(ref, closed: threading.Event, max_age: float) -> None:
+    """Keep the shared snapshot no older than ``max_age`` while the scheduler lives: wakes
+    every max_age/2 and refreshes only if no read (of any process) did (the flock'd file)."""
+    while not closed.wait(max_age / 2):
+        sched = ref()
+        if sched is None:
+            return
+        try:
+            sched.snapshot.get(max_age=max_age)
+        except Exception as exc:  # noqa: BLE001 - an outage: the next round tries again
+            log.debug("background snapshot refresh: %s", exc)
+        del sched

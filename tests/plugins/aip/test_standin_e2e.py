@@ -4,11 +4,12 @@ csub's exit-0 authentication failure, daemons down, service mode, limits, runnin
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
 
-from gateway.errors import (Conflict, Forbidden, InvalidInput, NotFound, NotImplementedByPlugin,
+from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound, NotImplementedByPlugin,
                             SchedulerRefused, SchedulerTimeout, SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway_aip import make_scheduler
@@ -35,6 +36,8 @@ def cluster():
 def plugin(cluster, **options):
     base = {"env_file": str(cluster.env_file), "run_as": "sudo" if ROOT else "service",
             "cache_seconds": 0, "timeout": 20}
+    if not ROOT:                 # a developer's run: one account for the gateway and the jobs
+        base["allow_gateway_account"] = True
     base.update(options)
     return make_scheduler(base)
 
@@ -258,7 +261,11 @@ def test_csub_authentication_failure_with_exit_0_is_502(cluster):
 # --------------------------------------------------------------------------- service mode
 
 def test_service_mode_tags_jobs_with_the_gateway_user(cluster):
-    s = plugin(cluster, run_as="service", listing="wide")     # read as "long"
+    # Locally, the service account is the gateway's own: its jobs could read the gateway's
+    # secret key. That is refused unless allowed (as here: the test is the only user).
+    with pytest.raises(ConfigError, match="allow_gateway_account"):
+        plugin(cluster, run_as="service")
+    s = plugin(cluster, run_as="service", listing="wide", allow_gateway_account=True)   # "wide" is read as "long"
     try:
         a = s.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True))
         bj = s.submit_job(user=BOB, spec=JobSpec(command="true", hold=True))
@@ -277,6 +284,15 @@ def test_service_mode_tags_jobs_with_the_gateway_user(cluster):
             s.submit_job(user=ALICE, spec=JobSpec(command="true", native_options=["-P", "x"]))
         users = {u.name for u in s.list_users()}
         assert {"gwalice", "gwbob"} <= users
+        # A job the service account did not submit is not alice's for naming her project.
+        if ROOT:
+            out = cluster.run(["bsub", "-P", "gwalice", "-H", "true"], user="gwbob")
+            assert out.returncode == 0, out.stderr
+            spoof = re.search(rb"<(\d+)>", out.stdout).group(1).decode()
+            # The core lets a user see and control the jobs whose user_name is theirs.
+            assert s.get_job(user=ADMIN, job_id=spoof).user_name == "gwbob"
+            assert spoof not in [j.job_id for j in s.list_jobs(user=ALICE, query=JobQuery(user="gwalice"))]
+            s.control_job(user=ADMIN, job_id=spoof, action="kill")
         for j in (a, bj):
             s.control_job(user=ADMIN, job_id=j, action="kill")
     finally:

@@ -95,6 +95,15 @@ def test_a_native_option_that_takes_a_value_must_carry_it(bare):
     assert commands.check_native_options(["--exclusive", "--requeue", "--nice", f"{bare}=x"], ALLOWED)
 
 
+def test_node_lists_are_host_names_not_files():
+    """sbatch reads --nodelist/--exclude from a file when the value holds a '/': a file on
+    the submit host, read as the account that submits (whose words an error would echo)."""
+    assert commands.check_native_options(["--nodelist=vm,node[1-3]", "--exclude=node4"], ALLOWED)
+    for opt in ("--nodelist=/etc/shadow", "--exclude=../x/hosts"):
+        with pytest.raises(InvalidInput, match="nativeOptions not allowed"):
+            commands.check_native_options([opt], ALLOWED)
+
+
 def test_native_options_list_can_be_extended():
     assert commands.check_native_options(["--x11"], ALLOWED | {"--x11"}) == ["--x11"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound,
-                            SchedulerUnavailable)
+                            SchedulerRefused, SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway.transports import CommandResult, Transport
 from gateway_slurm_ssm import make_scheduler
@@ -193,6 +193,21 @@ def test_a_forged_format_record_is_not_believed_the_refresh_reads_json(make):
     assert "28" not in ids and len(ids) > 10
 
 
+def test_one_unreadable_record_alone_does_not_stop_every_read(make):
+    """A cluster user's job named with squeue's separators, alone in the queue: no record of
+    the format output can be read. That refresh reads squeue --json instead (it was a 502
+    for every read until the job left the queue); only without JSON is it a refusal."""
+    garbled = "1\x1f2\x1e\n"
+    sched, t = make(json="no")
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, garbled.encode(), b""))
+    assert len(sched.list_jobs(user=ADMIN, query=JobQuery())) == 38      # the JSON fixture's
+    sched2, t2 = make(json="no", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
+    t2.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, garbled.encode(), b""))
+    t2.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
+    with pytest.raises(SchedulerRefused, match="json is not available"):
+        sched2.list_jobs(user=ADMIN, query=JobQuery())
+
+
 def test_format_strings_when_json_is_off_or_too_old(make):
     sched, t = make(json="no")
     job = sched.get_job(user=ALICE, job_id="28")
@@ -335,3 +350,41 @@ def test_file_transport_and_read_user_file_run_as_the_users_account(make):
         sched.read_user_file(user=ALICE, path="relative", limit=10)
     service, t2 = make(run_as="service", service_user="svc", cache_dir=str(Path(sched.opts["cache_dir"]) / "s"))
     assert service.file_transport(user=ALICE)[1] == "svc"
+
+
+def test_service_mode_never_runs_jobs_as_the_gateway_itself(tmp_path):
+    """run_as: service through the local transport with no other service_user: every user's
+    jobs would run as the gateway's own account and could read its secret key (and make an
+    administrator's token). Refused at start, unless allowed explicitly."""
+    import os
+    import pwd
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    base = {"transport": {"type": "local"}, "run_as": "service", "cache_dir": str(tmp_path / "c")}
+    for refused in ({}, {"service_user": me}):
+        with pytest.raises(ConfigError, match="gateway's own account"):
+            make_scheduler({**base, **refused})
+    for accepted in ({"service_user": "gwbob"}, {"allow_gateway_account": True}, {"run_as": "sudo"},
+                     {"transport": {"type": "ssh", "host": "head"}}):
+        make_scheduler({**base, **accepted}).close()
+
+
+def test_the_snapshot_is_refreshed_while_nobody_reads(make):
+    """A job that ended while nobody polled left squeue after MinJobAge (300 s) before any
+    read refreshed the snapshot, and was then a 404. While the plugin lives, a background
+    refresh keeps the snapshot no older than watch_seconds; close() ends it."""
+    import time
+
+    def listings():
+        return len([c for c in t.argvs("squeue") if "--version" not in c["argv"]])
+
+    sched, t = make(watch_seconds=0.4)
+    time.sleep(1.5)                                # no read at all
+    refreshed = listings()
+    assert refreshed >= 2, t.calls
+    sched.close()
+    time.sleep(1.0)
+    assert listings() <= refreshed + 1               # (one may have been under way)
+    quiet, t = make(watch_seconds=0)
+    time.sleep(1.0)
+    assert listings() == 0
+    quiet.close()
