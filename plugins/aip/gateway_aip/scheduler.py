@@ -70,7 +70,8 @@ class AipScheduler:
         self._made_dirs: set[str] = set()
         self._account: str | None = None
         self._snapshot: tuple[float, list[Job]] | None = None
-        self._final: dict[tuple, tuple] = {}       # (id, end) -> (exit_code, killed, reason)
+        # id -> (end or submit time, (exit_code, killed, reason)) of EXIT jobs, looked up once
+        self._final: dict[str, tuple] = {}
         self._killed_here: set[str] = set()
         self._default_queues: tuple[float, list[str]] | None = None
 
@@ -251,14 +252,19 @@ class AipScheduler:
         return out
 
     def _settle_exits(self, jobs: list[Job], details: dict[str, P.JobDetail] | None = None) -> None:
-        """Exit codes and cancellation of finished EXIT jobs (cached per job and end time)."""
+        """Exit codes and cancellation of finished EXIT jobs, looked up once per job: cached by
+        its end time, or its submit time where the listing has none (bjobs -w), and dropped
+        when the job is seen in another state (requeued). Before, a wide listing re-ran
+        bjobs -l and bhist -l (the event log) for every recent EXIT job at every refresh."""
         pending = []
         for job in jobs:
             if job.native_state != "EXIT":
+                if self._final:
+                    self._final.pop(job.job_id, None)
                 continue
-            key = (job.job_id, job.end_time)
-            if key in self._final:
-                code, killed, reason = self._final[key]
+            hit = self._final.get(job.job_id)
+            if hit is not None and hit[0] == _final_marker(job):
+                code, killed, reason = hit[1]
                 self._apply_final(job, code, killed, reason)
             else:
                 pending.append(job)
@@ -278,8 +284,9 @@ class AipScheduler:
             code = d.exit_code if d else job.exit_code
             killed = bool((d and d.killed) or killed_hist.get(job.job_id) or job.job_id in self._killed_here)
             reason = d.term_reason if d else None
-            if job.end_time is not None and len(self._final) < 100_000:
-                self._final[(job.job_id, job.end_time)] = (code, killed, reason)
+            marker = _final_marker(job)
+            if marker is not None and len(self._final) < 100_000:
+                self._final[job.job_id] = (marker, (code, killed, reason))
             self._apply_final(job, code, killed, reason)
 
     @staticmethod
@@ -658,3 +665,8 @@ def _aggregate(job_id: str, elements: list[Job]) -> Job:
                hosts=sorted({h for e in elements for h in e.hosts}), cpus=first.cpus,
                memory_mb=first.memory_mb, time_limit_minutes=first.time_limit_minutes,
                work_dir=first.work_dir, command=first.command)
+
+
+def _final_marker(job: Job):
+    """What tells this EXIT apart from an earlier one of the same id (a reused or requeued id)."""
+    return job.end_time or job.submit_time

@@ -430,3 +430,30 @@ def test_job_state_comes_from_the_shared_listing_and_agrees_with_get_job(cluster
         for j in (jid, arr):
             s.control_job(user=ALICE, job_id=j, action="kill")
         s.close()
+
+
+def test_an_exit_jobs_details_are_looked_up_once(cluster):
+    """bjobs -w has no finish time: a failed job's exit code and whether it was killed come
+    from bjobs -l and bhist -l (the event log), which every refresh ran again for every
+    recent EXIT job. Once is enough, until the job changes state."""
+    s = plugin(cluster, listing="wide")
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(script="#!/bin/sh\nexit 7\n"))
+        assert wait(s, jid, {JobState.FAILED, JobState.CANCELLED}).exit_code == 7
+        s.list_jobs(user=ALICE, query=JobQuery())                      # looks it up
+        ran = []
+        real = s._run
+
+        def counting(name, *args, **kw):
+            ran.append((name, list(args[0]) if args else []))
+            return real(name, *args, **kw)
+
+        s._run = counting
+        for _ in range(3):
+            job = [j for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid][0]
+            assert (job.state, job.exit_code) == (JobState.FAILED, 7)
+        lookups = [r for r in ran if r[0] == "bhist" or (r[0] == "bjobs" and "-l" in r[1])]
+        assert not lookups, lookups
+        assert len([r for r in ran if r[0] == "bjobs"]) == 3           # the listings themselves
+    finally:
+        s.close()
