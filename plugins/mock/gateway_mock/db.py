@@ -30,19 +30,35 @@ CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY, open INTEGER NOT NULL D
 def connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=30000")
+    # Turning a new database to WAL needs it to itself, and SQLite answers "locked" at once
+    # instead of waiting: gunicorn workers starting together on a fresh state_dir failed to
+    # boot. Retry within the busy timeout (once in WAL, the pragma changes nothing).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(0.05)
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 
 def init(path: str) -> None:
+    """Create the schema; processes starting together take turns (an flock beside the file)."""
+    import fcntl
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    db = connect(path)
-    try:
-        db.executescript(SCHEMA)
-    finally:
-        db.close()
+    with open(path + ".init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = connect(path)
+        try:
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
 
 
 @contextmanager
