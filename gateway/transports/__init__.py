@@ -72,6 +72,14 @@ class Transport:
         """Release connections; the default holds none."""
 
 
+def run_command(transport, argv: Sequence[str], *, private: bool = False, **kw) -> CommandResult:
+    """``transport.run(argv, **kw)``, with ``private`` passed only to a transport that keeps
+    output (SSM): a plugin's own transport (or a test's) need not take the argument."""
+    if private and getattr(transport, "keeps_output", False):
+        kw["private"] = True
+    return transport.run(argv, **kw)
+
+
 def check_not_the_gateways_account(transport: Transport, account: str | None, plugin: str,
                                    allowed: bool) -> None:
     """Refuse ``run_as: service`` whose jobs would run as the gateway process's own Unix

@@ -319,9 +319,7 @@ class SsmTransport(Transport):
     def _private_result(self, invocation: dict, key: str) -> CommandResult:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        status = invocation.get("Status")
-        if status not in ("Success", "Failed"):
-            return self._result(invocation, "", 0.0)        # says why (timed out, cancelled...)
+        self._check_ended(invocation)
         inline = invocation.get("StandardOutputContent") or ""
         start = inline.rfind(PUT_HEADER + " ")
         words = inline[start:].split() if start >= 0 else []
@@ -376,7 +374,8 @@ class SsmTransport(Transport):
             if status not in _RUNNING:
                 return invocation
 
-    def _result(self, invocation: dict, command_id: str, deadline: float) -> CommandResult:
+    def _check_ended(self, invocation: dict) -> None:
+        """Raise unless the command ran to its end (Success, or Failed: a non-zero exit)."""
         status = invocation.get("Status")
         details = invocation.get("StatusDetails") or status
         if status == "TimedOut":
@@ -388,6 +387,10 @@ class SsmTransport(Transport):
             raise SchedulerUnavailable(
                 f"SSM command on {self.instance_id} ended as {details}"
                 + _tail(invocation.get("StandardErrorContent")))
+
+    def _result(self, invocation: dict, command_id: str, deadline: float) -> CommandResult:
+        self._check_ended(invocation)
+        details = invocation.get("StatusDetails") or invocation.get("Status")
         inline = invocation.get("StandardOutputContent") or ""
         result = parse_frame(inline)
         if result is None and self.output_bucket:

@@ -13,6 +13,7 @@ import time
 
 from ..errors import Forbidden, NotImplementedByPlugin, SchedulerRefused
 from ..models import Job, User, VisSession
+from ..transports import run_command
 from .session import MAX_SESSION_BYTES, parse_session, session_path
 
 COMMAND_TIMEOUT = 30
@@ -51,9 +52,8 @@ def _read_through_file_transport(scheduler, user: User, path: str, limit: int) -
     if path.startswith("~/"):
         path = _account_home(scheduler, access) + path[1:]
     # private: the session file holds the VNC password (kept out of SSM's command history).
-    extra = {"private": True} if getattr(access.transport, "keeps_output", False) else {}
-    res = access.transport.run(["head", "-c", str(int(limit)), "--", path], as_user=access.as_user,
-                               timeout=COMMAND_TIMEOUT, **extra)
+    res = run_command(access.transport, ["head", "-c", str(int(limit)), "--", path], private=True,
+                      as_user=access.as_user, timeout=COMMAND_TIMEOUT)
     if res.returncode != 0:
         if "No such file" in res.err:
             return None

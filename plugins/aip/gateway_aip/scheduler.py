@@ -15,7 +15,7 @@ from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, Sche
 from gateway.hookspecs import hookimpl
 from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo)
 from gateway.s3scripts import S3ScriptSource
-from gateway.transports import check_not_the_gateways_account, make_transport
+from gateway.transports import check_not_the_gateways_account, make_transport, run_command
 
 from . import commands as C
 from . import parse as P
@@ -133,8 +133,8 @@ class AipScheduler:
                    stdin: bytes | None = None, private: bool = False):
         """A non-scheduler helper (getent, id, head) on the scheduler's host; ``private``: its
         output is a secret, kept out of SSM's command history."""
-        extra = {"private": True} if private and getattr(self.transport, "keeps_output", False) else {}
-        return self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user, **extra)
+        return run_command(self.transport, argv, private=private, stdin=stdin, timeout=self.o["timeout"],
+                           as_user=as_user)
 
     def account(self) -> str:
         """The transport's own account (the service account with run_as: service)."""

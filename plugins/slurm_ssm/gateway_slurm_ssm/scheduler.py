@@ -31,7 +31,7 @@ from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, Not
 from gateway.hookspecs import hookimpl
 from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
 from gateway.s3scripts import S3ScriptSource
-from gateway.transports import CommandResult, check_not_the_gateways_account, make_transport
+from gateway.transports import CommandResult, check_not_the_gateways_account, make_transport, run_command
 
 try:                                          # the core's Prometheus figures, when it has them
     from gateway.metrics import command_timer, set_snapshot_time
@@ -139,10 +139,9 @@ class SlurmScheduler:
         return self._run_controller_command(argv, as_user=as_user, stdin=stdin, timeout=timeout)
 
     def _run_transport(self, argv, *, as_user, stdin, timeout, private=False) -> CommandResult:
-        extra = {"private": True} if private and getattr(self.transport, "keeps_output", False) else {}
         try:
-            return self.transport.run(argv, stdin=stdin, as_user=as_user,
-                                      timeout=self.timeout if timeout is None else timeout, **extra)
+            return run_command(self.transport, argv, private=private, stdin=stdin, as_user=as_user,
+                               timeout=self.timeout if timeout is None else timeout)
         except ValueError as exc:          # e.g. an embedded NUL the checks let through
             raise InvalidInput(f"cannot run {argv[0]}: {exc}") from exc
 
