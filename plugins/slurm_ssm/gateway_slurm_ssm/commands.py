@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway.errors import InvalidInput
+from gateway.errors import Forbidden, InvalidInput
 from gateway.models import JobSpec
 
 # squeue -O fields for releases without --json (before 21.08). Each ends with a unit
@@ -21,6 +21,15 @@ RECORD_SEP = "\x1e"
 FORMAT_FIELDS = ("JobArrayID", "JobID", "ArrayJobID", "ArrayTaskID", "Name", "UserName", "State",
                  "Reason", "Partition", "SubmitTime", "StartTime", "EndTime", "NumNodes", "NumCPUs",
                  "MinMemory", "TimeLimit", "WorkDir", "STDOUT", "STDERR", "Command", "NodeList")
+# run_as: service reads each job's comment too: the gateway user it was submitted for.
+SERVICE_FORMAT_FIELDS = FORMAT_FIELDS + ("Comment",)
+
+# Under run_as: service every job is the service account's in Slurm: sbatch tags it with the
+# gateway user it runs for (--comment=hpc-gateway:alice), and a job of the service account
+# with that tag is alice's. Only the service account's jobs are read that way: anyone on the
+# cluster can put any comment on their own jobs.
+OWNER_TAG = "hpc-gateway:"
+OWNER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}\Z")
 
 # sbatch options a client may pass in nativeOptions (plus the plugin's allowed_native_options).
 # Left out on purpose: options the JobSpec has fields for, options that read files on the
@@ -67,10 +76,11 @@ def squeue_json() -> list[str]:
     return ["squeue", "--json", "--all", "--states=all"]
 
 
-def squeue_format() -> list[str]:
-    """The same as :func:`squeue_json` for releases without --json; times as epoch seconds."""
-    fmt = ",".join(f"{name}:0{FIELD_SEP}" for name in FORMAT_FIELDS[:-1])
-    fmt += f",{FORMAT_FIELDS[-1]}:0{RECORD_SEP}"
+def squeue_format(fields: tuple[str, ...] = FORMAT_FIELDS) -> list[str]:
+    """The same as :func:`squeue_json` for releases without --json; times as epoch seconds.
+    ``fields``: FORMAT_FIELDS, or SERVICE_FORMAT_FIELDS (with each job's comment)."""
+    fmt = ",".join(f"{name}:0{FIELD_SEP}" for name in fields[:-1])
+    fmt += f",{fields[-1]}:0{RECORD_SEP}"
     return ["env", "SLURM_TIME_FORMAT=%s", "squeue", "--noheader", "--all", "--states=all",
             f"--Format={fmt}"]
 
@@ -264,8 +274,17 @@ def default_job_name(spec: JobSpec) -> str:
     return "sbatch"
 
 
+def owner_comment(user_name: str) -> str:
+    """The comment that makes a service-account job ``user_name``'s (see OWNER_TAG)."""
+    if not isinstance(user_name, str) or not OWNER_NAME.match(user_name):
+        raise Forbidden(f"the user name {user_name!r} cannot be recorded on a Slurm job "
+                        "(letters, digits and _ . @ - only)")
+    return OWNER_TAG + user_name
+
+
 def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str],
-           script_path: str | None = None, export_file: str | None = None) -> list[str]:
+           script_path: str | None = None, export_file: str | None = None,
+           owner: str | None = None) -> list[str]:
     """The sbatch argument list for ``spec``; the script body (if any) goes on stdin.
 
     ``default_work_dir``: the job's directory when the spec has no workDir (the user's home:
@@ -276,6 +295,10 @@ def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str
     :func:`export_file`): an environment never travels on the command line, where commas
     would split it (``--export=A=1,2``), nor in sbatch's own environment, where LD_PRELOAD
     or PATH would act on the head node.
+
+    ``owner``: run_as: service's gateway user, recorded as the job's comment (after the
+    native options: the last --comment is the one sbatch keeps; the script's #SBATCH lines
+    come before every command-line option).
     """
     errors: dict[str, list[str]] = {}
     for field, value in (("name", spec.name), ("queue", spec.queue), ("workDir", spec.work_dir),
@@ -329,6 +352,8 @@ def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str
     if export_file is not None:
         argv += ["--export=ALL", f"--export-file={export_file}"]
     argv += native
+    if owner is not None:
+        argv.append(f"--comment={owner_comment(owner)}")
     if spec.command is not None:
         argv.append(f"--wrap={spec.command}")
     elif script_path is not None:

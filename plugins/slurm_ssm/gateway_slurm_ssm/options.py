@@ -18,7 +18,8 @@ class SlurmOptions(Schema):
     # Where Slurm's commands run: {"type": "local"|"ssh"|"ssm", ...} for make_transport.
     transport = fields.Dict(load_default=lambda: {"type": "local"})
     # sudo: user-facing commands run as the authenticated Unix user (sudo -n -u USER);
-    # service: everything runs as one service account (the AWS recipe's way).
+    # service: everything runs as one service account (the AWS recipe's way); each job carries
+    # its gateway user as its comment (--comment=hpc-gateway:NAME), which makes it that user's.
     run_as = fields.String(load_default="service", validate=validate.OneOf(["sudo", "service"]))
     # The service account (None: whoever the transport runs as). Takes the queue snapshot.
     service_user = fields.String(load_default=None, allow_none=True)

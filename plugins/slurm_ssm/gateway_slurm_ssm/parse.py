@@ -14,7 +14,7 @@ from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, Not
                             SchedulerRefused, SchedulerUnavailable)
 from gateway.models import Host, Job, JobState, Queue
 
-from .commands import FIELD_SEP, FORMAT_FIELDS, RECORD_SEP
+from .commands import FIELD_SEP, FORMAT_FIELDS, OWNER_TAG, RECORD_SEP
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,13 @@ def expand_output_pattern(pattern: str | None, *, job_id: str, array_job_id: str
 
 # ---------------------------------------------------------------- squeue
 
+def owner_tag(comment: str | None) -> str | None:
+    """The gateway user a job's comment names (commands.owner_comment), or None."""
+    if comment and comment.startswith(OWNER_TAG) and len(comment) > len(OWNER_TAG):
+        return comment[len(OWNER_TAG):]
+    return None
+
+
 def _reason(value: str | None) -> str | None:
     return None if value in (None, "", "None", "(null)") else value
 
@@ -272,6 +279,9 @@ def job_from_json(j: dict) -> tuple[Job, dict]:
     extra = {"id": job_id, "array_job_id": str(array_job_id) if array_job_id else None,
              "array_task_id": str(task_id) if task_id is not None else None,
              "array_tasks": task_string or None}
+    tagged = owner_tag(j.get("comment"))
+    if tagged:
+        extra["owner_tag"] = tagged      # read (and dropped) by the scheduler under run_as: service
     return job, extra
 
 
@@ -360,6 +370,9 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
         stdout_path=stdout, stderr_path=stderr or stdout, command=_na(values["Command"]),
     )
     extra = {"id": job_id, "array_job_id": array_job_id, "array_task_id": task_id, "array_tasks": task_string}
+    tagged = owner_tag(values.get("Comment"))
+    if tagged:
+        extra["owner_tag"] = tagged
     return job, extra
 
 
@@ -378,7 +391,8 @@ def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:
 _SKIPPED_LOGGED: set[str] = set()      # records already logged as left out
 
 
-def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
+def read_squeue_format(text: str, fields: tuple[str, ...] = FORMAT_FIELDS
+                       ) -> tuple[list[tuple[Job, dict]], list[str]]:
     """squeue's format-string records, and what made the output ambiguous.
 
     Free-text fields (name, paths, command) are set by users and may hold the separators
@@ -393,9 +407,9 @@ def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
             continue
         parts = record.split(FIELD_SEP)
         try:
-            if len(parts) != len(FORMAT_FIELDS):
-                raise ValueError(f"{len(parts)} fields, expected {len(FORMAT_FIELDS)}")
-            out.append(job_from_format(dict(zip(FORMAT_FIELDS, parts))))
+            if len(parts) != len(fields):
+                raise ValueError(f"{len(parts)} fields, expected {len(fields)}")
+            out.append(job_from_format(dict(zip(fields, parts))))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             problems.append(f"a record left out ({exc})")
             key = record[:120]
@@ -412,10 +426,10 @@ def read_squeue_format(text: str) -> tuple[list[tuple[Job, dict]], list[str]]:
     return out, problems
 
 
-def parse_squeue_format(text: str) -> list[tuple[Job, dict]]:
+def parse_squeue_format(text: str, fields: tuple[str, ...] = FORMAT_FIELDS) -> list[tuple[Job, dict]]:
     """The records :func:`read_squeue_format` could read unambiguously; SchedulerRefused
     when there were records and none could be."""
-    out, problems = read_squeue_format(text)
+    out, problems = read_squeue_format(text, fields)
     if problems and not out:
         raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be read")
     return out

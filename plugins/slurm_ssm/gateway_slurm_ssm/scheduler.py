@@ -5,7 +5,9 @@ runs what and where, through one transport (local, SSH or SSM):
 
 - ``run_as: sudo``: commands acting for a user (submit, kill, hold, reading output) run as
   that Unix user (the job's owner for actions on an existing job, which the core has already
-  authorized); ``service``: everything runs as ``service_user``.
+  authorized); ``service``: everything runs as ``service_user``, and each job carries the
+  gateway user it was submitted for as its comment (``--comment=hpc-gateway:alice``): a job
+  of the service account with that tag is alice's.
 - The queue snapshot, hosts, queues and health run as the service account, operator actions
   (host/queue open/close, suspend/resume, which Slurm allows operators only) as
   ``admin_run_as``.
@@ -71,13 +73,19 @@ class SlurmScheduler:
             check_not_the_gateways_account(self.transport, self.opts["service_user"], "slurm_ssm",
                                            self.opts["allow_gateway_account"])
         self.timeout = self.opts["command_timeout"]
+        self.service = self.opts["run_as"] == "service"
         self.allowed_native = commands.DEFAULT_NATIVE_OPTIONS | set(self.opts["allowed_native_options"])
+        if self.service:
+            self.allowed_native -= {"--comment"}        # the comment carries the gateway user
+        self._format_fields = commands.SERVICE_FORMAT_FIELDS if self.service else commands.FORMAT_FIELDS
+        self._own_name: str | None = None               # the service account's Unix name
         self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
                                        retention=self.opts["finished_retention"], keep=self.opts["finished_max"],
                                        stale_grace=self.opts["snapshot_stale_grace"])
         self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
         self._homes: dict[str | None, str | None] = {}
-        self._exit_unknown: set[str] = set()   # failed jobs whose scontrol text was ambiguous
+        # (id, end time) of failed jobs whose scontrol text was ambiguous
+        self._exit_unknown: set[tuple[str, object]] = set()
         self._config: tuple[float, dict] | None = None
         self.s3_scripts = S3ScriptSource(self.opts["s3"])
         self._reported_snapshot = None
@@ -114,7 +122,7 @@ class SlurmScheduler:
 
     def _account_for(self, user_name: str | None) -> str | None:
         """Who runs a command acting for ``user_name``."""
-        if self.opts["run_as"] != "sudo":
+        if self.service:
             return self.service_account
         if not user_name:
             raise Forbidden("no user to run the command as")
@@ -227,6 +235,35 @@ class SlurmScheduler:
 
     def _fetch(self, previous: Mapping[str, Record], previous_error: dict | None) -> list[Record]:
         """One squeue of every job (runs under the snapshot's lock, once per interval)."""
+        return self._owned(self._fetch_records(previous, previous_error))
+
+    def _owned(self, records: list[Record]) -> list[Record]:
+        """run_as: service: a job of the service account tagged for a gateway user is that
+        user's (commands.OWNER_TAG); a tag on anybody else's job means nothing."""
+        if not any("owner_tag" in extra for _, extra in records):
+            return records
+        own = self._service_unix_name() if self.service else None
+        out = []
+        for job, extra in records:
+            tagged = extra.pop("owner_tag", None)
+            if tagged and own and job.user_name == own:
+                job = replace(job, user_name=tagged)
+            out.append((job, extra))
+        return out
+
+    def _service_unix_name(self) -> str | None:
+        """The Unix account the service account's jobs belong to: service_user, else the
+        transport's own login (asked once)."""
+        if self._own_name is None:
+            if self.service_account:
+                self._own_name = self.service_account
+            else:
+                res = self._run(["id", "-un"], as_user=None)
+                if res.returncode == 0 and res.out.strip():
+                    self._own_name = res.out.strip()
+        return self._own_name
+
+    def _fetch_records(self, previous: Mapping[str, Record], previous_error: dict | None) -> list[Record]:
         if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
             # The controller was down: `scontrol ping` says so at once, where squeue would
             # retry for seconds.
@@ -239,11 +276,11 @@ class SlurmScheduler:
             if res.returncode != 0 and not res.stdout.strip().startswith(b"{"):
                 if b"unrecognized option" in res.stderr and self.opts["json"] == "auto":
                     self._json = False
-                    return self._fetch(previous, None)
+                    return self._fetch_records(previous, None)
                 raise parse.refusal(res.out, res.err)
             return parse.parse_squeue_json(res.out)
-        res = self._service(commands.squeue_format())
-        records, problems = parse.read_squeue_format(res.out)
+        res = self._service(commands.squeue_format(self._format_fields))
+        records, problems = parse.read_squeue_format(res.out, self._format_fields)
         if problems:
             # Separators in a user's free text (a job name...) left records out or forged
             # some: JSON cannot be fooled that way, so this refresh reads it (when it can).
@@ -259,14 +296,16 @@ class SlurmScheduler:
         return self._add_exit_codes(records, previous)
 
     def _add_exit_codes(self, records: list[Record], previous: dict[str, Record]) -> list[Record]:
-        """squeue's format strings have no exit code: ask scontrol once per failed job."""
+        """squeue's format strings have no exit code: ask scontrol once per failed job (once
+        per end: a requeued job that fails again has a new end time and a new exit code)."""
         out, lookups = [], 0
         for job, extra in records:
             if job.state is JobState.FAILED and job.exit_code is None:
                 prev = previous.get(extra.get("id"))
-                if prev is not None and prev[0].exit_code is not None:
+                key = (extra["id"], job.end_time)
+                if prev is not None and prev[0].exit_code is not None and prev[0].end_time == job.end_time:
                     job = replace(job, exit_code=prev[0].exit_code)
-                elif extra["id"] not in self._exit_unknown and lookups < _EXIT_CODE_LOOKUPS:
+                elif key not in self._exit_unknown and lookups < _EXIT_CODE_LOOKUPS:
                     lookups += 1
                     res = self._run(commands.show_job(extra["id"]), as_user=self.service_account)
                     if res.returncode == 0:
@@ -279,7 +318,7 @@ class SlurmScheduler:
                             # every refresh would cost slurmctld one more RPC.
                             if len(self._exit_unknown) > 10000:
                                 self._exit_unknown.clear()
-                            self._exit_unknown.add(extra["id"])
+                            self._exit_unknown.add(key)
             out.append((job, extra))
         return out
 
@@ -347,7 +386,8 @@ class SlurmScheduler:
         if from_s3:
             self.s3_scripts.check(location, user.name)
         script_path = location if location is not None and not from_s3 else None
-        build = dict(allowed_native=self.allowed_native, script_path=script_path)
+        build = dict(allowed_native=self.allowed_native, script_path=script_path,
+                     owner=user.name if self.service else None)
         commands.sbatch(spec, default_work_dir="/", **build)
         stdin = None
         if spec.script is not None:
@@ -385,13 +425,12 @@ class SlurmScheduler:
         if account not in self._homes:
             name = account
             if name is None:
-                res = self._run(["id", "-un"], as_user=self.service_account)
-                name = res.out.strip() if res.returncode == 0 else None
+                name = self._service_unix_name()
             home = None
             if name:
                 res = self._run(commands.getent_passwd(name), as_user=self.service_account)
                 home = parse.parse_getent_home(res.out) if res.returncode == 0 else None
-            if home is None and self.opts["run_as"] == "sudo" and account is not None:
+            if home is None and not self.service and account is not None:
                 raise Forbidden(f"user {account} has no Unix account on the cluster")
             self._homes[account] = home
         return self._homes[account]

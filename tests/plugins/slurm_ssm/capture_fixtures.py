@@ -10,7 +10,9 @@ running and pending tasks, a unicode name), then records each command's argv, th
 ran as, its exit code, stdout and stderr as fixtures/<name>.json. Every argv that the plugin
 itself runs is built by gateway_slurm_ssm.commands, so the fixtures are what the parsers see
 in production. ``--quick`` skips the one-minute wait for a TIMEOUT job; ``--ctld-down`` also stops slurmctld
-for a moment to record what the commands say when the controller is down.
+for a moment to record what the commands say when the controller is down. ``--service``
+records only the run_as: service listings (service_*.json: jobs of the service account
+gwbob tagged for gateway users, and tags nobody may trust), leaving the others as they are.
 """
 from __future__ import annotations
 
@@ -64,7 +66,29 @@ def wait_state(job_id, states, timeout=90):
     raise SystemExit(f"job {job_id} did not reach {states}")
 
 
+def capture_service():
+    """run_as: service's listings, with the service account gwbob: its jobs carry their
+    gateway user as the comment (commands.owner_comment); gwalice's forged tag and gwbob's
+    own untagged or differently commented jobs must not be read as anyone's."""
+    tag = commands.owner_comment
+    held = "#!/bin/sh\ntrue\n"
+    jobs = [sbatch(BOB, "--hold", "--job-name=for-carol", f"--comment={tag('carol')}", script=held),
+            sbatch(BOB, "--hold", "--job-name=for-dave", f"--comment={tag('dave')}", script=held),
+            sbatch(BOB, "--hold", "--job-name=untagged", script=held),
+            sbatch(BOB, "--hold", "--job-name=other-comment", "--comment=project x", script=held),
+            sbatch(ALICE, "--hold", "--job-name=forged", f"--comment={tag('carol')}", script=held),
+            sbatch(BOB, "--hold", "--job-name=array-carol", "--array=1-3", f"--comment={tag('carol')}",
+                   script=held)]
+    save("service_squeue_json", commands.squeue_json())
+    save("service_squeue_format", commands.squeue_format(commands.SERVICE_FORMAT_FIELDS))
+    for j in jobs:
+        run(["scancel", j])
+    print("service fixtures written to", FIXTURES)
+
+
 def main():
+    if "--service" in sys.argv:
+        return capture_service()
     quick = "--quick" in sys.argv
     FIXTURES.mkdir(exist_ok=True)
     ok = "#!/bin/sh\necho out; echo err >&2\n"

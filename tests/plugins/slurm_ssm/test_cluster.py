@@ -58,12 +58,28 @@ def test_jobs_run_as_the_user_who_submitted_them(make_plugin, request, kind):
         assert out == f"I am {user.name} in /home/{user.name}\n"
 
 
-def test_service_mode_runs_everything_as_the_service_account(make_plugin):
-    plugin = make_plugin(run_as="service", service_user="gwbob")
+@pytest.mark.parametrize("json_mode", ["yes", "no"])
+def test_service_mode_runs_everything_as_the_service_account(make_plugin, json_mode):
+    plugin = make_plugin(run_as="service", service_user="gwbob", json=json_mode)
     job_id = plugin.submit_job(user=ALICE, spec=JobSpec(command="id -un", name=name()))
     assert squeue_owner(job_id) == "gwbob"
+    # ...and the job is the gateway user's: its comment says whose.
+    comment = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%k"],
+                             capture_output=True, text=True).stdout.strip()
+    assert comment == "hpc-gateway:gwalice"
+    assert plugin.get_job(user=ALICE, job_id=job_id).user_name == "gwalice"
+    assert job_id in {j.job_id for j in plugin.list_jobs(user=ALICE, query=JobQuery(user="gwalice"))}
     wait_for(plugin, ALICE, job_id, FINAL)
     assert plugin.job_output(user=ALICE, job_id=job_id, stream="stdout", offset=0, limit=100).data == b"gwbob\n"
+    # The same tag on another account's job (submitted from a shell) gives it to nobody.
+    forged = subprocess.run(["sudo", "-u", "gwalice", "sbatch", "--parsable", "--hold", "--chdir=/tmp",
+                             "--comment=hpc-gateway:gwcarol", "--wrap=true"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        plugin.snapshot.invalidate()
+        assert plugin.get_job(user=ALICE, job_id=forged).user_name == "gwalice"
+    finally:
+        subprocess.run(["scancel", forged], check=False)
 
 
 def test_every_spec_field_reaches_slurm(make_plugin, tmp_path):

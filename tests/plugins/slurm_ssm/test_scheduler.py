@@ -11,7 +11,7 @@ from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotF
                             SchedulerRefused, SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway.transports import CommandResult, Transport
-from gateway_slurm_ssm import make_scheduler
+from gateway_slurm_ssm import commands, make_scheduler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -109,6 +109,56 @@ def test_service_mode_runs_everything_as_the_service_account(make):
     assert {c["as_user"] for c in t.calls} == {"ec2-user"}
 
 
+@pytest.mark.parametrize("json_mode", ["yes", "no"])
+def test_service_mode_jobs_belong_to_the_gateway_user_they_were_submitted_for(make, json_mode):
+    """Captured with the service account gwbob (capture_fixtures.py --service): its jobs
+    tagged hpc-gateway:carol are carol's; gwalice's job with the same tag stays gwalice's
+    (anyone may comment their own jobs), an untagged or otherwise commented one gwbob's."""
+    sched, t = make(run_as="service", service_user="gwbob", json=json_mode)
+    t.answer(["squeue", "--json"], fx("service_squeue_json"))
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], fx("service_squeue_format"))
+    owners = {j.name: j.user_name for j in sched.list_jobs(user=ADMIN, query=JobQuery())}
+    assert owners == {"for-carol": "carol", "for-dave": "dave", "array-carol": "carol",
+                      "forged": "gwalice", "untagged": "gwbob", "other-comment": "gwbob"}
+    mine = sched.list_jobs(user=User("carol"), query=JobQuery(user="carol"))
+    assert sorted(j.name for j in mine) == ["array-carol", "for-carol"]
+    assert sched.get_job(user=User("carol"), job_id="6_2").user_name == "carol"
+    squeues = [c["argv"] for c in t.argvs("squeue")]
+    assert all("--json" in a for a in squeues) if json_mode == "yes" else \
+        all(a[-1].count(",Comment:0") == 1 for a in squeues)
+    # The tag is the scheduler's business: not kept in the snapshot's records.
+    assert not any("owner_tag" in extra for _, extra in sched._view().records)
+
+
+def test_service_mode_tags_each_submission_and_keeps_the_comment_option(make):
+    sched, t = make(run_as="service", service_user="ec2-user")
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--qos=normal"]))
+    argv = t.argvs("sbatch")[-1]["argv"]
+    assert argv[-2:] == ["--comment=hpc-gateway:gwalice", "--wrap=hostname"]
+    assert argv.index("--qos=normal") < argv.index("--comment=hpc-gateway:gwalice")
+    with pytest.raises(InvalidInput) as e:
+        sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--comment=hpc-gateway:bob"]))
+    assert "--comment" in e.value.msg
+    with pytest.raises(Forbidden):
+        sched.submit_job(user=User("bob smith"), spec=JobSpec(command="hostname"))
+    assert len(t.argvs("sbatch")) == 1                      # neither refusal ran anything
+    # run_as: sudo leaves the comment to the user, and adds none.
+    sudo, t2 = make(run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "sudo"))
+    sudo.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--comment=mine"]))
+    assert [a for a in t2.argvs("sbatch")[-1]["argv"] if a.startswith("--comment")] == ["--comment=mine"]
+
+
+def test_service_mode_without_a_service_user_asks_who_the_transport_is_once(make, tmp_path):
+    sched, t = make(run_as="service", allow_gateway_account=True, json="yes")
+    t.answer(["id", "-un"], CommandResult(0, b"gwbob\n", b""))
+    t.answer(["squeue", "--json"], fx("service_squeue_json"))
+    for _ in range(2):
+        sched.snapshot.invalidate()
+        jobs = {j.name: j.user_name for j in sched.list_jobs(user=ADMIN, query=JobQuery())}
+        assert jobs["for-carol"] == "carol" and jobs["forged"] == "gwalice"
+    assert len([c for c in t.calls if c["argv"] == ["id", "-un"]]) == 1
+
+
 def test_sudo_mode_never_runs_as_root(make):
     sched, _ = make(run_as="sudo")
     with pytest.raises(Forbidden):
@@ -180,13 +230,13 @@ def test_a_forged_format_record_is_not_believed_the_refresh_reads_json(make):
     owner = fields[5]
     fields[5] = "mallory"
     forged = text.rstrip("\n") + "\x1f".join(fields) + "\x1e\n"
-    sched, t = make(json="no")
+    sched, t = make(json="no", run_as="sudo")     # the fixture's fields: run_as: sudo's
     t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, forged.encode(), b""))
     job = sched.get_job(user=ADMIN, job_id="28")
     assert job.user_name == owner != "mallory"
     assert [c for c in t.calls if c["argv"][:2] == ["squeue", "--json"]]
     # Without JSON (Slurm before 21.08), the doubled id is left out, not given to either.
-    sched2, t2 = make(json="no", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
+    sched2, t2 = make(json="no", run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
     t2.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, forged.encode(), b""))
     t2.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
     ids = {j.job_id for j in sched2.list_jobs(user=ADMIN, query=JobQuery())}
@@ -201,7 +251,7 @@ def test_one_unreadable_record_alone_does_not_stop_every_read(make):
     sched, t = make(json="no")
     t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, garbled.encode(), b""))
     assert len(sched.list_jobs(user=ADMIN, query=JobQuery())) == 38      # the JSON fixture's
-    sched2, t2 = make(json="no", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
+    sched2, t2 = make(json="no", run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "nojson"))
     t2.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, garbled.encode(), b""))
     t2.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
     with pytest.raises(SchedulerRefused, match="json is not available"):
@@ -209,17 +259,37 @@ def test_one_unreadable_record_alone_does_not_stop_every_read(make):
 
 
 def test_format_strings_when_json_is_off_or_too_old(make):
-    sched, t = make(json="no")
+    sched, t = make(json="no", run_as="sudo")     # the fixture: run_as: sudo's fields
     job = sched.get_job(user=ALICE, job_id="28")
     assert job.state is JobState.FAILED and job.exit_code == 3        # from scontrol show job
     shows = [c for c in t.calls if "show" in c["argv"] and "job" in c["argv"]]
     sched.snapshot.invalidate()
     sched.get_job(user=ALICE, job_id="28")
     assert len([c for c in t.calls if "show" in c["argv"] and "job" in c["argv"]]) == len(shows)  # once per job
-    old, t2 = make(json="auto", cache_dir=str(Path(sched.opts["cache_dir"]) / "old"))
+    old, t2 = make(json="auto", run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "old"))
     t2.answer(["squeue", "--version"], CommandResult(0, b"slurm 20.11.9\n", b""))
     old.list_jobs(user=ALICE, query=JobQuery())
     assert not [c for c in t2.calls if "--json" in c["argv"]]
+
+
+def test_format_strings_a_requeued_job_that_fails_again_gets_its_new_exit_code(make):
+    """The exit code is kept from the previous refresh only for the same end: job 28,
+    requeued, failing again with exit 5 between two refreshes, is not shown with its old 3."""
+    sched, t = make(json="no", run_as="sudo")
+    assert sched.get_job(user=ALICE, job_id="28").exit_code == 3
+    end_at = commands.FORMAT_FIELDS.index("EndTime")
+    records = fx("squeue_format").out.split("\x1e")
+    for i, record in enumerate(records):
+        fields = record.split("\x1f")
+        if len(fields) > end_at and fields[1] == "28":
+            fields[end_at] = str(int(fields[end_at]) + 600)
+            records[i] = "\x1f".join(fields)
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, "\x1e".join(records).encode(), b""))
+    again = fx("scontrol_show_job_failed").out.replace("ExitCode=3:0", "ExitCode=5:0")
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "scontrol", "--oneliner", "show", "job"],
+             CommandResult(0, again.encode(), b""))
+    sched.snapshot.invalidate()
+    assert sched.get_job(user=ALICE, job_id="28").exit_code == 5
 
 
 def test_conflicts_are_decided_on_a_fresh_look(make):
