@@ -110,6 +110,23 @@ def test_suspend_and_resume(gateway):
     alice.wait_for(jid, "CANCELLED")
 
 
+def test_a_job_an_administrator_suspended_is_theirs_to_resume(gateway):
+    alice, admin = gateway.alice, gateway.admin
+    jid = alice.submit(command="sleep 120", name=_name())
+    alice.wait_for(jid, "RUNNING")
+    assert admin.post(f"/jobs/{jid}/suspend").status == 200
+    alice.wait_for(jid, "SUSPENDED")
+    if not gateway.backend.startswith("aip"):
+        # LSF decides this itself (bresume); the stand-in does not model it.
+        r = alice.post(f"/jobs/{jid}/resume")
+        assert r.status == 403, r.body
+        assert alice.job(jid)["state"] == "SUSPENDED"
+    assert admin.post(f"/jobs/{jid}/resume").status == 200
+    alice.wait_for(jid, "RUNNING")
+    assert alice.post(f"/jobs/{jid}/kill").status == 200
+    alice.wait_for(jid, {"CANCELLED", "FAILED", "COMPLETED"})
+
+
 def test_hold_and_release(gateway):
     alice = gateway.alice
     jid = alice.submit(command="echo released", hold=True, name=_name())

@@ -328,7 +328,10 @@ class JobAction(MethodView):
     @blp.response(200, ActionEnvelope)
     @document_errors(blp, 401, 403, 404, 409, 501, 502, 503, 504)
     def post(self, job_id, action):
-        """Control a job: kill, suspend, resume, requeue, hold or release"""
+        """Control a job: kill, suspend, resume, requeue, hold or release
+
+        A job suspended by an administrator or by the scheduler itself (preemption) is
+        resumed by an administrator only: 403 for its owner."""
         state = gw()
         user = current_user()
         job = fetch_job(user, job_id, control=True)

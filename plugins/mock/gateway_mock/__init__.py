@@ -313,11 +313,17 @@ class MockScheduler:
                 if state != "RUNNING":
                     refuse(f"it is {state}, not RUNNING")
                 self._signal(row, signal.SIGSTOP)
-                db.execute("UPDATE jobs SET state='SUSPENDED', native_state='USUSP', reason='Suspended by request' "
-                           "WHERE id=?", (jid,))
+                # As LSF: an administrator's suspension (SSUSP here) is theirs to resume.
+                native, why = (("SSUSP", "Suspended by an administrator") if user.is_admin
+                               else ("USUSP", "Suspended by request"))
+                db.execute("UPDATE jobs SET state='SUSPENDED', native_state=?, reason=? WHERE id=?",
+                           (native, why, jid))
             elif action == "resume":
                 if state != "SUSPENDED":
                     refuse(f"it is {state}, not SUSPENDED")
+                if row["native_state"] == "SSUSP" and not user.is_admin:
+                    raise Forbidden(f"job {job_id} was suspended by an administrator: only an "
+                                    "administrator may resume it")
                 self._signal(row, signal.SIGCONT)
                 db.execute("UPDATE jobs SET state='RUNNING', native_state='RUN', reason=NULL WHERE id=?", (jid,))
             elif action == "hold":

@@ -132,6 +132,17 @@ def job_action(action: str, job_id: str) -> list[str]:
     return ["scontrol", action, job_id]
 
 
+# Slurm lets operators only suspend and resume; the gateway lets a job's owner do both, but
+# must not let them resume a job an administrator (or Slurm's preemption) suspended. So an
+# owner's suspension is recorded in the job's AdminComment, which only operators can set,
+# bound to that suspension's time: "hpc-gateway:user-suspend@<epoch>[ <the comment before>]".
+USER_SUSPEND_MARK = "hpc-gateway:user-suspend@"
+
+
+def set_admin_comment(job_id: str, text: str) -> list[str]:
+    return ["scontrol", "update", f"JobId={job_id}", f"AdminComment={text}"]
+
+
 def update_node(node: str, action: str, reason: str | None = None) -> list[str]:
     if action == "open":
         return ["scontrol", "update", f"nodename={node}", "state=resume"]

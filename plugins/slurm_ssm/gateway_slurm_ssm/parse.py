@@ -14,7 +14,7 @@ from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, Not
                             SchedulerRefused, SchedulerUnavailable)
 from gateway.models import Host, Job, JobState, Queue
 
-from .commands import FIELD_SEP, FORMAT_FIELDS, OWNER_TAG, RECORD_SEP
+from .commands import FIELD_SEP, FORMAT_FIELDS, OWNER_TAG, RECORD_SEP, USER_SUSPEND_MARK
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,15 @@ def owner_tag(comment: str | None) -> str | None:
     return None
 
 
+def user_suspension(admin_comment: str | None, suspend_time) -> tuple[bool, str]:
+    """(was this suspension its owner's, the admin comment without the gateway's mark)."""
+    comment = admin_comment or ""
+    if not comment.startswith(USER_SUSPEND_MARK):
+        return False, comment
+    stamp, _, rest = comment[len(USER_SUSPEND_MARK):].partition(" ")
+    return stamp == str(suspend_time) and bool(suspend_time), rest
+
+
 def _reason(value: str | None) -> str | None:
     return None if value in (None, "", "None", "(null)") else value
 
@@ -282,6 +291,10 @@ def job_from_json(j: dict) -> tuple[Job, dict]:
     tagged = owner_tag(j.get("comment"))
     if tagged:
         extra["owner_tag"] = tagged      # read (and dropped) by the scheduler under run_as: service
+    if state is JobState.SUSPENDED:
+        # who may resume it (commands.USER_SUSPEND_MARK): only squeue --json shows these
+        extra["admin_comment"] = j.get("admin_comment") or ""
+        extra["suspend_time"] = j.get("suspend_time") or 0
     return job, extra
 
 

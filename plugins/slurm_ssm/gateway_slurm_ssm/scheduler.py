@@ -460,11 +460,59 @@ class SlurmScheduler:
                 if err is not None:
                     raise err
                 self._check(res)
+            elif action == "resume":
+                self._resume(user, job_id)
             else:
                 self._check(self._run(commands.job_action(action, job_id), as_user=account))
+                if action == "suspend" and not user.is_admin:
+                    self._mark_user_suspension(job_id)
         finally:
             self.snapshot.invalidate()
         return None
+
+    # Suspension by owners (commands.USER_SUSPEND_MARK).
+    def _suspended(self, job_id: str) -> list[Record]:
+        """The suspended records ``job_id`` names (one job, an array task, or an array's
+        tasks), read afresh with squeue --json: the only listing with AdminComment."""
+        res = self._run(commands.squeue_json(), as_user=self.service_account)
+        if res.returncode != 0 or not res.stdout.strip().startswith(b"{"):
+            raise SchedulerRefused("cannot tell who suspended the job: squeue --json failed: "
+                                   + parse.scheduler_words(res.out, res.err))
+        return [(job, extra) for job, extra in parse.parse_squeue_json(res.out)
+                if job.state is JobState.SUSPENDED
+                and job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
+
+    def _mark_user_suspension(self, job_id: str) -> None:
+        try:
+            for job, extra in self._suspended(job_id):
+                _, before = parse.user_suspension(extra["admin_comment"], extra["suspend_time"])
+                mark = f"{commands.USER_SUSPEND_MARK}{extra['suspend_time']}" + (f" {before}" if before else "")
+                self._check(self._run(commands.set_admin_comment(extra["id"], mark), as_user=self.admin_account))
+        except GatewayError as exc:
+            log.warning("slurm_ssm: job %s is suspended, but not marked as its owner's (%s): only "
+                        "an administrator can resume it", job_id, exc)
+
+    def _resume(self, user, job_id: str) -> None:
+        if user.is_admin:
+            try:
+                records = self._suspended(job_id)
+            except GatewayError:                 # an administrator resumes whatever it says
+                records = []
+        else:
+            records = self._suspended(job_id)
+            if not records or not all(parse.user_suspension(e["admin_comment"], e["suspend_time"])[0]
+                                      for _, e in records):
+                raise Forbidden(f"job {job_id} was suspended by an administrator or by Slurm, not "
+                                "through the gateway by its owner: only an administrator may resume it")
+        self._check(self._run(commands.job_action("resume", job_id), as_user=self.admin_account))
+        # The mark has served: give the admin comment back as it was (best effort).
+        for _, extra in records:
+            if extra["admin_comment"].startswith(commands.USER_SUSPEND_MARK):
+                _, before = parse.user_suspension(extra["admin_comment"], extra["suspend_time"])
+                try:
+                    self._run(commands.set_admin_comment(extra["id"], before), as_user=self.admin_account)
+                except GatewayError as exc:
+                    log.info("slurm_ssm: could not clear the suspension mark of job %s: %s", job_id, exc)
 
     @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):

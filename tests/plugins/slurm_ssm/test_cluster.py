@@ -2,6 +2,7 @@
 snapshot shielding slurmctld, refusals in Slurm's words, and the controller going down."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -80,6 +81,38 @@ def test_service_mode_runs_everything_as_the_service_account(make_plugin, json_m
         assert plugin.get_job(user=ALICE, job_id=forged).user_name == "gwalice"
     finally:
         subprocess.run(["scancel", forged], check=False)
+
+
+def admin_comment(job_id: str) -> str:
+    out = subprocess.run(["squeue", "--json", "--all", "--states=all"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return next(j["admin_comment"] for j in json.loads(out)["jobs"] if str(j["job_id"]) == job_id)
+
+
+def test_owners_resume_what_they_suspended_not_what_an_operator_did(make_plugin):
+    plugin = make_plugin()
+    job_id = plugin.submit_job(user=ALICE, spec=JobSpec(command="sleep 120", name=name()))
+    try:
+        wait_for(plugin, ALICE, job_id, JobState.RUNNING)
+        subprocess.run(["scontrol", "suspend", job_id], check=True)             # an operator
+        wait_for(plugin, ALICE, job_id, JobState.SUSPENDED)
+        with pytest.raises(Forbidden):
+            plugin.control_job(user=ALICE, job_id=job_id, action="resume")
+        assert wait_for(plugin, ALICE, job_id, JobState.SUSPENDED).state is JobState.SUSPENDED
+        plugin.control_job(user=ADMIN, job_id=job_id, action="resume")
+        wait_for(plugin, ALICE, job_id, JobState.RUNNING)
+        # The owner's own suspension: marked for the operators to see, and hers to resume.
+        plugin.control_job(user=ALICE, job_id=job_id, action="suspend")
+        wait_for(plugin, ALICE, job_id, JobState.SUSPENDED)
+        assert admin_comment(job_id).startswith("hpc-gateway:user-suspend@")
+        subprocess.run(["sudo", "-u", "gwalice", "scontrol", "update", f"JobId={job_id}",
+                        "AdminComment=hpc-gateway:user-suspend@1"], capture_output=True)
+        assert admin_comment(job_id) != "hpc-gateway:user-suspend@1"             # operators only
+        plugin.control_job(user=ALICE, job_id=job_id, action="resume")
+        wait_for(plugin, ALICE, job_id, JobState.RUNNING)
+        assert admin_comment(job_id) == ""
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
 
 
 def test_every_spec_field_reaches_slurm(make_plugin, tmp_path):

@@ -93,7 +93,7 @@ def test_sudo_mode_runs_user_commands_as_the_user_and_the_snapshot_as_the_servic
     sched.list_jobs(user=ALICE, query=JobQuery())
     assert {c["as_user"] for c in t.argvs("squeue")} == {"slurmsvc"}
     sched.control_job(user=ALICE, job_id="30", action="suspend")     # owner: gwalice
-    assert t.calls[-1] == {"argv": ["scontrol", "suspend", "30"], "as_user": "slurmop", "stdin": None}
+    assert {"argv": ["scontrol", "suspend", "30"], "as_user": "slurmop", "stdin": None} in t.calls
     sched.control_job(user=ADMIN, job_id="31", action="resume")      # gwbob's job, by an admin
     assert t.calls[-1]["as_user"] == "slurmop"
     sched.control_job(user=ADMIN, job_id="33", action="release")     # gwalice's held job
@@ -305,6 +305,52 @@ def test_conflicts_are_decided_on_a_fresh_look(make):
     assert not t.argvs("scontrol") and not t.argvs("scancel")
 
 
+def _squeue_json_with(job_id: int, **fields) -> CommandResult:
+    """The captured squeue --json with one job's fields changed."""
+    doc = json.loads(fx("squeue_json").out)
+    for j in doc["jobs"]:
+        if j["job_id"] == job_id:
+            j.update(fields)
+    return CommandResult(0, json.dumps(doc).encode(), b"")
+
+
+def test_owners_resume_only_what_they_suspended(make):
+    """Slurm lets operators alone suspend and resume; the gateway lets owners do both, but
+    not resume a job an administrator or Slurm suspended: an owner's suspension is marked in
+    the job's AdminComment (operators only can set it), bound to the suspension's time."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    suspended = dict(job_state="SUSPENDED", suspend_time=1796572343)
+    assert sched.get_job(user=ALICE, job_id="30").state is JobState.RUNNING    # the snapshot
+    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment="site note", **suspended))
+    sched.control_job(user=ALICE, job_id="30", action="suspend")
+    mark = "hpc-gateway:user-suspend@1796572343 site note"
+    assert t.calls[-1] == {"argv": ["scontrol", "update", "JobId=30", f"AdminComment={mark}"],
+                           "as_user": "slurmop", "stdin": None}
+    # Suspended again since (by an administrator): the mark is stale, the owner may not resume.
+    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment=mark, job_state="SUSPENDED",
+                                                     suspend_time=1796572999))
+    with pytest.raises(Forbidden):
+        sched.control_job(user=ALICE, job_id="30", action="resume")
+    # No mark at all (job 31 of the capture: suspended with scontrol), even for its owner.
+    with pytest.raises(Forbidden):
+        sched.control_job(user=BOB, job_id="31", action="resume")
+    assert not [c for c in t.calls if c["argv"][:2] == ["scontrol", "resume"]]
+    # Its own suspension: resumed, and the admin comment given back as it was.
+    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment=mark, **suspended))
+    sched.control_job(user=ALICE, job_id="30", action="resume")
+    assert [c["argv"] for c in t.calls[-2:]] == [["scontrol", "resume", "30"],
+                                                 ["scontrol", "update", "JobId=30", "AdminComment=site note"]]
+    assert {c["as_user"] for c in t.calls[-2:]} == {"slurmop"}
+    # An administrator resumes anything, and the mark is cleared then too.
+    sched.control_job(user=ADMIN, job_id="30", action="resume")
+    assert t.calls[-1]["argv"] == ["scontrol", "update", "JobId=30", "AdminComment=site note"]
+    # An administrator's own suspension is not marked.
+    admin, t2 = make(run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "admin"))
+    admin.control_job(user=ADMIN, job_id="30", action="suspend")
+    assert t2.calls[-1]["argv"] == ["scontrol", "suspend", "30"]
+    assert not [c for c in t2.calls if c["argv"][:2] == ["scontrol", "update"]]
+
+
 def test_slurms_refusals_reach_the_client(make):
     sched, t = make(run_as="sudo")
     t.answer(["scancel"], fx("scancel_finished"))
@@ -313,7 +359,7 @@ def test_slurms_refusals_reach_the_client(make):
     assert "Job/step already completing or completed" in e.value.msg
     t.answer(["scontrol", "resume"], fx("resume_running"))
     with pytest.raises(Conflict) as e:
-        sched.control_job(user=ALICE, job_id="31", action="resume")
+        sched.control_job(user=ADMIN, job_id="31", action="resume")
     assert e.value.msg.startswith("Job is not suspended")
 
 
