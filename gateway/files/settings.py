@@ -4,7 +4,8 @@
 
     files:
       roots: ["{home}"]            # where a user may read and write; {home}, {user} expand
-      job_work_dirs: true          # a job's workDir is also open to its owner (with jobId=)
+      job_work_dirs: true          # a job's workDir is also open to its owner (with jobId=),
+                               # where file operations run as the owner's own Unix account
       max_upload_bytes: 10737418240
       chunk_bytes: 1048576         # how much one read/write moves (memory per transfer)
       command_timeout: 30          # seconds for stat, list, rename, delete...

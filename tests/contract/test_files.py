@@ -634,6 +634,30 @@ def test_a_job_reads_its_uploaded_input_and_its_output_is_downloaded(files, work
     assert call(files.bob, "GET", "/files", params={"jobId": jid}).status_code == 403
 
 
+def test_a_work_dir_outside_the_roots_opens_only_to_the_jobs_own_unix_account(files):
+    """jobId= opens a job's work dir as a root where file operations run as the user's own
+    Unix account (its permissions still apply). Where users share a service account, it
+    would open any directory (workDir: /) as that account: there it stays fenced."""
+    alice = files.alice
+    outside = f"/tmp/gw-wd-{uuid.uuid4().hex[:8]}"
+    os.mkdir(outside, 0o755)
+    pathlib.Path(f"{outside}/note.txt").write_bytes(b"outside the roots\n")
+    os.chown(outside, pwd.getpwnam(files.users["alice"]).pw_uid, -1)
+    jid = alice.submit(command="true", hold=True, workDir=outside, name="gw-outside")
+    try:
+        r = listing(alice, None, jobId=jid)
+        if run_as_sudo(files):
+            assert r.status_code == 200, r.get_json()
+            assert "note.txt" in {e["name"] for e in r.get_json()["data"]["entries"]}
+        else:
+            assert r.status_code == 403, r.get_json()
+            r = call(alice, "GET", "/files/content", params={"jobId": jid, "path": "note.txt"})
+            assert r.status_code == 403 and b"outside the roots" not in r.data
+    finally:
+        alice.post(f"/jobs/{jid}/kill")
+        shutil.rmtree(outside, ignore_errors=True)
+
+
 def test_files_need_a_token(files):
     r = files.alice.flask.get(PREFIX + "/files")
     assert r.status_code == 401

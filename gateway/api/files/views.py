@@ -68,17 +68,22 @@ def file_space(job_id: str | None = None, workdir: str | None = None) -> FileSpa
     user = current_user()
     conf = settings()
     extra, base = [], None
+    access = file_access(state.scheduler, user)
+    # A job's work dir opens as a root only where file operations run as the user's own Unix
+    # account (its permissions still apply). Users sharing one service account would each
+    # open any directory (workDir: /) as that account: their roots are the only fence.
+    open_work_dirs = conf["job_work_dirs"] and access.as_user is not None and access.as_user == user.name
     if job_id:
         job = fetch_job(user, job_id, control=True)
         if not job.work_dir or not job.work_dir.startswith("/"):
             raise Conflict(f"the scheduler reports no work dir for job {job_id}")
         base = paths.normalize(paths.check_text(job.work_dir, "the job's work dir"))
-        if conf["job_work_dirs"]:
+        if open_work_dirs:
             extra.append(base)
-    space = FileSpace(file_access(state.scheduler, user), conf, user, extra_roots=extra, base=base)
+    space = FileSpace(access, conf, user, extra_roots=extra, base=base)
     if workdir:
         wanted = paths.join(space.base, workdir, space.home)
-        if not paths.inside_any(wanted, space.roots) and conf["job_work_dirs"]:
+        if not paths.inside_any(wanted, space.roots) and open_work_dirs:
             # The vendor's ?workdir= names a job's work dir: open it if one of the user's jobs has it.
             jobs = state.scheduler.call("list_jobs", user=user, query=JobQuery(user=user.name))
             if any(j.user_name == user.name and j.work_dir and j.work_dir.startswith("/")

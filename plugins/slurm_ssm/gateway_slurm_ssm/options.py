@@ -58,6 +58,7 @@ class SlurmOptions(Schema):
     # {allow: ["s3://bucket/{user}/", ...], endpoint_url, region_name, max_script_bytes}.
     s3 = fields.Nested(S3ScriptOptions, load_default=lambda: S3ScriptOptions().load({}))
     # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--x11").
+    # With run_as: service, --comment is never allowed (it carries the gateway user).
     allowed_native_options = fields.List(
         fields.String(validate=validate.Regexp(r"^--[a-z][a-z0-9-]*$", error="not a long option: {input}")),
         load_default=list)

@@ -76,9 +76,13 @@ class SlurmScheduler:
         self.service = self.opts["run_as"] == "service"
         self.allowed_native = commands.DEFAULT_NATIVE_OPTIONS | set(self.opts["allowed_native_options"])
         if self.service:
+            if "--comment" in self.opts["allowed_native_options"]:
+                log.warning("slurm_ssm: --comment in allowed_native_options is ignored with run_as: "
+                            "service (the comment carries the gateway user a job belongs to)")
             self.allowed_native -= {"--comment"}        # the comment carries the gateway user
         self._format_fields = commands.SERVICE_FORMAT_FIELDS if self.service else commands.FORMAT_FIELDS
         self._own_name: str | None = None               # the service account's Unix name
+        self._made_dirs: set[str] = set()
         self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
                                        retention=self.opts["finished_retention"], keep=self.opts["finished_max"],
                                        stale_grace=self.opts["snapshot_stale_grace"])
@@ -242,7 +246,15 @@ class SlurmScheduler:
         user's (commands.OWNER_TAG); a tag on anybody else's job means nothing."""
         if not any("owner_tag" in extra for _, extra in records):
             return records
-        own = self._service_unix_name() if self.service else None
+        own = None
+        if self.service:
+            own = self._service_unix_name()
+            if own is None:
+                # Unmapped, every tagged job would read as the service account's (and a job
+                # that ends meanwhile would be kept so for finished_retention): fail this
+                # refresh instead; the snapshot keeps the previous records and retries.
+                raise SchedulerUnavailable("cannot tell the service account's name (id -un failed): "
+                                           "set the slurm_ssm option service_user")
         out = []
         for job, extra in records:
             tagged = extra.pop("owner_tag", None)
@@ -399,7 +411,7 @@ class SlurmScheduler:
             # on the cluster's host) until the command timeout.
             st = self._run(scriptfile.stat_argv(script_path), as_user=account)
             scriptfile.check(script_path, st.returncode, st.out, st.err)
-        build["default_work_dir"] = spec.work_dir or self._default_work_dir(account)
+        build["default_work_dir"] = spec.work_dir or self._default_work_dir(user.name)
         env_file = None
         try:
             if env_vars is not None:
@@ -435,8 +447,25 @@ class SlurmScheduler:
             self._homes[account] = home
         return self._homes[account]
 
-    def _default_work_dir(self, account: str | None) -> str:
-        return self.opts["default_work_dir"] or self._home_of(account) or "/tmp"
+    def _default_work_dir(self, user_name: str) -> str:
+        return self.opts["default_work_dir"] or self._user_dir(user_name) or "/tmp"
+
+    def _user_dir(self, user_name: str) -> str | None:
+        """Where a user's jobs start (without a workDir) and their files live: their home
+        (run_as: sudo), or ``<service account's home>/hpc-gateway/<user>`` (run_as: service,
+        created once), so that users sharing one account do not share one directory."""
+        account = self._account_for(user_name)
+        base = self._home_of(account)
+        if not self.service or not base:
+            return base
+        commands.owner_comment(user_name)                  # a name fit for a directory too
+        path = f"{base.rstrip('/')}/hpc-gateway/{user_name}"
+        if path not in self._made_dirs:
+            res = self._run(["mkdir", "-p", "--", path], as_user=account)
+            if res.returncode != 0:
+                raise SchedulerRefused(f"cannot create {path}: {parse.scheduler_words(res.out, res.err)}")
+            self._made_dirs.add(path)
+        return path
 
     @hookimpl
     def control_job(self, user, job_id, action):
@@ -547,7 +576,9 @@ class SlurmScheduler:
     @hookimpl
     def file_transport(self, user):
         """The files feature runs its tools through our transport, as the account this
-        user's other commands run as."""
+        user's other commands run as, from the user's directory (see _user_dir)."""
+        if self.service:
+            return self.transport, self._account_for(user.name), self._user_dir(user.name)
         return self.transport, self._account_for(user.name)
 
     @hookimpl

@@ -70,8 +70,12 @@ def test_service_mode_runs_everything_as_the_service_account(make_plugin, json_m
     assert comment == "hpc-gateway:gwalice"
     assert plugin.get_job(user=ALICE, job_id=job_id).user_name == "gwalice"
     assert job_id in {j.job_id for j in plugin.list_jobs(user=ALICE, query=JobQuery(user="gwalice"))}
-    wait_for(plugin, ALICE, job_id, FINAL)
+    job = wait_for(plugin, ALICE, job_id, FINAL)
     assert plugin.job_output(user=ALICE, job_id=job_id, stream="stdout", offset=0, limit=100).data == b"gwbob\n"
+    # Users sharing the account do not share a directory: jobs start, and files live, in
+    # <the account's home>/hpc-gateway/<user>.
+    assert job.work_dir == "/home/gwbob/hpc-gateway/gwalice" and os.path.isdir(job.work_dir)
+    assert plugin.file_transport(user=BOB)[1:] == ("gwbob", "/home/gwbob/hpc-gateway/gwbob")
     # The same tag on another account's job (submitted from a shell) gives it to nobody.
     forged = subprocess.run(["sudo", "-u", "gwalice", "sbatch", "--parsable", "--hold", "--chdir=/tmp",
                              "--comment=hpc-gateway:gwcarol", "--wrap=true"],

@@ -159,6 +159,33 @@ def test_service_mode_without_a_service_user_asks_who_the_transport_is_once(make
     assert len([c for c in t.calls if c["argv"] == ["id", "-un"]]) == 1
 
 
+def test_service_mode_without_its_account_name_fails_the_refresh_not_the_owners(make):
+    """id -un failing: the tags cannot be read, so that refresh fails (the snapshot keeps
+    the previous records) instead of giving every tagged job to the service account."""
+    sched, t = make(run_as="service", allow_gateway_account=True, json="yes")
+    t.answer(["id", "-un"], CommandResult(1, b"", b"id: cannot find name for user ID 4242\n"))
+    t.answer(["squeue", "--json"], fx("service_squeue_json"))
+    with pytest.raises(SchedulerUnavailable) as e:
+        sched.list_jobs(user=ADMIN, query=JobQuery())
+    assert "service_user" in e.value.msg
+    t.answer(["id", "-un"], CommandResult(0, b"gwbob\n", b""))
+    sched.snapshot.invalidate()
+    jobs = {j.name: j.user_name for j in sched.list_jobs(user=ADMIN, query=JobQuery())}
+    assert jobs["for-carol"] == "carol"
+
+
+def test_service_mode_gives_each_user_a_directory_of_their_own(make):
+    sched, t = make(run_as="service", service_user="svc")
+    t.answer(["getent", "passwd"], CommandResult(0, b"svc:x:990:990::/home/svc:/bin/sh\n", b""))
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname"))
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname"))
+    assert "--chdir=/home/svc/hpc-gateway/gwalice" in t.argvs("sbatch")[-1]["argv"]
+    assert sched.file_transport(user=BOB)[1:] == ("svc", "/home/svc/hpc-gateway/gwbob")
+    mkdirs = [c for c in t.calls if c["argv"][0] == "mkdir"]
+    assert [c["argv"][-1] for c in mkdirs] == ["/home/svc/hpc-gateway/gwalice", "/home/svc/hpc-gateway/gwbob"]
+    assert {c["as_user"] for c in mkdirs} == {"svc"}
+
+
 def test_sudo_mode_never_runs_as_root(make):
     sched, _ = make(run_as="sudo")
     with pytest.raises(Forbidden):
