@@ -134,7 +134,8 @@ def job_action(action: str, job_id: str) -> list[str]:
 
 # Slurm lets operators only suspend and resume; the gateway lets a job's owner do both, but
 # must not let them resume a job an administrator (or Slurm's preemption) suspended. So an
-# owner's suspension is recorded in the job's AdminComment, which only operators can set,
+# owner's suspension is recorded in the job's AdminComment, which only Slurm administrators
+# (AdminLevel=Administrator, SlurmUser, root) can set,
 # bound to that suspension's time: "hpc-gateway:user-suspend@<epoch>[ <the comment before>]".
 USER_SUSPEND_MARK = "hpc-gateway:user-suspend@"
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from gateway import scriptfile
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
-                            SchedulerRefused, SchedulerUnavailable)
+                            NotImplementedByPlugin, SchedulerRefused, SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
 from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
 from gateway.s3scripts import S3ScriptSource
@@ -444,6 +444,8 @@ class SlurmScheduler:
                 home = parse.parse_getent_home(res.out) if res.returncode == 0 else None
             if home is None and not self.service and account is not None:
                 raise Forbidden(f"user {account} has no Unix account on the cluster")
+            if home is None:
+                return None                      # not kept: asked again next time
             self._homes[account] = home
         return self._homes[account]
 
@@ -456,9 +458,13 @@ class SlurmScheduler:
         created once), so that users sharing one account do not share one directory."""
         account = self._account_for(user_name)
         base = self._home_of(account)
-        if not self.service or not base:
+        if not self.service:
             return base
-        commands.owner_comment(user_name)                  # a name fit for a directory too
+        if not base:
+            raise SchedulerUnavailable(f"the home directory of {account or 'the service account'} on "
+                                       "the cluster is unknown (getent passwd failed)")
+        if not commands.OWNER_NAME.match(user_name or ""):
+            raise Forbidden(f"the user name {user_name!r} cannot name a directory on the cluster")
         path = f"{base.rstrip('/')}/hpc-gateway/{user_name}"
         if path not in self._made_dirs:
             res = self._run(["mkdir", "-p", "--", path], as_user=account)
@@ -483,65 +489,125 @@ class SlurmScheduler:
         else:
             account = self._account_for(job.user_name or user.name)
         try:
-            if action == "kill":
-                res = self._run(commands.scancel(job_id), as_user=account)
-                err = parse.scancel_error(res.out, res.err)
-                if err is not None:
-                    raise err
-                self._check(res)
+            if action == "suspend" and not user.is_admin:
+                self._owner_suspend(job_id)
             elif action == "resume":
                 self._resume(user, job_id)
             else:
-                self._check(self._run(commands.job_action(action, job_id), as_user=account))
-                if action == "suspend" and not user.is_admin:
-                    self._mark_user_suspension(job_id)
+                if job.state is JobState.SUSPENDED and action in ("kill", "requeue"):
+                    self._unmark(job_id)      # the job ends: no mark is left in its AdminComment
+                if action == "kill":
+                    res = self._run(commands.scancel(job_id), as_user=account)
+                    err = parse.scancel_error(res.out, res.err)
+                    if err is not None:
+                        raise err
+                    self._check(res)
+                else:
+                    self._check(self._run(commands.job_action(action, job_id), as_user=account))
         finally:
             self.snapshot.invalidate()
         return None
 
-    # Suspension by owners (commands.USER_SUSPEND_MARK).
-    def _suspended(self, job_id: str) -> list[Record]:
-        """The suspended records ``job_id`` names (one job, an array task, or an array's
-        tasks), read afresh with squeue --json: the only listing with AdminComment."""
+    # ------------------------------------------------------------ owners' suspensions
+    # Slurm lets operators alone suspend and resume. The gateway does both for a job's owner
+    # too (as admin_run_as), but an owner may resume only a suspension of their own, never one
+    # of an administrator or of Slurm's preemption: each task the owner suspends is marked in
+    # its AdminComment (commands.USER_SUSPEND_MARK), which only Slurm administrators can set,
+    # bound to that suspension's time. Only squeue --json shows AdminComment.
+    def _records_of(self, job_id: str) -> list[Record]:
+        """Every record ``job_id`` names (a job, an array task, an array's tasks), afresh."""
         res = self._run(commands.squeue_json(), as_user=self.service_account)
+        if res.returncode != 0 and b"unrecognized option" in res.stderr:
+            raise NotImplementedByPlugin("owners' suspensions need squeue --json (Slurm 21.08 or later): "
+                                         "an administrator can suspend and resume this job")
         if res.returncode != 0 or not res.stdout.strip().startswith(b"{"):
-            raise SchedulerRefused("cannot tell who suspended the job: squeue --json failed: "
-                                   + parse.scheduler_words(res.out, res.err))
-        return [(job, extra) for job, extra in parse.parse_squeue_json(res.out)
-                if job.state is JobState.SUSPENDED
-                and job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
-
-    def _mark_user_suspension(self, job_id: str) -> None:
+            raise SchedulerRefused("cannot read squeue --json: " + parse.scheduler_words(res.out, res.err))
         try:
-            for job, extra in self._suspended(job_id):
-                _, before = parse.user_suspension(extra["admin_comment"], extra["suspend_time"])
-                mark = f"{commands.USER_SUSPEND_MARK}{extra['suspend_time']}" + (f" {before}" if before else "")
-                self._check(self._run(commands.set_admin_comment(extra["id"], mark), as_user=self.admin_account))
+            records = parse.parse_squeue_json(res.out)
+        except SchedulerRefused as exc:          # a JSON layout the plugin does not know
+            raise NotImplementedByPlugin(f"owners' suspensions need squeue --json in a layout this "
+                                         f"plugin reads ({exc.msg}): an administrator can suspend "
+                                         "and resume this job") from exc
+        return [(job, extra) for job, extra in records
+                if job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
+
+    def _owner_suspend(self, job_id: str) -> None:
+        before = self._records_of(job_id)
+        if any(job.state is JobState.SUSPENDED for job, _ in before):
+            # Suspending again would succeed and keep the earlier suspension's time: the
+            # owner would then hold (and could resume) someone else's suspension.
+            raise Conflict(f"cannot suspend job {job_id}: it (or a task of it) is already suspended")
+        running = [extra["id"] for job, extra in before if job.state is JobState.RUNNING]
+        if not running:
+            raise Conflict(f"cannot suspend job {job_id}: nothing of it is running")
+        suspended, marked = [], {}
+        try:
+            for task in running:                 # one by one: pending tasks would fail the lot
+                self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
+                suspended.append(task)
+            now = {extra["id"]: extra for job, extra in self._records_of(job_id)
+                   if job.state is JobState.SUSPENDED}
+            for task in suspended:
+                extra = now.get(task)
+                if extra is None or not extra["suspend_time"]:
+                    raise SchedulerRefused(f"job {task} does not show as suspended")
+                before_comment = extra["admin_comment"]
+                mark = f"{commands.USER_SUSPEND_MARK}{extra['suspend_time']}" + (
+                    f" {before_comment}" if before_comment else "")
+                res = self._run(commands.set_admin_comment(task, mark), as_user=self.admin_account)
+                if res.returncode != 0:
+                    raise SchedulerRefused(
+                        f"its suspension could not be recorded as its owner's ({parse.scheduler_words(res.out, res.err)}): "
+                        "admin_run_as must be a Slurm administrator to set AdminComment")
+                marked[task] = before_comment
         except GatewayError as exc:
-            log.warning("slurm_ssm: job %s is suspended, but not marked as its owner's (%s): only "
-                        "an administrator can resume it", job_id, exc)
+            # What was suspended is resumed again: an owner's suspension left unmarked could
+            # never be resumed by them.
+            for task in suspended:
+                self._run(commands.job_action("resume", task), as_user=self.admin_account)
+                if task in marked:
+                    self._run(commands.set_admin_comment(task, marked[task]), as_user=self.admin_account)
+            if not suspended:
+                raise
+            raise type(exc)(f"job {job_id} was not suspended: {exc.msg}") from exc
 
     def _resume(self, user, job_id: str) -> None:
         if user.is_admin:
             try:
-                records = self._suspended(job_id)
+                records = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
             except GatewayError:                 # an administrator resumes whatever it says
                 records = []
+            if not records:
+                self._check(self._run(commands.job_action("resume", job_id), as_user=self.admin_account))
+                return
         else:
-            records = self._suspended(job_id)
-            if not records or not all(parse.user_suspension(e["admin_comment"], e["suspend_time"])[0]
-                                      for _, e in records):
+            records = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
+            if not records:
+                raise Conflict(f"cannot resume job {job_id}: it is not suspended")
+            if not all(parse.user_suspension(e["admin_comment"], e["suspend_time"])[0] for _, e in records):
                 raise Forbidden(f"job {job_id} was suspended by an administrator or by Slurm, not "
                                 "through the gateway by its owner: only an administrator may resume it")
-        self._check(self._run(commands.job_action("resume", job_id), as_user=self.admin_account))
-        # The mark has served: give the admin comment back as it was (best effort).
+        for _, extra in records:                 # one by one: pending tasks would fail the lot
+            self._check(self._run(commands.job_action("resume", extra["id"]), as_user=self.admin_account))
+            self._give_back([(None, extra)])
+
+    def _give_back(self, records) -> None:
+        """The mark has served: the admin comment as it was before (best effort)."""
         for _, extra in records:
             if extra["admin_comment"].startswith(commands.USER_SUSPEND_MARK):
                 _, before = parse.user_suspension(extra["admin_comment"], extra["suspend_time"])
                 try:
-                    self._run(commands.set_admin_comment(extra["id"], before), as_user=self.admin_account)
+                    self._check(self._run(commands.set_admin_comment(extra["id"], before),
+                                          as_user=self.admin_account))
                 except GatewayError as exc:
-                    log.info("slurm_ssm: could not clear the suspension mark of job %s: %s", job_id, exc)
+                    log.warning("slurm_ssm: could not clear the suspension mark of job %s: %s",
+                                extra["id"], exc)
+
+    def _unmark(self, job_id: str) -> None:
+        try:
+            self._give_back([r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED])
+        except GatewayError as exc:
+            log.warning("slurm_ssm: could not read job %s's suspension marks: %s", job_id, exc)
 
     @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):

@@ -119,6 +119,23 @@ def test_owners_resume_what_they_suspended_not_what_an_operator_did(make_plugin)
         subprocess.run(["scancel", job_id], check=False)
 
 
+def test_an_owner_suspends_an_array_with_pending_tasks(make_plugin):
+    """scontrol suspend on the array id fails on its pending tasks (after suspending the
+    running one): the plugin suspends and resumes the running tasks one by one."""
+    plugin = make_plugin()
+    job_id = plugin.submit_job(user=ALICE, spec=JobSpec(command="sleep 120", name=name(), array="1-3%1"))
+    try:
+        task = f"{job_id}_1"
+        wait_for(plugin, ALICE, task, JobState.RUNNING)
+        plugin.control_job(user=ALICE, job_id=job_id, action="suspend")
+        assert wait_for(plugin, ALICE, task, JobState.SUSPENDED).state is JobState.SUSPENDED
+        assert plugin.get_job(user=ALICE, job_id=f"{job_id}_3").state is JobState.PENDING
+        plugin.control_job(user=ALICE, job_id=task, action="resume")
+        wait_for(plugin, ALICE, task, JobState.RUNNING)
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+
+
 def test_every_spec_field_reaches_slurm(make_plugin, tmp_path):
     plugin = make_plugin()
     work = f"/tmp/gw-it-{uuid.uuid4().hex[:6]}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound,
-                            SchedulerRefused, SchedulerUnavailable)
+                            NotImplementedByPlugin, SchedulerRefused, SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway.transports import CommandResult, Transport
 from gateway_slurm_ssm import commands, make_scheduler
@@ -53,7 +53,7 @@ class ScriptedTransport(Transport):
         self.calls.append({"argv": argv, "as_user": as_user, "stdin": stdin})
         for prefix, result in self.answers:
             if argv[:len(prefix)] == prefix:
-                return result
+                return result(argv) if callable(result) else result
         return OK
 
     def argvs(self, head):
@@ -92,6 +92,7 @@ def test_sudo_mode_runs_user_commands_as_the_user_and_the_snapshot_as_the_servic
     assert "--chdir=/home/gwalice" in sbatch["argv"]        # the user's home on the cluster
     sched.list_jobs(user=ALICE, query=JobQuery())
     assert {c["as_user"] for c in t.argvs("squeue")} == {"slurmsvc"}
+    FakeSlurm(t)
     sched.control_job(user=ALICE, job_id="30", action="suspend")     # owner: gwalice
     assert {"argv": ["scontrol", "suspend", "30"], "as_user": "slurmop", "stdin": None} in t.calls
     sched.control_job(user=ADMIN, job_id="31", action="resume")      # gwbob's job, by an admin
@@ -334,48 +335,152 @@ def test_conflicts_are_decided_on_a_fresh_look(make):
 
 def _squeue_json_with(job_id: int, **fields) -> CommandResult:
     """The captured squeue --json with one job's fields changed."""
+    return _squeue_json_of({job_id: fields})
+
+
+def _squeue_json_of(changes: dict) -> CommandResult:
     doc = json.loads(fx("squeue_json").out)
     for j in doc["jobs"]:
-        if j["job_id"] == job_id:
-            j.update(fields)
+        j.update(changes.get(j["job_id"], {}))
     return CommandResult(0, json.dumps(doc).encode(), b"")
+
+
+class FakeSlurm:
+    """squeue --json, scontrol suspend/resume/update on top of the capture, with state: what
+    Slurm does to a job's state, suspend_time and AdminComment (operators may suspend, only
+    ``administrators`` may set AdminComment)."""
+
+    def __init__(self, t, administrators=("slurmop",), clock=1796572343):
+        self.changes, self.clock, self.administrators = {}, clock, set(administrators)
+        t.answer(["squeue", "--json"], lambda argv: _squeue_json_of(self.changes))
+        t.answer(["scontrol", "suspend"], self.suspend)
+        t.answer(["scontrol", "resume"], self.resume)
+        t.answer(["scontrol", "update"], self.update)
+        self.t = t
+
+    TASKS = {"36_1": 38, "36_2": 39}                  # the capture's running array tasks
+
+    def _job(self, argv):
+        job_id = argv[-1].removeprefix("JobId=")
+        return self.changes.setdefault(self.TASKS.get(job_id) or int(job_id), {})
+
+    def suspend(self, argv):
+        job = self._job(argv)
+        if job.get("job_state") != "SUSPENDED":    # again: succeeds, keeps the time
+            self.clock += 1
+            job.update(job_state="SUSPENDED", suspend_time=self.clock)
+        return OK
+
+    def resume(self, argv):
+        self._job(argv)["job_state"] = "RUNNING"
+        return OK
+
+    def update(self, argv):
+        if self.t.calls[-1]["as_user"] not in self.administrators:
+            return CommandResult(1, b"", b"Access/permission denied for job 30\n")
+        self._job(argv[:-1])["admin_comment"] = argv[-1].split("=", 1)[1]
+        return OK
 
 
 def test_owners_resume_only_what_they_suspended(make):
     """Slurm lets operators alone suspend and resume; the gateway lets owners do both, but
     not resume a job an administrator or Slurm suspended: an owner's suspension is marked in
-    the job's AdminComment (operators only can set it), bound to the suspension's time."""
+    the job's AdminComment (Slurm administrators only can set it), bound to its time."""
     sched, t = make(run_as="sudo", admin_run_as="slurmop")
-    suspended = dict(job_state="SUSPENDED", suspend_time=1796572343)
-    assert sched.get_job(user=ALICE, job_id="30").state is JobState.RUNNING    # the snapshot
-    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment="site note", **suspended))
+    slurm = FakeSlurm(t)
+    slurm.changes[30] = {"admin_comment": "site note"}
     sched.control_job(user=ALICE, job_id="30", action="suspend")
-    mark = "hpc-gateway:user-suspend@1796572343 site note"
-    assert t.calls[-1] == {"argv": ["scontrol", "update", "JobId=30", f"AdminComment={mark}"],
-                           "as_user": "slurmop", "stdin": None}
-    # Suspended again since (by an administrator): the mark is stale, the owner may not resume.
-    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment=mark, job_state="SUSPENDED",
-                                                     suspend_time=1796572999))
+    mark = f"hpc-gateway:user-suspend@{slurm.clock} site note"
+    assert slurm.changes[30]["admin_comment"] == mark
+    assert [c["as_user"] for c in t.calls if c["argv"][0] == "scontrol"] == ["slurmop", "slurmop"]
+    sched.control_job(user=ALICE, job_id="30", action="resume")
+    assert slurm.changes[30] == {"admin_comment": "site note", "job_state": "RUNNING",
+                                 "suspend_time": slurm.clock}
+    # An administrator's suspension: not marked, and not the owner's to resume.
+    sched.control_job(user=ADMIN, job_id="30", action="suspend")
+    assert slurm.changes[30]["admin_comment"] == "site note"
     with pytest.raises(Forbidden):
         sched.control_job(user=ALICE, job_id="30", action="resume")
-    # No mark at all (job 31 of the capture: suspended with scontrol), even for its owner.
-    with pytest.raises(Forbidden):
-        sched.control_job(user=BOB, job_id="31", action="resume")
-    assert not [c for c in t.calls if c["argv"][:2] == ["scontrol", "resume"]]
-    # Its own suspension: resumed, and the admin comment given back as it was.
-    t.answer(["squeue", "--json"], _squeue_json_with(30, admin_comment=mark, **suspended))
-    sched.control_job(user=ALICE, job_id="30", action="resume")
-    assert [c["argv"] for c in t.calls[-2:]] == [["scontrol", "resume", "30"],
-                                                 ["scontrol", "update", "JobId=30", "AdminComment=site note"]]
-    assert {c["as_user"] for c in t.calls[-2:]} == {"slurmop"}
-    # An administrator resumes anything, and the mark is cleared then too.
+    # ...nor once the owner "suspends" it again (Slurm says yes and keeps the first time).
+    with pytest.raises(Conflict):
+        sched.control_job(user=ALICE, job_id="30", action="suspend")
+    assert slurm.changes[30]["admin_comment"] == "site note"
     sched.control_job(user=ADMIN, job_id="30", action="resume")
-    assert t.calls[-1]["argv"] == ["scontrol", "update", "JobId=30", "AdminComment=site note"]
-    # An administrator's own suspension is not marked.
-    admin, t2 = make(run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "admin"))
-    admin.control_job(user=ADMIN, job_id="30", action="suspend")
-    assert t2.calls[-1]["argv"] == ["scontrol", "suspend", "30"]
-    assert not [c for c in t2.calls if c["argv"][:2] == ["scontrol", "update"]]
+    # Suspended by its owner, then resumed and suspended again by an administrator: the mark
+    # is stale (another time), so the owner may not resume.
+    sched.control_job(user=ALICE, job_id="30", action="suspend")
+    slurm.changes[30].update(job_state="RUNNING")
+    slurm.suspend(["scontrol", "suspend", "30"])
+    with pytest.raises(Forbidden):
+        sched.control_job(user=ALICE, job_id="30", action="resume")
+    # An administrator resumes anything, and gives the comment back.
+    sched.control_job(user=ADMIN, job_id="30", action="resume")
+    assert slurm.changes[30]["admin_comment"] == "site note"
+    assert not [c for c in t.calls if c["argv"][:2] == ["scontrol", "resume"] and c["as_user"] != "slurmop"]
+
+
+def test_an_owner_cannot_take_over_a_suspension_the_snapshot_has_not_seen(make):
+    """The snapshot (up to an interval old) says RUNNING, but an operator has just suspended
+    the job: Slurm would accept the owner's suspend and keep the operator's time, and a mark
+    then would hand the operator's suspension to the owner."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    assert sched.get_job(user=ALICE, job_id="30").state is JobState.RUNNING
+    slurm.suspend(["scontrol", "suspend", "30"])                    # scontrol, by an operator
+    with pytest.raises(Conflict):
+        sched.control_job(user=ALICE, job_id="30", action="suspend")
+    assert "admin_comment" not in slurm.changes[30]
+    with pytest.raises(Forbidden):
+        sched.control_job(user=ALICE, job_id="30", action="resume")
+
+
+def test_an_owners_suspension_that_cannot_be_marked_is_undone(make):
+    """admin_run_as an operator but not a Slurm administrator: AdminComment is refused, so
+    the suspension is undone and the owner told (it could never have been resumed by them)."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t, administrators=())
+    with pytest.raises(SchedulerRefused) as e:
+        sched.control_job(user=ALICE, job_id="30", action="suspend")
+    assert "Slurm administrator" in e.value.msg and "permission denied" in e.value.msg.lower()
+    assert slurm.changes[30]["job_state"] == "RUNNING"
+
+
+def test_an_owner_suspends_and_resumes_an_arrays_running_tasks_one_by_one(make):
+    """Array 36: tasks 36_1 (job 38) and 36_2 (39) run, 36_[3-4] pend. Suspending the whole
+    array at once fails on the pending tasks after suspending the others."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    sched.control_job(user=ALICE, job_id="36", action="suspend")
+    assert [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]] == ["38", "39"]
+    assert all(slurm.changes[j]["admin_comment"].startswith("hpc-gateway:user-suspend@") for j in (38, 39))
+    # An administrator's suspension of one task is not the owner's to resume; her own is.
+    sched.control_job(user=ADMIN, job_id="36_2", action="resume")
+    sched.control_job(user=ADMIN, job_id="36_2", action="suspend")
+    with pytest.raises(Forbidden):
+        sched.control_job(user=ALICE, job_id="36_2", action="resume")
+    sched.control_job(user=ALICE, job_id="36_1", action="resume")
+    assert slurm.changes[38]["job_state"] == "RUNNING" and slurm.changes[39]["job_state"] == "SUSPENDED"
+    assert not slurm.changes[38]["admin_comment"]
+
+
+def test_owners_suspensions_need_squeue_json(make):
+    sched, t = make(run_as="sudo", admin_run_as="slurmop", json="no")
+    t.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
+    with pytest.raises(NotImplementedByPlugin):
+        sched.control_job(user=ALICE, job_id="30", action="suspend")
+    assert not [c for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]]
+    sched.control_job(user=ADMIN, job_id="30", action="suspend")          # administrators: as before
+    assert t.calls[-1]["argv"] == ["scontrol", "suspend", "30"]
+
+
+def test_killing_an_owner_suspended_job_gives_its_admin_comment_back(make):
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    slurm.changes[30] = {"admin_comment": "quota=7"}
+    sched.control_job(user=ALICE, job_id="30", action="suspend")
+    sched.control_job(user=ALICE, job_id="30", action="kill")
+    assert slurm.changes[30]["admin_comment"] == "quota=7"
+    assert t.calls[-1]["argv"][0] == "scancel"
 
 
 def test_slurms_refusals_reach_the_client(make):
