@@ -340,6 +340,10 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
     """One record of :func:`commands.squeue_format` (times as epoch seconds)."""
     job_id = values["JobID"]
     display_id = values["JobArrayID"] or job_id
+    if "+" in display_id:
+        # A het job's component (628+1): its own job id, as squeue --json gives it (a
+        # "628+1" could not be asked for again).
+        display_id = job_id
     array_job_id = _na(values["ArrayJobID"])
     task_id = _na(values["ArrayTaskID"])
     task_string = None

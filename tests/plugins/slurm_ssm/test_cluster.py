@@ -136,6 +136,21 @@ def test_an_owner_suspends_an_array_with_pending_tasks(make_plugin):
         subprocess.run(["scancel", job_id], check=False)
 
 
+@pytest.mark.parametrize("json_mode", ["yes", "no"])
+def test_every_listed_het_job_component_can_be_asked_for(make_plugin, json_mode):
+    plugin = make_plugin(json=json_mode)
+    job_id = plugin.submit_job(user=ALICE, spec=JobSpec(
+        script="#!/bin/sh\n#SBATCH hetjob\ntrue\n", name=name(), hold=True))
+    try:
+        listed = [j.job_id for j in plugin.list_jobs(user=ALICE, query=JobQuery(user="gwalice"))
+                  if j.job_id == job_id or j.job_id == str(int(job_id) + 1)]
+        assert sorted(listed) == [job_id, str(int(job_id) + 1)]
+        for component in listed:
+            assert plugin.get_job(user=ALICE, job_id=component).state is JobState.HELD
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+
+
 def test_every_spec_field_reaches_slurm(make_plugin, tmp_path):
     plugin = make_plugin()
     work = f"/tmp/gw-it-{uuid.uuid4().hex[:6]}"

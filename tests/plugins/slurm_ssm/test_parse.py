@@ -11,6 +11,7 @@ from gateway.errors import (Conflict, Forbidden, InvalidInput, NotFound, Schedul
                             SchedulerUnavailable)
 from gateway.models import JobState
 from gateway_slurm_ssm import parse
+from gateway_slurm_ssm.commands import FIELD_SEP, FORMAT_FIELDS, RECORD_SEP
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -351,3 +352,18 @@ def test_output_slices_fixtures():
 def test_oneliner_values_with_spaces():
     d = parse.parse_oneliner("NodeName=vm OS=Linux 6.1 #1 SMP  RealMemory=10 Reason=a b=c [root@t]")
     assert d == {"NodeName": "vm", "OS": "Linux 6.1 #1 SMP", "RealMemory": "10", "Reason": "a b=c [root@t]"}
+
+
+def test_het_job_components_are_listed_by_their_own_job_ids():
+    """squeue -O on 22.05 for `sbatch` with `#SBATCH hetjob` (job 628, component 629):
+    JobArrayID 628+0 / 628+1, JobID 628 / 629, ArrayJobID 628 / 629. squeue --json lists
+    628 and 629; the format path said 628+0 and 628+1, which get_job refused (404)."""
+    def record(shown, job_id):
+        values = dict.fromkeys(FORMAT_FIELDS, "N/A")
+        values.update(JobArrayID=shown, JobID=job_id, ArrayJobID=job_id, Name="het", UserName="gwalice",
+                      State="PENDING", Reason="JobHeldUser", SubmitTime="1796580000", NumNodes="1",
+                      NumCPUs="1", WorkDir="/tmp")
+        return FIELD_SEP.join(values[f] for f in FORMAT_FIELDS) + RECORD_SEP + "\n"
+    jobs = parse.parse_squeue_format(record("628+1", "629") + record("628+0", "628"))
+    assert sorted((job.job_id, extra["id"], extra["array_job_id"]) for job, extra in jobs) == [
+        ("628", "628", None), ("629", "629", None)]
