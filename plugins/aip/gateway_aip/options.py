@@ -71,7 +71,7 @@ class AipOptions(Schema):
     default_queue = fields.String(load_default=None, allow_none=True)
     #: How long one listing of all jobs serves every caller (shields the scheduler).
     cache_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=60))
-    #: The most of a finished job's output file read at once.
+    #: The most of a job's output read at once (a finished job's file, a running job's bpeek).
     max_output_bytes = fields.Integer(load_default=64 * 1024 * 1024,
                                       validate=validate.Range(min=1024))
     #: Where s3://bucket/key scripts may come from and how S3 is reached (gateway.s3scripts):

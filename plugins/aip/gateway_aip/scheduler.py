@@ -32,6 +32,7 @@ _STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState
                 JobState.UNKNOWN, JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED]
 
 
+_PEEK_SLACK = 4096                 # bpeek's section titles on top of max_output_bytes
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\Z")
 
 
@@ -469,15 +470,22 @@ class AipScheduler:
 
     def _peek(self, user, job: Job) -> tuple[bytes, bytes] | None:
         cmd = self.cmds.need("bpeek", "reading a running job's output")
-        argv = C.env_prefix(self.base_env()) + [cmd, C.job_id_arg(job.job_id)]
+        # bpeek prints the whole output so far: at most max_output_bytes (and its section
+        # titles) reach the gateway's memory, through a fixed script (the arguments are
+        # positional parameters, never part of the script).
+        cap = self.o["max_output_bytes"] + _PEEK_SLACK
+        argv = (["sh", "-c", 'cap=$1; shift; "$@" | head -c "$cap"', "sh", str(cap)]
+                + C.env_prefix(self.base_env()) + [cmd, C.job_id_arg(job.job_id)])
         res = self.transport.run(argv, timeout=self.o["timeout"], as_user=self._as_for_job(user, job))
         failure = P.scheduler_failure(res.err)
         if failure:
             raise failure
         parsed = P.parse_bpeek(res.stdout)
-        if parsed is None and res.returncode != 0:
-            # "Not yet started" / "Already finished": the state moved on; read the files
-            return None
+        if parsed is None and len(res.stdout) >= cap:
+            # Cut before bpeek's section titles: they come after the stdout text when stdout
+            # is not a terminal (parse.parse_bpeek), so all of this is stdout.
+            return res.stdout, b""
+        # None: "Not yet started" / "Already finished": the state moved on; read the files
         return parsed
 
     def _read_file(self, user, job: Job, path: str) -> bytes:

@@ -91,6 +91,27 @@ def test_running_output_comes_from_bpeek(b):
     assert wait(b, jid, {JobState.CANCELLED, JobState.FAILED}).state is JobState.CANCELLED
 
 
+def test_a_running_jobs_output_is_read_up_to_max_output_bytes(cluster):
+    """bpeek prints all a job has written: 3 MB here, with max_output_bytes 1 MiB. At most
+    that (and bpeek's section titles) reach the gateway; it was all of it."""
+    s = plugin(cluster, listing="json", max_output_bytes=1 << 20)
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(
+            command="head -c 3000000 /dev/zero | tr '\\0' x; echo; sleep 30"))
+        wait(s, jid, JobState.RUNNING)
+        deadline = time.monotonic() + 10
+        while True:
+            out = s.job_output(user=ALICE, job_id=jid, stream="stdout", offset=0, limit=4 << 20)
+            if len(out.data) >= 1 << 20 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert (1 << 20) <= len(out.data) <= (1 << 20) + 4096 and set(out.data) == {ord("x")}
+        assert out.size == len(out.data)
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+
+
 def test_a_kill_is_recognized_by_another_gateway_from_the_history(cluster, b):
     jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
     wait(b, jid, JobState.RUNNING)
