@@ -99,6 +99,35 @@ def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certi
     assert "Success" not in plain.text
 
 
+def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certificate, need_gunicorn, need_nginx):
+    """NGINX drops a server's add_header in a location that has its own: the noVNC pages
+    (which carry the desktops' passwords in their addresses) lost the TLS site's HSTS."""
+    require(os.path.isfile("/usr/share/novnc/vnc.html"), "noVNC is not installed (Debian: apt-get install novnc)")
+    cert, key = certificate
+    http_port = free_port()
+    config = _gateway_config(tmp_path, http_port=http_port, trusted_proxies=1)
+    GunicornReplica(procs, "plain", config, tmp_path / "log", workers=1, threads=4).start()
+    listen = free_port()
+    site = render("hpc-gateway-ha-tls.conf", "--replica", f"127.0.0.1:{http_port}",
+                  "--listen", f"127.0.0.1:{listen}", "--cert", str(cert), "--key", str(key))
+    snippet = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "nginx", "hpc-gateway-novnc.conf")
+    site = site.replace("# include /etc/nginx/snippets/hpc-gateway-novnc.conf;",
+                        f"include {os.path.abspath(snippet)};")
+    assert "hpc-gateway-novnc.conf;" in site
+    nginx = Nginx(procs, tmp_path / "nginx", site)
+    base = f"https://127.0.0.1:{listen}"
+    from .servers import wait_until
+    wait_until(lambda: requests.get(base + PREFIX + "/health", verify=str(cert), timeout=5).status_code == 200,
+               20, "NGINX (TLS) to answer /health", proc=nginx.proc)
+    page = requests.get(base + "/novnc/vnc.html", verify=str(cert), timeout=10)
+    assert page.status_code == 200 and "noVNC" in page.text
+    assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
+    assert page.headers.get("Referrer-Policy") == "no-referrer"
+    # A websocket path without the upgrade: refused, with HSTS too.
+    refused = requests.get(base + "/novnc-ws/127.0.0.1/6100", verify=str(cert), timeout=10)
+    assert refused.status_code == 403 and refused.headers.get("Strict-Transport-Security")
+
+
 def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate, need_gunicorn):
     """ssl: 1 and the slow-client deadlines (tests/deploy/test_slow_clients.py has the plain
     HTTP cases): a handshake that stops half-way and a reader that stops reading each lose
