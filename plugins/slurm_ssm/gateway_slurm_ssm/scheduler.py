@@ -491,6 +491,11 @@ class SlurmScheduler:
         try:
             if action == "suspend" and not user.is_admin:
                 self._owner_suspend(job_id)
+            elif action == "suspend" and (tasks := self._running_tasks(job_id)):
+                # An array: its running tasks one by one (the array's id fails on its pending
+                # tasks, after suspending the others).
+                for task in tasks:
+                    self._check(self._run(commands.job_action("suspend", task), as_user=account))
             elif action == "resume":
                 self._resume(user, job_id)
             else:
@@ -530,6 +535,11 @@ class SlurmScheduler:
                                          "and resume this job") from exc
         return [(job, extra) for job, extra in records
                 if job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
+
+    def _running_tasks(self, job_id: str) -> list[str]:
+        """The job ids of an array's running tasks (from the snapshot); [] for other jobs."""
+        members = self._view().arrays.get(job_id) or []
+        return [extra["id"] for job, extra in members if job.state is JobState.RUNNING]
 
     def _owner_suspend(self, job_id: str) -> None:
         before = self._records_of(job_id)

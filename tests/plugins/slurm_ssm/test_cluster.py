@@ -132,6 +132,10 @@ def test_an_owner_suspends_an_array_with_pending_tasks(make_plugin):
         assert plugin.get_job(user=ALICE, job_id=f"{job_id}_3").state is JobState.PENDING
         plugin.control_job(user=ALICE, job_id=task, action="resume")
         wait_for(plugin, ALICE, task, JobState.RUNNING)
+        plugin.control_job(user=ADMIN, job_id=job_id, action="suspend")        # the same for operators
+        wait_for(plugin, ALICE, task, JobState.SUSPENDED)
+        plugin.control_job(user=ADMIN, job_id=job_id, action="resume")
+        wait_for(plugin, ALICE, task, JobState.RUNNING)
     finally:
         subprocess.run(["scancel", job_id], check=False)
 

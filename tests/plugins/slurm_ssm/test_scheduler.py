@@ -453,6 +453,12 @@ def test_an_owner_suspends_and_resumes_an_arrays_running_tasks_one_by_one(make):
     sched.control_job(user=ALICE, job_id="36", action="suspend")
     assert [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]] == ["38", "39"]
     assert all(slurm.changes[j]["admin_comment"].startswith("hpc-gateway:user-suspend@") for j in (38, 39))
+    # An administrator suspends an array's running tasks one by one too.
+    admin, t2 = make(run_as="sudo", admin_run_as="slurmop", cache_dir=str(Path(sched.opts["cache_dir"]) / "a"))
+    FakeSlurm(t2)
+    admin.control_job(user=ADMIN, job_id="36", action="suspend")
+    assert [c["argv"] for c in t2.calls if c["argv"][0] == "scontrol"] == [
+        ["scontrol", "suspend", "38"], ["scontrol", "suspend", "39"]]
     # An administrator's suspension of one task is not the owner's to resume; her own is.
     sched.control_job(user=ADMIN, job_id="36_2", action="resume")
     sched.control_job(user=ADMIN, job_id="36_2", action="suspend")
