@@ -20,7 +20,7 @@ FIELD_SEP = "\x1f"
 RECORD_SEP = "\x1e"
 FORMAT_FIELDS = ("JobArrayID", "JobID", "ArrayJobID", "ArrayTaskID", "Name", "UserName", "State",
                  "Reason", "Partition", "SubmitTime", "StartTime", "EndTime", "NumNodes", "NumCPUs",
-                 "MinMemory", "TimeLimit", "WorkDir", "STDOUT", "STDERR", "Command", "NodeList")
+                 "MinMemory", "tres-alloc", "TimeLimit", "WorkDir", "STDOUT", "STDERR", "Command", "NodeList")
 # run_as: service reads each job's comment too: the gateway user it was submitted for.
 SERVICE_FORMAT_FIELDS = FORMAT_FIELDS + ("Comment",)
 

@@ -374,7 +374,7 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
     stderr = _expand_printed_path(stderr, pattern_args)
     cpus = int(values["NumCPUs"]) if values["NumCPUs"].isdigit() else None
     nodes = int(values["NumNodes"]) if values["NumNodes"].isdigit() else None
-    mem = parse_memory_mb(_na(values["MinMemory"]))
+    mem = _format_memory_mb(_na(values["MinMemory"]), _na(values["tres-alloc"]), nodes)
     exit_code = 0 if state is JobState.COMPLETED else None
     job = Job(
         job_id=display_id, name=values["Name"], user_name=values["UserName"] or None,
@@ -391,6 +391,18 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
     if tagged:
         extra["owner_tag"] = tagged
     return job, extra
+
+
+def _format_memory_mb(min_memory: str | None, tres: str | None, nodes: int | None) -> int | None:
+    """The memory squeue -O prints as MinMemory is per node or per CPU, whichever was asked
+    for, and does not say which; tres-alloc has the job's total. As the JSON path: per node
+    when that was asked for, else the total (--mem-per-cpu x CPUs)."""
+    per = parse_memory_mb(min_memory)
+    m = re.search(r"(?:^|,)mem=([0-9.]+[KMGTP]?)", tres or "")
+    total = parse_memory_mb(m.group(1)) if m else None
+    if total is None or per is None or per * (nodes or 1) == total:
+        return per if per is not None else total
+    return total
 
 
 def _expand_printed_path(path: str | None, pattern_args: dict) -> str | None:

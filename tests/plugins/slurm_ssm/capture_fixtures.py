@@ -1,6 +1,6 @@
 """Capture the fixtures of tests/plugins/slurm_ssm/ from the real single-node Slurm.
 
-    tests/cluster/slurm.sh up
+    GATEWAY_SLURM_FIRST_JOB_ID=26 tests/cluster/slurm.sh up     # on a fresh state directory
     .venv/bin/python tests/plugins/slurm_ssm/capture_fixtures.py [--quick]
 
 Runs as root on the test cluster (users gwalice and gwbob must exist): puts jobs into
@@ -9,7 +9,8 @@ suspended, held by the user and by an admin, pending on a dependency, an array w
 running and pending tasks, a unicode name), then records each command's argv, the user it
 ran as, its exit code, stdout and stderr as fixtures/<name>.json. Every argv that the plugin
 itself runs is built by gateway_slurm_ssm.commands, so the fixtures are what the parsers see
-in production. ``--quick`` skips the one-minute wait for a TIMEOUT job; ``--ctld-down`` also stops slurmctld
+in production. Run it on a fresh state directory with GATEWAY_SLURM_FIRST_JOB_ID=26 (the ids
+the tests name). ``--quick`` skips the one-minute wait for a TIMEOUT job; ``--ctld-down`` also stops slurmctld
 for a moment to record what the commands say when the controller is down. ``--service``
 records only the run_as: service listings (service_*.json: jobs of the service account
 gwbob tagged for gateway users, and tags nobody may trust), leaving the others as they are.
@@ -105,7 +106,8 @@ def main():
     cancelled = sbatch(BOB, "--job-name=cancelled")
     held_user = sbatch(ALICE, "--job-name=held-user", "--hold")
     held_admin = sbatch(BOB, "--job-name=held-admin")
-    dependent = sbatch(ALICE, "--job-name=dependent", f"--dependency=afterok:{running}")
+    dependent = sbatch(ALICE, "--job-name=dependent", f"--dependency=afterok:{running}",
+                       "--cpus-per-task=2", "--mem-per-cpu=30M")
     array = sbatch(ALICE, "--job-name=array", "--array=1-4%2")
     unicode_name = sbatch(BOB, "--job-name=データ|;$(x)", "--hold")
     for j in (done, failed, killed):

@@ -40,7 +40,7 @@ def test_both_parsers_see_the_same_jobs(queue):
     other = parse.parse_squeue_format(fx("squeue_format")["stdout"]) if queue[0] == "json" \
         else parse.parse_squeue_json(fx("squeue_json")["stdout"])
     assert ids == {job.job_id for job, _ in other}
-    assert len(records) == 38
+    assert len(records) == 14
 
 
 @pytest.mark.parametrize("name,state,native,reason", [
@@ -111,6 +111,9 @@ def test_job_fields(queue):
     assert running.end_time is None                   # Slurm's expected end is not an end
     suspended = jobs["suspended"]
     assert suspended.cpus == 2 and suspended.memory_mb == 100 and suspended.user_name == "gwbob"
+    # --mem-per-cpu=30M, 2 CPUs: 60 MB in all (squeue -O MinMemory says 30M, per CPU or per
+    # node it does not say; its tres-alloc has the total)
+    assert (jobs["dependent"].cpus, jobs["dependent"].memory_mb) == (2, 60)
     held = jobs["held-user"]
     assert held.start_time is None and held.hosts == []
     assert held.stdout_path == "/tmp/slurm-33.out"   # sbatch's default name in the work dir
@@ -130,8 +133,15 @@ def test_array_tasks_and_pending_remainder(queue):
 
 def test_json_output_pattern_expansion():
     jobs = jobs_by_name(parse.parse_squeue_json(fx("squeue_json")["stdout"]))
-    assert jobs["held"].stdout_path == "/home/gwbob/out-3-held.txt"     # out-%j-%x.txt
-    assert jobs["done"].stdout_path == "/tmp/fx-27.out"
+    assert jobs["done"].stdout_path == "/tmp/fx-27.out"                 # --output=/tmp/fx-%j.out
+    assert jobs["running"].stdout_path == "/tmp/fx-run-running-30.out"  # /tmp/fx-run-%x-%j.out
+    # A relative pattern is the work dir's (as 22.05 printed for sbatch -o out-%j-%x.txt,
+    # run from /home/gwbob, in an earlier capture).
+    doc = json.loads(fx("squeue_json")["stdout"])
+    held = next(j for j in doc["jobs"] if j["name"] == "held-user")
+    held.update(standard_output="out-%j-%x.txt", current_working_directory="/home/gwbob")
+    job = jobs_by_name(parse.parse_squeue_json(json.dumps(doc)))["held-user"]
+    assert job.stdout_path == "/home/gwbob/out-33-held-user.txt"
 
 
 def test_squeue_json_with_the_controller_down_is_unavailable():
