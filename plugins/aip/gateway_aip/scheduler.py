@@ -473,10 +473,15 @@ class AipScheduler:
         # bpeek prints the whole output so far: at most max_output_bytes (and its section
         # titles) reach the gateway's memory, through a fixed script (the arguments are
         # positional parameters, never part of the script).
+        # `env` first: under run_as: sudo, sudoers lets the gateway run /usr/bin/env (docs/aip.md).
         cap = self.o["max_output_bytes"] + _PEEK_SLACK
-        argv = (["sh", "-c", 'cap=$1; shift; "$@" | head -c "$cap"', "sh", str(cap)]
-                + C.env_prefix(self.base_env()) + [cmd, C.job_id_arg(job.job_id)])
-        res = self.transport.run(argv, timeout=self.o["timeout"], as_user=self._as_for_job(user, job))
+        as_user = self._as_for_job(user, job)
+        argv = ((C.env_prefix(self.base_env()) or ["env"])
+                + ["sh", "-c", 'cap=$1; shift; "$@" | head -c "$cap"', "sh", str(cap),
+                   cmd, C.job_id_arg(job.job_id)])
+        res = self.transport.run(argv, timeout=self.o["timeout"], as_user=as_user)
+        if res.returncode != 0 and res.err.startswith("sudo: "):
+            raise SchedulerRefused(f"cannot run bpeek as {as_user}: {res.err.strip().splitlines()[0]}")
         failure = P.scheduler_failure(res.err)
         if failure:
             raise failure

@@ -396,9 +396,10 @@ def job_from_format(values: dict) -> tuple[Job, dict]:
 def _format_memory_mb(min_memory: str | None, tres: str | None, nodes: int | None) -> int | None:
     """The memory squeue -O prints as MinMemory is per node or per CPU, whichever was asked
     for, and does not say which; tres-alloc has the job's total. As the JSON path: per node
-    when that was asked for, else the total (--mem-per-cpu x CPUs)."""
+    when that was asked for, else the total (--mem-per-cpu x CPUs). Where that cannot be
+    told (as many CPUs as nodes: -N2 -n2 --mem-per-cpu=64M), the per-node reading (64)."""
     per = parse_memory_mb(min_memory)
-    m = re.search(r"(?:^|,)mem=([0-9.]+[KMGTP]?)", tres or "")
+    m = re.search(r"(?:^|,)mem=([0-9.]+[KMGT]?)(?:,|$)", tres or "")
     total = parse_memory_mb(m.group(1)) if m else None
     if total is None or per is None or per * (nodes or 1) == total:
         return per if per is not None else total

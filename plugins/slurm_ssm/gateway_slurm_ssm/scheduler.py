@@ -499,16 +499,22 @@ class SlurmScheduler:
             elif action == "resume":
                 self._resume(user, job_id)
             else:
-                if job.state is JobState.SUSPENDED and action in ("kill", "requeue"):
-                    self._unmark(job_id)      # the job ends: no mark is left in its AdminComment
-                if action == "kill":
-                    res = self._run(commands.scancel(job_id), as_user=account)
-                    err = parse.scancel_error(res.out, res.err)
-                    if err is not None:
-                        raise err
-                    self._check(res)
-                else:
-                    self._check(self._run(commands.job_action(action, job_id), as_user=account))
+                # The job ends: its AdminComment goes to accounting without the owner's mark
+                # (put back if Slurm refuses, so the owner can still resume).
+                removed = (self._unmark(job_id) if job.state is JobState.SUSPENDED
+                           and action in ("kill", "requeue") else [])
+                try:
+                    if action == "kill":
+                        res = self._run(commands.scancel(job_id), as_user=account)
+                        err = parse.scancel_error(res.out, res.err)
+                        if err is not None:
+                            raise err
+                        self._check(res)
+                    else:
+                        self._check(self._run(commands.job_action(action, job_id), as_user=account))
+                except GatewayError:
+                    self._set_comments(removed)
+                    raise
         finally:
             self.snapshot.invalidate()
         return None
@@ -537,9 +543,11 @@ class SlurmScheduler:
                 if job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
 
     def _running_tasks(self, job_id: str) -> list[str]:
-        """The job ids of an array's running tasks (from the snapshot); [] for other jobs."""
+        """An array's running tasks (from the snapshot) as <array>_<task>; [] for other jobs.
+        Never by their raw ids: the last task to start runs under the array's own id, which
+        scontrol reads as the whole array."""
         members = self._view().arrays.get(job_id) or []
-        return [extra["id"] for job, extra in members if job.state is JobState.RUNNING]
+        return [job.job_id for job, _ in members if job.state is JobState.RUNNING]
 
     def _owner_suspend(self, job_id: str) -> None:
         before = self._records_of(job_id)
@@ -547,15 +555,18 @@ class SlurmScheduler:
             # Suspending again would succeed and keep the earlier suspension's time: the
             # owner would then hold (and could resume) someone else's suspension.
             raise Conflict(f"cannot suspend job {job_id}: it (or a task of it) is already suspended")
-        running = [extra["id"] for job, extra in before if job.state is JobState.RUNNING]
+        # Tasks by <array>_<task> (see _running_tasks), one by one: pending ones fail the lot.
+        running = [job.job_id for job, _ in before if job.state is JobState.RUNNING]
         if not running:
             raise Conflict(f"cannot suspend job {job_id}: nothing of it is running")
-        suspended, marked = [], {}
+        suspended, marked, in_flight = [], {}, None
         try:
-            for task in running:                 # one by one: pending tasks would fail the lot
+            for task in running:
+                in_flight = task
                 self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
                 suspended.append(task)
-            now = {extra["id"]: extra for job, extra in self._records_of(job_id)
+                in_flight = None
+            now = {job.job_id: extra for job, extra in self._records_of(job_id)
                    if job.state is JobState.SUSPENDED}
             for task in suspended:
                 extra = now.get(task)
@@ -571,15 +582,23 @@ class SlurmScheduler:
                         "admin_run_as must be a Slurm administrator to set AdminComment")
                 marked[task] = before_comment
         except GatewayError as exc:
-            # What was suspended is resumed again: an owner's suspension left unmarked could
-            # never be resumed by them.
-            for task in suspended:
-                self._run(commands.job_action("resume", task), as_user=self.admin_account)
-                if task in marked:
-                    self._run(commands.set_admin_comment(task, marked[task]), as_user=self.admin_account)
-            if not suspended:
+            if not suspended and in_flight is None:
                 raise
-            raise type(exc)(f"job {job_id} was not suspended: {exc.msg}") from exc
+            # What was suspended is resumed again: an owner's suspension left unmarked could
+            # never be resumed by them. (A suspend that failed or timed out may have acted.)
+            left = []
+            for task in suspended + ([in_flight] if in_flight else []):
+                try:
+                    self._check(self._run(commands.job_action("resume", task), as_user=self.admin_account))
+                except GatewayError as undo:
+                    if task != in_flight:
+                        left.append(task)
+                        log.warning("slurm_ssm: could not resume job %s again: %s", task, undo)
+            self._set_comments([(task, comment) for task, comment in marked.items()])
+            msg = f"job {job_id} was not suspended: {exc.msg}"
+            if left:
+                msg += f"; still suspended (an administrator can resume): {', '.join(left)}"
+            raise type(exc)(msg) from exc
 
     def _resume(self, user, job_id: str) -> None:
         if user.is_admin:
@@ -597,27 +616,28 @@ class SlurmScheduler:
             if not all(parse.user_suspension(e["admin_comment"], e["suspend_time"])[0] for _, e in records):
                 raise Forbidden(f"job {job_id} was suspended by an administrator or by Slurm, not "
                                 "through the gateway by its owner: only an administrator may resume it")
-        for _, extra in records:                 # one by one: pending tasks would fail the lot
-            self._check(self._run(commands.job_action("resume", extra["id"]), as_user=self.admin_account))
-            self._give_back([(None, extra)])
+        for job, extra in records:               # one by one, by <array>_<task> (_running_tasks)
+            self._check(self._run(commands.job_action("resume", job.job_id), as_user=self.admin_account))
+            self._set_comments(_given_back([(job, extra)]))
 
-    def _give_back(self, records) -> None:
-        """The mark has served: the admin comment as it was before (best effort)."""
-        for _, extra in records:
-            if extra["admin_comment"].startswith(commands.USER_SUSPEND_MARK):
-                _, before = parse.user_suspension(extra["admin_comment"], extra["suspend_time"])
-                try:
-                    self._check(self._run(commands.set_admin_comment(extra["id"], before),
-                                          as_user=self.admin_account))
-                except GatewayError as exc:
-                    log.warning("slurm_ssm: could not clear the suspension mark of job %s: %s",
-                                extra["id"], exc)
+    def _set_comments(self, comments: list[tuple[str, str]]) -> None:
+        """Set AdminComments (best effort: a failure is logged)."""
+        for task, comment in comments:
+            try:
+                self._check(self._run(commands.set_admin_comment(task, comment), as_user=self.admin_account))
+            except GatewayError as exc:
+                log.warning("slurm_ssm: could not set job %s's AdminComment back: %s", task, exc)
 
-    def _unmark(self, job_id: str) -> None:
+    def _unmark(self, job_id: str) -> list[tuple[str, str]]:
+        """Give back the admin comments of job_id's marked suspensions; what was removed."""
         try:
-            self._give_back([r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED])
+            marked = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED
+                      and r[1]["admin_comment"].startswith(commands.USER_SUSPEND_MARK)]
         except GatewayError as exc:
             log.warning("slurm_ssm: could not read job %s's suspension marks: %s", job_id, exc)
+            return []
+        self._set_comments(_given_back(marked))
+        return [(job.job_id, extra["admin_comment"]) for job, extra in marked]
 
     @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):
@@ -805,6 +825,15 @@ class SlurmScheduler:
 
 # Commands that talk to slurmctld (and so wait out its MessageTimeout when it is down).
 CONTROLLER_COMMANDS = frozenset({"squeue", "sbatch", "scontrol", "scancel", "sinfo", "sdiag", "sprio"})
+
+
+def _given_back(records: list[Record]) -> list[tuple[str, str]]:
+    """(task, admin comment without the owner's mark) for the marked ones of ``records``."""
+    out = []
+    for job, extra in records:
+        if extra["admin_comment"].startswith(commands.USER_SUSPEND_MARK):
+            out.append((job.job_id, parse.user_suspension(extra["admin_comment"], extra["suspend_time"])[1]))
+    return out
 
 
 def _read_only(argv: list[str]) -> bool:

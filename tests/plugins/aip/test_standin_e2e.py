@@ -95,6 +95,13 @@ def test_a_running_jobs_output_is_read_up_to_max_output_bytes(cluster):
     """bpeek prints all a job has written: 3 MB here, with max_output_bytes 1 MiB. At most
     that (and bpeek's section titles) reach the gateway; it was all of it."""
     s = plugin(cluster, listing="json", max_output_bytes=1 << 20)
+    as_users, run = [], s.transport.run
+
+    def recording(argv, **kw):
+        if kw.get("as_user"):
+            as_users.append(list(argv))
+        return run(argv, **kw)
+    s.transport.run = recording
     try:
         jid = s.submit_job(user=ALICE, spec=JobSpec(
             command="head -c 3000000 /dev/zero | tr '\\0' x; echo; sleep 30"))
@@ -107,6 +114,9 @@ def test_a_running_jobs_output_is_read_up_to_max_output_bytes(cluster):
             time.sleep(0.2)
         assert (1 << 20) <= len(out.data) <= (1 << 20) + 4096 and set(out.data) == {ord("x")}
         assert out.size == len(out.data)
+        # What runs as a user starts with one of the commands docs/aip.md's sudoers allows.
+        if ROOT:
+            assert as_users and {argv[0] for argv in as_users} <= {"env", "head"}, as_users
         s.control_job(user=ALICE, job_id=jid, action="kill")
     finally:
         s.close()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import (ConfigError, Conflict, Forbidden, InvalidInput, NotFound,
-                            NotImplementedByPlugin, SchedulerRefused, SchedulerUnavailable)
+from gateway.errors import (ConfigError, Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
+                            NotImplementedByPlugin, SchedulerRefused, SchedulerTimeout,
+                            SchedulerUnavailable)
 from gateway.models import JobQuery, JobSpec, JobState, User
 from gateway.transports import CommandResult, Transport
 from gateway_slurm_ssm import commands, make_scheduler
@@ -358,7 +359,7 @@ class FakeSlurm:
         t.answer(["scontrol", "update"], self.update)
         self.t = t
 
-    TASKS = {"36_1": 38, "36_2": 39}                  # the capture's running array tasks
+    TASKS = {"36_1": 38, "36_2": 39, "36_4": 36}      # the capture's array tasks (36_4: below)
 
     def _job(self, argv):
         job_id = argv[-1].removeprefix("JobId=")
@@ -451,14 +452,14 @@ def test_an_owner_suspends_and_resumes_an_arrays_running_tasks_one_by_one(make):
     sched, t = make(run_as="sudo", admin_run_as="slurmop")
     slurm = FakeSlurm(t)
     sched.control_job(user=ALICE, job_id="36", action="suspend")
-    assert [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]] == ["38", "39"]
+    assert [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]] == ["36_1", "36_2"]
     assert all(slurm.changes[j]["admin_comment"].startswith("hpc-gateway:user-suspend@") for j in (38, 39))
     # An administrator suspends an array's running tasks one by one too.
     admin, t2 = make(run_as="sudo", admin_run_as="slurmop", cache_dir=str(Path(sched.opts["cache_dir"]) / "a"))
     FakeSlurm(t2)
     admin.control_job(user=ADMIN, job_id="36", action="suspend")
     assert [c["argv"] for c in t2.calls if c["argv"][0] == "scontrol"] == [
-        ["scontrol", "suspend", "38"], ["scontrol", "suspend", "39"]]
+        ["scontrol", "suspend", "36_1"], ["scontrol", "suspend", "36_2"]]
     # An administrator's suspension of one task is not the owner's to resume; her own is.
     sched.control_job(user=ADMIN, job_id="36_2", action="resume")
     sched.control_job(user=ADMIN, job_id="36_2", action="suspend")
@@ -467,6 +468,51 @@ def test_an_owner_suspends_and_resumes_an_arrays_running_tasks_one_by_one(make):
     sched.control_job(user=ALICE, job_id="36_1", action="resume")
     assert slurm.changes[38]["job_state"] == "RUNNING" and slurm.changes[39]["job_state"] == "SUSPENDED"
     assert not slurm.changes[38]["admin_comment"]
+
+
+def test_the_task_under_the_arrays_own_id_is_addressed_as_a_task(make):
+    """The last task of an array to start runs under the array's id (here 36_4 as job 36):
+    `scontrol suspend 36` would act on every task, an administrator's suspension of 36_1
+    included."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    slurm.changes[36] = {"array_task_id": 4, "array_task_string": "", "job_state": "RUNNING",
+                         "state_reason": "None"}
+    assert sched.get_job(user=ALICE, job_id="36_4").state is JobState.RUNNING
+    sched.control_job(user=ALICE, job_id="36_4", action="suspend")
+    sched.control_job(user=ALICE, job_id="36_4", action="resume")
+    acted = [c["argv"] for c in t.calls if c["argv"][:2] in (["scontrol", "suspend"], ["scontrol", "resume"])]
+    assert acted == [["scontrol", "suspend", "36_4"], ["scontrol", "resume", "36_4"]]
+
+
+def test_an_owners_suspension_that_fails_half_way_is_undone(make):
+    """The second task's suspend times out: the first is resumed again and the second tried
+    (it may have been suspended all the same); the client hears the timeout."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+
+    def suspend(argv):
+        if argv[-1] == "36_2":
+            raise SchedulerTimeout("scontrol suspend 36_2 timed out")
+        return slurm.suspend(argv)
+    t.answer(["scontrol", "suspend"], suspend)
+    with pytest.raises(SchedulerTimeout) as e:
+        sched.control_job(user=ALICE, job_id="36", action="suspend")
+    assert "was not suspended" in e.value.msg
+    assert slurm.changes[38]["job_state"] == "RUNNING"
+    assert [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "resume"]] == ["36_1", "36_2"]
+
+
+def test_a_refused_requeue_keeps_the_owners_mark(make):
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    sched.control_job(user=ALICE, job_id="30", action="suspend")
+    mark = slurm.changes[30]["admin_comment"]
+    t.answer(["scontrol", "requeue"], CommandResult(1, b"", b"Requeue of job 30 is disabled\n"))
+    with pytest.raises(GatewayError):
+        sched.control_job(user=ALICE, job_id="30", action="requeue")
+    assert slurm.changes[30]["admin_comment"] == mark
+    sched.control_job(user=ALICE, job_id="30", action="resume")           # still hers to resume
 
 
 def test_owners_suspensions_need_squeue_json(make):
