@@ -139,3 +139,25 @@ def app_with_plugin(monkeypatch, work_dir, plugin, name: str = "fake"):
     app = create_app({"work_dir": str(work_dir), "scheduler": {"backend": name}})
     client = ApiClient(app).login("admin", (Path(work_dir) / "initial-admin-password").read_text().strip())
     return app, client
+
+
+_IN_FRESH = """
+import importlib, pickle, sys
+module, name, args = pickle.load(sys.stdin.buffer)
+result = getattr(importlib.import_module(module), name)(*args)
+sys.stdout.buffer.write(pickle.dumps(result))
+"""
+
+
+def in_fresh_interpreter(func, *args, timeout: float = 300):
+    """``func(*args)`` (a module-level function) run in a new Python process, its result
+    unpickled. For memory measurements: tracemalloc counts the allocations of every thread,
+    and background threads left by earlier tests (a snapshot refresh parsing a real squeue)
+    once added 10 MB to a test's peak in CI."""
+    import pickle
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", _IN_FRESH], input=pickle.dumps((func.__module__, func.__name__, args)),
+                          capture_output=True, timeout=timeout, cwd=root)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return pickle.loads(done.stdout)

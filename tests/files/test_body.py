@@ -8,12 +8,17 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.errors import GatewayError
 from gateway.files.body import MultipartBody, is_multipart, limit_body, raw_chunks
+from tests.helpers import in_fresh_interpreter
 
 CHUNK = 64 * 1024
 
 
 @pytest.fixture
 def app():
+    return make_app()
+
+
+def make_app():
     app = Flask("t")
 
     @app.route("/up", methods=["POST"])
@@ -60,6 +65,11 @@ def post_measured(app, body: bytes):
     finally:
         tracemalloc.stop()
     return r, peak
+
+
+def _post_in_fresh_interpreter(body: bytes):
+    r, peak = post_measured(make_app(), body)
+    return r.status_code, r.get_json(), peak
 
 
 def test_multipart_streams_in_chunks_with_fields_before_the_file(app):
@@ -121,8 +131,8 @@ def test_a_body_shorter_than_declared_is_an_interrupted_upload(app, multipart):
 def test_multipart_without_an_end_in_sight_is_refused_after_a_bounded_read(app, body):
     """The decoder holds back what it has not matched: such a body was held whole (a 300 MiB
     one grew a worker by 241 MB). Now it is a 400 once a read plus the fields' room is held."""
-    r, peak = post_measured(app, body)
-    assert r.status_code == 400 and "no boundary or end of part headers" in r.get_json()["msg"]
+    status, doc, peak = in_fresh_interpreter(_post_in_fresh_interpreter, body)
+    assert status == 400 and "no boundary or end of part headers" in doc["msg"]
     assert peak < 1_500_000, f"peak {peak} bytes"
 
 
@@ -131,8 +141,8 @@ def test_many_fields_before_the_file_are_refused_not_held(app):
     names held ~56 MB when only their values counted (a review's measurement)."""
     fields = b"".join(b"--B\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\n\r\n" % i for i in range(20_000))
     body = fields + b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nx\r\n--B--\r\n"
-    r, peak = post_measured(app, body)
-    assert r.status_code == 400 and "fields" in r.get_json()["msg"], r.get_json()
+    status, doc, peak = in_fresh_interpreter(_post_in_fresh_interpreter, body)
+    assert status == 400 and "fields" in doc["msg"], doc
     assert peak < 1_500_000, f"peak {peak} bytes"
     few = b"".join(b"--B\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nv\r\n" % i for i in range(50))
     body = few + b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nx\r\n--B--\r\n"

@@ -7,6 +7,7 @@ import pytest
 
 from gateway.errors import Conflict, Forbidden, NotFound, SchedulerRefused
 from gateway.files import commands, parse
+from tests.helpers import in_fresh_interpreter
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -109,36 +110,31 @@ def test_streamed_listing_keeps_the_first_entries_by_name(chunk, limit):
     assert children == expected[:limit]
 
 
-_LISTING_MEMORY = """
-import tracemalloc
-from gateway.files import parse
+def _listing_peak():
+    import tracemalloc
 
-def stream(count=200_000, per_chunk=2_000):
-    yield b"0/r-x/d/d/4096/755/drwxr-xr-x/1700000000.5/gwalice//d\\0"
-    for start in range(0, count, per_chunk):
-        yield b"".join(f"1/rw-/f/f/1/644/-rw-r--r--/1700000000.5/gwalice/d/f{(i * 7919) % count:07d}".encode()
-                       + b"\\0" for i in range(start, start + per_chunk))
+    def stream(count=200_000, per_chunk=2_000):
+        yield _records([])
+        for start in range(0, count, per_chunk):
+            yield b"".join(f"1/rw-/f/f/1/644/-rw-r--r--/1700000000.5/gwalice/d/f{(i * 7919) % count:07d}".encode()
+                           + b"\0" for i in range(start, start + per_chunk))
 
-tracemalloc.start()
-top, children, total = parse.parse_listing(stream(), 100)
-_, peak = tracemalloc.get_traced_memory()
-assert total == 200_000 and [e.name for e in children] == [f"f{i:07d}" for i in range(100)]
-assert top.type == "directory"
-print(peak)
-"""
+    tracemalloc.start()
+    try:
+        top, children, total = parse.parse_listing(stream(), 100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return top.type, [e.name for e in children], total, peak
 
 
 def test_streamed_listing_memory_does_not_grow_with_the_directory():
     """200,000 entries through a limit of 100: the parser holds the kept records and a chunk,
-    never the listing (parsed whole, these records take ~100 MB). Measured in a fresh
-    interpreter: tracemalloc counts every thread's allocations, and background threads of
-    earlier tests (a snapshot refresh parsing a real squeue) once made it 10.9 MB in CI."""
-    import subprocess
-    import sys
-    done = subprocess.run([sys.executable, "-c", _LISTING_MEMORY], capture_output=True, text=True,
-                          timeout=120, cwd=pathlib.Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stderr
-    peak = int(done.stdout)
+    never the listing (parsed whole, these records take ~100 MB). In a fresh interpreter
+    (tests.helpers.in_fresh_interpreter: CI once measured 10.9 MB here, another test's)."""
+    top_type, names, total, peak = in_fresh_interpreter(_listing_peak)
+    assert total == 200_000 and names == [f"f{i:07d}" for i in range(100)]
+    assert top_type == "directory"
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes"
 
 
