@@ -70,7 +70,9 @@ def test_ssl_1_serves_https_on_https_port_and_nothing_else(tmp_path, procs, cert
     assert replica.proc.alive()
 
 
-def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certificate, need_gunicorn, need_nginx):
+def _tls_site(tmp_path, procs, certificate, *, novnc: bool = False) -> tuple[str, int]:
+    """A plain replica behind NGINX with hpc-gateway-ha-tls.conf (and, with ``novnc``, the
+    noVNC snippet included where the site says): (https origin, NGINX's port), answering."""
     cert, key = certificate
     http_port = free_port()
     config = _gateway_config(tmp_path, http_port=http_port, trusted_proxies=1)
@@ -78,12 +80,22 @@ def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certi
     listen = free_port()
     site = render("hpc-gateway-ha-tls.conf", "--replica", f"127.0.0.1:{http_port}",
                   "--listen", f"127.0.0.1:{listen}", "--cert", str(cert), "--key", str(key))
+    if novnc:
+        from tests.vis.support import NOVNC_SNIPPET
+        site = site.replace("# include /etc/nginx/snippets/hpc-gateway-novnc.conf;", f"include {NOVNC_SNIPPET};")
+        assert "hpc-gateway-novnc.conf;" in site
     nginx = Nginx(procs, tmp_path / "nginx", site)
-
-    base = f"https://127.0.0.1:{listen}{PREFIX}"
+    origin = f"https://127.0.0.1:{listen}"
     from .servers import wait_until
-    wait_until(lambda: requests.get(base + "/health", verify=str(cert), timeout=5).status_code == 200, 20,
-               "NGINX (TLS) to answer /health", proc=nginx.proc)
+    wait_until(lambda: requests.get(origin + PREFIX + "/health", verify=str(cert), timeout=5).status_code == 200,
+               20, "NGINX (TLS) to answer /health", proc=nginx.proc)
+    return origin, listen
+
+
+def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certificate, need_gunicorn, need_nginx):
+    cert, _ = certificate
+    origin, listen = _tls_site(tmp_path, procs, certificate)
+    base = origin + PREFIX
     login = requests.post(base + "/login", json={"username": "admin", "password": _admin_password(tmp_path)},
                           verify=str(cert), timeout=10)
     assert login.status_code == 200, login.text
@@ -103,22 +115,8 @@ def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certifica
     """NGINX drops a server's add_header in a location that has its own: the noVNC pages
     (which carry the desktops' passwords in their addresses) lost the TLS site's HSTS."""
     require(os.path.isfile("/usr/share/novnc/vnc.html"), "noVNC is not installed (Debian: apt-get install novnc)")
-    cert, key = certificate
-    http_port = free_port()
-    config = _gateway_config(tmp_path, http_port=http_port, trusted_proxies=1)
-    GunicornReplica(procs, "plain", config, tmp_path / "log", workers=1, threads=4).start()
-    listen = free_port()
-    site = render("hpc-gateway-ha-tls.conf", "--replica", f"127.0.0.1:{http_port}",
-                  "--listen", f"127.0.0.1:{listen}", "--cert", str(cert), "--key", str(key))
-    snippet = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "nginx", "hpc-gateway-novnc.conf")
-    site = site.replace("# include /etc/nginx/snippets/hpc-gateway-novnc.conf;",
-                        f"include {os.path.abspath(snippet)};")
-    assert "hpc-gateway-novnc.conf;" in site
-    nginx = Nginx(procs, tmp_path / "nginx", site)
-    base = f"https://127.0.0.1:{listen}"
-    from .servers import wait_until
-    wait_until(lambda: requests.get(base + PREFIX + "/health", verify=str(cert), timeout=5).status_code == 200,
-               20, "NGINX (TLS) to answer /health", proc=nginx.proc)
+    cert, _ = certificate
+    base, _ = _tls_site(tmp_path, procs, certificate, novnc=True)
     page = requests.get(base + "/novnc/vnc.html", verify=str(cert), timeout=10)
     assert page.status_code == 200 and "noVNC" in page.text
     assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
