@@ -140,6 +140,11 @@ def job_action(action: str, job_id: str) -> list[str]:
 USER_SUSPEND_MARK = "hpc-gateway:user-suspend@"
 
 
+def user_suspend_mark(suspend_time, before: str) -> str:
+    """The AdminComment of an owner's suspension (read back by parse.user_suspension)."""
+    return f"{USER_SUSPEND_MARK}{suspend_time}" + (f" {before}" if before else "")
+
+
 def set_admin_comment(job_id: str, text: str) -> list[str]:
     return ["scontrol", "update", f"JobId={job_id}", f"AdminComment={text}"]
 

@@ -542,6 +542,9 @@ class SlurmScheduler:
         return [(job, extra) for job, extra in records
                 if job_id in (job.job_id, extra.get("id"), extra.get("array_job_id"))]
 
+    def _suspended_records(self, job_id: str) -> list[Record]:
+        return [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
+
     def _running_tasks(self, job_id: str) -> list[str]:
         """An array's running tasks (from the snapshot) as <array>_<task>; [] for other jobs.
         Never by their raw ids: the last task to start runs under the array's own id, which
@@ -566,15 +569,13 @@ class SlurmScheduler:
                 self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
                 suspended.append(task)
                 in_flight = None
-            now = {job.job_id: extra for job, extra in self._records_of(job_id)
-                   if job.state is JobState.SUSPENDED}
+            now = {job.job_id: extra for job, extra in self._suspended_records(job_id)}
             for task in suspended:
                 extra = now.get(task)
                 if extra is None or not extra["suspend_time"]:
                     raise SchedulerRefused(f"job {task} does not show as suspended")
                 before_comment = extra["admin_comment"]
-                mark = f"{commands.USER_SUSPEND_MARK}{extra['suspend_time']}" + (
-                    f" {before_comment}" if before_comment else "")
+                mark = commands.user_suspend_mark(extra["suspend_time"], before_comment)
                 res = self._run(commands.set_admin_comment(task, mark), as_user=self.admin_account)
                 if res.returncode != 0:
                     raise SchedulerRefused(
@@ -603,14 +604,14 @@ class SlurmScheduler:
     def _resume(self, user, job_id: str) -> None:
         if user.is_admin:
             try:
-                records = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
+                records = self._suspended_records(job_id)
             except GatewayError:                 # an administrator resumes whatever it says
                 records = []
             if not records:
                 self._check(self._run(commands.job_action("resume", job_id), as_user=self.admin_account))
                 return
         else:
-            records = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
+            records = self._suspended_records(job_id)
             if not records:
                 raise Conflict(f"cannot resume job {job_id}: it is not suspended")
             if not all(parse.user_suspension(e["admin_comment"], e["suspend_time"])[0] for _, e in records):
@@ -631,8 +632,8 @@ class SlurmScheduler:
     def _unmark(self, job_id: str) -> list[tuple[str, str]]:
         """Give back the admin comments of job_id's marked suspensions; what was removed."""
         try:
-            marked = [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED
-                      and r[1]["admin_comment"].startswith(commands.USER_SUSPEND_MARK)]
+            marked = [r for r in self._suspended_records(job_id)
+                      if r[1]["admin_comment"].startswith(commands.USER_SUSPEND_MARK)]
         except GatewayError as exc:
             log.warning("slurm_ssm: could not read job %s's suspension marks: %s", job_id, exc)
             return []
