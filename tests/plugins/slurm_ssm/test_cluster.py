@@ -138,6 +138,12 @@ def test_an_owner_suspends_an_array_with_pending_tasks(make_plugin):
         wait_for(plugin, ALICE, task, JobState.RUNNING)
     finally:
         subprocess.run(["scancel", job_id], check=False)
+        # Gone before the next test: a task still completing holds the node's CPUs, and a
+        # job submitted meanwhile pends with reason Resources, not what it waits for.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and subprocess.run(
+                ["squeue", "-h", "-j", job_id, "--states=PD,R,S,CG"], capture_output=True, text=True).stdout.strip():
+            time.sleep(0.2)
 
 
 @pytest.mark.parametrize("json_mode", ["yes", "no"])
