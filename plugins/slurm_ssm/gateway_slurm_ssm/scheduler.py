@@ -494,8 +494,7 @@ class SlurmScheduler:
             elif action == "suspend" and (tasks := self._running_tasks(job_id)):
                 # An array: its running tasks one by one (the array's id fails on its pending
                 # tasks, after suspending the others).
-                for task in tasks:
-                    self._check(self._run(commands.job_action("suspend", task), as_user=account))
+                self._suspend_tasks(job_id, tasks, account)
             elif action == "resume":
                 self._resume(user, job_id)
             else:
@@ -546,11 +545,34 @@ class SlurmScheduler:
         return [r for r in self._records_of(job_id) if r[0].state is JobState.SUSPENDED]
 
     def _running_tasks(self, job_id: str) -> list[str]:
-        """An array's running tasks (from the snapshot) as <array>_<task>; [] for other jobs.
-        Never by their raw ids: the last task to start runs under the array's own id, which
-        scontrol reads as the whole array."""
-        members = self._view().arrays.get(job_id) or []
+        """An array's running tasks, afresh, as <array>_<task>; [] for other jobs. Never by
+        their raw ids: the last task to start runs under the array's own id, which scontrol
+        reads as the whole array. Afresh: a snapshot up to an interval old would miss the
+        tasks started since and name some that have ended."""
+        if not self._view().arrays.get(job_id):
+            return []
+        members = self._view(max_age=0).arrays.get(job_id) or []
         return [job.job_id for job, _ in members if job.state is JobState.RUNNING]
+
+    def _suspend_tasks(self, job_id: str, tasks: list[str], account: str | None) -> None:
+        """An administrator's suspension of an array's running tasks. A task that has ended
+        (or been suspended) since the look is passed over; any other refusal stops, and the
+        answer names the tasks already suspended."""
+        done, passed = [], []
+        for task in tasks:
+            try:
+                self._check(self._run(commands.job_action("suspend", task), as_user=account))
+            except Conflict:
+                passed.append(task)
+                continue
+            except GatewayError as exc:
+                if done:
+                    raise type(exc)(f"{exc.msg}; suspended before that: {', '.join(done)}") from exc
+                raise
+            done.append(task)
+        if not done:
+            raise Conflict(f"cannot suspend job {job_id}: its tasks {', '.join(passed)} "
+                           "are no longer running")
 
     def _owner_suspend(self, job_id: str) -> None:
         before = self._records_of(job_id)
@@ -566,9 +588,16 @@ class SlurmScheduler:
         try:
             for task in running:
                 in_flight = task
-                self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
+                try:
+                    self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
+                except Conflict:                 # it has ended since the look: passed over
+                    in_flight = None
+                    continue
                 suspended.append(task)
                 in_flight = None
+            if not suspended:
+                raise Conflict(f"cannot suspend job {job_id}: its tasks {', '.join(running)} "
+                               "are no longer running")
             now = {job.job_id: extra for job, extra in self._suspended_records(job_id)}
             for task in suspended:
                 extra = now.get(task)

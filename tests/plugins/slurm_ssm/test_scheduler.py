@@ -367,6 +367,9 @@ class FakeSlurm:
 
     def suspend(self, argv):
         job = self._job(argv)
+        if job.get("job_state") in ("COMPLETED", "FAILED", "CANCELLED"):
+            # as Slurm 22.05 words it
+            return CommandResult(1, b"", f"{argv[-1]}: Job/step already completing or completed\n".encode())
         if job.get("job_state") != "SUSPENDED":    # again: succeeds, keeps the time
             self.clock += 1
             job.update(job_state="SUSPENDED", suspend_time=self.clock)
@@ -468,6 +471,63 @@ def test_an_owner_suspends_and_resumes_an_arrays_running_tasks_one_by_one(make):
     sched.control_job(user=ALICE, job_id="36_1", action="resume")
     assert slurm.changes[38]["job_state"] == "RUNNING" and slurm.changes[39]["job_state"] == "SUSPENDED"
     assert not slurm.changes[38]["admin_comment"]
+
+
+def test_an_administrator_suspends_the_tasks_running_now_not_those_of_the_snapshot(make):
+    """Since the snapshot, task 36_1 (job 38) has ended and 36_4 has started under the
+    array's own id (36): the administrator's suspend acts on 36_2 and 36_4, and a task that
+    ends between that look and its own suspend is passed over, not a half-done error."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    assert sched.get_job(user=ADMIN, job_id="36_1").state is JobState.RUNNING      # the snapshot
+    slurm.changes[38] = {"job_state": "COMPLETED"}
+    slurm.changes[36] = {"array_task_id": 4, "array_task_string": "3", "job_state": "RUNNING",
+                         "state_reason": "None"}
+    sched.control_job(user=ADMIN, job_id="36", action="suspend")
+    suspends = [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "suspend"]]
+    assert suspends == ["36_2", "36_4"]
+    assert slurm.changes[39]["job_state"] == slurm.changes[36]["job_state"] == "SUSPENDED"
+    sched.control_job(user=ADMIN, job_id="36", action="resume")
+    # 36_2 ends after the look: passed over; 36_4 is still suspended.
+    real = slurm.suspend
+
+    def ends_first(argv):
+        if argv[-1] == "36_2":
+            slurm.changes[39]["job_state"] = "COMPLETED"
+        return real(argv)
+    t.answer(["scontrol", "suspend"], ends_first)
+    sched.control_job(user=ADMIN, job_id="36", action="suspend")
+    assert slurm.changes[36]["job_state"] == "SUSPENDED"
+    # Nothing of it left running by the time each task is asked: a conflict, saying so.
+    slurm.changes[36]["job_state"] = "RUNNING"
+    slurm.changes[39]["job_state"] = "RUNNING"
+    sched.snapshot.invalidate()
+
+    def all_end(argv):
+        slurm.changes[39]["job_state"] = slurm.changes[36]["job_state"] = "COMPLETED"
+        return real(argv)
+    t.answer(["scontrol", "suspend"], all_end)
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ADMIN, job_id="36", action="suspend")
+    assert "36_2, 36_4 are no longer running" in e.value.msg
+
+
+def test_an_owners_task_that_ends_before_its_suspend_is_passed_over(make):
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    real = slurm.suspend
+
+    def ends_first(argv):
+        if argv[-1] == "36_1":
+            slurm.changes.setdefault(38, {})["job_state"] = "COMPLETED"
+        return real(argv)
+    t.answer(["scontrol", "suspend"], ends_first)
+    sched.control_job(user=ALICE, job_id="36", action="suspend")
+    assert slurm.changes[39]["job_state"] == "SUSPENDED"
+    assert slurm.changes[39]["admin_comment"].startswith("hpc-gateway:user-suspend@")
+    assert "admin_comment" not in slurm.changes[38]
+    sched.control_job(user=ALICE, job_id="36", action="resume")
+    assert slurm.changes[39]["job_state"] == "RUNNING"
 
 
 def test_the_task_under_the_arrays_own_id_is_addressed_as_a_task(make):
