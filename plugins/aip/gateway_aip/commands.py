@@ -315,6 +315,27 @@ def submit_args(spec: JobSpec, *, native_allow: Mapping[str, int] = DEFAULT_NATI
     return Submission(args=args, stdin=stdin, env=env, chdir=chdir)
 
 
+# --------------------------------------------------------------------------- output files
+
+# A finished job's output file, without reading all of it: its size on the first line, then
+# the whole file when it is at most two windows, else its first and its last window (where
+# LSF's report around the output is). The path and the window are positional parameters,
+# never part of the script. `env` first: docs/aip.md's sudoers lets the gateway run env.
+_OUTPUT_WINDOWS = ('f=$1; w=$2; s=$(wc -c < "$f") || exit 1; echo "$s"; '
+                   'if [ "$s" -le $((2 * w)) ]; then head -c "$s" < "$f"; '
+                   'else head -c "$w" < "$f"; tail -c "$w" < "$f"; fi')
+
+
+def output_windows(path: str, window: int) -> list[str]:
+    return ["env", "sh", "-c", _OUTPUT_WINDOWS, "sh", path, str(int(window))]
+
+
+def read_range(path: str, offset: int, count: int) -> list[str]:
+    """``count`` bytes of ``path`` from ``offset`` (dd: no shell, no pipeline)."""
+    return ["env", "dd", f"if={path}", "bs=65536", "iflag=skip_bytes,count_bytes",
+            f"skip={int(offset)}", f"count={int(count)}", "status=none"]
+
+
 # --------------------------------------------------------------------------- queries
 
 def job_id_arg(job_id: str) -> str:

@@ -776,6 +776,33 @@ def strip_job_report(data: bytes) -> bytes:
     return data
 
 
+def job_report_bounds(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
+    """Where the job's own output lies in an ``-o`` file of ``size`` bytes known only by its
+    first (``head``) and last (``tail``) bytes: (start, end), as :func:`strip_job_report`
+    would cut the whole file, given that LSF's report parts lie in those windows. A file
+    reused by several jobs is read from its last report seen in either window."""
+    tail_at = size - len(tail)
+    if head.startswith(_REPORT_HEAD):
+        k = tail.rfind(b"\n" + _REPORT_HEAD)
+        if k >= 0:
+            found = tail.find(_REPORT_FOLLOWS, k + 1)
+            start = tail_at + found if found >= 0 else -1
+        else:
+            k = head.rfind(b"\n" + _REPORT_HEAD)
+            found = head.find(_REPORT_FOLLOWS, k + 1 if k > 0 else 0)
+            start = found
+        if start < 0:
+            return 0, 0             # report still being written, or no output section
+        start += len(_REPORT_FOLLOWS)
+        j = tail.rfind(_PS_MARKER)
+        end = tail_at + j if j >= 0 and tail_at + j >= start else size
+        return start, end
+    m = None
+    for m in _REPORT_TAIL.finditer(tail):
+        pass
+    return 0, (tail_at + m.start() if m is not None else size)
+
+
 def resolve_output_path(pattern: str | None, job_id: str, cwd: str | None,
                         home: str | None) -> str | None:
     """``-o``/``-e`` pattern as a path: ``%J`` -> id, ``%I`` -> index (0 outside arrays),

@@ -33,6 +33,7 @@ _STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState
 
 
 _PEEK_SLACK = 4096                 # bpeek's section titles on top of max_output_bytes
+_OUTPUT_WINDOW = 1 << 20           # the first and last MiB of a large output file (its report)
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\Z")
 
 
@@ -463,10 +464,9 @@ class AipScheduler:
                 return JobOutput(data[offset:offset + limit], offset, len(data), path)
         if not path:
             return JobOutput(b"", offset, 0, None)
-        data = self._read_file(user, job, path)
-        if stream == "stdout" or merged:
-            data = P.strip_job_report(data)
-        return JobOutput(data[offset:offset + limit], offset, len(data), path)
+        data, size = self._read_output(user, job, path, offset, limit,
+                                       report=stream == "stdout" or merged)
+        return JobOutput(data, offset, size, path)
 
     def _peek(self, user, job: Job) -> tuple[bytes, bytes] | None:
         cmd = self.cmds.need("bpeek", "reading a running job's output")
@@ -493,15 +493,48 @@ class AipScheduler:
         # None: "Not yet started" / "Already finished": the state moved on; read the files
         return parsed
 
-    def _read_file(self, user, job: Job, path: str) -> bytes:
-        res = self._run_plain(["head", "-c", str(self.o["max_output_bytes"]), "--", path],
-                              as_user=self._as_for_job(user, job))
+    def _read_output(self, user, job: Job, path: str, offset: int, limit: int, *,
+                     report: bool) -> tuple[bytes, int]:
+        """At most ``limit`` bytes from ``offset`` of the output in ``path`` (without LSF's
+        report around it when ``report``), and the output's size. A file of up to two
+        windows is read whole; of a larger one, only its first and last windows (for the
+        report) and the range asked for: every byte of it can be reached, and a poll costs
+        no more than that, however large the file."""
+        window = min(_OUTPUT_WINDOW, self.o["max_output_bytes"] // 2)
+        as_user = self._as_for_job(user, job)
+        res = self._run_plain(C.output_windows(path, window), as_user=as_user)
+        self._check_read(res, path)
         if res.returncode != 0:
-            msg = res.err.strip()
-            if "No such file" in msg:
-                return b""
-            raise SchedulerRefused(f"cannot read {path}: {msg or res.returncode}")
-        return res.stdout
+            return b"", 0
+        size_line, _, data = res.stdout.partition(b"\n")
+        try:
+            size = int(size_line)
+        except ValueError:
+            raise SchedulerRefused(f"cannot read {path}: no size in {size_line[:80]!r}") from None
+        if size <= 2 * window or len(data) < 2 * window:      # all of it
+            body = P.strip_job_report(data) if report else data
+            return body[offset:offset + limit], len(body)
+        head, tail = data[:window], data[window:]
+        start, end = P.job_report_bounds(head, tail, size) if report else (0, size)
+        total = max(end - start, 0)
+        count = min(limit, total - offset, self.o["max_output_bytes"])
+        if count <= 0:
+            return b"", total
+        at, tail_at = start + offset, size - len(tail)
+        if at + count <= len(head):
+            return head[at:at + count], total
+        if at >= tail_at:
+            return tail[at - tail_at:at - tail_at + count], total
+        res = self._run_plain(C.read_range(path, at, count), as_user=as_user)
+        self._check_read(res, path)
+        return res.stdout[:count], total
+
+    @staticmethod
+    def _check_read(res, path: str) -> None:
+        """A failed read: a missing file is no output yet (returncode stays non-zero),
+        anything else the scheduler host's refusal."""
+        if res.returncode != 0 and "No such file" not in res.err:
+            raise SchedulerRefused(f"cannot read {path}: {res.err.strip() or res.returncode}")
 
     # ================================================================ cluster
     @hookimpl

@@ -633,3 +633,34 @@ UNUSED_ON_PURPOSE = {
     "bmod_J_renamed_5.txt", "bhist_a.txt", "badmin_ckconfig.txt",
     "ls_cat_quick_3_out_head_30_cat_vnc_2_out_vnc_2_err_2_1_head.txt",
 }
+
+
+def test_the_report_bounds_from_two_windows_cut_as_the_whole_file_would():
+    """A large output file is read by its first and last windows: job_report_bounds finds
+    the job's own output there exactly where strip_job_report finds it in the whole file."""
+    import random
+    rng = random.Random(8)
+    report = fixture_bytes("openlava-2.2/quick_3.out")
+    head = report.split(b"quick done\nalice\n")[0]
+    ps = b"\n\nPS:\n\nRead file </home/a/x.err> for stderr output of this job.\n\n"
+    appended = (b"\n------------------------------------------------------------\n\n"
+                b"Sender: LSF System <lsfadmin@vm>\nSubject: Job 4: <x> Done\n\nmore report\n")
+    window = 2048
+    for case in range(300):
+        body = bytes(rng.choice(b"ab\nxyz") for _ in range(rng.randrange(2 * window, 6 * window)))
+        kind = case % 6
+        if kind == 0:
+            data = head + body + ps
+        elif kind == 1:
+            data = head + body
+        elif kind == 2:
+            data = body + appended
+        elif kind == 3:
+            data = body
+        elif kind == 4:     # the file reused: an earlier job's report and output, then this one's
+            earlier = head + b"old output\n" * rng.randrange(0, 50)
+            data = earlier + head + body + ps
+        else:               # ...an earlier job's large output: this one's report is in the last window
+            data = head + body + ps + head + b"new output\n" * rng.randrange(0, 50) + ps
+        start, end = parse.job_report_bounds(data[:window], data[-window:], len(data))
+        assert data[start:end] == parse.strip_job_report(data), (case, kind, start, end)

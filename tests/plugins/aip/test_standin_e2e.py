@@ -122,6 +122,35 @@ def test_a_running_jobs_output_is_read_up_to_max_output_bytes(cluster):
         s.close()
 
 
+def test_a_large_finished_output_is_read_by_ranges_to_its_last_byte(cluster):
+    """3.4 MB of output, max_output_bytes 1 MiB: each read takes the file's first and last
+    512 KiB (where LSF's report is) and the range asked for, never the whole file, and every
+    byte can be reached (reads used to stop at max_output_bytes)."""
+    s = plugin(cluster, listing="json", max_output_bytes=1 << 20)
+    sizes, run = [], s.transport.run
+
+    def recording(argv, **kw):
+        res = run(argv, **kw)
+        if "dd" in argv or "sh" in argv:           # reading the output file
+            sizes.append(len(res.stdout))
+        return res
+    s.transport.run = recording
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="seq 1 500000; echo oops >&2"))
+        wait(s, jid, JobState.COMPLETED)
+        expected = "".join(f"{i}\n" for i in range(1, 500001)).encode()
+        for offset in (0, len(expected) // 2, (1 << 20) + 7, len(expected) - 100_000, len(expected) - 5):
+            sizes.clear()
+            out = s.job_output(user=ALICE, job_id=jid, stream="stdout", offset=offset, limit=65536)
+            assert out.size == len(expected)
+            assert out.data == expected[offset:offset + 65536], offset
+            assert sum(sizes) <= (1 << 20) + 65536 + 64, sizes
+        assert s.job_output(user=ALICE, job_id=jid, stream="stdout", offset=len(expected), limit=10).data == b""
+        assert s.job_output(user=ALICE, job_id=jid, stream="stderr", offset=0, limit=100).data == b"oops\n"
+    finally:
+        s.close()
+
+
 def test_a_kill_is_recognized_by_another_gateway_from_the_history(cluster, b):
     jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
     wait(b, jid, JobState.RUNNING)
