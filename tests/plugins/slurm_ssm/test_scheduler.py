@@ -63,6 +63,8 @@ class ScriptedTransport(Transport):
 
 @pytest.fixture
 def make(tmp_path, monkeypatch):
+    made = []
+
     def _make(**options):
         transport = ScriptedTransport()
         monkeypatch.setattr("gateway_slurm_ssm.scheduler.make_transport", lambda opts: transport)
@@ -70,8 +72,11 @@ def make(tmp_path, monkeypatch):
         options.setdefault("snapshot_interval", 60)
         options.setdefault("json", "auto")     # the fixtures' squeue --json (the default, "no": below)
         sched = make_scheduler(options)
+        made.append(sched)
         return sched, transport
-    return _make
+    yield _make
+    for sched in made:                         # their watch threads end with them
+        sched.close()
 
 
 ALICE, BOB, ADMIN = User("gwalice"), User("gwbob"), User("gwadmin", is_admin=True)
