@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import ipaddress
 import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -29,6 +31,9 @@ log = logging.getLogger("gateway")
 # Endpoints that need no token: logging in, health, the docs, metrics.
 PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "swagger", "metrics", "static"}
 PUBLIC_PREFIXES = ("api-docs.",)
+_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_AUTH_ENDPOINTS = frozenset({"auth.Login", "auth.Logout"})
+audit = logging.getLogger("gateway.audit")
 
 
 @dataclass
@@ -82,9 +87,19 @@ def _flatten(messages) -> tuple[dict, str]:
             errors[location] = fields_
     parts = []
     for field, value in errors.items():
-        text = "; ".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else str(value)
+        text = _words(value)
         parts.append(text if field == "_schema" else f"{field}: {text}")
     return errors, "; ".join(parts)
+
+
+def _words(value) -> str:
+    """Field messages as text: lists joined, a list's items' messages without their index
+    ({0: ["Must be one of: ..."]}), nested fields by name."""
+    if isinstance(value, list):
+        return "; ".join(_words(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(_words(v) if isinstance(k, int) else f"{k}: {_words(v)}" for k, v in value.items())
+    return str(value)
 
 
 def http_error_response(error: HTTPException):
@@ -127,8 +142,40 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
         log.warning("First start: created user 'admin' (administrator). Its password is in %s "
                     "(readable by this account only). Log in with:\n  curl -X POST http://localhost:%s%s/login "
                     "-H 'Content-Type: application/json' -d '{\"username\": \"admin\", \"password\": \"'$(cat %s)'\"}'"
-                    "\nAdd users with: hpc-gateway users add NAME", note, cfg["https_port"] if cfg["ssl"] else
-                    cfg["http_port"], cfg["api_prefix"], note)
+                    "\nAdd users with: hpc-gateway users add NAME (run with this configuration: "
+                    "GATEWAY_CONFIG or --config; its users file is %s)", note, cfg["https_port"] if cfg["ssl"] else
+                    cfg["http_port"], cfg["api_prefix"], note, path)
+
+
+class _Cors:
+    """CORS for the configured origins (``cors_origins``): the preflight's answer and the
+    headers of every answer. No cookies are involved (tokens travel in Authorization), so
+    credentials are never allowed."""
+    METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+    HEADERS = "Authorization, Content-Type, Idempotency-Key, Range, If-Range"
+    EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow"
+
+    def __init__(self, origins: list[str]):
+        self.any = "*" in origins
+        self.origins = frozenset(o.lower() for o in origins)
+
+    def allows(self, origin: str | None) -> bool:
+        return bool(origin) and (self.any or origin.lower() in self.origins)
+
+    def preflight(self):
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = self.METHODS
+        response.headers["Access-Control-Allow-Headers"] = self.HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    def annotate(self, response, origin: str | None) -> None:
+        if not self.origins:
+            return
+        response.vary.add("Origin")
+        if self.allows(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = self.EXPOSED
 
 
 class FromProxies:
@@ -266,6 +313,52 @@ def create_app(config: dict | str | None = None) -> Flask:
         return envelope_error(500, "Internal error in the gateway; the administrator can find it in the log")
 
     @app.before_request
+    def _start():
+        # First: a request's latency and its time in flight include its wait for a turn.
+        g.t0 = time.perf_counter()
+        state.metrics.request_started()
+        g.hpcgw_in_flight = True
+
+    cors = _Cors(cfg["cors_origins"])
+
+    @app.before_request
+    def _preflight():
+        # A browser's CORS preflight carries no token: answered here, before authentication
+        # and without a turn (only for the configured origins; otherwise it goes on to 401).
+        if request.method == "OPTIONS" and cors.allows(request.headers.get("Origin")) \
+                and "Access-Control-Request-Method" in request.headers:
+            return cors.preflight()
+        return None
+
+    @app.after_request
+    def _cors(response):
+        cors.annotate(response, request.headers.get("Origin"))
+        return response
+
+    @app.before_request
+    def _bound_unsized_body():
+        # A body without Content-Length (chunked): werkzeug reads it up to max_body_bytes and
+        # silently drops the rest, so the request would be carried out on a cut body. Read one
+        # byte more than the limit here: more is a 413; what fits is handed on with its length.
+        # (File uploads stream their bodies and bound them themselves: gateway.files.body.)
+        env = request.environ
+        if request.content_length is not None or "HTTP_TRANSFER_ENCODING" not in env \
+                or not env.get("wsgi.input_terminated") or request.max_content_length is None \
+                or (request.endpoint or "").startswith("files."):
+            return
+        limit, body = request.max_content_length, bytearray()
+        stream = env["wsgi.input"]
+        while len(body) <= limit:
+            piece = stream.read(min(65536, limit + 1 - len(body)))
+            if not piece:
+                break
+            body += piece
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        env["wsgi.input"], env["CONTENT_LENGTH"] = io.BytesIO(bytes(body)), str(len(body))
+        del env["HTTP_TRANSFER_ENCODING"]
+
+    @app.before_request
     def _take_turn():
         # File transfers mostly wait on the network and the cluster: they never queue for a turn.
         if (request.endpoint or "").startswith("files.") or not state.turns.limited:
@@ -282,9 +375,6 @@ def create_app(config: dict | str | None = None) -> Flask:
 
     @app.before_request
     def _authenticate():
-        g.t0 = time.perf_counter()
-        state.metrics.request_started()
-        g.hpcgw_in_flight = True
         endpoint = request.endpoint
         if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith(PUBLIC_PREFIXES) \
                 or endpoint == "openapi_root":
@@ -295,6 +385,19 @@ def create_app(config: dict | str | None = None) -> Flask:
         session = tokens.check(token)
         g.user = User(name=session.user, is_admin=state.is_admin(session.user), uid=unix_uid(session.user))
         return None
+
+    @app.after_request
+    def _audit(response):
+        # Every request that may change something (submit, kill, suspend, host and queue
+        # control, file writes, vis), who asked and how it ended; never bodies. Login and
+        # logout write their own lines.
+        if request.method in _CHANGING and request.endpoint not in _AUTH_ENDPOINTS:
+            user = g.get("user")
+            # The path as sent on the wire (percent-encoded): a decoded %0A would forge a line.
+            audit.info("%s %s status=%s user=%s address=%s", request.method, quote(request.path, safe="/:@!$&'()*+,;="),
+                       response.status_code, user.name if user is not None else "-",
+                       request.remote_addr or "-")
+        return response
 
     @app.after_request
     def _measure(response):

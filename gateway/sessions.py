@@ -464,6 +464,8 @@ class TokenManager:
             self.store.touch(session.sid, now, self.max_age)
         return session
 
-    def revoke(self, token: str) -> None:
+    def revoke(self, token: str) -> str:
+        """End the token's session; the user it was."""
         session = self.check(token)
         self.store.revoke(session.sid, self.max_age)
+        return session.user

@@ -1,10 +1,14 @@
 """What every blueprint shares: the seed's envelope, the current user, the scheduler."""
 from __future__ import annotations
 
+import json
 import re
 
+import flask_smorest
 from flask import current_app, g, request
 from marshmallow import Schema, ValidationError, fields
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from ..errors import Forbidden
 from ..models import User
@@ -13,6 +17,28 @@ SUCCESS = "Success"
 # Printable text: no NUL, no other C0/C1 control characters (tab allowed where said).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROL_NO_TAB = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class _Parser(FlaskParser):
+    """webargs' parser, but a body that is not JSON is a 415 that says so, and JSON nested past
+    Python's recursion limit (``[[[...]]]``, well within max_body_bytes) is a malformed body,
+    400, not a RecursionError and a 500."""
+
+    def _raw_load_json(self, req):
+        if not is_json_request(req) and (req.content_length or req.headers.get("Transfer-Encoding")):
+            # webargs would read no body at all, and the answer blame missing fields (curl -d
+            # sends application/x-www-form-urlencoded).
+            raise UnsupportedMediaType(f"Send the body as JSON with Content-Type: application/json "
+                                       f"(it came as {req.mimetype or 'no content type'})")
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            raise json.JSONDecodeError("nested too deeply", doc="(the body)", pos=0) from None
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """Every API blueprint: flask-smorest's, with :class:`_Parser` for its arguments."""
+    ARGUMENTS_PARSER = _Parser()
 
 
 def no_control_chars(value: str) -> None:
@@ -71,6 +97,7 @@ ERROR_RESPONSES = {
     408: "The request body stopped arriving (client_io_timeout)",
     409: "Not valid in the object's current state",
     413: "Request body too large",
+    415: "The body is not sent as JSON (Content-Type: application/json)",
     422: "Invalid input; `errors` has the field messages",
     429: "Too many requests; see Retry-After",
     501: "Not supported by this scheduler backend",

@@ -1,4 +1,6 @@
 """Bad input: a clear message in the envelope, the right status, and nothing run."""
+import json
+
 import pytest
 
 
@@ -146,3 +148,102 @@ def test_an_output_slice_is_capped_and_the_rest_follows_from_next_offset(client)
     assert len(first["data"]) == 1024 * 1024 and first["nextOffset"] == 1024 * 1024
     rest = client.output(jid, offset=first["nextOffset"], limit=16 * 1024 * 1024)
     assert len(rest["data"]) == 1500000 - 1024 * 1024 and set(first["data"] + rest["data"]) == {"x", "\n"}
+
+
+def test_json_nested_past_the_recursion_limit_is_400_before_login(make_app):
+    """200 KB of [[[...]]]: within max_body_bytes, but json.loads raises RecursionError."""
+    app, client = make_app()
+    deep = "[" * 100_000 + "]" * 100_000
+    r = app.test_client().post("/aip/v9.2/login", data=deep, content_type="application/json")
+    assert r.status_code == 400 and "Malformed JSON" in r.get_json()["msg"]
+    before = _jobs(client)
+    r = client.post("/jobs", data=deep, headers={"Content-Type": "application/json"})
+    assert r.status == 400 and "Malformed JSON" in r.body["msg"]
+    assert _jobs(client) == before
+
+
+def _chunked(app, path, body: bytes):
+    """A body without Content-Length, as a chunked request reaches the app (gunicorn
+    terminates the stream and says so in wsgi.input_terminated)."""
+    import io
+    return app.test_client().post(path, input_stream=io.BytesIO(body), headers={
+        "Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+        environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut_and_run(make_app, tmp_path):
+    """werkzeug reads a body without Content-Length up to the limit and drops the rest: a
+    valid login followed by spaces logged in on the cut body."""
+    app, _ = make_app(max_body_bytes=4096)
+    password = (tmp_path / "work" / "initial-admin-password").read_text().strip()
+    login = json.dumps({"username": "admin", "password": password}).encode()
+    r = _chunked(app, "/aip/v9.2/login", login + b" " * 8192)
+    assert r.status_code == 413 and "4096" in r.get_json()["msg"]
+    r = _chunked(app, "/aip/v9.2/login", login + b" " * (4096 - len(login)))    # at the limit
+    assert r.status_code == 200 and r.get_json()["data"]["token"]
+
+
+def test_a_body_not_sent_as_json_is_415_saying_so(make_app):
+    """curl -d sends application/x-www-form-urlencoded: webargs read no body, and the answer
+    blamed missing fields ("give exactly one of script, command...")."""
+    app, client = make_app()
+    before = _jobs(client)
+    r = client.post("/jobs", data='{"command": "touch /tmp/x"}',
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 415 and "Content-Type: application/json" in r.body["msg"], r.body
+    assert "application/x-www-form-urlencoded" in r.body["msg"]
+    assert _jobs(client) == before
+    r = app.test_client().post("/aip/v9.2/login", data='{"username": "admin", "password": "x"}',
+                               content_type="text/plain")
+    assert r.status_code == 415
+    # No body at all is still the schema's business.
+    assert client.post("/jobs").status == 422
+
+
+def test_cors_for_the_configured_origins_only(make_app):
+    """A portal on another origin: its browser's preflight carries no token and is answered
+    before authentication; answers carry Access-Control-Allow-Origin for that origin only."""
+    portal, other = "https://portal.example.org", "https://evil.example.net"
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    app, client = make_app(cors_origins=[portal])
+    r = app.test_client().options("/aip/v9.2/jobs", headers={"Origin": portal, **preflight})
+    assert r.status_code == 204
+    assert r.headers["Access-Control-Allow-Origin"] == portal
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in r.headers
+    r = app.test_client().options("/aip/v9.2/jobs", headers={"Origin": other, **preflight})
+    assert r.status_code == 401 and "Access-Control-Allow-Origin" not in r.headers
+    r = client.get("/jobs", headers={"Origin": portal})
+    assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == portal
+    assert "Origin" in r.headers["Vary"] and "Retry-After" in r.headers["Access-Control-Expose-Headers"]
+    assert "Access-Control-Allow-Origin" not in client.get("/jobs", headers={"Origin": other}).headers
+    # Errors too: a browser must be able to read why.
+    r = app.test_client().get("/aip/v9.2/jobs", headers={"Origin": portal})
+    assert r.status_code == 401 and r.headers["Access-Control-Allow-Origin"] == portal
+    # None configured (the default): no CORS headers at all.
+    app, client = make_app()
+    r = app.test_client().options("/aip/v9.2/jobs", headers={"Origin": portal, **preflight})
+    assert r.status_code == 401 and "Access-Control-Allow-Origin" not in r.headers
+
+
+@pytest.mark.parametrize("origins", [["https://portal.example.org/app"], ["portal.example.org"], ["*.example.org"]])
+def test_cors_origins_must_be_origins(origins):
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    with pytest.raises(ConfigError, match="cors_origins"):
+        load_config({"cors_origins": origins})
+
+
+def test_a_listing_filter_in_any_case_and_a_wrong_one_in_words(client):
+    jid = client.submit(command="sleep 30", hold=True)
+    try:
+        r = client.get("/jobs", params={"state": "held,Running"})
+        assert r.status == 200 and jid in {j["jobId"] for j in r.body["data"]["jobs"]}
+        r = client.get("/jobs", params={"state": "finished"})
+        assert r.status == 422
+        assert r.body["msg"].startswith("Invalid input: state: Must be one of: PENDING"), r.body["msg"]
+        assert "{" not in r.body["msg"]
+    finally:
+        client.post(f"/jobs/{jid}/kill")

@@ -72,8 +72,10 @@ def test_list_all_jobs_widens_seeing_but_not_controlling(world):
     bob = clients["bob"]
     assert bob.get(f"/jobs/{jobs['alice']}").status == 200
     assert jobs["alice"] in {j["jobId"] for j in bob.get("/jobs", params={"user": "all"}).body["data"]["jobs"]}
-    assert bob.post(f"/jobs/{jobs['alice']}/kill").status == 403
-    assert bob.get(f"/jobs/{jobs['alice']}/output").status == 403
+    r = bob.post(f"/jobs/{jobs['alice']}/kill")
+    assert r.status == 403 and "you may only control your own jobs" in r.body["msg"]
+    r = bob.get(f"/jobs/{jobs['alice']}/output")
+    assert r.status == 403 and "you may only read the output of your own jobs" in r.body["msg"]
 
 
 def test_only_admins_run_host_and_queue_actions(world):

@@ -52,7 +52,8 @@ def test_login_errors_say_what_to_do(make_app):
     r = c.post("/login", json={"username": "admin", "password": "nope"})
     assert r.status == 401 and r.body == {"msg": "Wrong user name or password", "data": None}
     assert c.post("/login", json={"username": "admin"}).status == 422
-    assert c.post("/login", data="user=admin", headers={"Content-Type": "application/x-www-form-urlencoded"}).status == 422
+    r = c.post("/login", data="user=admin", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 415 and "Content-Type: application/json" in r.body["msg"]
 
 
 def test_a_user_name_with_control_characters_is_refused_before_anything_is_logged(make_app, caplog):
@@ -217,3 +218,23 @@ def test_pam_checks_at_once_are_a_setting(tmp_path):
     assert [default._turns.acquire(timeout=0) for _ in range(5)] == [True] * 4 + [False]
     with pytest.raises(ConfigError):
         load_config({"work_dir": str(tmp_path), "auth": {"backend": "pam", "pam_concurrent_checks": 0}})
+
+
+def test_every_request_that_may_change_something_is_audited_with_its_user(make_app, caplog):
+    """Submissions, kills, host and queue control, file writes: who, what, how it ended, in
+    gateway.audit (login and logout write their own lines, logout now with its user)."""
+    app, admin = make_app()
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        jid = admin.submit(command="sleep 30", hold=True)
+        admin.post(f"/jobs/{jid}/kill")
+        admin.get(f"/jobs/{jid}")                                    # reads are not audited
+        assert admin.post("/jobs/1%0A2026-12-06 INFO gateway.audit: forged/kill").status == 404
+        admin.post("/logout")
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.audit"]
+    assert "POST /aip/v9.2/jobs status=200 user=admin address=127.0.0.1" in lines, lines
+    assert f"POST /aip/v9.2/jobs/{jid}/kill status=200 user=admin address=127.0.0.1" in lines
+    assert not [ln for ln in lines if ln.startswith("GET")]
+    assert "POST /aip/v9.2/jobs/1%0A2026-12-06%20INFO%20gateway.audit:%20forged/kill status=404 " \
+           "user=admin address=127.0.0.1" in lines
+    assert "logout user=admin address=127.0.0.1" in lines
+    assert all("\n" not in ln for ln in lines)

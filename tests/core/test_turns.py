@@ -10,6 +10,28 @@ from gateway.turns import Turns
 from tests.helpers import ApiClient
 
 
+def test_the_wait_for_a_turn_is_part_of_a_requests_latency_and_time_in_flight(make_app):
+    """The queueing that makes a storm's p99 shows in hpcgw_http_request_duration_seconds
+    and hpcgw_http_requests_in_flight: they start before the request waits for its turn."""
+    app, admin = make_app(running_threads=1)
+    state = app.extensions["hpc_gateway"]
+    metrics = state.metrics
+    latency = metrics.latency.labels("/aip/v9.2/queues", "GET")
+    before = latency._sum.get()
+    with app.test_request_context():
+        state.turns.take()
+        got = threading.Event()
+        waiter = threading.Thread(target=lambda: (ApiClient(app, token=admin.token).get("/queues"), got.set()))
+        waiter.start()
+        assert not got.wait(0.5)
+        in_flight = metrics.in_flight._value.get()
+        state.turns.give_back()
+        assert got.wait(10)
+        waiter.join(10)
+    assert in_flight == 1                        # the waiting request (the test's own context is not one)
+    assert latency._sum.get() - before >= 0.5
+
+
 def test_a_turn_is_taken_once_given_back_once_and_lent_while_waiting():
     app = Flask(__name__)
     turns = Turns(1)

@@ -6,10 +6,9 @@ import time
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ...errors import ServiceUnavailable, TooManyRequests, Unauthorized
-from ..common import bearer_token, document_errors, gw, ok
+from ..common import bearer_token, Blueprint, document_errors, gw, ok
 from .schemas import LoginEnvelope, LoginSchema, LogoutEnvelope
 
 blp = Blueprint("auth", __name__, description="Log in and out")
@@ -29,7 +28,7 @@ def client_address() -> str:
 class Login(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(200, LoginEnvelope)
-    @document_errors(blp, 400, 401, 422, 429, 503)
+    @document_errors(blp, 400, 401, 408, 413, 415, 422, 429, 503)
     def post(self, creds):
         """Log in with a user name and password; the token expires after `timeout` idle minutes"""
         state = gw()
@@ -107,6 +106,6 @@ class Logout(MethodView):
         token = bearer_token()
         if token is None:
             raise Unauthorized()
-        gw().tokens.revoke(token)
-        audit.info("logout address=%s", client_address())
+        user = gw().tokens.revoke(token)
+        audit.info("logout user=%s address=%s", user, client_address())
         return ok(None)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import re
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ...errors import NotFound
 from ...models import HOST_ACTIONS, QUEUE_ACTIONS
-from ..common import current_user, document_errors, gw, ok, require_admin
+from ..common import Blueprint, current_user, document_errors, gw, ok, require_admin
 from .schemas import (ClusterEnvelope, HostEnvelope, HostListEnvelope, QueueEnvelope, QueueListEnvelope,
                       UserEnvelope, UserListEnvelope)
 

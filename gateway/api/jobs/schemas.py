@@ -161,13 +161,13 @@ class JobListQuerySchema(Schema):
 
     @pre_load
     def _states_by_commas(self, data, **_):
-        """?state=RUNNING,PENDING as well as ?state=RUNNING&state=PENDING."""
+        """?state=RUNNING,PENDING as well as ?state=RUNNING&state=PENDING, in any case."""
         if "state" not in data:
             return data
         values = data["state"]
         values = [values] if isinstance(values, str) else list(values)
         out = {key: data[key] for key in data}
-        out["state"] = [part for value in values for part in str(value).split(",")]
+        out["state"] = [part.strip().upper() for value in values for part in str(value).split(",")]
         return out
 
 

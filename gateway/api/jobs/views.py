@@ -17,11 +17,10 @@ from contextlib import contextmanager
 
 from flask import jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
-from ..common import current_user, document_errors, gw, ok
+from ..common import Blueprint, current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
 
@@ -47,13 +46,14 @@ def may_control(user: User, owner: str | None) -> bool:
     return user.is_admin or owner == user.name
 
 
-def fetch_job(user: User, job_id: str, *, control: bool = False):
-    """The job, once the caller is known to be allowed to see (or control) it."""
+def fetch_job(user: User, job_id: str, *, control: bool = False, doing: str | None = None):
+    """The job, once the caller is known to be allowed to see (or, ``control``, to act on or
+    read into) it; ``doing`` words the refusal ("read the output of")."""
     job = gw().scheduler.call("get_job", user=user, job_id=_check_id(job_id))
     allowed = may_control(user, job.user_name) if control else may_see(user, job.user_name)
     if not allowed:
-        raise Forbidden(f"job {job_id} belongs to {job.user_name}: you may only "
-                        f"{'control' if control else 'see'} your own jobs")
+        doing = doing or ("control" if control else "see")
+        raise Forbidden(f"job {job_id} belongs to {job.user_name}: you may only {doing} your own jobs")
     return job
 
 
@@ -205,7 +205,7 @@ def _settle_soon(store, store_key, claim, mine, ttl) -> None:
 class Jobs(MethodView):
     @blp.arguments(JobSpecSchema)
     @blp.response(200, SubmitEnvelope)
-    @document_errors(blp, 400, 401, 408, 409, 413, 422, 502, 503, 504)
+    @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 502, 503, 504)
     def post(self, spec):
         """Submit a job
 
@@ -352,7 +352,7 @@ class JobOutputView(MethodView):
 
         Follow a running job by asking again from `nextOffset`."""
         user = current_user()
-        fetch_job(user, job_id, control=True)
+        fetch_job(user, job_id, control=True, doing="read the output of")
         out = gw().scheduler.call("job_output", user=user, job_id=job_id, stream=args["stream"],
                                   offset=args["offset"], limit=args["limit"])
         # Stop before a UTF-8 character cut in two by `limit`: the next read starts with it.

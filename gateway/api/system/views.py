@@ -7,11 +7,10 @@ import time
 
 from flask import Response, current_app, send_from_directory, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ...errors import GatewayError, NotFound
-from ..common import envelope, gw, ok
+from ..common import Blueprint, envelope, gw, ok
 
 blp = Blueprint("system", __name__, description="Health and API documentation")
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.exceptions import MethodNotAllowed
 
 from ...errors import Conflict, Forbidden, GatewayError, NotFound
 from ...models import FINAL_STATES, JobState
 from ...vis import is_vis_job, load_vis_options, read_vis_session, submit_hook, vis_job_spec, vis_url
-from ..common import ErrorEnvelope, current_user, document_errors, gw, ok
+from ..common import Blueprint, current_user, document_errors, ErrorEnvelope, gw, ok
 from ..jobs.views import fetch_job, submit_with_idempotency
 from .schemas import VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope
 
@@ -64,7 +63,7 @@ def _session(job_id: str):
 class VisSubmit(MethodView):
     @blp.arguments(VisSubmitSchema)
     @blp.response(200, VisSubmitEnvelope)
-    @document_errors(blp, 400, 401, 408, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 501, 502, 503, 504)
     def post(self, args):
         """Start a visualization job: the command on a VNC desktop
 
