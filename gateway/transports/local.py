@@ -9,6 +9,20 @@ from ..errors import SchedulerTimeout, SchedulerUnavailable
 from . import CommandResult, Transport
 
 
+# The gateway's own settings are not the commands': above all PROMETHEUS_MULTIPROC_DIR, which
+# would make a job's prometheus_client write into (and show up in) the gateway's /metrics, or
+# fail where the directory does not exist (a compute node).
+_GATEWAY_ONLY_PREFIXES = ("HPCGW_", "GATEWAY_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def command_environment(*extra: dict | None) -> dict[str, str]:
+    """This process's environment without the gateway's own variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_GATEWAY_ONLY_PREFIXES)}
+    for more in extra:
+        env.update(more or {})
+    return env
+
+
 class LocalTransport(Transport):
     name = "local"
 
@@ -17,9 +31,7 @@ class LocalTransport(Transport):
         self.env = dict(env or {})
 
     def _run(self, argv, *, stdin, timeout, env):
-        full_env = None
-        if self.env or env:
-            full_env = {**os.environ, **self.env, **(env or {})}
+        full_env = command_environment(self.env, env)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -53,7 +65,7 @@ class LocalTransport(Transport):
         that stream data in or out (file transfers). No deadline here; the caller owns the process.
         """
         argv = self.wrap_user(argv, as_user)
-        full_env = {**os.environ, **self.env, **(env or {})} if (self.env or env) else None
+        full_env = command_environment(self.env, env)
         try:
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                                     start_new_session=True, close_fds=True, bufsize=0)
