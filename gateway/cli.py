@@ -56,15 +56,23 @@ def main(argv=None) -> int:
             p.add_argument("--admin", action="store_true", help="make the user an administrator")
     users.add_parser("remove").add_argument("name")
     users.add_parser("list")
-    sub.add_parser("check-config", help="validate the configuration and load the scheduler plugin")
+    check = sub.add_parser("check-config", help="validate the configuration and load the scheduler plugin")
+    check.add_argument("--strict", action="store_true", help="fail (exit 1) on unknown keys too")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        unknown: list[str] = []
+        cfg = load_config(args.config, unknown=unknown)
         if args.command == "check-config":
             from .plugins import load_scheduler
             sched = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"], cfg["work_dir"])
-            print(f"configuration OK; scheduler backend {sched.name}")
             sched.close()
+            if unknown:
+                # Ignored (a file may carry another release's keys), but a typo leaves a
+                # default in force: say so; --strict fails the check.
+                print(f"hpc-gateway: WARNING: unknown keys, ignored: {', '.join(unknown)}", file=sys.stderr)
+                if args.strict:
+                    return 1
+            print(f"configuration OK; scheduler backend {sched.name}")
             return 0
         store = UsersFile(cfg["auth"]["users_file"])
         if args.action == "list":

@@ -7,8 +7,11 @@ the defaults and validates the result; an invalid configuration fails at start-u
 from __future__ import annotations
 
 import contextvars
+import difflib
 import ipaddress
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from .errors import ConfigError
 from .files.settings import FilesSchema
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+log = logging.getLogger(__name__)
 
 
 # The work_dir of the configuration whose scheduler plugin is being built (plugins.load_scheduler):
@@ -113,6 +117,8 @@ class ConfigSchema(Schema):
     # connections from these; a client that reaches a replica directly cannot pose as another
     # address (login limits per address, audit log).
     proxy_addresses = fields.List(fields.String(), load_default=lambda: ["127.0.0.1", "::1"])
+    # Browser pages on other origins that may call the API (CORS); "*" for any.
+    cors_origins = fields.List(fields.String(), load_default=list)
     scheduler = fields.Nested(SchedulerSchema, load_default=lambda: SchedulerSchema().load({}))
     files = fields.Nested(FilesSchema, load_default=lambda: FilesSchema().load({}))  # see gateway/files/settings.py
 
@@ -123,6 +129,12 @@ class ConfigSchema(Schema):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValidationError(f"not an IP address or network: {item!r}") from None
+
+    @validates("cors_origins")
+    def _cors_origins(self, value, **_):
+        for item in value:
+            if item != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?", item):
+                raise ValidationError(f"not an origin (scheme://host[:port], no path) or '*': {item!r}")
 
     @validates_schema
     def _tls(self, data, **_):
@@ -164,11 +176,29 @@ def count_setting(env: str, cfg: dict, key: str, default: int) -> int:
     return value
 
 
-def load_config(config: dict | str | os.PathLike | None = None) -> dict[str, Any]:
+# Top-level sections validated elsewhere (gateway.vis.options, at start-up and by check-config).
+_OTHER_SECTIONS = ("vis",)
+
+
+def unknown_keys(raw: dict) -> list[str]:
+    """Top-level keys no release of the gateway reads here, each with a likely meant one: they
+    are ignored (a file may carry keys of another release), so a typo would silently leave
+    the default in force."""
+    known = sorted(set(ConfigSchema().fields) | set(_OTHER_SECTIONS))
+    out = []
+    for key in sorted(set(map(str, raw)) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        out.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return out
+
+
+def load_config(config: dict | str | os.PathLike | None = None, *,
+                unknown: list[str] | None = None) -> dict[str, Any]:
     """Return the validated configuration.
 
     ``config`` may be a dict (tests), a path, or None: then GATEWAY_CONFIG names the file,
-    and without it every default applies.
+    and without it every default applies. Unknown top-level keys are logged as ignored and,
+    when ``unknown`` is a list, added to it (hpc-gateway check-config).
     """
     if config is None:
         path = os.environ.get(CONFIG_ENV)
@@ -181,6 +211,13 @@ def load_config(config: dict | str | os.PathLike | None = None) -> dict[str, Any
         cfg = ConfigSchema().load(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc.messages}") from exc
+    from .vis.options import load_vis_options
+    load_vis_options(cfg)                     # ConfigError now, not when the API is built
+    strays = unknown_keys(raw)
+    if strays:
+        log.warning("configuration: unknown keys ignored: %s", ", ".join(strays))
+        if unknown is not None:
+            unknown.extend(strays)
     work = Path(cfg["work_dir"] or default_work_dir()).expanduser()
     cfg["work_dir"] = str(work)
     cfg["secret_file"] = cfg["secret_file"] or str(work / "secret.key")

@@ -71,3 +71,36 @@ def test_the_documented_config_file_names_every_key_and_loads():
         assert not missing, f"config/gateway.yaml does not document {schema.__name__}: {sorted(missing)}"
     cfg = load_config(os.path.join(ROOT, "config", "gateway.yaml"))
     assert cfg["scheduler"]["backend"] == "mock"
+
+
+def test_unknown_keys_are_named_with_the_key_meant_and_check_config_says_so(tmp_path, caplog, capsys):
+    """Keys of another release are ignored, so a typo would silently leave the default in
+    force (timeout: 30 minutes, not 5): the start-up log and check-config name it."""
+    from gateway.cli import main
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"work_dir: {tmp_path / 'w'}\ntimout: 5\nlog_levl: debug\nfrobnicate: 1\n")
+    unknown = []
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        cfg = load_config(str(path), unknown=unknown)
+    assert cfg["timeout"] == 30
+    assert unknown == ["'frobnicate'", "'log_levl' (did you mean 'log_level'?)",
+                       "'timout' (did you mean 'timeout'?)"]
+    assert "unknown keys ignored" in caplog.text and "did you mean 'timeout'" in caplog.text
+    assert main(["--config", str(path), "check-config"]) == 0
+    assert "did you mean 'timeout'" in capsys.readouterr().err
+    assert main(["--config", str(path), "check-config", "--strict"]) == 1
+    capsys.readouterr()
+    path.write_text(f"work_dir: {tmp_path / 'w'}\ntimeout: 5\n")
+    assert main(["--config", str(path), "check-config", "--strict"]) == 0
+    assert "unknown" not in capsys.readouterr().err
+
+
+def test_check_config_validates_the_vis_section(tmp_path):
+    """vis: was validated only when the API was built: check-config passed a file the
+    service then failed to start with."""
+    from gateway.cli import main
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"work_dir: {tmp_path / 'w'}\nvis: {{port_mn: 6100}}\n")
+    with pytest.raises(ConfigError, match="port_mn"):
+        load_config(str(path))
+    assert main(["--config", str(path), "check-config"]) == 2
