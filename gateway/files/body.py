@@ -25,6 +25,9 @@ from ..errors import BadRequest
 
 MAX_FIELDS_BYTES = 64 * 1024
 MAX_FIELDS = 100              # form fields before the file part
+# Form fields the gateway reads: sent after the file part they would be ignored (the file has
+# gone where the fields before it said), so such a body is refused before the file is kept.
+FIELDS_READ = ("workdir", "sha256")
 
 
 def limit_body(request, limit: int) -> None:
@@ -151,12 +154,16 @@ class MultipartBody:
                          "filename (e.g. curl -F file=@data.bin)")
 
     def chunks(self) -> Iterator[bytes]:
-        """The file part's bytes; then the rest of the body is drained."""
+        """The file part's bytes; then the rest of the body is drained (BadRequest if it holds
+        a field of FIELDS_READ: the caller keeps nothing)."""
         for event in self._events:
             if isinstance(event, Data):
                 if event.data:
                     yield event.data
                 if not event.more_data:
                     break
-        for _ in self._events:
-            pass
+        for event in self._events:
+            if isinstance(event, Field) and event.name in FIELDS_READ:
+                raise BadRequest(f"the form field {event.name!r} came after the file, where it would be "
+                                 f"ignored: send it before the file part (curl -F {event.name}=... "
+                                 "-F file=@...) or in the query; nothing was saved")

@@ -169,7 +169,7 @@ def test_ranges_and_following_a_growing_file(files, workdir):
     assert r.status_code == 206 and r.data == data[1000:81000]
 
 
-def test_multipart_upload_and_the_vendors_routes(files, workdir):
+def test_multipart_upload_and_the_vendors_routes(files, workdir, home):
     data = payload(50_000)
     r = call(files.alice, "POST", "/file/upload",
              data={"workdir": workdir, "file": (io.BytesIO(data), "input.dat")},
@@ -177,6 +177,18 @@ def test_multipart_upload_and_the_vendors_routes(files, workdir):
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["data"]["file"]["path"] == f"{workdir}/input.dat"
     assert r.get_json()["data"]["file"]["sha256"] == hashlib.sha256(data).hexdigest()
+    # workdir after the file: the file would already have gone to the home (replacing one of
+    # the same name there). Refused, and nothing kept anywhere.
+    name = f"late-{uuid.uuid4().hex[:8]}.dat"
+    late = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name.encode()
+            + b"\"\r\n\r\nlate\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"workdir\"\r\n\r\n" + workdir.encode()
+            + b"\r\n--XyZ--\r\n")
+    r = call(files.alice, "POST", "/file/upload", data=late,
+             headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 400 and "'workdir' came after the file" in r.get_json()["msg"], r.get_json()
+    for folder in (home, workdir):
+        assert download(files.alice, f"{folder}/{name}").status_code == 404
     # The vendor's upload replaces by default.
     r = call(files.alice, "POST", "/file/upload", params={"workdir": workdir},
              data={"file": (io.BytesIO(b"v2"), "input.dat")}, content_type="multipart/form-data")

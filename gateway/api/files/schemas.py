@@ -132,8 +132,11 @@ UPLOAD_BODY = {
 }
 VENDOR_UPLOAD_BODY = {
     "required": True,
-    "description": "multipart/form-data with the file (its filename names the new file) and, "
-                   "optionally, a `workdir` field",
+    "description": "multipart/form-data with, optionally, a `workdir` field and then the file (its "
+                   "filename names the new file). Fields are read before the file only: a `workdir` "
+                   "or `sha256` field after it is a 400 and nothing is saved",
+    # Properties in the order to send them (Swagger UI's form keeps it).
     "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "format": "binary"}, "workdir": {"type": "string"}}}}},
+        "workdir": {"type": "string"}, "sha256": {"type": "string"},
+        "file": {"type": "string", "format": "binary"}}}}},
 }

@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 from flask import Response, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.http import http_date, parse_date, parse_etags
 
 from ...errors import BadRequest, Conflict
@@ -21,7 +20,7 @@ from ...files.body import MultipartBody, is_multipart, limit_body, raw_chunks
 from ...files.service import FileSpace, file_access, parse_range
 from ...files.settings import load_files_settings
 from ...models import JobQuery
-from ..common import ErrorEnvelope, current_user, document_errors, gw, ok
+from ..common import Blueprint, current_user, document_errors, ErrorEnvelope, gw, ok
 from ..jobs.views import fetch_job
 from .schemas import (
     BINARY,
@@ -74,7 +73,7 @@ def file_space(job_id: str | None = None, workdir: str | None = None) -> FileSpa
     # open any directory (workDir: /) as that account: their roots are the only fence.
     open_work_dirs = conf["job_work_dirs"] and access.as_user is not None and access.as_user == user.name
     if job_id:
-        job = fetch_job(user, job_id, control=True)
+        job = fetch_job(user, job_id, control=True, doing="open the files of")
         if not job.work_dir or not job.work_dir.startswith("/"):
             raise Conflict(f"the scheduler reports no work dir for job {job_id}")
         base = paths.normalize(paths.check_text(job.work_dir, "the job's work dir"))
