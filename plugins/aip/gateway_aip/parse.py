@@ -641,7 +641,9 @@ _INPUT_FAULTS = re.compile(
     r"dependency|user|project)|Illegal|invalid (?:job name|dependency|value|resource)|"
     r"syntax error|too many processors|Too many processors|not a valid|"
     r"exceeds? (?:the )?queue|job name is too long|Bad argument|Unknown option|"
-    r"requested more processors|Specified (?:host|queue)|Job array index (?:too large|error)", re.I)
+    r"requested more processors|Specified (?:host|queue)|Job array index (?:too large|error)|"
+    # bsub -w naming a job the scheduler does not know: "999999: No matching job found."
+    r"No matching job found", re.I)
 
 
 def parse_submit(text: str) -> tuple[str, str | None]:

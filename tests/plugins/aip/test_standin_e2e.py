@@ -151,6 +151,14 @@ def test_a_large_finished_output_is_read_by_ranges_to_its_last_byte(cluster):
         s.close()
 
 
+def test_a_dependency_on_no_job_is_the_clients_input(b):
+    """bsub -w naming a job LSF does not know: "999999: No matching job found. Job not
+    submitted." is a 422, not a 502. (Slurm 22.05 accepts such a dependency and runs the job
+    at once, as the mock does.)"""
+    with pytest.raises(InvalidInput, match="No matching job found"):
+        b.submit_job(user=ALICE, spec=JobSpec(command="true", dependency="afterok:999999"))
+
+
 def test_a_kill_is_recognized_by_another_gateway_from_the_history(cluster, b):
     jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
     wait(b, jid, JobState.RUNNING)
