@@ -10,7 +10,12 @@ The script (see :func:`build_script`) is plain POSIX sh, because the agent runs 
 ``sh``:
 
 - the command line is :func:`~gateway.transports.ssh.remote_command_line` (every argument
-  single-quoted with :func:`shlex.join`): nothing is interpreted by the shell;
+  single-quoted with :func:`shlex.join`): nothing is interpreted by the shell. It travels
+  base64-encoded, decoded into the script's private temporary directory and run with ``sh``:
+  Run Command resolves ``{{ssm:name}}`` (and ``{{ssm-secure:...}}``) references in the
+  ``commands`` parameter *before* the agent sees it, with the gateway's IAM rights, so client
+  text (a job named ``{{ssm:/prod/db/password}}``) must never appear there. The ``commands``
+  text holds only the fixed script, base64 and gateway-made URLs;
 - SSM has no stdin, so stdin is carried base64-encoded in a here-document, decoded into a
   temporary file and redirected into the command;
 - stdout and stderr go to temporary files, and the script prints a frame
@@ -27,33 +32,55 @@ The script (see :func:`build_script`) is plain POSIX sh, because the agent runs 
   (a vis session file: the VNC password) uploads its frame with curl to a presigned S3 PUT
   (``<output_prefix>/private/<uuid>``, valid for the timeout + 10 s, written only if absent:
   ``If-None-Match: *``) and prints only ``GW-SSM-PUT <curl exit code>``; the gateway reads
-  the object once and deletes it (again after the URL expired, when the run failed). Without
-  ``output_bucket`` it runs as usual and a warning is logged;
+  the object once and deletes it (again after the URL expired, when the run failed after
+  the command may have been sent; one shared background thread does those late deletes).
+  Without ``output_bucket`` it runs as usual and a warning is logged;
 - the exit code travels in the frame and also as the script's own exit code (ResponseCode),
   except 194, which would make the SSM agent *reboot the instance*: the script exits 1
   instead and the frame keeps the true 194.
 
 Timeouts: ``TimeoutSeconds`` (delivery, at least 30 s by the API's rules) and the document's
 ``executionTimeout`` are set from ``timeout``; locally the poll stops at the deadline, the
-command is cancelled (``cancel_command``) and :class:`SchedulerTimeout` (504) raised. An
-endpoint that stops answering also gives 504. Unreachable endpoint, missing or refused
-credentials, an unmanaged/offline instance, a command the agent could not run or that was
-cancelled by someone else: :class:`SchedulerUnavailable` (503).
+command is cancelled (``cancel_command``, best effort) and :class:`SchedulerTimeout` (504)
+raised. Every API call's read timeout is clamped to the time left before the deadline (a
+per-request ``read_timeout`` in botocore's request context; botocore releases without it
+fall back to ``api_timeout``), so an endpoint that stops answering gives the 504 at about
+``timeout`` + 1 s, not at a multiple of it.
 
-Throttling and connection errors are retried by botocore (``retries={"mode": "standard"}``).
-``SendCommand`` is never retried after a *read* timeout (the command may already be running:
-a retry could submit a job twice); that is enforced with a botocore ``needs-retry`` handler.
+Errors, and what may be retried. botocore's own retries are off (one attempt per call):
+only this module knows whether an attempt may have started the command.
+
+- ``SendCommand`` is retried (up to ``max_attempts``, within the deadline) only when nothing
+  was sent (cannot connect) or SSM throttled it. Any failure after the request went out (no
+  answer, connection closed, 5xx) means the command may or may not run: resending could
+  submit a job twice, so the run ends with :class:`SchedulerTimeout` (504, no Retry-After).
+  A refusal that certainly did not run it keeps its own mapping: unreachable endpoint,
+  missing or refused credentials, an unmanaged/offline instance, throttling that outlasted
+  the retries: :class:`SchedulerUnavailable` (503, Retry-After); a validation error:
+  :class:`SchedulerRefused`.
+- Once ``SendCommand`` succeeded the command runs whatever happens to the gateway, so no
+  later failure may invite the client to try again (Retry-After): throttling, 5xx,
+  connection errors and expired credentials while polling are polled again until the
+  deadline; then the command is cancelled and :class:`SchedulerTimeout` says its outcome is
+  unknown. Other polling errors cancel it and give that 504 at once. Reading its output from
+  S3 is retried the same way (504 at the deadline; 502 for a permanent S3 error).
+- A command that ended but could not run as asked (not delivered, cancelled by someone else,
+  the agent could not start the script): :class:`SchedulerUnavailable` (503).
 
 Credentials come from boto3's normal chain (environment, ``profile``, instance role...).
 """
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import logging
 import math
+import random
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Sequence
 
 from ..errors import GatewayError, SchedulerRefused, SchedulerTimeout, SchedulerUnavailable
@@ -78,19 +105,39 @@ _UNAVAILABLE_CODES = {
     "ThrottlingException", "Throttling", "TooManyUpdates", "RequestLimitExceeded",
     "InvalidDocument", "InvalidOutputFolder", "UnsupportedPlatformType",
 }
+# "Not now": the service rejected the request before acting on it, so even SendCommand may
+# be sent again (botocore's list of throttling codes, plus SSM's TooManyUpdates).
+_THROTTLING_CODES = {
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "RequestThrottled", "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
+    "TooManyUpdates",
+}
+# Worth asking again (a poll, an S3 read: they change nothing): the service is busy or
+# failing for now, or the credentials expired and boto3 refreshes them.
+_TRANSIENT_CODES = _THROTTLING_CODES | {
+    "InternalServerError", "InternalFailure", "ServiceUnavailable", "RequestTimeout",
+    "RequestTimeoutException", "ExpiredTokenException", "ExpiredToken",
+}
 
 
 def build_script(command_line: str, stdin: bytes | None, put_url: str | None = None,
                  put_timeout: float = 30) -> str:
     """The AWS-RunShellScript body that runs ``command_line`` and frames its output (pure).
 
+    The command line travels base64-encoded, like stdin, and runs with ``sh`` from the
+    script's private temporary directory: Run Command resolves ``{{ssm:...}}`` references in
+    the script text with the gateway's IAM rights, so no byte of the caller's arguments or
+    environment may appear in it (base64's alphabet has no ``{``).
+
     With ``put_url`` (a presigned S3 PUT) the frame is uploaded there with curl instead of
     printed: the agent's output (kept in SSM's command history and the output bucket) then
     holds only ``GW-SSM-PUT <curl's exit code>``."""
-    lines = ['gw_d=$(mktemp -d) || exit 125']
+    lines = ['gw_d=$(mktemp -d) || exit 125',
+             *_decode_into('"$gw_d/cmd"', "GW_CMD_EOF",
+                           command_line.encode("utf-8", "surrogateescape") + b"\n")]
     if stdin is not None:
-        encoded = base64.encodebytes(stdin).decode("ascii")  # 76-char lines
-        lines += ["base64 -d >\"$gw_d/in\" <<'GW_STDIN_EOF'", encoded.rstrip("\n"), "GW_STDIN_EOF"]
+        lines += _decode_into('"$gw_d/in"', "GW_STDIN_EOF", stdin)
         redirect_in = '<"$gw_d/in"'
     else:
         lines.append(': >"$gw_d/in"')
@@ -102,7 +149,7 @@ def build_script(command_line: str, stdin: bytes | None, put_url: str | None = N
         "base64 \"$gw_d/err\" | tr -d '\\n'",
         f"printf '\\n{FRAME_END}\\n'",
     ]
-    lines += [f'{command_line} {redirect_in} >"$gw_d/out" 2>"$gw_d/err"', "gw_rc=$?"]
+    lines += [f'sh "$gw_d/cmd" {redirect_in} >"$gw_d/out" 2>"$gw_d/err"', "gw_rc=$?"]
     if put_url is None:
         lines += frame
     else:
@@ -126,6 +173,13 @@ def build_script(command_line: str, stdin: bytes | None, put_url: str | None = N
     return "\n".join(lines) + "\n"
 
 
+def _decode_into(path: str, marker: str, data: bytes) -> list[str]:
+    """Script lines writing ``data`` to ``path``: base64 in a quoted here-document (76-char
+    lines, none of which can equal the marker)."""
+    encoded = base64.encodebytes(data).decode("ascii").rstrip("\n")
+    return [f"base64 -d >{path} <<'{marker}'", *([encoded] if encoded else []), marker]
+
+
 def parse_frame(text: str) -> CommandResult | None:
     """Decode the script's framed stdout; None when the frame is incomplete (truncated)."""
     start = text.rfind(FRAME_HEADER + " ")
@@ -143,19 +197,57 @@ def parse_frame(text: str) -> CommandResult | None:
     return CommandResult(code, out, err)
 
 
-class _MaybeSent(Exception):
-    """SendCommand's answer was lost: the command may run, so it must not be resent."""
+# -- per-call timeouts -------------------------------------------------------------------
+# The read timeout of the API call this thread is making (seconds), or None: set by
+# SsmTransport._bounded, handed to botocore by _apply_call_timeout. The clients are cached
+# per service, so their configured read timeout (api_timeout) can only be a ceiling.
+_call = threading.local()
 
-    def __init__(self, original: Exception):
-        super().__init__(str(original))
-        self.original = original
+
+def _apply_call_timeout(context=None, **_):
+    """botocore ``before-call`` handler: put this thread's per-call read timeout in the request
+    context, where botocore's HTTP session takes it as that request's read timeout."""
+    seconds = getattr(_call, "read_timeout", None)
+    if seconds is not None and context is not None:
+        context["read_timeout"] = seconds
 
 
-def _no_resend_after_read_timeout(caught_exception=None, **_):
-    from botocore.exceptions import ReadTimeoutError
-    if isinstance(caught_exception, ReadTimeoutError):
-        raise _MaybeSent(caught_exception)
-    return None
+# -- delayed clean-ups -------------------------------------------------------------------
+class _Later:
+    """Best-effort clean-ups run later (deleting a private frame once its PUT URL expired) by
+    one daemon thread shared by every transport, started on first use. A timer thread per
+    failed run would pile up during an outage, in proportion to the request rate."""
+
+    def __init__(self):
+        self._due: list = []                 # heap of (when, sequence, function, args)
+        self._sequence = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def call(self, delay: float, function, *args) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._sequence),
+                                       function, args))
+            # is_alive: a worker forked away (gunicorn's preload) does not run in the child.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="gw-ssm-cleanup",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, function, args = heapq.heappop(self._due)
+            try:
+                function(*args)
+            except Exception:  # noqa: BLE001 - the worker must outlive one failed clean-up
+                log.exception("ssm transport: a delayed clean-up failed")
+
+
+_later = _Later()
 
 
 class SsmTransport(Transport):
@@ -164,6 +256,7 @@ class SsmTransport(Transport):
     name = "ssm"
     keeps_output = True
     late_delete_grace = 30.0     # seconds after a private PUT URL expires: its last delete
+    delete_timeout = 1.0         # seconds for a run's own delete of its private frame
 
     def __init__(self, instance_id: str, region: str = "us-east-1",
                  endpoint_url: str | None = None, output_bucket: str | None = None,
@@ -188,7 +281,7 @@ class SsmTransport(Transport):
         self.profile = profile
         self.s3_endpoint_url = s3_endpoint_url
         self.output_region = output_region or region
-        self.max_attempts = int(max_attempts)
+        self.max_attempts = max(1, int(max_attempts))
         self.api_timeout = float(api_timeout)
         self.connect_timeout = float(connect_timeout)
         self._session = None
@@ -197,17 +290,19 @@ class SsmTransport(Transport):
         self._warned_private = False
 
     # -- boto3 ------------------------------------------------------------------------
-    def _client(self, service: str, read_timeout: float, attempts: int | None = None):
-        """A cached client; one per (service, read timeout, attempts). Thread-safe."""
-        from botocore.config import Config
-        read_timeout = round(max(0.5, min(self.api_timeout, read_timeout)), 1)
-        attempts = self.max_attempts if attempts is None else attempts
-        key = (service, read_timeout, attempts)
-        client = self._clients.get(key)
+    def _client(self, service: str):
+        """The cached client of ``service`` ("ssm" or "s3"): one per service. Thread-safe.
+
+        One attempt per call: botocore's retries are off because only the caller knows
+        whether a call may be repeated (a SendCommand whose answer was lost may have started
+        a job) and how much of the run's time is left. The read timeout configured here
+        (``api_timeout``) is a ceiling; each call is bounded by :meth:`_bounded`."""
+        client = self._clients.get(service)
         if client is not None:
             return client
+        from botocore.config import Config
         with self._lock:
-            client = self._clients.get(key)
+            client = self._clients.get(service)
             if client is not None:
                 return client
             import boto3
@@ -215,9 +310,9 @@ class SsmTransport(Transport):
                 if self._session is None:
                     self._session = boto3.session.Session(profile_name=self.profile,
                                                           region_name=self.region)
-                config = Config(retries={"mode": "standard", "total_max_attempts": attempts},
-                                connect_timeout=min(self.connect_timeout, read_timeout),
-                                read_timeout=read_timeout,
+                config = Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                connect_timeout=min(self.connect_timeout, self.api_timeout),
+                                read_timeout=self.api_timeout,
                                 user_agent_extra="hpc-gateway")
                 if service == "s3":
                     config = config.merge(Config(signature_version="s3v4"))   # presigned URLs
@@ -228,16 +323,23 @@ class SsmTransport(Transport):
                 else:
                     client = self._session.client("ssm", endpoint_url=self.endpoint_url,
                                                   config=config)
-                    client.meta.events.register_first("needs-retry.ssm.SendCommand",
-                                                      _no_resend_after_read_timeout)
+                client.meta.events.register("before-call", _apply_call_timeout)
             except Exception as exc:  # ProfileNotFound, bad region, ...
                 raise SchedulerUnavailable(f"cannot set up the AWS client: {exc}") from exc
-            self._clients[key] = client
+            self._clients[service] = client
             return client
 
-    def _per_call_timeout(self, timeout: float) -> float:
-        # All of botocore's attempts of one call must fit in the run's timeout.
-        return timeout / max(1, self.max_attempts)
+    @contextmanager
+    def _bounded(self, deadline: float, cap: float | None = None):
+        """API calls in this block wait for an answer until ``deadline`` at the latest (and
+        at most ``cap``, default ``api_timeout``, seconds): a hung endpoint cannot hold a run
+        past its timeout. (The connect timeout stays the client's.)"""
+        left = deadline - time.monotonic()
+        _call.read_timeout = max(0.05, min(self.api_timeout if cap is None else cap, left))
+        try:
+            yield
+        finally:
+            _call.read_timeout = None
 
     # -- run --------------------------------------------------------------------------
     def _run(self, argv, *, stdin, timeout, env, private=False):
@@ -249,7 +351,7 @@ class SsmTransport(Transport):
             private_key = self._private_key()
             try:
                 # Valid only while the script may run (executionTimeout is timeout + 5 s).
-                put_url = self._s3(timeout).generate_presigned_url(
+                put_url = self._client("s3").generate_presigned_url(
                     "put_object", Params={"Bucket": self.output_bucket, "Key": private_key},
                     ExpiresIn=self._put_expiry(timeout))
             except BotoCoreError as exc:                  # no credentials
@@ -259,7 +361,7 @@ class SsmTransport(Transport):
             log.warning("ssm transport: no output_bucket, so private output (vis session "
                         "files with their VNC passwords) is kept in SSM's command history")
         script = build_script(remote_command_line(argv, env), stdin, put_url=put_url, put_timeout=timeout)
-        ssm = self._client("ssm", self._per_call_timeout(timeout))
+        ssm = self._client("ssm")
         params = {
             "InstanceIds": [self.instance_id],
             "DocumentName": self.document,
@@ -274,35 +376,68 @@ class SsmTransport(Transport):
                 params["OutputS3KeyPrefix"] = self.output_prefix
             params["OutputS3Region"] = self.output_region
         if private_key is None:
-            command_id = self._send(ssm, params)
+            command_id = self._send(ssm, params, deadline)
             invocation = self._wait(ssm, command_id, deadline, timeout)
             return self._result(invocation, command_id, deadline)
+        sent = False
         try:
-            command_id = self._send(ssm, params)
+            command_id = self._send(ssm, params, deadline)
+            sent = True
             invocation = self._wait(ssm, command_id, deadline, timeout)
-            result = self._private_result(invocation, private_key)
-        except BaseException:
-            # The script may still put its frame after this (it finished late, or SendCommand's
+            result = self._private_result(invocation, private_key, deadline)
+        except BaseException as exc:
+            # Unless SendCommand certainly did not run (_send raised anything but a 504), the
+            # script may still put its frame after this (it finished late, or SendCommand's
             # answer was lost): delete now, and again once the URL has expired.
-            self._delete_private(private_key)
-            later = threading.Timer(self._put_expiry(timeout) + self.late_delete_grace,
-                                    self._delete_private, (private_key,))
-            later.daemon = True
-            later.start()
+            if sent or isinstance(exc, SchedulerTimeout) or not isinstance(exc, GatewayError):
+                self._delete_private(private_key, self.delete_timeout)
+                _later.call(self._put_expiry(timeout) + self.late_delete_grace,
+                            self._delete_private, private_key)
             raise
-        self._delete_private(private_key)
+        if not self._delete_private(private_key, self.delete_timeout):
+            _later.call(1.0, self._delete_private, private_key)
         return result
 
-    def _send(self, ssm, params: dict) -> str:
+    def _send(self, ssm, params: dict, deadline: float) -> str:
+        """SendCommand; its CommandId.
+
+        Sent again (up to ``max_attempts``, within the deadline) only when the command
+        certainly did not start: the request never left (no connection) or SSM throttled it.
+        Raises :class:`SchedulerTimeout` exactly when the command may have been sent (the
+        answer was lost, or a 5xx: SSM may have acted on it); any other error means it did
+        not run, and keeps its usual mapping (:meth:`_api_error`)."""
         from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            return ssm.send_command(**params)["Command"]["CommandId"]
-        except _MaybeSent as exc:
-            raise SchedulerTimeout(
-                f"SSM did not answer SendCommand in time; the command may or may not run on "
-                f"{self.instance_id}") from exc.original
-        except (ClientError, BotoCoreError) as exc:
-            raise self._api_error("SendCommand", exc) from exc
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError,
+                                         HTTPClientError, ProxyConnectionError)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._bounded(deadline):
+                    return ssm.send_command(**params)["Command"]["CommandId"]
+            except (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
+                error: Exception = exc        # could not connect: nothing was sent
+            except (HTTPClientError, BotoConnectionError) as exc:
+                # Sent, answer lost: read timeout, connection closed, TLS failure...
+                raise self._maybe_sent(f"SSM did not answer SendCommand ({exc})") from exc
+            except ClientError as exc:
+                if _code(exc) not in _THROTTLING_CODES:
+                    if _http_status(exc) >= 500:
+                        raise self._maybe_sent(f"SSM SendCommand failed ({_code(exc)}: "
+                                               f"{_message(exc)})") from exc
+                    raise self._api_error("SendCommand", exc) from exc
+                error = exc
+            except BotoCoreError as exc:    # raised before sending: credentials, parameters
+                raise self._api_error("SendCommand", exc) from exc
+            pause = random.uniform(0, min(2.0 ** (attempt - 1), 5.0))  # jittered backoff
+            if attempt >= self.max_attempts or time.monotonic() + pause >= deadline:
+                raise self._api_error("SendCommand", error) from error
+            time.sleep(pause)
+
+    def _maybe_sent(self, what: str) -> SchedulerTimeout:
+        # No Retry-After (504): trying again could run the command (submit the job) twice.
+        return SchedulerTimeout(f"{what}; the command may or may not run on {self.instance_id}")
 
     # -- private output: through a presigned PUT, read once, deleted ---------------------
     def _private_key(self) -> str:
@@ -313,12 +448,7 @@ class SsmTransport(Transport):
     def _put_expiry(timeout: float) -> int:
         return math.ceil(timeout) + 10
 
-    def _s3(self, timeout: float):
-        return self._client("s3", self._per_call_timeout(timeout))
-
-    def _private_result(self, invocation: dict, key: str) -> CommandResult:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _private_result(self, invocation: dict, key: str, deadline: float) -> CommandResult:
         self._check_ended(invocation)
         inline = invocation.get("StandardOutputContent") or ""
         start = inline.rfind(PUT_HEADER + " ")
@@ -328,48 +458,67 @@ class SsmTransport(Transport):
             raise SchedulerUnavailable(
                 f"the command on {self.instance_id} could not upload its output to "
                 f"s3://{self.output_bucket} ({why})" + _tail(invocation.get("StandardErrorContent")))
-        try:
-            body = self._s3(self.api_timeout).get_object(Bucket=self.output_bucket, Key=key)["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise SchedulerUnavailable(f"cannot read the command's output from S3: {exc}") from exc
+        body = self._read_output(key, deadline, appear=False)
         result = parse_frame(body.decode("ascii", "replace"))
         if result is None:
             raise GatewayError(f"the output of the command on {self.instance_id} arrived incomplete")
         return result
 
-    def _delete_private(self, key: str) -> None:
+    def _delete_private(self, key: str, cap: float | None = None) -> bool:
+        """Delete a private frame (one attempt, at most ``cap`` seconds); False if that failed."""
         try:
-            self._s3(self.api_timeout).delete_object(Bucket=self.output_bucket, Key=key)
+            with self._bounded(time.monotonic() + (cap or self.api_timeout), cap):
+                self._client("s3").delete_object(Bucket=self.output_bucket, Key=key)
+            return True
         except Exception as exc:  # noqa: BLE001 - the answer matters more; the key is logged
             log.warning("cannot delete s3://%s/%s (a command's private output): %s",
                         self.output_bucket, key, exc)
+            return False
 
     def _wait(self, ssm, command_id: str, deadline: float, timeout: float) -> dict:
+        """Poll until the command ends; at the deadline cancel it and raise SchedulerTimeout.
+
+        The command was sent: whatever fails now, it may be running (sbatch may submit), so
+        nothing raised here carries Retry-After. Throttling, 5xx, expired credentials and
+        connection errors are polled again until the deadline; other errors (SSM refusing
+        the poll for good) cancel the command at once."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         delay = self.poll_initial
         status = "Pending"
+        trouble = None    # why the polls have been failing, while they are
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._cancel(command_id)
+                if trouble is None:
+                    raise SchedulerTimeout(
+                        f"command on {self.instance_id} did not finish within {timeout:g} s "
+                        f"(last SSM status {status}); it was cancelled")
                 raise SchedulerTimeout(
-                    f"command on {self.instance_id} did not finish within {timeout:g} s "
-                    f"(last SSM status {status}); it was cancelled")
+                    f"SSM did not tell within {timeout:g} s how the command on "
+                    f"{self.instance_id} went ({trouble}): it may or may not have run; "
+                    "it was cancelled")
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, self.poll_max)
             try:
-                invocation = ssm.get_command_invocation(CommandId=command_id,
-                                                        InstanceId=self.instance_id)
+                with self._bounded(deadline):
+                    invocation = ssm.get_command_invocation(CommandId=command_id,
+                                                            InstanceId=self.instance_id)
             except ClientError as exc:
                 if _code(exc) == "InvocationDoesNotExist":
                     continue  # created asynchronously after SendCommand
-                raise self._api_error("GetCommandInvocation", exc) from exc
-            except BotoCoreError as exc:
-                error = self._api_error("GetCommandInvocation", exc)
-                if isinstance(error, SchedulerTimeout):
-                    self._cancel(command_id)
-                raise error from exc
+                trouble = f"GetCommandInvocation failed: {_code(exc)} {_message(exc)}".rstrip()
+                if _transient(exc):
+                    continue
+                self._cancel(command_id)
+                raise SchedulerTimeout(
+                    f"SSM {trouble}, so how the command on {self.instance_id} went is "
+                    "unknown: it may or may not have run; it was cancelled") from exc
+            except BotoCoreError as exc:  # no answer, connection lost, credentials refresh
+                trouble = f"GetCommandInvocation failed: {exc}"
+                continue
+            trouble = None
             status = invocation.get("Status", "Pending")
             if status not in _RUNNING:
                 return invocation
@@ -394,7 +543,8 @@ class SsmTransport(Transport):
         inline = invocation.get("StandardOutputContent") or ""
         result = parse_frame(inline)
         if result is None and self.output_bucket:
-            result = parse_frame(self._read_s3_stdout(command_id, deadline))
+            body = self._read_output(self._output_key(command_id, "stdout"), deadline, appear=True)
+            result = parse_frame(body.decode("utf-8", "replace"))
         if result is not None:
             return result
         if invocation.get("ResponseCode", -1) == -1 or FRAME_HEADER not in inline:
@@ -412,35 +562,46 @@ class SsmTransport(Transport):
         parts += [command_id, self.instance_id, "awsrunShellScript", "0.awsrunShellScript", stream]
         return "/".join(parts)
 
-    def _read_s3_stdout(self, command_id: str, deadline: float) -> str:
+    def _read_output(self, key: str, deadline: float, *, appear: bool) -> bytes:
+        """The object ``key`` of the output bucket, read by the run's deadline.
+
+        The command has ended: a failure now loses its output, not its effects, so no
+        Retry-After. Transient errors, and with ``appear`` a key not there yet (the agent
+        uploads around the time it reports the final status), are tried again until the
+        deadline (a command that ended just in time still gets a second for this)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        s3 = self._client("s3", max(1.0, deadline - time.monotonic()))
-        key = self._output_key(command_id, "stdout")
+        deadline = max(deadline, time.monotonic() + 1.0)
+        where = f"s3://{self.output_bucket}/{key}"
         delay = self.poll_initial
         while True:
             try:
-                body = s3.get_object(Bucket=self.output_bucket, Key=key)["Body"].read()
-                return body.decode("utf-8", "replace")
+                with self._bounded(deadline):
+                    return self._client("s3").get_object(
+                        Bucket=self.output_bucket, Key=key)["Body"].read()
             except ClientError as exc:
-                # The agent uploads around the time it reports the final status: give the
-                # object a moment to appear, within the run's deadline.
-                if _code(exc) in ("NoSuchKey", "404") and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, self.poll_max)
-                    continue
-                raise SchedulerUnavailable(
-                    f"cannot read the command's output s3://{self.output_bucket}/{key}: "
-                    f"{_code(exc)}") from exc
+                trouble = _code(exc)
+                if not (_transient(exc) or appear and trouble in ("NoSuchKey", "404")):
+                    raise SchedulerRefused(
+                        f"the command on {self.instance_id} ended, but its output {where} "
+                        f"cannot be read ({trouble})") from exc
             except BotoCoreError as exc:
-                raise SchedulerUnavailable(
-                    f"cannot read the command's output from S3: {exc}") from exc
+                trouble = str(exc)
+            if time.monotonic() + delay >= deadline:
+                raise SchedulerTimeout(
+                    f"the command on {self.instance_id} ended, but its output {where} could "
+                    f"not be read in time ({trouble})")
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll_max)
 
     def _cancel(self, command_id: str) -> None:
+        # Best effort, and briefly: the run is already at its deadline, and the command's
+        # executionTimeout (timeout + 5 s) stops it anyway.
         try:
-            self._client("ssm", 2.0, attempts=1).cancel_command(
-                CommandId=command_id, InstanceIds=[self.instance_id])
-        except Exception:  # best effort: the executionTimeout stops it anyway
+            with self._bounded(time.monotonic() + 1.0):
+                self._client("ssm").cancel_command(CommandId=command_id,
+                                                   InstanceIds=[self.instance_id])
+        except Exception:  # noqa: BLE001
             pass
 
     def _api_error(self, operation: str, exc: Exception) -> GatewayError:
@@ -456,10 +617,10 @@ class SsmTransport(Transport):
             return SchedulerUnavailable(f"no usable AWS credentials for {where}: {exc}")
         if isinstance(exc, ClientError):
             code = _code(exc)
-            message = exc.response.get("Error", {}).get("Message", "")
+            message = _message(exc)
             if code in _CREDENTIAL_CODES:
                 return SchedulerUnavailable(f"AWS refused the gateway's credentials ({code}): {message}")
-            if code in _UNAVAILABLE_CODES or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+            if code in _UNAVAILABLE_CODES or _http_status(exc) >= 500:
                 return SchedulerUnavailable(f"SSM {operation} failed ({code}): {message}")
             return SchedulerRefused(f"SSM {operation} refused ({code}): {message}")
         return SchedulerUnavailable(f"SSM {operation} failed: {exc}")
@@ -467,6 +628,22 @@ class SsmTransport(Transport):
 
 def _code(exc) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _message(exc) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Message", "") or "")
+
+
+def _http_status(exc) -> int:
+    try:
+        return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _transient(exc) -> bool:
+    """A ClientError worth asking again about (busy, failing for now, credentials expired)."""
+    return _code(exc) in _TRANSIENT_CODES or _http_status(exc) >= 500
 
 
 def _tail(text: str | None) -> str:

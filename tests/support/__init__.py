@@ -15,6 +15,8 @@ Utilities here:
 - ``free_port(host)``: a TCP port nobody listens on right now.
 - ``ensure_user(name)``: create a real unprivileged Unix user (useradd, as root) if missing.
 - ``wait_for_port(host, port, timeout, proc=None)``: wait until something accepts connections.
+- ``silent_server(greeting=b"")``: a server on 127.0.0.1 that accepts connections, sends
+  ``greeting`` and then never says anything (a hung endpoint); yields its port.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -37,6 +41,33 @@ def require(cond, why: str) -> None:
     if CI:
         pytest.fail(f"required for this test under CI: {why}", pytrace=False)
     pytest.skip(why)
+
+
+@contextmanager
+def silent_server(greeting: bytes = b""):
+    """A TCP server on 127.0.0.1 that accepts connections, sends ``greeting`` (an SSH banner,
+    say) and then stays silent: an endpoint that has stopped answering. Yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                return
+            if greeting:
+                conn.sendall(greeting)
+            held.append(conn)
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

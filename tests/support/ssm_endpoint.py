@@ -35,6 +35,8 @@ Request signatures are not checked. API::
             ...
         ssm.hang() / ssm.resume()  # the same, by hand
         ssm.throttle(2)            # the next 2 requests get ThrottlingException
+        ssm.lose_answers(1, "SendCommand")  # carried out, then the connection is closed
+                                   # without an answer (the reply was lost on the way)
         ssm.requests["SendCommand"]  # how many requests of each operation arrived
         ssm.invocations            # command id -> Invocation (script, status, pid, ...)
 
@@ -155,6 +157,13 @@ class _Handler(BaseHTTPRequestHandler):
             status, data = exc.status, {"__type": exc.code, "message": exc.message}
         except (ValueError, KeyError, TypeError) as exc:
             status, data = 400, {"__type": "ValidationException", "message": str(exc)}
+        with endpoint._lock:
+            lose = endpoint._lose > 0 and endpoint._lose_operation in (None, operation)
+            if lose:
+                endpoint._lose -= 1
+        if lose:  # the request was carried out; its answer never arrives
+            self.close_connection = True
+            return
         raw = json.dumps(data).encode()
         try:
             self.send_response(status)
@@ -184,6 +193,8 @@ class SsmEndpoint:
         self._throttle = 0
         self._throttle_operation: str | None = None
         self._throttle_after = 0            # throttle only requests arriving after this one
+        self._lose = 0                      # answers still to lose (lose_answers)
+        self._lose_operation: str | None = None
         self._arrivals = 0
         self._lock = threading.Lock()
         self._answering = threading.Event()
@@ -252,6 +263,13 @@ class SsmEndpoint:
             self._throttle = int(count)
             self._throttle_operation = operation
             self._throttle_after = self._arrivals
+
+    def lose_answers(self, count: int, operation: str | None = None) -> None:
+        """Carry out the next ``count`` requests (of ``operation`` only, when given) but close
+        the connection instead of answering: the client sees ConnectionClosedError."""
+        with self._lock:
+            self._lose = int(count)
+            self._lose_operation = operation
 
     def transport_options(self, **extra) -> dict:
         opts = {"type": "ssm", "instance_id": self.instance_id, "region": self.region,

@@ -8,9 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 
 import pytest
+from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                 EndpointConnectionError, ReadTimeoutError)
 from botocore.stub import Stubber
 
 from gateway.errors import (GatewayError, SchedulerRefused, SchedulerTimeout,
@@ -19,6 +24,8 @@ from gateway.transports import make_transport
 from gateway.transports.ssh import remote_command_line
 from gateway.transports.ssm import (INLINE_STDOUT_LIMIT, SsmTransport, build_script,
                                     parse_frame)
+
+from tests.support import silent_server
 
 from .conftest import OUTPUT_BUCKET
 from .test_transport_behaviour import ALL_BYTES, NASTY
@@ -140,7 +147,8 @@ def test_endpoint_that_stops_answering_gives_504_and_no_second_send(ssm_double):
     assert ssm_double.requests["SendCommand"] - sent == 1
 
 
-def test_throttling_is_retried_by_botocore(ssm, ssm_double):
+def test_throttled_send_command_is_sent_again(ssm, ssm_double):
+    """A throttled SendCommand was not carried out: sending it again cannot run it twice."""
     sent = ssm_double.requests["SendCommand"]
     ssm_double.throttle(1, "SendCommand")    # only SendCommand: a stray poll cannot eat it
     assert ssm.run(["echo", "ok"]).stdout == b"ok\n"
@@ -174,8 +182,9 @@ def _stubbed(monkeypatch, invocation: dict | None = None, send_error: str | None
                           aws_secret_access_key="x")
     stub = Stubber(client)
     if send_error:
-        stub.add_client_error("send_command", service_error_code=send_error,
-                              service_message="nope", http_status_code=400)
+        for _ in range(t.max_attempts):  # a throttled send is sent again: every attempt sees it
+            stub.add_client_error("send_command", service_error_code=send_error,
+                                  service_message="nope", http_status_code=400)
     else:
         stub.add_response("send_command", {"Command": {"CommandId": "c" * 36}})
         stub.add_client_error("get_command_invocation",
@@ -224,10 +233,220 @@ def test_api_error_mapping(monkeypatch, code, error):
 
 
 def test_retry_configuration():
-    t = SsmTransport("i-1", endpoint_url="http://127.0.0.1:9")
-    client = t._client("ssm", 10)
-    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
-    assert client.meta.config.read_timeout <= 10
+    """botocore makes one attempt per call: the transport decides what may be repeated."""
+    t = SsmTransport("i-1", endpoint_url="http://127.0.0.1:9", api_timeout=10)
+    client = t._client("ssm")
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 1}
+    assert client.meta.config.read_timeout == 10
+    assert t._client("ssm") is client
+
+
+def test_one_client_per_service_whatever_the_timeouts(ssm_double, s3):
+    """Clients are cached per service only: runs with many different timeouts (each one's
+    calls bounded by its own deadline) do not each build and keep clients of their own."""
+    t = make_transport(ssm_double.transport_options(output_bucket=OUTPUT_BUCKET,
+                                                     s3_endpoint_url=s3.url))
+    for timeout in (2, 2.5, 3.1, 3.7, 4.4, 5.2, 6.3, 8.8):
+        assert t.run(["head", "-c", "30000", "/dev/zero"], timeout=timeout).stdout == bytes(30000)
+    assert len(t._clients) <= 2       # ssm and s3
+
+
+# -- what may be sent again, and what a failure after sending means ---------------------
+class _FakeSsm:
+    """Stands in for the boto3 SSM client: each operation answers (or raises) its scripted
+    outcomes in turn, the last one for ever; calls are counted."""
+
+    def __init__(self, send=(), poll=()):
+        self.outcomes = {"SendCommand": list(send) or [{"Command": {"CommandId": "c" * 36}}],
+                         "GetCommandInvocation": list(poll) or [{"Status": "InProgress"}],
+                         "CancelCommand": [{}]}
+        self.calls = Counter()
+
+    def _answer(self, operation):
+        self.calls[operation] += 1
+        queue = self.outcomes[operation]
+        outcome = queue[0] if len(queue) == 1 else queue.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def send_command(self, **_):
+        return self._answer("SendCommand")
+
+    def get_command_invocation(self, **_):
+        return self._answer("GetCommandInvocation")
+
+    def cancel_command(self, **_):
+        return self._answer("CancelCommand")
+
+
+def _faked(monkeypatch, fake) -> SsmTransport:
+    t = SsmTransport("i-0123456789abcdef0", region="us-east-1", poll_initial=0.01, poll_max=0.1)
+    monkeypatch.setattr(t, "_client", lambda *a, **k: fake)
+    monkeypatch.setattr("random.uniform", lambda a, b: 0.0)  # no backoff waits
+    return t
+
+
+def _client_error(code: str, status: int = 400, operation: str = "SendCommand") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
+_OK_INVOCATION = {"Status": "Success", "ResponseCode": 0,
+                  "StandardOutputContent": "GW-SSM-1 0\naGk=\n\nGW-SSM-END\n"}
+
+
+@pytest.mark.parametrize("error, attempts, raised", [
+    # Nothing went out, or SSM throttled it: it did not run, so it is sent again.
+    (EndpointConnectionError(endpoint_url="http://ssm"), 3, SchedulerUnavailable),
+    (ConnectTimeoutError(endpoint_url="http://ssm"), 3, SchedulerUnavailable),
+    (_client_error("ThrottlingException"), 3, SchedulerUnavailable),
+    # Sent and the answer lost (or a 5xx): it may run; sending again could submit twice.
+    (ConnectionClosedError(endpoint_url="http://ssm"), 1, SchedulerTimeout),
+    (ReadTimeoutError(endpoint_url="http://ssm"), 1, SchedulerTimeout),
+    (_client_error("InternalServerError", 500), 1, SchedulerTimeout),
+    # Refused: it did not run, and sending again would not help.
+    (_client_error("ValidationException"), 1, SchedulerRefused),
+])
+def test_send_command_is_sent_again_only_when_it_did_not_run(monkeypatch, error, attempts, raised):
+    fake = _FakeSsm(send=[error])
+    t = _faked(monkeypatch, fake)
+    with pytest.raises(raised) as info:
+        t.run(["sbatch", "--wrap=hostname"], timeout=10)
+    assert fake.calls["SendCommand"] == attempts
+    assert fake.calls["GetCommandInvocation"] == 0
+    if raised is SchedulerTimeout:
+        assert "may or may not" in info.value.msg
+        assert "Retry-After" not in info.value.headers   # no invitation to submit again
+
+
+def test_send_command_whose_answer_is_lost_is_not_sent_again(ssm_double):
+    """The connection closes after SendCommand went out (the double carried it out): it is
+    not sent again, and the client's 504 does not invite another submission."""
+    t = make_transport(ssm_double.transport_options())
+    sent, runs = ssm_double.requests["SendCommand"], len(ssm_double.invocations)
+    ssm_double.lose_answers(3, "SendCommand")
+    try:
+        with pytest.raises(SchedulerTimeout) as info:
+            t.run(["true"], timeout=5)
+    finally:
+        ssm_double.lose_answers(0)
+    assert ssm_double.requests["SendCommand"] - sent == 1
+    assert len(ssm_double.invocations) - runs == 1
+    assert "may or may not" in info.value.msg and "Retry-After" not in info.value.headers
+
+
+_POLL_TROUBLE = [
+    _client_error("ThrottlingException", operation="GetCommandInvocation"),
+    _client_error("ExpiredTokenException", operation="GetCommandInvocation"),
+    _client_error("InternalServerError", 500, operation="GetCommandInvocation"),
+    EndpointConnectionError(endpoint_url="http://ssm"),
+    ConnectionClosedError(endpoint_url="http://ssm"),
+    ReadTimeoutError(endpoint_url="http://ssm"),
+]
+
+
+@pytest.mark.parametrize("error", _POLL_TROUBLE, ids=lambda e: type(e).__name__ + ":" + str(e)[:30])
+def test_trouble_while_polling_is_polled_again(monkeypatch, error):
+    """The command was sent: a failed poll is no reason to give up on it (nor to tell the
+    client to try again while it runs)."""
+    fake = _FakeSsm(poll=[error, error, error, _OK_INVOCATION])
+    t = _faked(monkeypatch, fake)
+    assert t.run(["x"], timeout=10).stdout == b"hi"
+    assert fake.calls["SendCommand"] == 1 and fake.calls["CancelCommand"] == 0
+
+
+@pytest.mark.parametrize("error", _POLL_TROUBLE, ids=lambda e: type(e).__name__ + ":" + str(e)[:30])
+def test_trouble_while_polling_until_the_deadline_is_a_504_without_retry_after(monkeypatch, error):
+    fake = _FakeSsm(poll=[error])
+    t = _faked(monkeypatch, fake)
+    started = time.monotonic()
+    with pytest.raises(SchedulerTimeout) as info:
+        t.run(["sbatch", "--wrap=hostname"], timeout=1)
+    assert time.monotonic() - started < 1 + 3
+    assert fake.calls["GetCommandInvocation"] >= 2          # polled again until the deadline
+    assert fake.calls["CancelCommand"] == 1 and fake.calls["SendCommand"] == 1
+    assert "may or may not" in info.value.msg and "Retry-After" not in info.value.headers
+
+
+def test_poll_refused_for_good_cancels_at_once_without_retry_after(monkeypatch):
+    fake = _FakeSsm(poll=[_client_error("AccessDeniedException", operation="GetCommandInvocation")])
+    t = _faked(monkeypatch, fake)
+    with pytest.raises(SchedulerTimeout) as info:
+        t.run(["x"], timeout=30)
+    assert fake.calls["GetCommandInvocation"] == 1 and fake.calls["CancelCommand"] == 1
+    assert "AccessDeniedException" in info.value.msg and "Retry-After" not in info.value.headers
+
+
+def test_throttled_polls_do_not_abandon_a_sent_command(ssm, ssm_double):
+    """More throttled polls in a row than botocore would have retried."""
+    cancels = ssm_double.requests["CancelCommand"]
+    ssm_double.throttle(5, "GetCommandInvocation")
+    try:
+        assert ssm.run(["echo", "ok"], timeout=20).stdout == b"ok\n"
+    finally:
+        ssm_double.throttle(0)
+    assert ssm_double.requests["CancelCommand"] == cancels
+
+
+# -- an endpoint that stops answering: the 504 comes at the timeout, not a multiple of it -
+@contextmanager
+def _silent_server():
+    """An HTTP "server" on 127.0.0.1 that accepts connections and never answers."""
+    with silent_server() as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_endpoint_that_hangs_while_polling_gives_504_at_the_timeout(ssm_double, s3):
+    from tests.support.ssm_endpoint import ssm_endpoint
+    timeout = 6
+    with ssm_endpoint() as endpoint:
+        t = make_transport(endpoint.transport_options())
+        hang = threading.Timer(3.0, endpoint.hang)        # mid-poll: the command is running
+        hang.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(SchedulerTimeout) as info:
+                t.run(["sleep", "30"], timeout=timeout)
+            elapsed = time.monotonic() - started
+        finally:
+            hang.cancel()
+            endpoint.resume()
+        assert endpoint.requests["GetCommandInvocation"] >= 2
+    assert elapsed < timeout + 3, f"returned after {elapsed:.1f} s"
+    assert "Retry-After" not in info.value.headers
+
+
+def test_s3_that_hangs_while_reading_the_output_gives_504_at_the_timeout(ssm_double):
+    """The command ended but its (large) output must come from S3, which does not answer."""
+    timeout = 4
+    with _silent_server() as url:
+        t = make_transport(ssm_double.transport_options(output_bucket=OUTPUT_BUCKET,
+                                                         s3_endpoint_url=url))
+        started = time.monotonic()
+        with pytest.raises(SchedulerTimeout) as info:
+            t.run(["head", "-c", "30000", "/dev/zero"], timeout=timeout)
+        elapsed = time.monotonic() - started
+    assert elapsed < timeout + 3, f"returned after {elapsed:.1f} s"
+    assert "Retry-After" not in info.value.headers
+
+
+# -- client text and SSM's parameter interpolation ------------------------------------------
+_SSM_REFERENCES = ["{{ssm:/prod/db/password}}", "{{ssm-secure:/prod/key}}",
+                   "{{resolve:ssm:/x}}", "{{ commands }}"]
+
+
+def test_client_text_never_reaches_the_commands_parameter(ssm, ssm_double):
+    """Run Command resolves {{ssm:name}} in the commands parameter with the gateway's IAM
+    rights before the agent sees it: argv and environment travel base64-encoded, and still
+    arrive literally."""
+    argv = ["sh", "-c", 'printf "%s|" "$@" "$GW_REF"', "sh", *_SSM_REFERENCES]
+    result = ssm.run(argv, env={"GW_REF": "{{ssm:/env/secret}}"})
+    assert result.stdout == "".join(f"{a}|" for a in [*_SSM_REFERENCES, "{{ssm:/env/secret}}"]).encode()
+    script = _last(ssm_double).script
+    assert "{{" not in script and "ssm:" not in script
+    pure = build_script(remote_command_line(argv, {"GW_REF": "{{ssm:/x}}"}), b"{{ssm:/in}}")
+    assert "{{" not in pure
 
 
 # -- private output (a vis session file's VNC password) ------------------------------------
@@ -346,3 +565,44 @@ def test_a_private_frame_put_after_a_timeout_is_deleted_later(ssm_double, s3, tm
         assert not late()
     finally:
         t.close()
+
+
+# -- private runs: no thread per failed run ------------------------------------------------
+def _clean_up_threads() -> list:
+    """Threads waiting to delete private frames: timers (one per failed run, before) or the
+    transport's shared clean-up worker. (Counted by kind: the double and moto start and end
+    threads of their own all the time.)"""
+    return [t for t in threading.enumerate()
+            if isinstance(t, threading.Timer) or t.name == "gw-ssm-cleanup"]
+
+
+def test_failed_private_runs_do_not_start_a_thread_each(ssm_double, s3):
+    """A private run that failed after SendCommand may have gone out must delete its frame
+    again later: one shared worker does that, not a timer thread per run (an outage would
+    pile them up). A SendCommand refused outright needs no late delete at all."""
+    refused = make_transport(ssm_double.transport_options(
+        instance_id="i-00000000000000000", output_bucket=OUTPUT_BUCKET, s3_endpoint_url=s3.url))
+    lost = make_transport(ssm_double.transport_options(
+        output_bucket=OUTPUT_BUCKET, output_prefix="gw-lost", s3_endpoint_url=s3.url))
+    before = len(_clean_up_threads())
+    for _ in range(20):
+        with pytest.raises(SchedulerUnavailable):
+            refused.run(["cat", "/nonexistent"], private=True, timeout=5)
+    assert len(_clean_up_threads()) == before
+    runs = len(ssm_double.invocations)
+    ssm_double.lose_answers(10, "SendCommand")
+    try:
+        for _ in range(10):
+            with pytest.raises(SchedulerTimeout):
+                lost.run(["cat", "/nonexistent"], private=True, timeout=5)
+    finally:
+        ssm_double.lose_answers(0)
+    assert len(_clean_up_threads()) <= 1
+    # The lost runs' scripts still put their frames; the late deletes come 45 s from now:
+    # remove them here, so that other tests do not find them in the bucket.
+    for inv in list(ssm_double.invocations.values())[runs:]:
+        inv.done.wait(10)
+    client = s3.client()
+    for key in _bucket_keys(s3):
+        if key.startswith("gw-lost/"):
+            client.delete_object(Bucket=OUTPUT_BUCKET, Key=key)
