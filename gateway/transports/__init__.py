@@ -52,15 +52,23 @@ class Transport:
     #: Whether what commands print is kept by the way it travels (SSM's command history and
     #: output bucket); such a transport's ``_run`` takes ``private``.
     keeps_output = False
+    #: Whether a connection lost while a command runs can leave its outcome unknown (SSH):
+    #: such a transport's ``_run`` takes ``retry_safe``.
+    tells_retry_safe = False
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None, as_user: str | None = None,
-            env: dict[str, str] | None = None, private: bool = False) -> CommandResult:
+            env: dict[str, str] | None = None, private: bool = False,
+            retry_safe: bool = False) -> CommandResult:
         """``private``: the output is a secret (a VNC password): a transport that keeps
-        output must carry this one another way. Pipes keep nothing: it changes nothing."""
+        output must carry this one another way. Pipes keep nothing: it changes nothing.
+        ``retry_safe``: the command only reads, so a connection lost while it ran is an
+        outage to retry (503), not an unknown outcome (504)."""
         if not argv:
             raise ValueError("empty argument list")
         extra = {"private": True} if private and self.keeps_output else {}
+        if retry_safe and self.tells_retry_safe:
+            extra["retry_safe"] = True
         return self._run(self.wrap_user(argv, as_user), stdin=stdin,
                          timeout=self.timeout if timeout is None else timeout, env=env, **extra)
 
@@ -72,11 +80,15 @@ class Transport:
         """Release connections; the default holds none."""
 
 
-def run_command(transport, argv: Sequence[str], *, private: bool = False, **kw) -> CommandResult:
+def run_command(transport, argv: Sequence[str], *, private: bool = False, retry_safe: bool = False,
+                **kw) -> CommandResult:
     """``transport.run(argv, **kw)``, with ``private`` passed only to a transport that keeps
-    output (SSM): a plugin's own transport (or a test's) need not take the argument."""
+    output (SSM) and ``retry_safe`` only to one that tells (SSH): a plugin's own transport
+    (or a test's) need not take the arguments."""
     if private and getattr(transport, "keeps_output", False):
         kw["private"] = True
+    if retry_safe and getattr(transport, "tells_retry_safe", False):
+        kw["retry_safe"] = True
     return transport.run(argv, **kw)
 
 

@@ -18,11 +18,16 @@ Errors:
   :class:`SchedulerUnavailable` (503). ``ssh`` reports those with exit code 255; a remote
   command that itself exits 255 is returned as such unless its stderr ends with one of
   ssh's own connection messages.
-- the command does not finish within ``timeout``: the local ``ssh`` process group is killed
-  and :class:`SchedulerTimeout` (504) raised. Because sshd does not signal a non-tty session
-  whose client went away, the remote command is also wrapped in coreutils
-  ``timeout -k 2 <timeout+1>`` (``remote_timeout=True``, the default) so it cannot outlive
-  the request by more than a few seconds.
+- the connection is lost once it was up (the master's connection dies, "Connection to ...
+  closed by remote host", a reset in the middle of the session): the command may already
+  have acted (sbatch may have submitted), so the outcome is unknown: :class:`SchedulerTimeout`
+  (504, no Retry-After), never a 503 that invites the client to send it again. A caller
+  whose command is safe to repeat (a read) says so with ``retry_safe=True`` and gets the 503.
+- the command does not finish within ``timeout`` (which includes the time spent starting the
+  master): the local ``ssh`` process group is killed and :class:`SchedulerTimeout` (504)
+  raised. Because sshd does not signal a non-tty session whose client went away, the remote
+  command is also wrapped in coreutils ``timeout -k 2 <timeout+1>`` (``remote_timeout=True``,
+  the default) so it cannot outlive the request by more than a few seconds.
 
 ``env`` is applied on the remote side with ``env NAME=VALUE ...`` before the command (outside
 ``sudo``, whose own env_reset rules then apply, exactly as for the local transport).
@@ -38,6 +43,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError, SchedulerTimeout, SchedulerUnavailable
@@ -46,23 +52,36 @@ from . import CommandResult, Transport
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # Messages the OpenSSH client prints (on its own stderr, after anything the remote command
-# wrote) when it could not connect or lost the connection. Exit code 255 + one of these = 503.
-_SSH_CONNECTION_ERRORS = re.compile(
-    r"^(ssh: .*|"
-    r".*Connection (refused|timed out|reset|closed)( by .*)?\.?|"
-    r".*Could not resolve hostname.*|"
-    r".*No route to host.*|.*Network is unreachable.*|"
-    r".*Host key verification failed\.|"
-    r".*REMOTE HOST IDENTIFICATION HAS CHANGED.*|"
-    r".*Permission denied \(.*\)\.|"
-    r".*kex_exchange_identification: .*|.*banner exchange: .*|"
-    r".*Too many authentication failures.*|"
-    r".*mux_client_.*|.*Control socket connect.*|.*Session open refused by peer.*|"
-    r".*Broken pipe.*|.*Bad owner or permissions on .*|"
-    r"Load key .*|.*[Nn]o such identity.*|"
-    r".*client_loop: send disconnect: .*)$",
-    re.MULTILINE,
+# wrote) when it could not connect: no TCP connection, no key exchange, no login, no session.
+# The remote command never started, so repeating it is safe. "Connection closed by HOST port
+# N" is an EOF during key exchange or login (an EOF in the session reads "Connection to HOST
+# closed by remote host.").
+_NOT_CONNECTED = (
+    r"ssh: .*",
+    r".*Connection refused.*",
+    r"Connection closed by \S+ port \d+\.?",
+    r"Connection to \S+ port \d+ timed out\.?",
+    r".*Could not resolve hostname.*", r".*No route to host.*", r".*Network is unreachable.*",
+    r".*Host key verification failed\.", r".*REMOTE HOST IDENTIFICATION HAS CHANGED.*",
+    r".*Permission denied \(.*\)\.", r".*kex_exchange_identification: .*", r".*banner exchange.*",
+    r".*Too many authentication failures.*",
+    r".*Control socket connect.*", r".*Session open refused by peer.*", r"mux_client_hello_exchange: .*",
+    r".*Bad owner or permissions on .*", r"Load key .*", r".*[Nn]o such identity.*",
 )
+# ...and those of a connection lost once it was up (a reset, a broken pipe, the master going
+# away): the command may have acted, its outcome is unknown.
+_CONNECTION_LOST = (
+    r".*Connection (timed out|reset|closed)( by .*)?\.?",
+    r"Connection to .* (closed by remote host|timed out)\.?",
+    r"Shared connection to .* closed\.?",
+    r"Timeout, server .* not responding\.?",
+    r"(Read from|Write to) remote host .*",
+    r"Disconnected from \S+ port \d+.*",
+    r".*mux_client_.*", r".*Broken pipe.*", r".*client_loop: .*",
+)
+# Exit code 255 + the last line matching either: an outage, not the command's own exit code.
+_SSH_NOT_CONNECTED = re.compile("^(" + "|".join(_NOT_CONNECTED) + ")$", re.MULTILINE)
+_SSH_CONNECTION_ERRORS = re.compile("^(" + "|".join(_NOT_CONNECTED + _CONNECTION_LOST) + ")$", re.MULTILINE)
 
 # When the shared connection refuses another session (the server's MaxSessions) or the
 # master is missing, ssh itself falls back to a connection of its own, and says so on stderr
@@ -94,6 +113,7 @@ class SshTransport(Transport):
     """Commands on ``user@host:port`` over OpenSSH with connection reuse."""
 
     name = "ssh"
+    tells_retry_safe = True
 
     def __init__(self, host: str, user: str | None = None, port: int = 22,
                  identity_file: str | None = None, known_hosts_file: str | None = None,
@@ -120,6 +140,9 @@ class SshTransport(Transport):
             raise ConfigError(f"ssh transport: OpenSSH client {ssh_binary!r} not found on PATH")
         self.ssh_binary = found
         self._lock = threading.Lock()
+        # One master start at a time; the others wait for it only as long as their own
+        # deadline allows (a stalled server must not queue requests one behind the other).
+        self._master_lock = threading.Lock()
         self._control_dir: str | None = None
         self._owner_pid: int | None = None
 
@@ -190,13 +213,26 @@ class SshTransport(Transport):
 
     # -- master -----------------------------------------------------------------------
     def _ensure_master(self, deadline_s: float) -> None:
-        """Start the ControlMaster if its socket is missing (one at a time)."""
+        """Start the ControlMaster if its socket is missing (one at a time).
+
+        Within ``deadline_s`` in all, waiting included: while another thread is starting the
+        master, this one waits for it at most until its own deadline (then 504), never for
+        every attempt queued before it.
+        """
         control_path = self._control_path
         if not control_path or os.path.exists(control_path):
             return
-        with self._lock:
+        start = time.monotonic()
+        if not self._master_lock.acquire(timeout=max(0.0, deadline_s)):
+            raise SchedulerTimeout(
+                f"ssh to {self.host}:{self.port} did not connect within {deadline_s:g} s")
+        try:
             if os.path.exists(control_path):
                 return
+            remaining = deadline_s - (time.monotonic() - start)
+            if remaining <= 0:
+                raise SchedulerTimeout(
+                    f"ssh to {self.host}:{self.port} did not connect within {deadline_s:g} s")
             args = [self.ssh_binary, *self._base_options(),
                     "-o", "ControlMaster=yes", "-o", f"ControlPath={control_path}",
                     "-o", f"ControlPersist={self.control_persist}",
@@ -207,7 +243,7 @@ class SshTransport(Transport):
                                     stderr=subprocess.PIPE, start_new_session=True,
                                     close_fds=True)
             try:
-                _, err = proc.communicate(timeout=deadline_s)
+                _, err = proc.communicate(timeout=remaining)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 raise SchedulerTimeout(
@@ -216,21 +252,64 @@ class SshTransport(Transport):
                 raise SchedulerUnavailable(
                     f"cannot connect to {self.host}:{self.port} over ssh: "
                     f"{_last_line(err) or 'exit code %d' % proc.returncode}")
+        finally:
+            self._master_lock.release()
+
+    def _master_alive(self, timeout: float) -> bool:
+        """Whether the master still answers (``ssh -O check``); False when it is gone."""
+        control_path = self._control_path
+        if not control_path or not os.path.exists(control_path):
+            return False
+        try:
+            check = subprocess.run([self.ssh_binary, "-o", f"ControlPath={control_path}",
+                                    "-O", "check", "--", self.host],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return check.returncode == 0
 
     # -- run --------------------------------------------------------------------------
-    def _run(self, argv, *, stdin, timeout, env):
-        line = self.remote_line(argv, timeout, env)
+    def _run(self, argv, *, stdin, timeout, env, retry_safe=False):
         multiplex = self.control_persist > 0
+        remaining = timeout
         if multiplex:
-            # The master's connection time counts against the same deadline.
+            # The master's connection time counts against the same deadline: the command
+            # gets what is left of it.
+            start = time.monotonic()
             self._ensure_master(max(0.1, min(timeout, self.connect_timeout * 2 + 1)))
-        result = self._exec(self.ssh_argv(line, multiplex=multiplex), stdin, timeout)
+            remaining = timeout - (time.monotonic() - start)
+            if remaining <= 0:
+                raise SchedulerTimeout(
+                    f"command on {self.host} did not finish within {timeout:g} s")
+        line = self.remote_line(argv, remaining, env)
+        result = self._exec(self.ssh_argv(line, multiplex=multiplex), stdin, remaining,
+                            shown_timeout=timeout)
         if multiplex:
             result.stderr = _strip_mux_notices(result.stderr)
-        if result.returncode == 255 and _is_connection_error(result.stderr):
-            raise SchedulerUnavailable(
-                f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
+        if result.returncode != 255:
+            return result
+        if _is_connection_error(result.stderr):
+            if _SSH_NOT_CONNECTED.match(_last_line(result.stderr)) or retry_safe:
+                raise SchedulerUnavailable(
+                    f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
+            raise self._outcome_unknown(_last_line(result.stderr))
+        # Through a master, a lost connection prints nothing at LogLevel=ERROR: the client
+        # just exits 255, as a command that exits 255 does. Only the master tells them apart:
+        # it is gone with its connection, and alive after a command's own exit code.
+        if multiplex and not self._master_alive(max(1.0, min(5.0, self.connect_timeout))):
+            if retry_safe:
+                raise SchedulerUnavailable(
+                    f"ssh to {self.host}:{self.port} failed: the shared connection was lost")
+            raise self._outcome_unknown("the shared connection was lost")
         return result
+
+    def _outcome_unknown(self, why: str) -> SchedulerTimeout:
+        """The connection went away while the command may have been running: whether it
+        acted is unknown, so no Retry-After (a 503 would invite a second sbatch)."""
+        return SchedulerTimeout(
+            f"the ssh connection to {self.host}:{self.port} was lost while the command ran "
+            f"({why}): it may or may not have taken effect; check before repeating it")
 
     def popen(self, argv, *, as_user=None, stdin=None, stdout=None, stderr=None, timeout=None,
               env=None) -> subprocess.Popen:
@@ -259,7 +338,8 @@ class SshTransport(Transport):
             return SchedulerUnavailable(f"ssh to {self.host}:{self.port} failed: {_last_line(stderr)}")
         return None
 
-    def _exec(self, args: list[str], stdin: bytes | None, timeout: float) -> CommandResult:
+    def _exec(self, args: list[str], stdin: bytes | None, timeout: float,
+              shown_timeout: float | None = None) -> CommandResult:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -270,8 +350,9 @@ class SshTransport(Transport):
             out, err = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
+            shown = timeout if shown_timeout is None else shown_timeout
             raise SchedulerTimeout(
-                f"command on {self.host} did not finish within {timeout:g} s") from None
+                f"command on {self.host} did not finish within {shown:g} s") from None
         return CommandResult(proc.returncode, out, err)
 
     def close(self) -> None:

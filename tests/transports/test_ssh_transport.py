@@ -1,4 +1,5 @@
-"""SshTransport specifics: command line, connection reuse, connection failures."""
+"""SshTransport specifics: command line, connection reuse, connection failures, connections
+lost while a command runs (outcome unknown), concurrent requests and a stalled master."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,10 @@ import threading
 
 import pytest
 
-from gateway.errors import ConfigError, SchedulerUnavailable
-from gateway.transports import make_transport
+from gateway.errors import ConfigError, SchedulerTimeout, SchedulerUnavailable
+from gateway.transports import CommandResult, make_transport
 from gateway.transports.ssh import SshTransport, remote_command_line
+from tests.support import silent_server
 
 from .test_transport_behaviour import NASTY
 
@@ -200,3 +202,150 @@ def test_forked_child_uses_a_master_of_its_own(sshd_server):
         assert t.run(["echo", "parent"]).stdout == b"parent\n"
     finally:
         t.close()
+
+
+# -- a server that stalls before the master is up ---------------------------------------
+@pytest.fixture
+def stalled_ssh_port():
+    """A TCP server on 127.0.0.1 that sends an SSH banner and then never says anything more:
+    ``ssh`` waits for the key exchange until its caller's deadline."""
+    with silent_server(b"SSH-2.0-OpenSSH_9.6\r\n") as port:
+        yield port
+
+
+def test_requests_waiting_for_a_stalled_master_answer_within_their_own_timeout(stalled_ssh_port):
+    """While one request starts the shared connection, the others wait for it only as long as
+    their own timeout: before, the Nth request answered after N x timeout."""
+    import time
+    t = SshTransport("127.0.0.1", port=stalled_ssh_port, timeout=2, connect_timeout=5,
+                     known_hosts_file="/dev/null")
+    results = []
+
+    def one():
+        start = time.monotonic()
+        try:
+            t.run(["true"])
+            results.append(("ran", time.monotonic() - start))
+        except (SchedulerTimeout, SchedulerUnavailable) as exc:
+            results.append((exc.status, time.monotonic() - start))
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+    finally:
+        t.close()
+    assert [status for status, _ in results] == [504] * 4
+    # Generous bound: timeout + 2 s each (before: 2, 4, 6 and 8 s).
+    assert max(took for _, took in results) < 4.0, results
+
+
+def test_time_spent_starting_the_master_is_taken_from_the_command_timeout(monkeypatch):
+    """The command gets what is left of its timeout once the master is up, not all of it."""
+    import time
+    t = SshTransport("h", timeout=5)
+    given = {}
+
+    def exec_(args, stdin, timeout, **kw):
+        given["timeout"] = timeout
+        return CommandResult(0, b"", b"")
+    monkeypatch.setattr(t, "_ensure_master", lambda deadline_s: time.sleep(1.5))
+    monkeypatch.setattr(t, "_exec", exec_)
+    try:
+        t.run(["true"])
+    finally:
+        t.close()
+    assert given["timeout"] <= 5 - 1.5
+
+
+# -- a connection lost while the command runs ---------------------------------------------
+def _fake_ssh(tmp_path, message: str) -> str:
+    """An ``ssh`` stand-in that prints ``message`` as ssh's last words and exits 255."""
+    script = tmp_path / "fake-ssh"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\r\\n' {shlex.quote(message)} >&2\nexit 255\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("message", [
+    "ssh: connect to host h port 22: Connection refused",
+    "ssh: Could not resolve hostname h: Name or service not known",
+    "kex_exchange_identification: read: Connection reset by peer",
+    "Connection closed by 10.0.0.1 port 22",
+    "Host key verification failed.",
+    "root@h: Permission denied (publickey).",
+])
+def test_a_failure_to_connect_is_503(tmp_path, message):
+    t = SshTransport("h", control_persist=0, ssh_binary=_fake_ssh(tmp_path, message))
+    with pytest.raises(SchedulerUnavailable) as info:
+        t.run(["sbatch", "job.sh"])
+    assert info.value.status == 503 and message in info.value.msg
+
+
+@pytest.mark.parametrize("message", [
+    "Connection to h closed by remote host.",
+    "Read from remote host h: Connection reset by peer",
+    "client_loop: send disconnect: Broken pipe",
+    "Connection reset by 10.0.0.1 port 22",
+    "Timeout, server h not responding.",
+])
+def test_a_connection_lost_while_the_command_may_run_is_an_unknown_outcome(tmp_path, message):
+    """sbatch may have submitted already: 504 without Retry-After, not a 503 that invites the
+    client to submit again. A caller whose command only reads says so and gets the 503."""
+    t = SshTransport("h", control_persist=0, ssh_binary=_fake_ssh(tmp_path, message))
+    with pytest.raises(SchedulerTimeout) as info:
+        t.run(["sbatch", "job.sh"])
+    assert info.value.status == 504 and "Retry-After" not in info.value.headers
+    assert "may or may not have taken effect" in info.value.msg
+    with pytest.raises(SchedulerUnavailable):
+        t.run(["squeue"], retry_safe=True)
+
+
+def test_the_commands_own_exit_255_stays_a_result(tmp_path):
+    t = SshTransport("h", control_persist=0, ssh_binary=_fake_ssh(tmp_path, "no such thing"))
+    result = t.run(["tool"])
+    assert result.returncode == 255 and result.stderr == b"no such thing\r\n"
+
+
+@pytest.mark.parametrize("control_persist", [60, 0])
+def test_real_connection_lost_mid_command_is_an_unknown_outcome(tmp_path, control_persist):
+    """The server side of the connection dies while the command runs. Through a master, ssh
+    says nothing (it just exits 255): the master being gone tells it from the command's own
+    exit code."""
+    import signal
+    import time
+
+    from tests.support import require
+    from tests.support.sshd import _children, sshd, sshd_available
+    ok, why = sshd_available()
+    require(ok, why)
+    started = tmp_path / "started"
+    with sshd(("root",)) as server:
+        t = make_transport(server.transport_options(control_persist=control_persist))
+        try:
+            for retry_safe, expected in ((False, SchedulerTimeout), (True, SchedulerUnavailable)):
+                started.unlink(missing_ok=True)
+                outcome = {}
+
+                def work():
+                    try:
+                        outcome["result"] = t.run(
+                            ["sh", "-c", f"touch {shlex.quote(str(started))}; sleep 20"],
+                            timeout=30, **({"retry_safe": True} if retry_safe else {}))
+                    except Exception as exc:  # noqa: BLE001 - inspected below
+                        outcome["error"] = exc
+                th = threading.Thread(target=work)
+                th.start()
+                deadline = time.monotonic() + 15
+                while not started.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert started.exists(), "the command never started"
+                for pid in _children(server.pid):      # sshd's per-connection processes
+                    os.kill(pid, signal.SIGKILL)
+                th.join(30)
+                assert isinstance(outcome.get("error"), expected), outcome
+                if expected is SchedulerTimeout:
+                    assert "Retry-After" not in outcome["error"].headers
+        finally:
+            t.close()

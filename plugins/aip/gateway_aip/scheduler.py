@@ -34,6 +34,9 @@ _STATE_ORDER = [JobState.RUNNING, JobState.SUSPENDED, JobState.PENDING, JobState
 
 _PEEK_SLACK = 4096                 # bpeek's section titles on top of max_output_bytes
 _OUTPUT_WINDOW = 1 << 20           # the first and last MiB of a large output file (its report)
+# Commands that only read: a connection lost while one ran is an outage to retry (503), not
+# an unknown outcome (504) as for bsub, bkill and the like.
+_READ_ONLY = frozenset({"bjobs", "bhist", "bhosts", "bqueues", "busers", "bpeek", "bparams", "lsid"})
 _DIR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\Z")
 
 
@@ -120,7 +123,8 @@ class AipScheduler:
         cmd = self.cmds.need(name, what)
         full_env = {**self.base_env(), **(env or {})}
         argv = C.env_prefix(full_env, chdir) + [cmd, *args]
-        res = self.transport.run(argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user)
+        res = run_command(self.transport, argv, stdin=stdin, timeout=self.o["timeout"], as_user=as_user,
+                          retry_safe=name in _READ_ONLY)
         text = res.out + res.err
         if res.returncode in (125, 126, 127) and text.startswith("env: "):
             line = text.strip().splitlines()[0]
@@ -133,10 +137,11 @@ class AipScheduler:
 
     def _run_plain(self, argv: list[str], as_user: str | None = None,
                    stdin: bytes | None = None, private: bool = False):
-        """A non-scheduler helper (getent, id, head) on the scheduler's host; ``private``: its
-        output is a secret, kept out of SSM's command history."""
+        """A non-scheduler helper (getent, id, head, mkdir -p) on the scheduler's host: each
+        is safe to repeat. ``private``: its output is a secret, kept out of SSM's command
+        history."""
         return run_command(self.transport, argv, private=private, stdin=stdin, timeout=self.o["timeout"],
-                           as_user=as_user)
+                           as_user=as_user, retry_safe=True)
 
     def account(self) -> str:
         """The transport's own account (the service account with run_as: service)."""
@@ -479,7 +484,7 @@ class AipScheduler:
         argv = ((C.env_prefix(self.base_env()) or ["env"])
                 + ["sh", "-c", 'cap=$1; shift; "$@" | head -c "$cap"', "sh", str(cap),
                    cmd, C.job_id_arg(job.job_id)])
-        res = self.transport.run(argv, timeout=self.o["timeout"], as_user=as_user)
+        res = run_command(self.transport, argv, timeout=self.o["timeout"], as_user=as_user, retry_safe=True)
         if res.returncode != 0 and res.err.startswith("sudo: "):
             raise SchedulerRefused(f"cannot run bpeek as {as_user}: {res.err.strip().splitlines()[0]}")
         failure = P.scheduler_failure(res.err)

@@ -153,7 +153,8 @@ class SlurmScheduler:
     def _run_transport(self, argv, *, as_user, stdin, timeout, private=False) -> CommandResult:
         try:
             return run_command(self.transport, argv, private=private, stdin=stdin, as_user=as_user,
-                               timeout=self.timeout if timeout is None else timeout)
+                               timeout=self.timeout if timeout is None else timeout,
+                               retry_safe=_read_only(argv))
         except ValueError as exc:          # e.g. an embedded NUL the checks let through
             raise InvalidInput(f"cannot run {argv[0]}: {exc}") from exc
 

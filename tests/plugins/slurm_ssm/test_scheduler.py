@@ -753,3 +753,22 @@ def test_the_snapshot_is_refreshed_while_nobody_reads(make):
     time.sleep(1.0)
     assert listings() == 0
     quiet.close()
+
+
+def test_reads_tell_the_transport_they_are_safe_to_repeat(make):
+    """Over SSH a connection lost while a command ran is an unknown outcome (504): sbatch
+    may have submitted. Reads say they may be repeated, so theirs is a 503 to retry."""
+    sched, t = make(run_as="sudo")
+    said = []
+    t.tells_retry_safe = True
+    plain = t.run
+
+    def run(argv, retry_safe=False, **kw):
+        said.append((list(argv)[0], retry_safe))
+        return plain(argv, **kw)
+    t.run = run
+    sched.list_jobs(user=ALICE, query=JobQuery())
+    sched.submit_job(user=ALICE, spec=JobSpec(script="#!/bin/sh\ntrue\n", name="x"))
+    sched.control_job(user=ALICE, job_id="30", action="kill")
+    assert ("squeue", True) in said
+    assert ("sbatch", False) in said and ("scancel", False) in said
