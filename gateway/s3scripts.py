@@ -15,6 +15,14 @@ Options (a plugin's ``s3:`` section)::
       endpoint_url: null          # e.g. a VPC endpoint or a local S3 server
       region_name: null
       max_script_bytes: 1048576
+      connect_timeout: 5           # seconds to connect to S3
+      read_timeout: 10             # seconds S3 may stay silent while answering
+      max_attempts: 2              # attempts in all (botocore retries transient failures)
+
+A fetch happens inside a submit request, so it is bounded like the scheduler's own commands:
+an S3 endpoint that stops answering costs at most about ``max_attempts`` x (``connect_timeout``
++ ``read_timeout``) seconds (botocore's defaults, 60 s each and 3 attempts, held a worker
+for minutes) and answers 504 (S3 did not answer in time); one that cannot be reached, 503.
 
 Credentials come from boto3's usual chain (instance role, environment, ~/.aws); the
 ``aws_access_key_id``/``aws_secret_access_key`` options exist for S3-compatible stores.
@@ -26,7 +34,7 @@ import threading
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from .errors import Forbidden, InvalidInput, SchedulerRefused, SchedulerUnavailable
+from .errors import Forbidden, InvalidInput, SchedulerRefused, SchedulerTimeout, SchedulerUnavailable
 
 #: Bucket names as S3 allows them (3-63 characters; lower case, digits, dots, hyphens).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
@@ -43,6 +51,10 @@ class S3ScriptOptions(Schema):
     aws_access_key_id = fields.String(load_default=None, allow_none=True)
     aws_secret_access_key = fields.String(load_default=None, allow_none=True)
     max_script_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1))
+    #: botocore's connect and read timeouts (seconds) and attempts in all: see the module doc.
+    connect_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
+    read_timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=600))
+    max_attempts = fields.Integer(load_default=2, validate=validate.Range(min=1, max=10))
 
     @validates("allow")
     def _check_allow(self, value, **kwargs):
@@ -118,15 +130,23 @@ class S3ScriptSource:
                     import boto3
                 except ImportError:
                     raise SchedulerRefused("s3:// script locations need boto3 on the gateway") from None
+                from botocore.config import Config
                 kw = {k: self.opts[k] for k in ("endpoint_url", "region_name", "aws_access_key_id",
                                                  "aws_secret_access_key") if self.opts.get(k)}
-                self._client = boto3.client("s3", **kw)
+                # Explicit timeouts and attempts (they also win over AWS_MAX_ATTEMPTS and the
+                # profile's settings): the request that waits is a user's submit.
+                config = Config(connect_timeout=self.opts["connect_timeout"],
+                                read_timeout=self.opts["read_timeout"],
+                                retries={"mode": "standard",
+                                         "total_max_attempts": self.opts["max_attempts"]},
+                                user_agent_extra="hpc-gateway-scripts")
+                self._client = boto3.client("s3", config=config, **kw)
             return self._client
 
     def fetch(self, url: str, user_name: str) -> bytes:
         """The script at ``url``, at most ``max_script_bytes`` long (larger: InvalidInput)."""
         bucket, key = self.check(url, user_name)
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
         limit = self.opts["max_script_bytes"]
         try:
             obj = self._s3().get_object(Bucket=bucket, Key=key)
@@ -144,6 +164,10 @@ class S3ScriptSource:
                 raise InvalidInput(f"cannot fetch {url}: {code}",
                                    errors={"scriptLocation": [f"cannot fetch: {code}"]}) from exc
             raise SchedulerRefused(f"cannot fetch {url}: {exc}") from exc
+        except ReadTimeoutError as exc:
+            # Connected, but S3 did not answer in time (every attempt): a timeout, not an
+            # unreachable service (ConnectTimeoutError and the like stay 503 below).
+            raise SchedulerTimeout(f"S3 did not answer in time for {url}: {exc}") from exc
         except BotoCoreError as exc:
             raise SchedulerUnavailable(f"cannot reach S3 for {url}: {exc}") from exc
         if len(data) > limit:

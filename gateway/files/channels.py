@@ -347,18 +347,37 @@ class S3Channel(Channel):
         self.profile = getattr(transport, "profile", None)
         self.inline_max = int(settings["inline_max_bytes"])
 
-    # boto3 clients are thread-safe; one per (endpoint, region, profile) and process.
+    # boto3 clients are thread-safe; one per (endpoint, region, profile, limits) and process.
     _clients: ClassVar[dict] = {}
+
+    #: Attempts in all for one S3 call (botocore retries a transient failure once).
+    S3_ATTEMPTS = 2
+
+    def _s3_limits(self) -> tuple[float, float]:
+        """(connect, read) timeouts of the S3 client, from ``command_timeout``.
+
+        One S3 call answers in well under a second; a silent endpoint must not hold the
+        request longer than a command may (botocore's defaults, 60 s x 3 attempts, held it
+        for minutes). Capped at botocore's own 60 s for a long ``command_timeout``; bodies
+        stream chunk by chunk, so the read timeout bounds the wait for each chunk, not a
+        whole transfer.
+        """
+        read = min(self.timeout, 60.0)
+        return min(5.0, read), read
 
     @property
     def s3(self):
-        key = (self.endpoint_url, self.region, self.profile, os.getpid())
+        connect_timeout, read_timeout = self._s3_limits()
+        key = (self.endpoint_url, self.region, self.profile, connect_timeout, read_timeout,
+               os.getpid())
         client = S3Channel._clients.get(key)
         if client is None:
             import boto3
             from botocore.config import Config
             session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-            config = Config(signature_version="s3v4", retries={"mode": "standard"},
+            config = Config(signature_version="s3v4",
+                            retries={"mode": "standard", "total_max_attempts": self.S3_ATTEMPTS},
+                            connect_timeout=connect_timeout, read_timeout=read_timeout,
                             s3={"addressing_style": "path"} if self.endpoint_url else None,
                             user_agent_extra="hpc-gateway-files")
             client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
@@ -380,7 +399,13 @@ class S3Channel(Channel):
             log.warning("cannot delete staging object s3://%s/%s: %s", self.bucket, key, exc)
 
     def _s3_error(self, exc: Exception, what: str) -> GatewayError:
+        from botocore.exceptions import ReadTimeoutError
+
         from ..errors import SchedulerUnavailable
+        if isinstance(exc, ReadTimeoutError):
+            # Connected, but S3 stayed silent past the read timeout: 504, not "unreachable".
+            return SchedulerTimeout(f"the S3 staging bucket {self.bucket} did not answer in time "
+                                    f"while {what}: {exc}")
         return SchedulerUnavailable(f"the S3 staging bucket {self.bucket} failed while {what}: {exc}")
 
     def _upload_to_s3(self, key: str, source: Iterable[bytes]) -> Transfer:

@@ -1,12 +1,16 @@
 """Job scripts from S3 (gateway.s3scripts): only objects under the operator's allow list, with
-{user} standing for the caller, are read; the rest is refused before S3 is asked anything."""
+{user} standing for the caller, are read; the rest is refused before S3 is asked anything. A
+silent S3 endpoint costs a bounded time and answers 504."""
 from __future__ import annotations
+
+import time
 
 import pytest
 from marshmallow import ValidationError
 
-from gateway.errors import Forbidden, InvalidInput
+from gateway.errors import Forbidden, InvalidInput, SchedulerTimeout
 from gateway.s3scripts import S3ScriptOptions, S3ScriptSource, split_url
+from tests.support import silent_server
 from tests.support.remote_fixtures import s3  # noqa: F401  (fixture)
 
 BUCKET = "gw-core-scripts"
@@ -112,3 +116,31 @@ def test_a_missing_own_object_and_an_oversized_one_are_client_errors(source, s3)
     with pytest.raises(InvalidInput) as e:
         source.fetch(f"s3://{BUCKET}/users/alice/big.sh", "alice")
     assert e.value.errors == {"scriptLocation": ["script too large"]}
+
+
+# -- a silent S3 endpoint -----------------------------------------------------------------
+def test_the_s3_client_is_bounded_not_botocores_defaults(monkeypatch):
+    """botocore's defaults (60 s to connect, 60 s per read, 3 attempts) held a submit for
+    minutes; the options' defaults bound it to about 2 x (5 + 10) s."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")          # explicit options win over these
+    config = S3ScriptSource({"allow": ALLOW, **UNREACHABLE})._s3().meta.config
+    assert (config.connect_timeout, config.read_timeout) == (5, 10)
+    assert config.retries["total_max_attempts"] == 2
+
+
+@pytest.fixture
+def silent_endpoint():
+    """http://127.0.0.1:PORT that accepts connections and never answers."""
+    with silent_server() as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_a_silent_s3_endpoint_is_a_504_within_the_configured_limits(silent_endpoint):
+    src = S3ScriptSource({"allow": ALLOW, "endpoint_url": silent_endpoint, "region_name": "us-east-1",
+                          "aws_access_key_id": "x", "aws_secret_access_key": "x",
+                          "connect_timeout": 1, "read_timeout": 1, "max_attempts": 2})
+    start = time.monotonic()
+    with pytest.raises(SchedulerTimeout) as e:
+        src.fetch(f"s3://{BUCKET}/users/alice/job.sh", "alice")
+    assert time.monotonic() - start < 10       # 2 attempts x 1 s, generously
+    assert e.value.status == 504 and "Retry-After" not in e.value.headers
