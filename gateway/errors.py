@@ -47,6 +47,11 @@ class Unauthorized(GatewayError):
     status = 401
     default_msg = "Not logged in or session expired: log in again with POST /login"
 
+    def __init__(self, msg: str | None = None, **kwargs):
+        super().__init__(msg, **kwargs)
+        # RFC 9110: a 401 names its scheme (here RFC 6750's bearer token).
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="hpc-gateway"')
+
 
 class Forbidden(GatewayError):
     status = 403

@@ -23,6 +23,10 @@ def test_openapi_document_is_valid_openapi_3(make_app):
     # Errors are documented, and public routes need no token.
     assert "404" in paths["/aip/v9.2/jobs/{job_id}"]["get"]["responses"]
     assert paths["/aip/v9.2/login"]["post"]["security"] == []
+    # Headers a client sends are parameters (generated clients and "Try it out" can send them).
+    for path in ("/aip/v9.2/jobs", "/aip/v9.2/vis/submit"):
+        assert "Idempotency-Key" in {p["name"] for p in paths[path]["post"]["parameters"] if p["in"] == "header"}
+    assert "415" in paths["/aip/v9.2/jobs"]["post"]["responses"]
     # The same document under the prefix.
     assert client.get("/openapi.json").body == client.flask.get("/aip/v9.2/openapi.json").get_json()
 

@@ -85,6 +85,7 @@ def test_malformed_and_tampered_tokens_are_401(make_app, token):
     r = other.get("/jobs")
     assert r.status == 401
     assert "log in" in r.body["msg"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer ")
 
 
 def test_a_token_signed_with_another_secret_is_401(make_app, tmp_path):

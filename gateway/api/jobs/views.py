@@ -201,9 +201,19 @@ def _settle_soon(store, store_key, claim, mine, ttl) -> None:
         log.warning("could not shorten the settle time of %s", store_key, exc_info=True)
 
 
+# For generated clients and Swagger UI's "Try it out" (the header is read by
+# submit_with_idempotency, not by a schema).
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"},
+    "description": "makes retries safe: the same key answers the first submission's job id and "
+                   "never creates a second job (printable ASCII, no spaces)"}
+
+
 @blp.route("")
 class Jobs(MethodView):
     @blp.arguments(JobSpecSchema)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.response(200, SubmitEnvelope)
     @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 502, 503, 504)
     def post(self, spec):

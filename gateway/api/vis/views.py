@@ -9,7 +9,7 @@ from ...errors import Conflict, Forbidden, GatewayError, NotFound
 from ...models import FINAL_STATES, JobState
 from ...vis import is_vis_job, load_vis_options, read_vis_session, submit_hook, vis_job_spec, vis_url
 from ..common import Blueprint, current_user, document_errors, ErrorEnvelope, gw, ok
-from ..jobs.views import fetch_job, submit_with_idempotency
+from ..jobs.views import IDEMPOTENCY_KEY_PARAMETER, fetch_job, submit_with_idempotency
 from .schemas import VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope
 
 blp = Blueprint("vis", __name__, url_prefix="/vis",
@@ -62,6 +62,7 @@ def _session(job_id: str):
 @blp.route("/submit")
 class VisSubmit(MethodView):
     @blp.arguments(VisSubmitSchema)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.response(200, VisSubmitEnvelope)
     @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 501, 502, 503, 504)
     def post(self, args):

@@ -30,6 +30,7 @@ from gateway.models import ClusterInfo, Health, Host, Job, JobOutput, JobState, 
 
 from . import db as jobdb
 from .dispatch import FINAL, dispatch, reap_lost
+from .runner import KILL_GRACE
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,9 @@ class MockScheduler:
             def refuse(why):
                 raise Conflict(f"cannot {action} job {job_id}: {why}")
 
+            if row["cancel_at"] and state not in FINAL:
+                # Killed, and ending (SIGTERM sent, SIGKILL after the grace): nothing else now.
+                refuse("it is being killed")
             if action == "kill":
                 if state in FINAL:
                     refuse(f"it has already finished ({state})")
@@ -305,7 +309,8 @@ class MockScheduler:
                     db.execute("UPDATE jobs SET state='CANCELLED', native_state='EXIT', reason='Killed by request', "
                                "end_time=? WHERE id=?", (time.time(), jid))
                 else:
-                    db.execute("UPDATE jobs SET cancel_at=? WHERE id=?", (time.time(), jid))
+                    db.execute("UPDATE jobs SET cancel_at=?, reason=? WHERE id=?",
+                               (time.time(), f"Being killed by request (SIGTERM; SIGKILL after {KILL_GRACE:g} s)", jid))
                     self._signal(row, signal.SIGTERM, cont=True)
             elif action == "suspend":
                 if state == "STARTING":

@@ -1,0 +1,20 @@
+"""The mock backend's job control, where it chooses how a scheduler behaves."""
+from __future__ import annotations
+
+
+def test_a_job_being_killed_takes_no_other_action_and_says_so(make_app):
+    """A job that traps SIGTERM keeps running until SIGKILL comes (KILL_GRACE later): the
+    kill answers at once with the job still RUNNING, its reason says it is being killed, and
+    a second kill or a suspend meanwhile is a 409 (the suspend was accepted, and the job sat
+    SUSPENDED until the SIGKILL)."""
+    _, client = make_app()
+    jid = client.submit(command="trap '' TERM; sleep 60")
+    client.wait_for(jid, "RUNNING")
+    r = client.post(f"/jobs/{jid}/kill")
+    assert r.status == 200, r.body
+    job = client.job(jid)                             # within the 5 s grace
+    assert job["state"] == "RUNNING" and job["reason"].startswith("Being killed by request"), job
+    for action in ("kill", "suspend", "hold", "requeue"):
+        r = client.post(f"/jobs/{jid}/{action}")
+        assert r.status == 409 and "being killed" in r.body["msg"], (action, r.body)
+    assert client.wait_for(jid, "CANCELLED", timeout=30)["state"] == "CANCELLED"
