@@ -23,8 +23,10 @@ install-test: $(VENV)/bin/activate
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# Loopback only unless told (make run GATEWAY_BIND=0.0.0.0); GATEWAY_CONFIG names a config.
+GATEWAY_BIND ?= 127.0.0.1
 run: install
-	$(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py 'gateway:create_app()'
+	GATEWAY_BIND=$(GATEWAY_BIND) $(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py 'gateway:create_app()'
 
 test: system-deps install-test
 	$(PY) -m pytest $(PYTEST_ARGS)

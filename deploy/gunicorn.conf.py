@@ -68,12 +68,15 @@ def _bind_address(host: str, port: int) -> str:
 
 wsgi_app = "gateway:create_app()"
 
+# GATEWAY_BIND wins over bind: (make run sets 127.0.0.1: a try-out should not listen on every
+# interface while the mock runs every user's jobs as this account).
+_host = os.environ.get("GATEWAY_BIND") or _cfg["bind"]
 if _cfg["ssl"] == 1:
-    bind = [_bind_address(_cfg["bind"], _cfg["https_port"])]
+    bind = [_bind_address(_host, _cfg["https_port"])]
     certfile = _cfg["cert"]
     keyfile = _cfg["key"]
 else:
-    bind = [_bind_address(_cfg["bind"], _cfg["http_port"])]
+    bind = [_bind_address(_host, _cfg["http_port"])]
 
 worker_class = "gateway.serving.GatewayWorker"
 # A client that stops sending its request, its body, or reading its answer frees its thread.

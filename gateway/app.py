@@ -34,6 +34,7 @@ PUBLIC_PREFIXES = ("api-docs.",)
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _AUTH_ENDPOINTS = frozenset({"auth.Login", "auth.Logout"})
 audit = logging.getLogger("gateway.audit")
+audit.setLevel(logging.INFO)        # written whatever log_level says (logins, changes)
 
 
 @dataclass
@@ -153,7 +154,7 @@ class _Cors:
     credentials are never allowed."""
     METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
     HEADERS = "Authorization, Content-Type, Idempotency-Key, Range, If-Range"
-    EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow"
+    EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow, X-File-Size"
 
     def __init__(self, origins: list[str]):
         self.any = "*" in origins
@@ -357,6 +358,7 @@ def create_app(config: dict | str | None = None) -> Flask:
             raise RequestEntityTooLarge()
         env["wsgi.input"], env["CONTENT_LENGTH"] = io.BytesIO(bytes(body)), str(len(body))
         del env["HTTP_TRANSFER_ENCODING"]
+        request.__dict__.pop("content_length", None)    # werkzeug cached it as None above
 
     @app.before_request
     def _take_turn():

@@ -1,4 +1,5 @@
 """Bad input: a clear message in the envelope, the right status, and nothing run."""
+import io
 import json
 
 import pytest
@@ -165,7 +166,6 @@ def test_json_nested_past_the_recursion_limit_is_400_before_login(make_app):
 def _chunked(app, path, body: bytes):
     """A body without Content-Length, as a chunked request reaches the app (gunicorn
     terminates the stream and says so in wsgi.input_terminated)."""
-    import io
     return app.test_client().post(path, input_stream=io.BytesIO(body), headers={
         "Transfer-Encoding": "chunked", "Content-Type": "application/json"},
         environ_overrides={"wsgi.input_terminated": True})
@@ -181,6 +181,11 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut_and_run(make_app, tmp_path
     assert r.status_code == 413 and "4096" in r.get_json()["msg"]
     r = _chunked(app, "/aip/v9.2/login", login + b" " * (4096 - len(login)))    # at the limit
     assert r.status_code == 200 and r.get_json()["data"]["token"]
+    # ...and read as any other body: not JSON is a 415 for a chunked one too.
+    r = app.test_client().post("/aip/v9.2/login", input_stream=io.BytesIO(b"user=admin"), headers={
+        "Transfer-Encoding": "chunked", "Content-Type": "application/x-www-form-urlencoded"},
+        environ_overrides={"wsgi.input_terminated": True})
+    assert r.status_code == 415, r.get_json()
 
 
 def test_a_body_not_sent_as_json_is_415_saying_so(make_app):

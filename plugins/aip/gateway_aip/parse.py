@@ -778,24 +778,29 @@ def strip_job_report(data: bytes) -> bytes:
     return data
 
 
-def job_report_bounds(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
+def job_report_bounds(head: bytes, tail: bytes, size: int, body_start: int | None = None
+                      ) -> tuple[int, int]:
     """Where the job's own output lies in an ``-o`` file of ``size`` bytes known only by its
     first (``head``) and last (``tail``) bytes: (start, end), as :func:`strip_job_report`
-    would cut the whole file, given that LSF's report parts lie in those windows. A file
-    reused by several jobs is read from its last report seen in either window."""
+    would cut the whole file. ``body_start``: where the last report's output begins, found
+    on the cluster (a reused file's last report may lie between the windows); without it the
+    last report seen in either window counts."""
     tail_at = size - len(tail)
     if head.startswith(_REPORT_HEAD):
-        k = tail.rfind(b"\n" + _REPORT_HEAD)
-        if k >= 0:
-            found = tail.find(_REPORT_FOLLOWS, k + 1)
-            start = tail_at + found if found >= 0 else -1
+        if body_start is not None:
+            start = body_start
         else:
-            k = head.rfind(b"\n" + _REPORT_HEAD)
-            found = head.find(_REPORT_FOLLOWS, k + 1 if k > 0 else 0)
-            start = found
-        if start < 0:
-            return 0, 0             # report still being written, or no output section
-        start += len(_REPORT_FOLLOWS)
+            k = tail.rfind(b"\n" + _REPORT_HEAD)
+            if k >= 0 or tail_at > len(head) and tail.startswith(_REPORT_HEAD):
+                k = k + 1 if k >= 0 else 0
+                found = tail.find(_REPORT_FOLLOWS, k)
+                start = tail_at + found if found >= 0 else -1
+            else:
+                k = head.rfind(b"\n" + _REPORT_HEAD)
+                start = head.find(_REPORT_FOLLOWS, k + 1 if k > 0 else 0)
+            if start < 0:
+                return 0, 0         # report still being written, or no output section
+            start += len(_REPORT_FOLLOWS)
         j = tail.rfind(_PS_MARKER)
         end = tail_at + j if j >= 0 and tail_at + j >= start else size
         return start, end
@@ -803,6 +808,9 @@ def job_report_bounds(head: bytes, tail: bytes, size: int) -> tuple[int, int]:
     for m in _REPORT_TAIL.finditer(tail):
         pass
     return 0, (tail_at + m.start() if m is not None else size)
+
+
+REPORT_FOLLOWS_LEN = len(_REPORT_FOLLOWS)
 
 
 def resolve_output_path(pattern: str | None, job_id: str, cwd: str | None,

@@ -49,6 +49,9 @@ class AipScheduler:
 
     def __init__(self, options: dict):
         self.o = load_options(options)
+        # (output path, job id) -> (where the job's own output starts, the file's size then):
+        # found once by grep on the cluster for a large file with LSF's reports (_read_output).
+        self._body_starts: dict[tuple[str, str], tuple[int, int]] = {}
         self.service = self.o["run_as"] == "service"
         self.cmds = C.CommandSet(self.o["commands"], dict(self.o["commands_override"]),
                                  self.o["bindir"])
@@ -507,20 +510,33 @@ class AipScheduler:
         no more than that, however large the file."""
         window = min(_OUTPUT_WINDOW, self.o["max_output_bytes"] // 2)
         as_user = self._as_for_job(user, job)
-        res = self._run_plain(C.output_windows(path, window), as_user=as_user)
+        known = self._body_starts.get((path, job.job_id)) if report else None
+        res = self._run_plain(C.output_windows(path, window, scan=report and known is None), as_user=as_user)
         self._check_read(res, path)
         if res.returncode != 0:
             return b"", 0
-        size_line, _, data = res.stdout.partition(b"\n")
+        first, _, data = res.stdout.partition(b"\n")
         try:
-            size = int(size_line)
+            size, *found = first.split()
+            size = int(size)
+            report_at, follows_at = (int(x) if x.isdigit() else None for x in (found + [b"-", b"-"])[:2])
         except ValueError:
-            raise SchedulerRefused(f"cannot read {path}: no size in {size_line[:80]!r}") from None
+            raise SchedulerRefused(f"cannot read {path}: no size in {first[:80]!r}") from None
         if size <= 2 * window or len(data) < 2 * window:      # all of it
             body = P.strip_job_report(data) if report else data
             return body[offset:offset + limit], len(body)
         head, tail = data[:window], data[window:]
-        start, end = P.job_report_bounds(head, tail, size) if report else (0, size)
+        body_start = None
+        if known is not None and known[1] <= size:
+            body_start = known[0]
+        elif report_at is not None and follows_at is not None:
+            # The last report's output, found on the cluster: kept for this job's next
+            # reads (a finished job's file only grows if the name is reused).
+            body_start = report_at + follows_at + P.REPORT_FOLLOWS_LEN
+            if len(self._body_starts) >= 1024:
+                self._body_starts.pop(next(iter(self._body_starts)))
+            self._body_starts[(path, job.job_id)] = (body_start, size)
+        start, end = P.job_report_bounds(head, tail, size, body_start) if report else (0, size)
         total = max(end - start, 0)
         count = min(limit, total - offset, self.o["max_output_bytes"])
         if count <= 0:

@@ -653,6 +653,17 @@ _CONFLICT = re.compile(
     r"Requested operation is presently disabled|Job is current|Job not held|"
     r"Job is already|operation disabled|Invalid node state specified|already in requested state",
     re.I)
+# Of the conflicts, those of a job that has ended (a task that ended between a look at the
+# queue and the action on it).
+_ENDED = re.compile(r"already completing or completed|Job has already finished", re.I)
+
+
+def ended_since(words: str) -> bool:
+    """Whether Slurm refused because the job has ended (scontrol: '<id>: Job/step already
+    completing or completed')."""
+    return bool(_ENDED.search(words or ""))
+
+
 _FORBIDDEN = re.compile(r"Access/permission denied|Invalid user id|sudo: unknown user|User not found|"
                         r"not permitted to use this partition", re.I)
 # Where the client's input is at fault (sbatch and friends): 422.

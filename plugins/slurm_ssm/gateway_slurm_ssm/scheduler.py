@@ -557,17 +557,17 @@ class SlurmScheduler:
 
     def _suspend_tasks(self, job_id: str, tasks: list[str], account: str | None) -> None:
         """An administrator's suspension of an array's running tasks. A task that has ended
-        (or been suspended) since the look is passed over; any other refusal stops, and the
-        answer names the tasks already suspended."""
+        since the look is passed over; any other refusal stops, and the answer names the
+        tasks already suspended."""
         done, passed = [], []
         for task in tasks:
             try:
                 self._check(self._run(commands.job_action("suspend", task), as_user=account))
-            except Conflict:
-                passed.append(task)
-                continue
             except GatewayError as exc:
-                if done:
+                if isinstance(exc, Conflict) and parse.ended_since(exc.msg):
+                    passed.append(task)
+                    continue
+                if done:                         # any other refusal stops, and says so
                     raise type(exc)(f"{exc.msg}; suspended before that: {', '.join(done)}") from exc
                 raise
             done.append(task)
@@ -591,8 +591,10 @@ class SlurmScheduler:
                 in_flight = task
                 try:
                     self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
-                except Conflict:                 # it has ended since the look: passed over
-                    in_flight = None
+                except Conflict as exc:
+                    if not parse.ended_since(exc.msg):
+                        raise
+                    in_flight = None             # it has ended since the look: passed over
                     continue
                 suspended.append(task)
                 in_flight = None

@@ -664,3 +664,29 @@ def test_the_report_bounds_from_two_windows_cut_as_the_whole_file_would():
             data = head + body + ps + head + b"new output\n" * rng.randrange(0, 50) + ps
         start, end = parse.job_report_bounds(data[:window], data[-window:], len(data))
         assert data[start:end] == parse.strip_job_report(data), (case, kind, start, end)
+    # The last report starting exactly where the last window does.
+    last = head + b"n" * (window - len(head) - len(ps)) + ps
+    data = head + b"old\n" * 2000 + last
+    assert len(last) == window
+    start, end = parse.job_report_bounds(data[:window], data[-window:], len(data))
+    assert data[start:end] == parse.strip_job_report(data) == b"n" * (window - len(head) - len(ps))
+
+
+def test_a_reused_files_last_report_between_the_windows_is_found_by_its_offset():
+    """-o appends: a file reused by two jobs, the second's output longer than a window, has
+    its last report in neither window. The plugin greps for it on the cluster (the report's
+    offset and its 'follows' line) and passes where the output starts."""
+    report = fixture_bytes("openlava-2.2/quick_3.out")
+    head = report.split(b"quick done\nalice\n")[0]
+    ps = b"\n\nPS:\n\nRead file </home/a/x.err> for stderr output of this job.\n\n"
+    window = 2048
+    second = b"".join(b"second %d\n" % i for i in range(2000))
+    data = head + b"first\n" * 1000 + ps + head + second + ps
+    without = parse.job_report_bounds(data[:window], data[-window:], len(data))
+    assert data[without[0]:without[1]] != second                  # the windows alone cannot tell
+    # What the cluster's grep -b finds: the last report line, and its follows line from there.
+    report_at = data.rfind(b"\nSender: LSF System <") + 1
+    follows_at = data.index(b"The output (if any) follows:\n", report_at) - report_at
+    body_start = report_at + follows_at + parse.REPORT_FOLLOWS_LEN
+    start, end = parse.job_report_bounds(data[:window], data[-window:], len(data), body_start)
+    assert data[start:end] == second == parse.strip_job_report(data)

@@ -151,6 +151,35 @@ def test_a_large_finished_output_is_read_by_ranges_to_its_last_byte(cluster):
         s.close()
 
 
+def test_a_reused_output_file_gives_the_last_jobs_output_whatever_its_size(cluster):
+    """-o appends: two jobs writing to one file leave two reports, the second's in the middle
+    of a file much larger than the windows read. The last report is found on the cluster
+    (grep, once per job) and only the second job's output comes back."""
+    s = plugin(cluster, listing="json", max_output_bytes=1 << 20)
+    scans, run = [], s.transport.run
+
+    def recording(argv, **kw):
+        if "sh" in argv and "-c" in argv:
+            scans.append(argv[-1])
+        return run(argv, **kw)
+    s.transport.run = recording
+    out = f"/tmp/gw-reused-{os.getpid()}-{time.monotonic_ns()}.out"
+    try:
+        first = s.submit_job(user=ALICE, spec=JobSpec(command="seq 1 300000", stdout=out))
+        wait(s, first, JobState.COMPLETED)
+        second = s.submit_job(user=ALICE, spec=JobSpec(command="seq 500001 800000", stdout=out))
+        wait(s, second, JobState.COMPLETED)
+        expected = "".join(f"{i}\n" for i in range(500001, 800001)).encode()
+        for offset in (0, 700_000, len(expected) - 1000):
+            got = s.job_output(user=ALICE, job_id=second, stream="stdout", offset=offset, limit=65536)
+            assert got.size == len(expected) and got.data == expected[offset:offset + 65536], offset
+        assert scans[0] == "1" and set(scans[1:]) == {"0"}          # grep once for the job
+    finally:
+        s.close()
+        if os.path.exists(out):
+            os.unlink(out)
+
+
 def test_a_dependency_on_no_job_is_the_clients_input(b):
     """bsub -w naming a job LSF does not know: "999999: No matching job found. Job not
     submitted." is a 422, not a 502. (Slurm 22.05 accepts such a dependency and runs the job

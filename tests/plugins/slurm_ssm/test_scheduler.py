@@ -515,6 +515,18 @@ def test_an_administrator_suspends_the_tasks_running_now_not_those_of_the_snapsh
     with pytest.raises(Conflict) as e:
         sched.control_job(user=ADMIN, job_id="36", action="suspend")
     assert "36_2, 36_4 are no longer running" in e.value.msg
+    # Any other refusal is not passed over: the answer says it and what was suspended before.
+    slurm.changes[39]["job_state"] = slurm.changes[36]["job_state"] = "RUNNING"
+    sched.snapshot.invalidate()
+
+    def disabled(argv):
+        if argv[-1] == "36_4":
+            return CommandResult(1, b"", b"36_4: Requested operation is presently disabled\n")
+        return real(argv)
+    t.answer(["scontrol", "suspend"], disabled)
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ADMIN, job_id="36", action="suspend")
+    assert "presently disabled" in e.value.msg and "suspended before that: 36_2" in e.value.msg
 
 
 def test_an_owners_task_that_ends_before_its_suspend_is_passed_over(make):
