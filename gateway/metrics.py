@@ -186,6 +186,12 @@ class Metrics:
                                registry=r, multiprocess_mode="livesum")
         self.logins = Counter("hpcgw_logins_total", "Login attempts by outcome (success, failure, limited)",
                               ["outcome"], registry=r)
+        # Series that exist from the start at 0, so alerts on rate() or absence work before
+        # the first event (made here, in the worker, not at import in gunicorn's master).
+        for outcome in ("success", "failure", "limited"):
+            self.logins.labels(outcome)
+        for phase in ("head", "body", "answer"):
+            CLIENT_TIMEOUTS.labels(phase)
         self._sessions_lock = threading.Lock()
         self._sessions: tuple[float, int | None] = (0.0, None)
 

@@ -190,3 +190,18 @@ def test_snapshot_time_is_the_newest_over_worker_processes(tmp_path):
     assert sample(s, "hpcgw_scheduler_snapshot_timestamp_seconds", plugin="p") == pytest.approx(now - 3)
     assert t0 - (now - 3) <= sample(s, "hpcgw_scheduler_snapshot_age_seconds", plugin="p") <= t1 - (now - 3)
     assert sample(s, "hpcgw_scheduler_commands_total", plugin="p", command="squeue", outcome="ok") == 3
+
+
+def test_event_counters_exist_at_zero_before_the_first_event(tmp_path):
+    """Alerts on rate() or on absence need the series before anything happened: logins by
+    outcome and slow-client cuts by phase are there at 0 from the start."""
+    from gateway import create_app
+    app = create_app({"work_dir": str(tmp_path), "log_level": "error",
+                      "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "m")}}})
+    try:
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["hpc_gateway"].scheduler.close()
+    for series in ('hpcgw_logins_total{outcome="failure"}', 'hpcgw_logins_total{outcome="limited"}',
+                   'hpcgw_client_timeouts_total{phase="head"}', 'hpcgw_client_timeouts_total{phase="answer"}'):
+        assert f"{series} 0.0" in text, series
