@@ -6,7 +6,7 @@ words too (``native_state``, ``reason``). Times are timezone-aware UTC datetimes
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 
@@ -65,6 +65,31 @@ class JobSpec:
     dependency: str | None = None
     hold: bool = False
     native_options: list[str] = field(default_factory=list)
+
+
+# The paths of a job spec that may start with "~": the user's directory on the cluster, the
+# same place "~" is in the files API (their home, or their own directory under a shared
+# service account), for every plugin.
+HOME_PATH_FIELDS = ("work_dir", "script_location", "stdout", "stderr")
+
+
+def has_home_paths(spec: JobSpec) -> bool:
+    return any(_tilde(getattr(spec, f)) for f in HOME_PATH_FIELDS)
+
+
+def expand_home(spec: JobSpec, home: str) -> JobSpec:
+    """``spec`` with a leading ``~`` or ``~/`` of its paths replaced by ``home``."""
+    home = home.rstrip("/") or "/"
+    changes = {}
+    for name in HOME_PATH_FIELDS:
+        value = getattr(spec, name)
+        if _tilde(value):
+            changes[name] = home if value == "~" else home.rstrip("/") + value[1:]
+    return replace(spec, **changes) if changes else spec
+
+
+def _tilde(value) -> bool:
+    return isinstance(value, str) and (value == "~" or value.startswith("~/"))
 
 
 @dataclass

@@ -169,6 +169,19 @@ def test_ranges_and_following_a_growing_file(files, workdir):
     assert r.status_code == 206 and r.data == data[1000:81000]
 
 
+def test_tilde_in_a_job_spec_is_the_files_apis_home(files, home):
+    """workDir, scriptLocation and stdout may start with ~: the same directory as ~ in the
+    files API on every backend (the mock took workDir ~ alone; Slurm and AIP refused it)."""
+    name = f"gw-tilde-{uuid.uuid4().hex[:8]}"
+    assert upload(files.alice, f"{home}/{name}.sh", b"#!/bin/sh\necho tilde-ok\npwd\n").status_code == 200
+    jid = files.alice.submit(scriptLocation=f"~/{name}.sh", workDir="~", stdout=f"~/{name}.out", name=name)
+    job = files.alice.wait_for(jid, {"COMPLETED", "FAILED"}, timeout=120)
+    assert job["state"] == "COMPLETED", job
+    expected = f"tilde-ok\n{home}\n".encode()
+    assert expected in download(files.alice, f"{home}/{name}.out").data      # (LSF adds its report)
+    assert files.alice.output(jid)["data"].encode() == expected
+
+
 def test_multipart_upload_and_the_vendors_routes(files, workdir, home):
     data = payload(50_000)
     r = call(files.alice, "POST", "/file/upload",

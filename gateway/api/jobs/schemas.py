@@ -45,7 +45,8 @@ class JobSpecSchema(Schema):
                             metadata={"description": "a command line run as the job (by the job's shell, as you)"})
     scriptLocation = fields.String(attribute="script_location",
                                    validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars],
-                                   metadata={"description": "a script file on the cluster (absolute path, read as the "
+                                   metadata={"description": "a script file on the cluster (absolute path, or ~/... in "
+                                                           "your directory there, as in the files API; read as the "
                                                            "user), or s3://bucket/key under a prefix the operator "
                                                            "allows for this user (else 403)"})
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
@@ -57,7 +58,8 @@ class JobSpecSchema(Schema):
     memoryMB = fields.Integer(attribute="memory_mb", validate=validate.Range(min=1, max=1 << 40), strict=True)
     timeLimitMinutes = fields.Integer(attribute="time_limit_minutes", validate=validate.Range(min=1, max=10 * 525600),
                                       strict=True)
-    workDir = _path_field("working directory on the cluster", attribute="work_dir")
+    workDir = _path_field("working directory on the cluster (absolute, or ~ / ~/... for your directory "
+                          "there, the files API's ~)", attribute="work_dir")
     environment = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
                               values=fields.String(validate=[validate.Length(max=32768), no_nul]),
                               metadata={"description": "extra environment variables"})

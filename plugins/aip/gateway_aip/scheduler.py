@@ -13,7 +13,8 @@ from gateway import scriptfile
 from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, SchedulerRefused,
                             SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
-from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo)
+from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home,
+                            has_home_paths)
 from gateway.s3scripts import S3ScriptSource
 from gateway.transports import check_not_the_gateways_account, make_transport, run_command
 
@@ -355,6 +356,12 @@ class AipScheduler:
     # ================================================================ jobs
     @hookimpl
     def submit_job(self, user, spec):
+        if has_home_paths(spec):
+            home = self.user_home(user)
+            if not home:
+                raise SchedulerUnavailable(f"the home directory of {user.name} on the cluster is unknown "
+                                           "(getent passwd failed): give absolute paths")
+            spec = expand_home(spec, home)
         script_text = None
         if spec.script_location:
             script_text = self._read_script(user, spec.script_location)

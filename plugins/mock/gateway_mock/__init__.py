@@ -26,7 +26,8 @@ from marshmallow import Schema, ValidationError, fields, validate
 from gateway import scriptfile
 from gateway.errors import ConfigError, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.hookspecs import hookimpl
-from gateway.models import ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, User, UserInfo
+from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState, Queue, User, UserInfo,
+                            expand_home)
 
 from . import db as jobdb
 from .dispatch import FINAL, dispatch, reap_lost
@@ -199,6 +200,14 @@ class MockScheduler:
         if (spec.cpus or 1) > self.opts["slots"]:
             raise InvalidInput(f"{spec.cpus} CPUs requested but the host has {self.opts['slots']} slots",
                                errors={"cpus": ["more than the cluster has"]})
+        if self.opts["run_as"] == "sudo":
+            home = entry.pw_dir
+        else:
+            # Jobs run as the service account: their default place is the service's, not the
+            # user's home (files the user could not remove would pile up there).
+            home = os.path.join(self.state_dir, "home", user.name)
+            os.makedirs(home, mode=0o755, exist_ok=True)
+        spec = expand_home(spec, home)             # "~" as in the files API
         if spec.script is not None:
             script, command = spec.script.encode(), None
         elif spec.command is not None:
@@ -207,16 +216,7 @@ class MockScheduler:
             if spec.script_location.startswith("s3://"):
                 raise InvalidInput("s3:// script locations are not supported by the mock backend")
             script, command = self._read_script(user, spec.script_location), spec.script_location
-        if self.opts["run_as"] == "sudo":
-            home = entry.pw_dir
-        else:
-            # Jobs run as the service account: their default place is the service's, not the
-            # user's home (files the user could not remove would pile up there).
-            home = os.path.join(self.state_dir, "home", user.name)
-            os.makedirs(home, mode=0o755, exist_ok=True)
         work_dir = spec.work_dir or home
-        if work_dir == "~" or work_dir.startswith("~/"):
-            work_dir = home + work_dir[1:]
         if not os.path.isabs(work_dir):
             raise InvalidInput("workDir must be an absolute path", errors={"workDir": ["not absolute"]})
         now = time.time()

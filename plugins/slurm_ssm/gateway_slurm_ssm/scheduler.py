@@ -31,7 +31,7 @@ from gateway import scriptfile
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
                             NotImplementedByPlugin, SchedulerRefused, SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
-from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo
+from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home, has_home_paths
 from gateway.s3scripts import S3ScriptSource
 from gateway.transports import CommandResult, check_not_the_gateways_account, make_transport, run_command
 
@@ -389,6 +389,12 @@ class SlurmScheduler:
     @hookimpl
     def submit_job(self, user, spec):
         account = self._account_for(user.name)
+        if has_home_paths(spec):
+            home = self._user_dir(user.name)
+            if not home:
+                raise SchedulerUnavailable(f"the home directory of {account or 'the service account'} on "
+                                           "the cluster is unknown (getent passwd failed): give absolute paths")
+            spec = expand_home(spec, home)
         # Every check before anything runs (on the cluster or in S3).
         env_vars = commands.check_environment(spec.environment) if spec.environment else None
         location = spec.script_location
