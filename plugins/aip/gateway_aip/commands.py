@@ -317,30 +317,36 @@ def submit_args(spec: JobSpec, *, native_allow: Mapping[str, int] = DEFAULT_NATI
 
 # --------------------------------------------------------------------------- output files
 
-# A finished job's output file, without reading all of it. First line: its size and, with
-# scan=1 for a file larger than two windows that starts with LSF's report, the byte offset of
-# the last report ("Sender: LSF System <" at a line start: -o appends, so a reused file holds
-# every earlier job's) and of its "The output (if any) follows:" line from there ("-" when
-# none); grep runs on the cluster, nothing more travels. Then the whole file when it is at
-# most two windows, else its first window and the window ending at the size just measured
-# (a file still growing does not shift it). The path, window and flag are positional
+# A finished job's output file, without reading all of it. First line: its size and, for a
+# file larger than two windows that starts with LSF's report and whose size is not ``known``
+# (the size at the plugin's last scan of it), the byte offset of the last report ("Sender:
+# LSF System <" at a line start: -o appends, so a reused or requeued job's file holds every
+# run's) and of its "The output (if any) follows:" line from there ("-" when none). The scan
+# runs on the cluster, bounded (10 s, 256 MiB of memory: grep holds a line, and a binary
+# output may have none); when it fails the plugin falls back to the windows. Then the whole
+# file when it is at most two windows, else its first window and the window ending at the
+# size just measured (a file still growing does not shift it). The arguments are positional
 # parameters, never part of the script. `env` first: docs/aip.md's sudoers lets the gateway
 # run env.
 _OUTPUT_WINDOWS = (
-    'f=$1; w=$2; scan=$3; s=$(wc -c < "$f") || exit 1; r=-; o=-; '
-    'if [ "$scan" = 1 ] && [ "$s" -gt $((2 * w)) ] '
+    'f=$1; w=$2; k=$3; s=$(wc -c < "$f") || exit 1; r=-; o=-; '
+    'if [ "$s" != "$k" ] && [ "$k" != no ] && [ "$s" -gt $((2 * w)) ] '
     '&& [ "$(head -c 20 < "$f")" = "Sender: LSF System <" ]; then '
-    'r=$(grep -a -b "^Sender: LSF System <" < "$f" | tail -n 1 | cut -d: -f1); '
-    'if [ -n "$r" ]; then o=$(tail -c +$((r + 1)) < "$f" '
-    '| grep -a -b -m 1 -x "The output (if any) follows:" | cut -d: -f1); fi; '
+    'r=$( (ulimit -v 262144; LC_ALL=C timeout 10 grep -a -b "^Sender: LSF System <" < "$f") '
+    '| tail -n 1 | cut -d: -f1); '
+    'if [ -n "$r" ]; then o=$( (ulimit -v 262144; tail -c +$((r + 1)) < "$f" '
+    '| LC_ALL=C timeout 10 grep -a -b -m 1 -x "The output (if any) follows:") | cut -d: -f1); fi; '
     'r=${r:--}; o=${o:--}; fi; '
     'echo "$s $r $o"; '
     'if [ "$s" -le $((2 * w)) ]; then head -c "$s" < "$f"; '
     'else head -c "$w" < "$f"; tail -c +$((s - w + 1)) < "$f" | head -c "$w"; fi')
 
 
-def output_windows(path: str, window: int, scan: bool = False) -> list[str]:
-    return ["env", "sh", "-c", _OUTPUT_WINDOWS, "sh", path, str(int(window)), "1" if scan else "0"]
+def output_windows(path: str, window: int, known_size: int | None = None, scan: bool = True) -> list[str]:
+    """``known_size``: the size at the last scan (no new scan while it is the same);
+    ``scan``: False for a file without reports to look for (stderr)."""
+    known = "no" if not scan else ("-" if known_size is None else str(int(known_size)))
+    return ["env", "sh", "-c", _OUTPUT_WINDOWS, "sh", path, str(int(window)), known]
 
 
 def read_range(path: str, offset: int, count: int) -> list[str]:

@@ -53,6 +53,7 @@ class AipScheduler:
         # (output path, job id) -> (where the job's own output starts, the file's size then):
         # found once by grep on the cluster for a large file with LSF's reports (_read_output).
         self._body_starts: dict[tuple[str, str], tuple[int, int]] = {}
+        self._body_starts_lock = threading.Lock()
         self.service = self.o["run_as"] == "service"
         self.cmds = C.CommandSet(self.o["commands"], dict(self.o["commands_override"]),
                                  self.o["bindir"])
@@ -518,7 +519,8 @@ class AipScheduler:
         window = min(_OUTPUT_WINDOW, self.o["max_output_bytes"] // 2)
         as_user = self._as_for_job(user, job)
         known = self._body_starts.get((path, job.job_id)) if report else None
-        res = self._run_plain(C.output_windows(path, window, scan=report and known is None), as_user=as_user)
+        res = self._run_plain(C.output_windows(path, window, known[1] if known else None, scan=report),
+                              as_user=as_user)
         self._check_read(res, path)
         if res.returncode != 0:
             return b"", 0
@@ -534,15 +536,16 @@ class AipScheduler:
             return body[offset:offset + limit], len(body)
         head, tail = data[:window], data[window:]
         body_start = None
-        if known is not None and known[1] <= size:
-            body_start = known[0]
-        elif report_at is not None and follows_at is not None:
-            # The last report's output, found on the cluster: kept for this job's next
-            # reads (a finished job's file only grows if the name is reused).
+        if report_at is not None and follows_at is not None:
+            # The last report's output, found on the cluster: kept for this job's next reads
+            # while the file keeps this size (it grows with a requeue's or another job's run).
             body_start = report_at + follows_at + P.REPORT_FOLLOWS_LEN
-            if len(self._body_starts) >= 1024:
-                self._body_starts.pop(next(iter(self._body_starts)))
-            self._body_starts[(path, job.job_id)] = (body_start, size)
+            with self._body_starts_lock:
+                if len(self._body_starts) >= 1024:
+                    self._body_starts.pop(next(iter(self._body_starts)))
+                self._body_starts[(path, job.job_id)] = (body_start, size)
+        elif known is not None and known[1] == size:
+            body_start = known[0]
         start, end = P.job_report_bounds(head, tail, size, body_start) if report else (0, size)
         total = max(end - start, 0)
         count = min(limit, total - offset, self.o["max_output_bytes"])

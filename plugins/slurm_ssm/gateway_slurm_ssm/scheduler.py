@@ -598,10 +598,10 @@ class SlurmScheduler:
                 try:
                     self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
                 except Conflict as exc:
+                    in_flight = None             # refused: Slurm did nothing to it
                     if not parse.ended_since(exc.msg):
                         raise
-                    in_flight = None             # it has ended since the look: passed over
-                    continue
+                    continue                     # it has ended since the look: passed over
                 suspended.append(task)
                 in_flight = None
             if not suspended:

@@ -384,6 +384,16 @@ class FakeSlurm:
         self._job(argv)["job_state"] = "RUNNING"
         return OK
 
+    def refuse_suspend(self, task, words="Requested operation is presently disabled"):
+        """From now on Slurm refuses to suspend ``task`` (and does nothing to it)."""
+        plain = self.suspend
+
+        def suspend(argv):
+            if argv[-1] == task:
+                return CommandResult(1, b"", f"{task}: {words}\n".encode())
+            return plain(argv)
+        self.t.answer(["scontrol", "suspend"], suspend)
+
     def update(self, argv):
         if self.t.calls[-1]["as_user"] not in self.administrators:
             return CommandResult(1, b"", b"Access/permission denied for job 30\n")
@@ -518,12 +528,7 @@ def test_an_administrator_suspends_the_tasks_running_now_not_those_of_the_snapsh
     # Any other refusal is not passed over: the answer says it and what was suspended before.
     slurm.changes[39]["job_state"] = slurm.changes[36]["job_state"] = "RUNNING"
     sched.snapshot.invalidate()
-
-    def disabled(argv):
-        if argv[-1] == "36_4":
-            return CommandResult(1, b"", b"36_4: Requested operation is presently disabled\n")
-        return real(argv)
-    t.answer(["scontrol", "suspend"], disabled)
+    slurm.refuse_suspend("36_4")
     with pytest.raises(Conflict) as e:
         sched.control_job(user=ADMIN, job_id="36", action="suspend")
     assert "presently disabled" in e.value.msg and "suspended before that: 36_2" in e.value.msg
@@ -784,3 +789,15 @@ def test_reads_tell_the_transport_they_are_safe_to_repeat(make):
     sched.control_job(user=ALICE, job_id="30", action="kill")
     assert ("squeue", True) in said
     assert ("sbatch", False) in said and ("scancel", False) in said
+
+
+def test_an_owners_suspend_refused_for_a_task_does_not_resume_that_task(make):
+    """Slurm refused to suspend 36_2 (it did nothing): the undo resumes 36_1, which this call
+    suspended, and leaves 36_2 alone (it may be an administrator's suspension)."""
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    FakeSlurm(t).refuse_suspend("36_2")
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ALICE, job_id="36", action="suspend")
+    assert "presently disabled" in e.value.msg
+    resumed = [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "resume"]]
+    assert resumed == ["36_1"]
