@@ -79,12 +79,12 @@ def has_home_paths(spec: JobSpec) -> bool:
 
 def expand_home(spec: JobSpec, home: str) -> JobSpec:
     """``spec`` with a leading ``~`` or ``~/`` of its paths replaced by ``home``."""
-    home = home.rstrip("/") or "/"
+    base = home.rstrip("/")                 # "" for a home of "/"
     changes = {}
     for name in HOME_PATH_FIELDS:
         value = getattr(spec, name)
         if _tilde(value):
-            changes[name] = home if value == "~" else home.rstrip("/") + value[1:]
+            changes[name] = base + value[1:] if value != "~" else base or "/"
     return replace(spec, **changes) if changes else spec
 
 

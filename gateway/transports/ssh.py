@@ -290,26 +290,22 @@ class SshTransport(Transport):
         if result.returncode != 255:
             return result
         if _is_connection_error(result.stderr):
-            if _SSH_NOT_CONNECTED.match(_last_line(result.stderr)) or retry_safe:
-                raise SchedulerUnavailable(
-                    f"ssh to {self.host}:{self.port} failed: {_last_line(result.stderr)}")
-            raise self._outcome_unknown(_last_line(result.stderr))
-        # Through a master, a lost connection prints nothing at LogLevel=ERROR: the client
-        # just exits 255, as a command that exits 255 does. Only the master tells them apart:
-        # it is gone with its connection, and alive after a command's own exit code.
-        if multiplex and not self._master_alive(max(1.0, min(5.0, self.connect_timeout))):
-            if retry_safe:
-                raise SchedulerUnavailable(
-                    f"ssh to {self.host}:{self.port} failed: the shared connection was lost")
-            raise self._outcome_unknown("the shared connection was lost")
-        return result
-
-    def _outcome_unknown(self, why: str) -> SchedulerTimeout:
-        """The connection went away while the command may have been running: whether it
-        acted is unknown, so no Retry-After (a 503 would invite a second sbatch)."""
-        return SchedulerTimeout(
-            f"the ssh connection to {self.host}:{self.port} was lost while the command ran "
-            f"({why}): it may or may not have taken effect; check before repeating it")
+            why = _last_line(result.stderr)
+            may_have_run = not _SSH_NOT_CONNECTED.match(why)
+        elif multiplex and not self._master_alive(max(1.0, min(5.0, self.connect_timeout))):
+            # Through a master, a lost connection prints nothing at LogLevel=ERROR: the client
+            # just exits 255, as a command that exits 255 does. Only the master tells them
+            # apart: it is gone with its connection, and alive after a command's own exit code.
+            why, may_have_run = "the shared connection was lost", True
+        else:
+            return result
+        if may_have_run and not retry_safe:
+            # Whether the command acted is unknown: no Retry-After (a 503 would invite a
+            # second sbatch).
+            raise SchedulerTimeout(
+                f"the ssh connection to {self.host}:{self.port} was lost while the command ran "
+                f"({why}): it may or may not have taken effect; check before repeating it")
+        raise SchedulerUnavailable(f"ssh to {self.host}:{self.port} failed: {why}")
 
     def popen(self, argv, *, as_user=None, stdin=None, stdout=None, stderr=None, timeout=None,
               env=None) -> subprocess.Popen:

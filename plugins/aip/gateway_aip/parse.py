@@ -754,28 +754,15 @@ def strip_job_report(data: bytes) -> bytes:
     """The job's own output from an ``-o`` file: LSF wraps it in a mail-style report.
 
     OpenLava/AIP write the report first and the output after ``The output (if any)
-    follows:``; with ``LSB_STDOUT_DIRECT=Y`` LSF writes the output first and appends the
-    report. A file without a report is returned unchanged.
+    follows:``, and drop a ``PS: Read file <x.err> ...`` note after it; with
+    ``LSB_STDOUT_DIRECT=Y`` LSF writes the output first and appends the report. -o appends:
+    a file reused by an earlier job (ids wrap) holds several reports, and the last counts.
+    A file without a report is returned unchanged; one whose report is still being written
+    (no output section yet) gives nothing. :func:`job_report_bounds` with the whole file as
+    both windows.
     """
-    if data.startswith(_REPORT_HEAD):
-        # -o appends: a file reused by an earlier job (ids wrap) holds several reports
-        last = data.rfind(b"\n" + _REPORT_HEAD)
-        if last > 0:
-            data = data[last + 1:]
-        i = data.find(_REPORT_FOLLOWS)
-        if i < 0:
-            return b""          # report still being written, or no output section
-        body = data[i + len(_REPORT_FOLLOWS):]
-        j = body.rfind(_PS_MARKER)   # "PS: Read file <x.err> for stderr output of this job."
-        if j >= 0:
-            body = body[:j]
-        return body
-    m = None
-    for m in _REPORT_TAIL.finditer(data):
-        pass
-    if m is not None:
-        return data[:m.start()]
-    return data
+    start, end = job_report_bounds(data, data, len(data))
+    return data[start:end]
 
 
 def job_report_bounds(head: bytes, tail: bytes, size: int, body_start: int | None = None

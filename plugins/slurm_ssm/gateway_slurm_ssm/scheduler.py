@@ -561,25 +561,37 @@ class SlurmScheduler:
         members = self._view(max_age=0).arrays.get(job_id) or []
         return [job.job_id for job, _ in members if job.state is JobState.RUNNING]
 
+    def _suspend_task(self, task: str, account: str | None) -> bool:
+        """Suspend one task (as ``account``); False when it has ended since the look (Slurm:
+        '<id>: Job/step already completing or completed'): passed over. Any other refusal
+        raises, and Slurm did nothing to the task."""
+        try:
+            self._check(self._run(commands.job_action("suspend", task), as_user=account))
+        except Conflict as exc:
+            if parse.ended_since(exc.msg):
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _none_running(job_id: str, tasks: list[str]) -> Conflict:
+        return Conflict(f"cannot suspend job {job_id}: its tasks {', '.join(tasks)} are no longer running")
+
     def _suspend_tasks(self, job_id: str, tasks: list[str], account: str | None) -> None:
         """An administrator's suspension of an array's running tasks. A task that has ended
         since the look is passed over; any other refusal stops, and the answer names the
         tasks already suspended."""
-        done, passed = [], []
+        done = []
         for task in tasks:
             try:
-                self._check(self._run(commands.job_action("suspend", task), as_user=account))
+                if self._suspend_task(task, account):
+                    done.append(task)
             except GatewayError as exc:
-                if isinstance(exc, Conflict) and parse.ended_since(exc.msg):
-                    passed.append(task)
-                    continue
                 if done:                         # any other refusal stops, and says so
                     raise type(exc)(f"{exc.msg}; suspended before that: {', '.join(done)}") from exc
                 raise
-            done.append(task)
         if not done:
-            raise Conflict(f"cannot suspend job {job_id}: its tasks {', '.join(passed)} "
-                           "are no longer running")
+            raise self._none_running(job_id, tasks)
 
     def _owner_suspend(self, job_id: str) -> None:
         before = self._records_of(job_id)
@@ -596,17 +608,15 @@ class SlurmScheduler:
             for task in running:
                 in_flight = task
                 try:
-                    self._check(self._run(commands.job_action("suspend", task), as_user=self.admin_account))
-                except Conflict as exc:
+                    acted = self._suspend_task(task, self.admin_account)
+                except Conflict:
                     in_flight = None             # refused: Slurm did nothing to it
-                    if not parse.ended_since(exc.msg):
-                        raise
-                    continue                     # it has ended since the look: passed over
-                suspended.append(task)
+                    raise
                 in_flight = None
+                if acted:
+                    suspended.append(task)
             if not suspended:
-                raise Conflict(f"cannot suspend job {job_id}: its tasks {', '.join(running)} "
-                               "are no longer running")
+                raise self._none_running(job_id, running)
             now = {job.job_id: extra for job, extra in self._suspended_records(job_id)}
             for task in suspended:
                 extra = now.get(task)
