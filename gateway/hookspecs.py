@@ -47,6 +47,11 @@ def control_job(user, job_id, action):
 
 
 @hookspec(firstresult=True)
+def modify_job(user, job_id, change):
+    """Change a submitted job's name, queue or time limit (a JobChange); Conflict if its state forbids it."""
+
+
+@hookspec(firstresult=True)
 def job_output(user, job_id, stream, offset, limit):
     """Return a JobOutput slice of the job's stdout or stderr."""
 

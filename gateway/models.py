@@ -67,6 +67,25 @@ class JobSpec:
     native_options: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """What a client asks to change in a submitted job (PATCH /jobs/{id}); None: unchanged.
+
+    The core has checked that the job is the caller's (or the caller an administrator), that
+    it has not ended, that a queue changes only while it waits (PENDING or HELD), and that only
+    an administrator raises the time limit of a job that has started. The plugin applies the
+    lot or nothing, and raises what the scheduler refused (a waiting job's limit beyond what
+    its queue allows, say)."""
+    name: str | None = None
+    queue: str | None = None
+    time_limit_minutes: int | None = None
+
+    def given(self) -> dict:
+        """The fields to change, by name."""
+        return {k: v for k, v in (("name", self.name), ("queue", self.queue),
+                                  ("time_limit_minutes", self.time_limit_minutes)) if v is not None}
+
+
 # The paths of a job spec that may start with "~": the user's directory on the cluster, the
 # same place "~" is in the files API (their home, or their own directory under a shared
 # service account), for every plugin.

@@ -39,7 +39,7 @@ CHECKS = ",".join([
     "not_a_server_error", "status_code_conformance", "content_type_conformance",
     "response_headers_conformance", "response_schema_conformance", "negative_data_rejection", "ignored_auth",
 ])
-# Per operation; about 1500 requests over the 29 operations in about a minute on 2 cores.
+# Per operation; about 1500 requests over the 30 operations in about a minute on 2 cores.
 USER_EXAMPLES = 30
 ADMIN_EXAMPLES = 10
 RUN_TIMEOUT = 240

@@ -5,7 +5,7 @@ import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates, validates_schema
 
-from ...models import JOB_ACTIONS, OUTPUT_STREAMS, JobSpec, JobState
+from ...models import JOB_ACTIONS, OUTPUT_STREAMS, JobChange, JobSpec, JobState
 from ..common import envelope, no_control_chars, no_nul
 
 # These patterns also go into the OpenAPI document (ECMA regex, where $ is the end); Python's
@@ -90,6 +90,34 @@ class JobSpecSchema(Schema):
     @post_load
     def _make(self, data, **_):
         return JobSpec(**data)
+
+
+class JobChangeSchema(Schema):
+    """What to change in a submitted job: one or more of name, queue, timeLimitMinutes."""
+
+    class Meta:
+        unknown = RAISE      # a field that cannot be changed must not be silently ignored
+
+    error_messages = {"unknown": "cannot be changed: give name, queue or timeLimitMinutes "
+                                 "(submit a new job for anything else)"}
+
+    name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars],
+                         metadata={"description": "the job's new name"})
+    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"),
+                                    no_control_chars],
+                          metadata={"description": "move the job to this queue (only while it waits: PENDING or HELD)"})
+    timeLimitMinutes = fields.Integer(attribute="time_limit_minutes", validate=validate.Range(min=1, max=10 * 525600),
+                                      strict=True,
+                                      metadata={"description": "the new run-time limit; raising that of a started job needs an administrator"})
+
+    @validates_schema
+    def _something(self, data, **_):
+        if not data:
+            raise ValidationError("give at least one of name, queue or timeLimitMinutes", "_schema")
+
+    @post_load
+    def _make(self, data, **_):
+        return JobChange(**data)
 
 
 class JobSchema(Schema):

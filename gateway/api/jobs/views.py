@@ -1,4 +1,4 @@
-"""Jobs: submit, list, detail (with long polling), control actions, output."""
+"""Jobs: submit, list, detail (with long polling), changes, control actions, output."""
 from __future__ import annotations
 
 import codecs
@@ -14,14 +14,15 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 
 from flask import jsonify, request
 from flask.views import MethodView
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
-from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
+from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, JobState, User
 from ..common import Blueprint, current_user, document_errors, gw, ok
-from .schemas import (ActionEnvelope, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
+from .schemas import (ActionEnvelope, JobChangeSchema, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
 
 log = logging.getLogger("gateway.jobs")
@@ -277,7 +278,42 @@ class JobDetail(MethodView):
             # SHORT_WAIT at most: the client polls again, and nobody's thread is held for long.
             return _watch(state, user, job_id, job, baseline, wait if full else min(wait, SHORT_WAIT))
 
+    @blp.arguments(JobChangeSchema)
+    @blp.response(200, JobEnvelope)
+    @document_errors(blp, 400, 401, 403, 404, 409, 413, 415, 422, 501, 502, 503, 504)
+    def patch(self, change, job_id):
+        """Change a job: its name, its queue (while it waits) or its time limit
 
+        Give one or more of `name`, `queue` and `timeLimitMinutes`; the answer is the job as
+        the scheduler now has it. A job that has ended cannot change (409), nor can the queue
+        of one that has started (409). The owner may lower a time limit at any time, and raise
+        that of a waiting job as far as the queue allows; only an administrator may raise the
+        limit of a job that has started (403)."""
+        state = gw()
+        user = current_user()
+        job = fetch_job(user, job_id, control=True, doing="change")
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job_id} has already finished ({job.state.value}): it cannot change")
+        if change.queue is not None and change.queue == job.queue:
+            change = replace(change, queue=None)     # already there: no move (Slurm would refuse a started job's)
+        if change.queue is not None and job.state not in WAITING:
+            raise Conflict(f"job {job_id} is {job.state.value}: only a waiting (PENDING or HELD) "
+                           "job can move to another queue")
+        limit = job.time_limit_minutes
+        if (change.time_limit_minutes is not None and limit is not None and change.time_limit_minutes > limit
+                and job.state not in WAITING and not user.is_admin):
+            # Slurm's rule, kept on every backend (and whatever rights a shared service account
+            # has): a job that has started keeps the time it was given, or less.
+            raise Forbidden(f"job {job_id} is {job.state.value} with a time limit of {limit} minutes: "
+                            "only an administrator may raise the limit of a job that has started "
+                            "(you may lower it)")
+        if change.given():
+            state.scheduler.call("modify_job", user=user, job_id=job_id, change=change)
+            job = state.scheduler.call("get_job", user=user, job_id=job_id)
+        return ok({"job": job})
+
+
+WAITING = (JobState.PENDING, JobState.HELD)
 SHORT_WAIT = 1.0                       # seconds, a long poll beyond max_waits_per_user
 _WAITS: Counter = Counter()            # full-length long polls in flight in this process, by user
 _WAITS_LOCK = threading.Lock()

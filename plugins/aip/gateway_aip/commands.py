@@ -21,14 +21,17 @@ B_COMMANDS = {
     "bsub": "bsub", "bjobs": "bjobs", "bkill": "bkill", "bstop": "bstop",
     "bresume": "bresume", "brequeue": "brequeue", "bhosts": "bhosts", "bqueues": "bqueues",
     "busers": "busers", "bhist": "bhist", "bpeek": "bpeek", "badmin": "badmin",
-    "bparams": "bparams", "lsid": "lsid",
+    "bparams": "bparams", "lsid": "lsid", "bmod": "bmod", "bswitch": "bswitch",
 }
 # SkyForm AIP's own names. What AIP has no c-name for is absent (None) unless overridden.
+# Changing a job (bmod, bswitch) has no c-name either: the c-set runs the LSF-compatible
+# names an AIP head node also installs (commands_override.bmod / .bswitch: another name,
+# or null for 501).
 C_COMMANDS = {
     "bsub": "csub", "bjobs": "cjobs", "bkill": "ckill", "bstop": "cstop",
     "bresume": "cresume", "brequeue": None, "bhosts": "chosts", "bqueues": "cqueues",
     "busers": None, "bhist": "chist", "bpeek": "cread", "badmin": None,
-    "bparams": None, "lsid": None,
+    "bparams": None, "lsid": None, "bmod": "bmod", "bswitch": "bswitch",
 }
 
 # Fields requested from ``bjobs -o ... -json`` by default: the ones OpenLava-derived
@@ -194,6 +197,19 @@ def dependency_expr(dep: str) -> str:
     return dep
 
 
+def check_job_name(name: str) -> str:
+    """A job name for ``-J`` (bsub and bmod), or InvalidInput with a field error."""
+    _no_nul(name, "name")
+    if name == "" or "[" in name or "]" in name:
+        raise InvalidInput("name must be non-empty and may not contain [ or ] "
+                           "(use the array field for job arrays)",
+                           errors={"name": ["[ and ] are reserved for arrays"]})
+    if "<" in name or ">" in name:
+        # bjobs -l prints fields as "Key <value>": a name with them could pose as another field.
+        raise InvalidInput("name may not contain < or >", errors={"name": ["may not contain < or >"]})
+    return name
+
+
 @dataclass
 class Submission:
     """What to run for a submission: bsub's options + command words, its stdin, and the
@@ -220,13 +236,7 @@ def submit_args(spec: JobSpec, *, native_allow: Mapping[str, int] = DEFAULT_NATI
 
     name = spec.name
     if name is not None:
-        if name == "" or "[" in name or "]" in name:
-            raise InvalidInput("name must be non-empty and may not contain [ or ] "
-                               "(use the array field for job arrays)",
-                               errors={"name": ["[ and ] are reserved for arrays"]})
-        if "<" in name or ">" in name:
-            # bjobs -l prints fields as "Key <value>": a name with them could pose as another field.
-            raise InvalidInput("name may not contain < or >", errors={"name": ["may not contain < or >"]})
+        check_job_name(name)
     if spec.array:
         arr = spec.array.strip()
         if not ARRAY_RE.match(arr):
@@ -395,3 +405,41 @@ def name_arg(value: str, what: str) -> str:
     if not NAME_ARG.match(value or ""):
         raise InvalidInput(f"malformed {what} name {value!r}")
     return value
+
+
+# --------------------------------------------------------------------------- changing a job
+
+def queue_arg(queue: str) -> str:
+    """A queue a client names (to move a job to): a plain name, or InvalidInput (422)."""
+    try:
+        return name_arg(queue, "queue")
+    except InvalidInput as exc:
+        raise InvalidInput(exc.msg, errors={"queue": ["not a valid queue name"]}) from None
+
+
+def check_time_limit(minutes: int) -> int:
+    """A run limit in whole minutes (at least 1), or InvalidInput with a field error."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
+        raise InvalidInput("timeLimitMinutes must be a whole number of minutes, at least 1",
+                           errors={"timeLimitMinutes": ["must be an integer of at least 1"]})
+    return minutes
+
+
+def bmod_args(job_id: str, *, name: str | None = None,
+              time_limit_minutes: int | None = None) -> list[str]:
+    """``bmod [-J name] [-W minutes] <id>``: a new name and run limit in one call (both are
+    applied or neither); [] when neither is given. LSF reads -W as [hour:]minute: plain
+    minutes are sent."""
+    args: list[str] = []
+    if name is not None:
+        args += ["-J", check_job_name(name)]
+    if time_limit_minutes is not None:
+        args += ["-W", str(check_time_limit(time_limit_minutes))]
+    if not args:
+        return []
+    return args + [job_id_arg(job_id)]
+
+
+def bswitch_args(queue: str, job_id: str) -> list[str]:
+    """``bswitch <queue> <id>``: move a job to another queue."""
+    return [queue_arg(queue), job_id_arg(job_id)]

@@ -358,8 +358,30 @@ def record_to_job(rec: dict, now: datetime, tz: tzinfo = UTC) -> Job:
         job.exit_code = int(rec["EXIT_CODE"])
     if rec.get("COMMAND"):
         job.command = rec["COMMAND"]
+    # LSF 10.1 -o runtimelimit (json_fields): "30.0", "30.0/hostA", or 00:30:00 with -hms
+    limit = rec.get("RUNTIMELIMIT", rec.get("RUNLIMIT"))
+    if limit is not None:
+        job.time_limit_minutes = run_limit_minutes(limit)
     job.nodes = len(job.hosts) or None
     return job
+
+
+_RUN_LIMIT = re.compile(r"^(?P<min>\d+(?:\.\d+)?)(?:\s*min\b.*|\s*/\S*)?$")
+_RUN_LIMIT_HMS = re.compile(r"^(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2})(?:\s*/\S*)?$")
+
+
+def run_limit_minutes(text: str | None) -> int | None:
+    """A run limit as LSF prints it, in whole minutes (rounded): ``30.0 min of hostA``
+    (bjobs -l), ``30.0`` or ``30.0/hostA`` (bjobs -o runtimelimit), ``00:30:00`` (-hms).
+    None for ``-``, empty or anything else."""
+    t = (text or "").strip()
+    m = _RUN_LIMIT.match(t)
+    if m:
+        return int(round(float(m.group("min"))))
+    m = _RUN_LIMIT_HMS.match(t)
+    if m:
+        return int(round(int(m.group("h")) * 60 + int(m.group("m")) + int(m.group("s")) / 60))
+    return None
 
 
 # --------------------------------------------------------------------------- bjobs -l
@@ -530,9 +552,8 @@ def _limits(d: JobDetail, names: list[str], vals: list[str]) -> None:
     text = " ".join(vals)
     for name in names:
         if name == "RUNLIMIT":
-            m = re.match(r"([\d.]+)\s*min", text)
-            if m:
-                d.run_limit_minutes = int(round(float(m.group(1))))
+            if re.match(r"[\d.]+\s*min", text):
+                d.run_limit_minutes = run_limit_minutes(text)
         elif name == "MEMLIMIT":
             m = re.search(r"([\d.]+)\s*([KMGT])", text)
             if m:
@@ -695,6 +716,13 @@ def parse_action(text: str, job_id: str) -> str:
     m = _ACTION_OK.search(text)
     if m:
         return m.group(0)
+    _job_refusal(text, job_id)
+    raise refused("job control", text)
+
+
+def _job_refusal(text: str, job_id: str) -> None:
+    """Raise for the first ``Job <id>: why`` line (NotFound, Forbidden, Conflict, else
+    SchedulerRefused, with the scheduler's words) or ``x: Illegal job ID.``; else return."""
     for line in text.strip().splitlines():
         e = _ACTION_ERR.match(line.strip())
         if e:
@@ -709,7 +737,69 @@ def parse_action(text: str, job_id: str) -> str:
             raise SchedulerRefused(full)
         if re.search(r"Illegal job ID", line):
             raise NotFound(f"job {job_id} not found ({line.strip()})")
-    raise refused("job control", text)
+
+
+# --------------------------------------------------------------------------- changing a job
+
+_SWITCH_OK = re.compile(r"Job <(?P<id>[^>]+)> is switched to queue <(?P<queue>[^>]+)>")
+_MODIFY_OK = re.compile(r"Parameters of job <(?P<id>[^>]+)> are being changed")
+# bmod (OpenLava's sub_perror): "5: No matching job found. Job not modified.",
+# "Job has already finished. Job not modified.", "nosuch: No such queue. Job not modified."
+_NOT_MODIFIED = re.compile(r"\.?\s*Job not modified\.?\s*$", re.I)
+_BAD_QUEUE = re.compile(r"No such queue", re.I)
+_QUEUE_CLOSED = re.compile(r"Queue has been closed|not accepting", re.I)
+_BAD_NAME = re.compile(r"Bad job name|Change job name is not allowed|job name is too long", re.I)
+_BAD_LIMIT = re.compile(r"RUNLIMIT|run ?limit|Cannot exceed queue's hard limit", re.I)
+# A running job's name or queue cannot change (OpenLava/LSF bmod, LSB_MOD_ALL_JOBS=Y or not).
+_NOT_NOW = re.compile(r"Only the following parameters can be used to modify a running job|"
+                      r"cannot be changed now|Cannot operate on job array|cannot be applied on job array",
+                      re.I)
+
+
+def _change_refusal(text: str, job_id: str) -> GatewayError:
+    """The error for a refused bmod or bswitch, keeping the scheduler's words."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    msg = "\n".join(lines)
+    why = _NOT_MODIFIED.sub("", msg)
+    if re.search(r"No matching job|is not found|Illegal job ID", why):
+        return NotFound(f"job {job_id} not found ({msg})")
+    if _BAD_QUEUE.search(why):
+        return InvalidInput(msg, errors={"queue": [why]})
+    if _BAD_NAME.search(why):
+        return InvalidInput(msg, errors={"name": [why]})
+    if "permission denied" in why.lower() or "not the owner" in why.lower():
+        return Forbidden(msg)
+    if _QUEUE_CLOSED.search(why) or _NOT_NOW.search(why) or _CONFLICT_WORDS.search(why):
+        return Conflict(msg)
+    if _BAD_LIMIT.search(why):
+        return InvalidInput(msg, errors={"timeLimitMinutes": [why]})
+    return SchedulerRefused(msg)
+
+
+def parse_switch(text: str, job_id: str) -> str:
+    """``bswitch <queue> <id>``: ``Job <5> is switched to queue <short>``; raises NotFound,
+    Conflict (finished, started, closed queue), Forbidden, InvalidInput (no such queue:
+    errors["queue"]), SchedulerUnavailable or SchedulerRefused with the scheduler's words."""
+    return _parse_change(text, job_id, _SWITCH_OK, "bswitch")
+
+
+def parse_modify(text: str, job_id: str) -> str:
+    """``bmod [-J name] [-W minutes] <id>``: ``Parameters of job <5> are being changed``;
+    raises as :func:`parse_switch` does (a bad name: errors["name"], a run limit the queue
+    refuses: errors["timeLimitMinutes"])."""
+    return _parse_change(text, job_id, _MODIFY_OK, "bmod")
+
+
+def _parse_change(text: str, job_id: str, accepted: re.Pattern, command: str) -> str:
+    failure = scheduler_failure(text)
+    if failure:
+        raise failure
+    m = accepted.search(text)
+    if m:
+        return m.group(0)
+    if not text.strip():
+        raise refused(command, text)
+    raise _change_refusal(text, job_id)
 
 
 # --------------------------------------------------------------------------- output

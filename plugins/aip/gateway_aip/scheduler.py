@@ -464,6 +464,78 @@ class AipScheduler:
         self._invalidate()
 
     @hookimpl
+    def modify_job(self, user, job_id, change):
+        """A new name and run limit with one ``bmod -J name -W minutes <id>`` (both or
+        neither), a new queue with ``bswitch <queue> <id>`` (first: the likelier refusal; moved
+        back when bmod then refuses).
+        What the client sent is checked before anything runs; the job's state is read again
+        (the core's may be a moment old); a field already as asked is left alone. Run as the
+        account control_job uses for the job."""
+        name, queue, minutes = change.name, change.queue, change.time_limit_minutes
+        # The client's input first: nothing runs for a bad name or queue.
+        if name is not None:
+            C.check_job_name(name)
+        if queue is not None:
+            C.queue_arg(queue)
+        if minutes is not None:
+            C.check_time_limit(minutes)
+        job = self._job(str(job_id))
+        state = job.state
+        if state.is_final:
+            raise Conflict(f"cannot change job {job_id}: it has already finished ({state})")
+        if name is not None and name == job.name:
+            name = None
+        if minutes is not None and minutes == job.time_limit_minutes:
+            minutes = None
+        if queue is not None and queue == job.queue:
+            queue = None
+        if name is not None and ("[" in job.job_id or job.native_state == "ARRAY"):
+            # LSF: "Change job name is not allowed for job array"; an element's index is its name's.
+            raise InvalidInput(f"job {job_id} is (part of) a job array: its name cannot change",
+                               errors={"name": ["a job array's name cannot change"]})
+        if queue is not None and state not in (JobState.PENDING, JobState.HELD):
+            raise Conflict(f"cannot move job {job_id} to queue {queue}: it is {state}; "
+                           "only a waiting (PENDING or HELD) job can change queue")
+        jid = C.job_id_arg(job.job_id)
+        bmod = C.bmod_args(jid, name=name, time_limit_minutes=minutes)
+        as_user = self._as_for_job(user, job)
+        switched = False
+        try:
+            if queue is not None:
+                text = self._run("bswitch", C.bswitch_args(queue, jid), what="moving a job to another queue",
+                                 as_user=as_user)
+                P.parse_switch(text, jid)
+                switched = True
+            if bmod:
+                try:
+                    text = self._run("bmod", bmod, what="changing a job", as_user=as_user)
+                    P.parse_modify(text, jid)
+                except GatewayError as exc:
+                    if switched:           # the lot or nothing: back to where it was
+                        raise self._switch_back(jid, job.queue, queue, as_user, exc) from exc
+                    raise
+        finally:
+            # Also after a refusal: a bswitch that went through before bmod was refused has
+            # changed the job, and the listing must not show the old queue.
+            if queue is not None or bmod:
+                self._invalidate()
+
+    def _switch_back(self, jid: str, home: str | None, moved_to: str, as_user, exc: GatewayError) -> GatewayError:
+        """After bmod refused what came with a queue change: the job goes back to its queue;
+        the answer says where it is if it cannot."""
+        try:
+            if not home:
+                raise SchedulerRefused("its queue before the move is unknown")
+            P.parse_switch(self._run("bswitch", C.bswitch_args(home, jid), what="moving a job back",
+                                     as_user=as_user), jid)
+            return exc
+        except GatewayError as back:
+            log.warning("job %s: moved to %s, then bmod refused and the move back failed: %s",
+                        jid, moved_to, back.msg)
+            return type(exc)(f"{exc.msg} (the job has moved to queue {moved_to} and could not be moved "
+                             f"back: {back.msg})", errors=getattr(exc, "errors", None))
+
+    @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):
         job = self._job(str(job_id))
         if P.split_job_id(job.job_id)[1] is None and job.native_state == "ARRAY":

@@ -3,9 +3,10 @@
 Jobs run as subprocesses of this host, in their own process groups, with their work dir,
 environment and stdout/stderr files; they go PENDING -> RUNNING -> COMPLETED/FAILED with the
 real exit code, queue when the configured slots are taken, and are killed, suspended
-(SIGSTOP), resumed (SIGCONT), held, released and requeued for real. State lives in one SQLite
-file, so every gunicorn worker and a restarted gateway see the same jobs, and a running job
-survives the worker that started it (each job has a detached runner process).
+(SIGSTOP), resumed (SIGCONT), held, released, requeued and changed (name, queue, time limit)
+for real. State lives in one SQLite file, so every gunicorn worker and a restarted gateway
+see the same jobs, and a running job survives the worker that started it (each job has a
+detached runner process).
 """
 from __future__ import annotations
 
@@ -355,6 +356,42 @@ class MockScheduler:
             else:  # the core only passes known actions
                 refuse("unknown action")
         dispatch(db, self.db_path)
+
+    @hookimpl
+    def modify_job(self, user, job_id, change):
+        db = self.db
+        jid = _job_id(job_id)
+        with jobdb.transaction(db):
+            row = self._row(job_id)
+            state = row["state"]
+
+            def refuse(why):
+                raise Conflict(f"cannot change job {job_id}: {why}")
+
+            if state in FINAL:
+                refuse(f"it has already finished ({state})")
+            if row["cancel_at"]:
+                refuse("it is being killed")
+            sets, args = [], []
+            if change.queue is not None and change.queue != row["queue"]:
+                if change.queue not in self.queues:
+                    raise InvalidInput(f"{change.queue}: No such queue", errors={"queue": ["no such queue"]})
+                if state not in ("PENDING", "HELD"):      # STARTING included: it has left the queue
+                    refuse(f"it is {state}: only a waiting job can move to another queue")
+                qrow = db.execute("SELECT open FROM queues WHERE name=?", (change.queue,)).fetchone()
+                if qrow is not None and not qrow["open"]:
+                    refuse(f"queue {change.queue} is closed: it accepts no new jobs")
+                sets.append("queue=?")
+                args.append(change.queue)
+            if change.name is not None:
+                sets.append("name=?")
+                args.append(change.name)
+            if change.time_limit_minutes is not None:
+                # The job's runner reads its limit again every tick: a running job keeps to it.
+                sets.append("time_limit=?")
+                args.append(change.time_limit_minutes)
+            if sets:
+                db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*args, jid))
 
     def _signal(self, row, sig, cont=False):
         if row["pid"] is None:

@@ -145,8 +145,11 @@ def run(db_path: str, job_id: int) -> None:
             break
         except subprocess.TimeoutExpired:
             pass
-        row = db.execute("SELECT cancel_at, requeue FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row = db.execute("SELECT cancel_at, requeue, time_limit FROM jobs WHERE id=?", (job_id,)).fetchone()
         now = time.time()
+        if not timed_out and row["time_limit"] != limit:     # changed (PATCH) while it runs
+            limit = row["time_limit"]
+            deadline = job["start_time"] + limit * 60 if limit else None
         if deadline and now > deadline and not timed_out:
             timed_out = True
             _signal_group(proc.pid, signal.SIGCONT)

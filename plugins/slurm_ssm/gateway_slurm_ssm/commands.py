@@ -11,7 +11,7 @@ import re
 from typing import Iterable
 
 from gateway.errors import Forbidden, InvalidInput
-from gateway.models import JobSpec
+from gateway.models import JobChange, JobSpec
 
 # squeue -O fields for releases without --json (before 21.08). Each ends with a unit
 # separator (0x1f) and the record with a record separator (0x1e): job names, work dirs and
@@ -130,6 +130,26 @@ def job_action(action: str, job_id: str) -> list[str]:
     if action not in ("suspend", "resume", "requeue", "hold", "release"):
         raise ValueError(action)
     return ["scontrol", action, job_id]
+
+
+def update_job(job_id: str, change: JobChange) -> list[str]:
+    """scontrol update JobId=<id> [JobName=...] [Partition=...] [TimeLimit=<minutes>]: one
+    RPC, which Slurm applies whole or not at all. Each key=value is one argument: scontrol
+    splits it at its first '=' only, so a name with spaces, '=' or ';' stays the name."""
+    if not valid_job_id(job_id):
+        raise ValueError(job_id)
+    argv = ["scontrol", "update", f"JobId={job_id}"]
+    if change.name is not None:
+        if "\0" in change.name:
+            raise InvalidInput("the name must not contain NUL characters", errors={"name": ["NUL character"]})
+        argv.append(f"JobName={change.name}")
+    if change.queue is not None:
+        if not PARTITION_NAME.match(change.queue):
+            raise InvalidInput(f"{change.queue!r} is not a Slurm partition name", errors={"queue": ["not a partition name"]})
+        argv.append(f"Partition={change.queue}")
+    if change.time_limit_minutes is not None:
+        argv.append(f"TimeLimit={int(change.time_limit_minutes)}")
+    return argv
 
 
 # Slurm lets operators only suspend and resume; the gateway lets a job's owner do both, but

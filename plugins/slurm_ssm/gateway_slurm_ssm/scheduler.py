@@ -525,6 +525,22 @@ class SlurmScheduler:
             self.snapshot.invalidate()
         return None
 
+    @hookimpl
+    def modify_job(self, user, job_id, change):
+        if not commands.valid_job_id(job_id):
+            raise NotFound(f"no such job: {job_id}")
+        job = self._job(job_id)
+        # An administrator acts as admin_run_as (a Slurm operator may raise a started job's
+        # limit); an owner as the account their jobs run as, within Slurm's rules for users.
+        account = self.admin_account if user.is_admin else self._account_for(job.user_name or user.name)
+        try:
+            res = self._run(commands.update_job(job_id, change), as_user=account)
+            if res.returncode != 0:
+                raise parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
+        finally:
+            self.snapshot.invalidate()
+        return None
+
     # ------------------------------------------------------------ owners' suspensions
     # Slurm lets operators alone suspend and resume. The gateway does both for a job's owner
     # too (as admin_run_as), but an owner may resume only a suspension of their own, never one

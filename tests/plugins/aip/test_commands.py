@@ -232,3 +232,64 @@ def test_names_with_angle_brackets_are_refused(name):
     """bjobs -l prints "Key <value>" fields after the name: such a name could pose as one."""
     with pytest.raises(InvalidInput, match="< or >"):
         args_of(name=name, command="true")
+
+
+# --------------------------------------------------------------------------- changing a job
+
+def test_bmod_and_bswitch_names_in_both_sets():
+    """Neither set has its own name: the c-set runs the LSF-compatible ones (an AIP head node
+    has them), and both can be overridden or turned off."""
+    for style in ("b", "c"):
+        assert (C.CommandSet(style).get("bmod"), C.CommandSet(style).get("bswitch")) == ("bmod", "bswitch")
+    off = C.CommandSet("c", {"bmod": None, "bswitch": "/opt/aip/bin/cswitch"})
+    assert off.get("bmod") is None and off.get("bswitch") == "/opt/aip/bin/cswitch"
+    with pytest.raises(NotImplementedByPlugin) as exc:
+        off.need("bmod", "changing a job")
+    assert "commands_override.bmod" in exc.value.msg
+    assert load_options({"commands_override": {"bmod": None, "bswitch": "bswitch"}})["commands_override"] == \
+        {"bmod": None, "bswitch": "bswitch"}
+
+
+def test_bmod_name_and_limit_in_one_call():
+    assert C.bmod_args("5", name="renamed", time_limit_minutes=30) == ["-J", "renamed", "-W", "30", "5"]
+    assert C.bmod_args("5", name="renamed") == ["-J", "renamed", "5"]
+    assert C.bmod_args("6[2]", time_limit_minutes=90) == ["-W", "90", "6[2]"]     # plain minutes
+    assert C.bmod_args("5") == []
+
+
+def test_bmod_name_is_one_argument_whatever_it_holds():
+    payload = "x; touch /tmp/p $(id) `id` | & -- '\" é"
+    assert C.bmod_args("5", name=payload) == ["-J", payload, "5"]
+    assert C.bmod_args("5", name="-W") == ["-J", "-W", "5"]      # bmod takes it as -J's value
+
+
+@pytest.mark.parametrize("bad,why", [("a[1]", "[ and ]"), ("a]", "[ and ]"), ("", "[ and ]"),
+                                     ("x>, Project <bob", "< or >"), ("a<b", "< or >"), ("a\x00b", "NUL")])
+def test_bmod_names_are_checked_as_bsubs(bad, why):
+    for build in (lambda: C.bmod_args("5", name=bad), lambda: args_of(command="x", name=bad)):
+        with pytest.raises(InvalidInput) as exc:
+            build()
+        assert set(exc.value.errors) == {"name"} and why in str(exc.value.errors) + exc.value.msg
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "30", True])
+def test_bmod_time_limit_is_whole_minutes(bad):
+    with pytest.raises(InvalidInput) as exc:
+        C.bmod_args("5", time_limit_minutes=bad)
+    assert set(exc.value.errors) == {"timeLimitMinutes"}
+
+
+@pytest.mark.parametrize("bad", ["5;rm", "abc", "", "5[x]", "-5"])
+def test_bmod_and_bswitch_job_ids_are_checked(bad):
+    with pytest.raises(InvalidInput):
+        C.bmod_args(bad, name="x")
+    with pytest.raises(InvalidInput):
+        C.bswitch_args("short", bad)
+
+
+def test_bswitch_queue_then_id():
+    assert C.bswitch_args("short", "5") == ["short", "5"]
+    for bad in ("-q", "short;rm", "a b", "", "x" * 200):
+        with pytest.raises(InvalidInput) as exc:
+            C.bswitch_args(bad, "5")
+        assert set(exc.value.errors) == {"queue"}

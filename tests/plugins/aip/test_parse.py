@@ -629,8 +629,7 @@ def test_every_fixture_is_covered_by_a_test():
 
 # Samples of commands the plugin does not run (kept for reference, not parsed).
 UNUSED_ON_PURPOSE = {
-    "lshosts.txt", "lsload.txt", "bhosts_l.txt", "bqueues_l_vnc.txt", "bswitch_short_5.txt",
-    "bmod_J_renamed_5.txt", "bhist_a.txt", "badmin_ckconfig.txt",
+    "lshosts.txt", "lsload.txt", "bhosts_l.txt", "bqueues_l_vnc.txt", "bhist_a.txt", "badmin_ckconfig.txt",
     "ls_cat_quick_3_out_head_30_cat_vnc_2_out_vnc_2_err_2_1_head.txt",
 }
 
@@ -690,3 +689,84 @@ def test_a_reused_files_last_report_between_the_windows_is_found_by_its_offset()
     body_start = report_at + follows_at + parse.REPORT_FOLLOWS_LEN
     start, end = parse.job_report_bounds(data[:window], data[-window:], len(data), body_start)
     assert data[start:end] == second == parse.strip_job_report(data)
+
+
+# --------------------------------------------------------------------------- bmod, bswitch, run limits
+
+def test_bswitch_and_bmod_accepted():
+    assert parse.parse_switch(ol("bswitch_short_5.txt"), "5") == "Job <5> is switched to queue <short>"
+    assert parse.parse_modify(ol("bmod_J_renamed_5.txt"), "5") == "Parameters of job <5> are being changed"
+
+
+# bmod prints OpenLava's sub_perror form ("<what>: <why>. Job not modified."), bswitch the
+# bkill form ("Job <5>: <why>") or, for the queue, "<queue>: <why>" (lsbatch/cmd/bmod.c,
+# bswitch.c). Both are read.
+@pytest.mark.parametrize("parser,text,cls,field", [
+    (parse.parse_modify, "99999: No matching job found. Job not modified.\n", NotFound, None),
+    (parse.parse_switch, "Job <99999>: No matching job found\n", NotFound, None),
+    (parse.parse_modify, "Job has already finished. Job not modified.\n", Conflict, None),
+    (parse.parse_switch, "Job <5>: Job has already finished\n", Conflict, None),
+    (parse.parse_switch, "Job <5>: Job has already started\n", Conflict, None),
+    (parse.parse_modify, "Only the following parameters can be used to modify a running job: "
+                         "-c, -M, -W, -o, -e, -r. Job not modified.\n", Conflict, None),
+    (parse.parse_switch, "short: Queue has been closed\n", Conflict, None),
+    (parse.parse_switch, "nosuch: No such queue\n", InvalidInput, "queue"),
+    (parse.parse_modify, "nosuch: No such queue. Job not modified.\n", InvalidInput, "queue"),
+    (parse.parse_modify, "Bad job name. Job not modified.\n", InvalidInput, "name"),
+    (parse.parse_modify, "Change job name is not allowed for job array. Job not modified.\n", InvalidInput, "name"),
+    (parse.parse_modify, "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n",
+     InvalidInput, "timeLimitMinutes"),
+    (parse.parse_modify, "User permission denied. Job not modified.\n", Forbidden, None),
+    (parse.parse_switch, "Job <5>: User permission denied\n", Forbidden, None),
+    (parse.parse_switch, "Job <5>: User cannot use the queue\n", SchedulerRefused, None),
+    (parse.parse_modify, "Something new. Job not modified.\n", SchedulerRefused, None),
+])
+def test_bmod_and_bswitch_refusals(parser, text, cls, field):
+    with pytest.raises(cls) as exc:
+        parser(text, "5")
+    assert text.strip() in exc.value.msg                    # the scheduler's words
+    if field:
+        assert list(exc.value.errors) == [field] and exc.value.errors[field][0] in text
+    else:
+        assert not exc.value.errors
+
+
+def test_bmod_and_bswitch_daemons_down_and_nothing_printed():
+    with pytest.raises(SchedulerUnavailable):
+        parse.parse_modify("Failed in an LSF library call: LIM is down; try later. Job not modified.\n", "5")
+    with pytest.raises(SchedulerUnavailable):
+        parse.parse_switch(ol("LSB_NTRIES_1_timeout_20_bkill_1.txt"), "1")
+    for parser in (parse.parse_modify, parse.parse_switch):
+        with pytest.raises(SchedulerRefused):
+            parser("", "5")
+    with pytest.raises(SchedulerRefused):         # another command's success is no success
+        parse.parse_switch(ol("bmod_J_renamed_5.txt"), "5")
+
+
+@pytest.mark.parametrize("text,minutes", [
+    ("30.0 min of vm", 30), ("480.0 min of a6122", 480), ("30.0", 30), ("30.0/hostA", 30),
+    ("29.6", 30), ("00:30:00", 30), ("01:30:00/hostA", 90), ("-", None), ("", None), (None, None),
+    ("unlimited", None),
+])
+def test_run_limits(text, minutes):
+    assert parse.run_limit_minutes(text) == minutes
+
+
+def test_bjobs_json_runtimelimit(now):
+    """LSF 10.1's -o runtimelimit (add it to json_fields): the listing carries the limit."""
+    listing = parse.parse_bjobs_json(
+        '{"COMMAND":"bjobs","JOBS":2,"RECORDS":[{"JOBID":"5","STAT":"PEND","JOB_NAME":"a",'
+        '"RUNTIMELIMIT":"30.0/vm"},{"JOBID":"6","STAT":"RUN","JOB_NAME":"b","RUNTIMELIMIT":"-"}]}')
+    a, b = (parse.record_to_job(r, now) for r in listing.records)
+    assert (a.time_limit_minutes, b.time_limit_minutes) == (30, None)
+    (plain,) = parse.parse_bjobs_json(ol("bjobs_o_jobid_stat_json_99999.txt").replace(
+        '"ERROR":\t"Job <99999> is not found"', '"STAT":\t"RUN"')).records
+    assert parse.record_to_job(plain, now).time_limit_minutes is None
+
+
+def test_bjobs_long_run_limit_as_the_stand_in_and_lsf_print_it(now):
+    """" RUNLIMIT" with trailing blanks, its value, then straight on to the pending reasons."""
+    text = ol("bjobs_l_5.txt").replace(
+        " PENDING REASONS:", "\n RUNLIMIT                \n 30.0 min of vm\n PENDING REASONS:")
+    (d,), _ = parse.parse_bjobs_long(text, now)
+    assert d.run_limit_minutes == 30 and d.pending_reasons == ["Not enough job slot(s): 1 host"]

@@ -583,3 +583,259 @@ def test_an_exit_jobs_details_are_looked_up_once(cluster):
         assert len([r for r in ran if r[0] == "bjobs"]) == 3           # the listings themselves
     finally:
         s.close()
+
+
+# --------------------------------------------------------------------------- changing a job
+
+def recording_runs(s):
+    """Record (command, args, as_user) of every scheduler command the plugin runs."""
+    ran, real = [], s._run
+
+    def recording(name, args, **kw):
+        ran.append((name, list(args), kw.get("as_user")))
+        return real(name, args, **kw)
+    s._run = recording
+    return ran
+
+
+def changes(ran):
+    return [r for r in ran if r[0] in ("bmod", "bswitch")]
+
+
+def test_rename_and_lower_the_time_limit_with_one_bmod(cluster):
+    from gateway.models import JobChange
+    s = plugin(cluster, listing="json", cache_seconds=60)
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="before", hold=True,
+                                                    time_limit_minutes=60))
+        assert [j.name for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == ["before"]
+        ran = recording_runs(s)
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(name="after", time_limit_minutes=30))
+        assert changes(ran) == [("bmod", ["-J", "after", "-W", "30", jid], "gwalice" if ROOT else None)]
+        job = s.get_job(user=ALICE, job_id=jid)
+        assert (job.name, job.time_limit_minutes, job.state) == ("after", 30, JobState.HELD)
+        # the listing kept for 60 s was dropped: it shows the new name at once
+        assert [j.name for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == ["after"]
+        # a field already as asked is left alone; nothing left: nothing runs
+        ran.clear()
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(name="after", time_limit_minutes=20))
+        assert changes(ran) == [("bmod", ["-W", "20", jid], "gwalice" if ROOT else None)]
+        ran.clear()
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(name="after", time_limit_minutes=20))
+        assert changes(ran) == []
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+
+
+def test_a_running_jobs_time_limit_is_lowered_and_kept_by_the_scheduler(cluster):
+    from gateway.models import JobChange
+    s = plugin(cluster, listing="wide")
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", time_limit_minutes=60))
+        wait(s, jid, JobState.RUNNING)
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=30))
+        job = s.get_job(user=ALICE, job_id=jid)
+        assert (job.time_limit_minutes, job.state) == (30, JobState.RUNNING)
+        assert cluster.state()["jobs"][jid]["run_limit"] == 30          # the daemon enforces this one
+        # A started job keeps its name (OpenLava/LSF bmod: -J is not among what may change)
+        # and its queue (checked before anything runs).
+        with pytest.raises(Conflict) as exc:
+            s.modify_job(user=ALICE, job_id=jid, change=JobChange(name="late", time_limit_minutes=20))
+        assert "Only the following parameters can be used to modify a running job" in exc.value.msg
+        assert s.get_job(user=ALICE, job_id=jid).time_limit_minutes == 30     # both or neither
+        ran = recording_runs(s)
+        with pytest.raises(Conflict, match="waiting"):
+            s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short"))
+        assert changes(ran) == []
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+
+
+def test_switch_the_queue_of_a_pending_job(cluster):
+    from gateway.models import JobChange
+    s = plugin(cluster, listing="wide", cache_seconds=60)
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="mover", hold=True))
+        assert [j.queue for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == ["normal"]
+        ran = recording_runs(s)
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", name="moved"))
+        assert changes(ran) == [("bswitch", ["short", jid], "gwalice" if ROOT else None),
+                                ("bmod", ["-J", "moved", jid], "gwalice" if ROOT else None)]
+        job = s.get_job(user=ALICE, job_id=jid)
+        assert (job.queue, job.name, job.state) == ("short", "moved", JobState.HELD)
+        assert [(j.queue, j.name) for j in s.list_jobs(user=ALICE, query=JobQuery(queue="short"))
+                if j.job_id == jid] == [("short", "moved")]
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+
+
+def test_a_queue_change_is_undone_when_bmod_refuses_the_rest(b):
+    """bswitch, then bmod: when bmod refuses, the job goes back to its queue (the lot or
+    nothing); when it cannot, the answer says where the job is."""
+    from gateway.models import JobChange
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="stays", hold=True))
+    ran = recording_runs(b)
+    real = b._run
+    refuse_bmod = "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n"
+    b._run = lambda name, args, **kw: refuse_bmod if name == "bmod" else real(name, args, **kw)
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", time_limit_minutes=30))
+    assert list(exc.value.errors) == ["timeLimitMinutes"] and "moved" not in exc.value.msg
+    assert [(r[0], r[1][0]) for r in changes(ran)] == [("bswitch", "short"), ("bswitch", "normal")]
+    assert b.get_job(user=ALICE, job_id=jid).queue == "normal"
+    # The move back fails too: the answer says where the job is.
+    b._run = lambda name, args, **kw: (refuse_bmod if name == "bmod" else "Job <x>: Queue has been closed\n"
+                                       if args[0] == "normal" else real(name, args, **kw))
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", time_limit_minutes=30))
+    assert "has moved to queue short and could not be moved back" in exc.value.msg
+    b._run = real
+    assert b.get_job(user=ALICE, job_id=jid).queue == "short"
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+
+
+def test_an_unknown_queue_is_422_with_the_schedulers_words(b):
+    from gateway.models import JobChange
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", hold=True))
+    ran = recording_runs(b)
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="nosuchqueue", name="never"))
+    assert exc.value.msg == "nosuchqueue: No such queue" and list(exc.value.errors) == ["queue"]
+    assert [r[0] for r in changes(ran)] == ["bswitch"]                   # bmod did not run
+    job = b.get_job(user=ALICE, job_id=jid)
+    assert (job.queue, job.name) == ("normal", "sleep 60")
+    # a queue that is not even a name: refused before anything runs
+    ran.clear()
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short;id"))
+    assert list(exc.value.errors) == ["queue"] and ran == []
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+
+
+def test_a_finished_job_cannot_change_409(b):
+    from gateway.models import JobChange
+    from gateway_aip import parse as P
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="true", name="done"))
+    wait(b, jid, JobState.COMPLETED)
+    ran = recording_runs(b)
+    for change in (JobChange(name="x"), JobChange(time_limit_minutes=5), JobChange(queue="short")):
+        with pytest.raises(Conflict, match="already finished"):
+            b.modify_job(user=ALICE, job_id=jid, change=change)
+    assert changes(ran) == []
+    # The scheduler says the same, should the job end between the plugin's look and bmod.
+    as_user = "gwalice" if ROOT else None
+    with pytest.raises(Conflict) as exc:
+        P.parse_modify(b._run("bmod", ["-J", "x", jid], what="t", as_user=as_user), jid)
+    assert exc.value.msg == "Job has already finished. Job not modified."
+    with pytest.raises(Conflict) as exc:
+        P.parse_switch(b._run("bswitch", ["short", jid], what="t", as_user=as_user), jid)
+    assert exc.value.msg == f"Job <{jid}>: Job has already finished"
+    assert b.get_job(user=ALICE, job_id=jid).name == "done"
+
+
+def test_unknown_and_malformed_ids_and_bad_names_change_nothing(b):
+    from gateway.models import JobChange
+    ran = recording_runs(b)
+    for bad in ("99999999", "abc", "1;rm", "5[x]"):
+        with pytest.raises(NotFound):
+            b.modify_job(user=ALICE, job_id=bad, change=JobChange(name="x"))
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="keep", hold=True))
+    for bad in ("a[1]", "x>, Project <bob"):
+        with pytest.raises(InvalidInput) as exc:
+            b.modify_job(user=ALICE, job_id=jid, change=JobChange(name=bad))
+        assert list(exc.value.errors) == ["name"]
+    arr = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="arr", array="1-2", hold=True))
+    for target in (arr, f"{arr}[1]"):
+        with pytest.raises(InvalidInput, match="array"):
+            b.modify_job(user=ALICE, job_id=target, change=JobChange(name="renamed"))
+    assert changes(ran) == []
+    b.modify_job(user=ALICE, job_id=arr, change=JobChange(time_limit_minutes=7))     # limits may change
+    assert {b.get_job(user=ALICE, job_id=f"{arr}[{i}]").time_limit_minutes for i in (1, 2)} == {7}
+    # the scheduler too refuses someone else's job and an unknown one
+    from gateway_aip import parse as P
+    if ROOT:
+        with pytest.raises(Forbidden) as exc:
+            P.parse_modify(b._run("bmod", ["-J", "x", jid], what="t", as_user="gwbob"), jid)
+        assert exc.value.msg == "User permission denied. Job not modified."
+    with pytest.raises(NotFound):
+        P.parse_modify(b._run("bmod", ["-J", "x", "99999999"], what="t"), "99999999")
+    for j in (jid, arr):
+        b.control_job(user=ALICE, job_id=j, action="kill")
+
+
+def test_an_admin_changes_another_users_job_as_the_admin_account(cluster):
+    from gateway.models import JobChange
+    require(ROOT, "run_as: sudo needs root")
+    s = plugin(cluster, admin_account="gwadmin")
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", hold=True, time_limit_minutes=10))
+        ran = recording_runs(s)
+        s.modify_job(user=User("root", is_admin=True), job_id=jid, change=JobChange(time_limit_minutes=600))
+        assert changes(ran) == [("bmod", ["-W", "600", jid], "gwadmin")]
+        assert s.get_job(user=ALICE, job_id=jid).time_limit_minutes == 600
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+
+
+def test_c_commands_change_jobs_with_the_lsf_compatible_names(cluster):
+    from gateway.models import JobChange
+    s = plugin(cluster, commands="c", env_file=None, bindir=str(cluster.bindir),
+               env={"LSF_ENVDIR": str(cluster.envdir)}, listing="wide")
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", hold=True))
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(name="c-renamed", queue="short",
+                                                              time_limit_minutes=15))
+        job = s.get_job(user=ALICE, job_id=jid)
+        assert (job.name, job.queue, job.time_limit_minutes) == ("c-renamed", "short", 15)
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        s.close()
+    off = plugin(cluster, commands="c", env_file=None, bindir=str(cluster.bindir),
+                 env={"LSF_ENVDIR": str(cluster.envdir)}, commands_override={"bmod": None})
+    try:
+        jid = off.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", hold=True))
+        with pytest.raises(NotImplementedByPlugin, match="bmod"):
+            off.modify_job(user=ALICE, job_id=jid, change=JobChange(name="x"))
+        off.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        off.close()
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_shell_metacharacters_in_a_new_name_reach_bmod_as_one_argument(cluster, transport):
+    from gateway.models import JobChange
+    require(ROOT, "run_as: sudo and sshd need root")
+    sentinel = f"/tmp/gw-aip-bmod-sentinel-{os.getpid()}-{transport}"
+    payload = PAYLOAD.format(s=sentinel) + "\t-J evil"
+    stack = []
+    try:
+        opts = {}
+        if transport == "ssh":
+            from tests.support.sshd import sshd, sshd_available
+            ok, why = sshd_available()
+            require(ok, why)
+            server = sshd(users=("root",))
+            opts["transport"] = server.__enter__().transport_options(user="root")
+            stack.append(server)
+        s = plugin(cluster, listing="json", **opts)
+        stack.append(s)
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", hold=True))
+        ran = recording_runs(s)
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(name=payload))
+        assert changes(ran) == [("bmod", ["-J", payload, jid], "gwalice")]
+        job = s.get_job(user=ALICE, job_id=jid)
+        assert job.name == payload and job.state is JobState.HELD
+        assert [j.name for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == [payload]
+        assert not os.path.exists(sentinel)
+        s.control_job(user=ALICE, job_id=jid, action="kill")
+    finally:
+        for obj in reversed(stack):
+            if hasattr(obj, "__exit__"):
+                obj.__exit__(None, None, None)
+            else:
+                obj.close()
+        assert not os.path.exists(sentinel)

@@ -107,6 +107,26 @@ def test_job_actions_and_their_errors(cluster):
     assert run(cluster, "bkill", jid) == (255, ol("bkill_5__2.txt").replace("<5>", f"<{jid}>"))
 
 
+def test_bswitch_and_bmod_of_a_pending_job(cluster):
+    """The sample's sequence: bswitch short 5, bmod -J renamed 5, bjobs -w 5, bkill 5."""
+    jid = submit(cluster, "-J", "pendme", "-n", "8", "-q", "normal", "sleep", "10")    # 8 slots: stays PEND
+    assert run(cluster, "bswitch", "short", jid) == (0, ol("bswitch_short_5.txt").replace("<5>", f"<{jid}>"))
+    assert run(cluster, "bmod", "-J", "renamed", jid) == (0, ol("bmod_J_renamed_5.txt").replace("<5>", f"<{jid}>"))
+    rc, out = run(cluster, "bjobs", "-w", jid)
+    header, row = out.splitlines()
+    sample_header, sample_row = ol("bjobs_w_5.txt").splitlines()
+    assert rc == 0 and header == sample_header
+
+    def fields(line):               # STAT QUEUE EXEC_HOST JOB_NAME (the host's name differs)
+        return [t for i, t in enumerate(line.split()) if i in (2, 3, 5, 6)]
+    assert fields(row) == fields(sample_row) == ["PEND", "short", "-", "renamed"]
+    assert row.index(" -  ") == sample_row.index(" -  ")
+    assert run(cluster, "bkill", jid) == (0, ol("bkill_5.txt").replace("<5>", f"<{jid}>"))
+    wait_status(cluster, jid, "EXIT")
+    _, out = run(cluster, "bjobs", "-a", "-w", jid)
+    assert fields(out.splitlines()[1]) == fields(ol("bjobs_a_w.txt").splitlines()[4])    # "5 ... EXIT short"
+
+
 def test_output_file_report_and_bpeek_layout(cluster):
     jid = submit(cluster, "-J", "quick", "-q", "short", "-o", "quick_%J.out", "echo quick done; id -un")
     wait_status(cluster, jid, "DONE")

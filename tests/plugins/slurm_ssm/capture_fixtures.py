@@ -11,7 +11,8 @@ ran as, its exit code, stdout and stderr as fixtures/<name>.json. Every argv tha
 itself runs is built by gateway_slurm_ssm.commands, so the fixtures are what the parsers see
 in production. Run it on a fresh state directory with GATEWAY_SLURM_FIRST_JOB_ID=26 (the ids
 the tests name). ``--quick`` skips the one-minute wait for a TIMEOUT job; ``--ctld-down`` also stops slurmctld
-for a moment to record what the commands say when the controller is down. ``--service``
+for a moment to record what the commands say when the controller is down. ``--updates``
+records only the job changes (update_*.json). ``--service``
 records only the run_as: service listings (service_*.json: jobs of the service account
 gwbob tagged for gateway users, and tags nobody may trust), leaving the others as they are.
 """
@@ -87,9 +88,34 @@ def capture_service():
     print("service fixtures written to", FIXTURES)
 
 
+def capture_updates():
+    """Changes to jobs (scontrol update JobId=..., what PATCH /jobs/{id} runs) and their
+    refusals, as the owner gwalice unless named: the batch partition has MaxTime 2 days."""
+    from gateway.models import JobChange
+    held = sbatch(ALICE, "--hold", "--job-name=to-change", "--time=30")
+    running = sbatch(ALICE, "--job-name=running", "--time=30")
+    wait_state(running, {"RUNNING"})
+    done = sbatch(ALICE, "--job-name=done", script="#!/bin/sh\ntrue\n")
+    wait_state(done, {"COMPLETED"})
+    update = commands.update_job
+    save("update_ok", update(held, JobChange(name="renamed; $(x)", queue="batch", time_limit_minutes=45)), ALICE)
+    save("update_bad_partition", update(held, JobChange(queue="nosuch")), ALICE)
+    save("update_beyond_max_time", update(held, JobChange(time_limit_minutes=5000)), ALICE)
+    save("update_not_yours", update(held, JobChange(name="x")), BOB)
+    save("update_invalid", update("999999", JobChange(name="x")), ALICE)
+    save("update_running_partition", update(running, JobChange(name="partial", queue="batch")), ALICE)
+    save("update_running_raise", update(running, JobChange(time_limit_minutes=40)), ALICE)
+    save("update_finished", update(done, JobChange(name="late")), ALICE)
+    for j in (held, running):
+        run(["scancel", j])
+    print("update fixtures written to", FIXTURES)
+
+
 def main():
     if "--service" in sys.argv:
         return capture_service()
+    if "--updates" in sys.argv:
+        return capture_updates()
     quick = "--quick" in sys.argv
     FIXTURES.mkdir(exist_ok=True)
     ok = "#!/bin/sh\necho out; echo err >&2\n"
@@ -191,6 +217,8 @@ def main():
         save(f"scontrol_show_partition_{state.lower()}", commands.show_partitions())
     save("partition_update_ok", commands.update_partition("batch", "UP"))
     save("partition_unknown", commands.update_partition("nosuch", "UP"))
+
+    capture_updates()
 
     # Clean up what this script started.
     for j in (running, suspended, held_admin, dependent, array, unicode_name):

@@ -149,3 +149,17 @@ def test_read_commands():
     assert commands.update_partition("batch", "DRAIN") == ["scontrol", "update", "partitionname=batch", "state=DRAIN"]
     with pytest.raises(ValueError):
         commands.job_action("delete", "5")
+
+
+def test_a_change_is_one_scontrol_update_with_each_value_one_argument():
+    from gateway.models import JobChange
+    hostile = "x TimeLimit=999 Partition=other; rm -rf / $(id) `id` \\"
+    argv = commands.update_job("12_3", JobChange(name=hostile, queue="batch", time_limit_minutes=45))
+    assert argv == ["scontrol", "update", "JobId=12_3", f"JobName={hostile}", "Partition=batch", "TimeLimit=45"]
+    assert commands.update_job("7", JobChange(time_limit_minutes=1)) == ["scontrol", "update", "JobId=7", "TimeLimit=1"]
+    with pytest.raises(InvalidInput):
+        commands.update_job("7", JobChange(queue="batch extra=1"))
+    with pytest.raises(InvalidInput):
+        commands.update_job("7", JobChange(name="a\0b"))
+    with pytest.raises(ValueError):
+        commands.update_job("7 JobId=8", JobChange(name="x"))

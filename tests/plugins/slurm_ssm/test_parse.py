@@ -377,3 +377,30 @@ def test_het_job_components_are_listed_by_their_own_job_ids():
     jobs = parse.parse_squeue_format(record("628+1", "629") + record("628+0", "628"))
     assert sorted((job.job_id, extra["id"], extra["array_job_id"]) for job, extra in jobs) == [
         ("628", "628", None), ("629", "629", None)]
+
+
+# ---------------------------------------------------------------- changing a job (PATCH)
+
+@pytest.mark.parametrize("fixture,cls", [
+    ("update_bad_partition", InvalidInput), ("update_beyond_max_time", Forbidden),
+    ("update_not_yours", Forbidden), ("update_invalid", NotFound),
+    ("update_running_partition", Conflict), ("update_running_raise", Forbidden),
+    ("update_finished", Conflict), ("down_scancel", SchedulerUnavailable)])
+def test_update_refusals(fixture, cls):
+    d = fx(fixture)
+    assert d["returncode"] != 0
+    err = parse.update_refusal(d["stdout"], d["stderr"], time_limit=fixture.endswith(("max_time", "raise")))
+    assert type(err) is cls, (err, d["stderr"])
+    assert err.msg.startswith(parse.scheduler_words(d["stdout"], d["stderr"]))
+
+
+def test_an_unknown_partition_is_the_clients_queue_field_and_a_refused_limit_says_why():
+    err = parse.update_refusal("", fx("update_bad_partition")["stderr"])
+    assert err.errors == {"queue": ["no such partition"]}
+    d = fx("update_beyond_max_time")
+    assert "MaxTime" in parse.update_refusal(d["stdout"], d["stderr"], time_limit=True).msg
+    # The same words without a time limit in the change are a plain permission refusal.
+    assert "MaxTime" not in parse.update_refusal(d["stdout"], d["stderr"]).msg
+    # A value Slurm calls invalid is the client's input, not the scheduler's fault.
+    err = parse.update_refusal("", "Requested time limit is invalid (missing or exceeds some limit) for job 5")
+    assert type(err) is InvalidInput

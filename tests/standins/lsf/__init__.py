@@ -6,7 +6,7 @@ API::
 
     with lsf_standin(admins=("gwadmin",), slots=4) as cluster:   # -> LsfStandin
         cluster.root        # the cluster directory (under /tmp, readable by everyone)
-        cluster.bindir      # bin/: bsub bjobs ... csub cjobs ... (symlinks to the double)
+        cluster.bindir      # bin/: bsub bjobs ... bmod bswitch, csub cjobs ... (symlinks to the double)
         cluster.env_file    # etc/profile.lsf: sets LSF_ENVDIR, LSF_BINDIR, PATH (like aip.sh)
         cluster.envdir      # etc/ (LSF_ENVDIR)
         cluster.run(["bjobs", "-u", "all"], user="gwalice")   # -> CompletedProcess
@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 HERE = Path(__file__).resolve().parent
 PROGRAM = HERE / "lsf_standin.py"
 B_COMMANDS = ("bsub", "bjobs", "bkill", "bstop", "bresume", "brequeue", "bhosts", "bqueues",
-              "busers", "bhist", "bpeek", "badmin", "bparams", "lsid")
+              "busers", "bhist", "bpeek", "badmin", "bparams", "lsid", "bmod", "bswitch")
 C_COMMANDS = ("csub", "cjobs", "ckill", "cstop", "cresume", "chosts", "cqueues", "chist", "cread")
 DEFAULT_QUEUES = ({"name": "short", "priority": 50}, {"name": "vnc", "priority": 40},
                   {"name": "normal", "priority": 30, "default": True})

@@ -41,7 +41,7 @@ import time
 PROG = os.path.abspath(sys.argv[0]) if sys.argv else __file__
 
 B_NAMES = {"bsub", "bjobs", "bkill", "bstop", "bresume", "brequeue", "bhosts", "bqueues",
-           "busers", "bhist", "bpeek", "badmin", "bparams", "lsid"}
+           "busers", "bhist", "bpeek", "badmin", "bparams", "lsid", "bmod", "bswitch"}
 C_NAMES = {"csub": "bsub", "cjobs": "bjobs", "ckill": "bkill", "cstop": "bstop",
            "cresume": "bresume", "chosts": "bhosts", "cqueues": "bqueues", "chist": "bhist",
            "cread": "bpeek"}
@@ -774,7 +774,19 @@ def times_of(j: dict, now: float) -> tuple[int, int]:
 def event_lines(j: dict, t: float, kind: str, data: dict) -> list[str]:
     ts = fmt_long(t)
     if kind == "submit":
-        return [submitted_line(dict(j, submit_time=t), with_queue=True)]
+        # the queue it was submitted to: the first switch's "from", if it moved since
+        first = next((d["from"] for _, k, d in j["events"] if k == "switch"), j["queue"])
+        return [submitted_line(dict(j, submit_time=t, queue=first), with_queue=True)]
+    if kind == "switch":
+        return [f"{ts}: Switched to Queue <{data['to']}> by user or administrator <{data['by']}>;"]
+    if kind == "modify":
+        what = []
+        if data.get("name") is not None:
+            what.append(f"Job name changes to : {data['name']}")
+        if data.get("run_limit") is not None:
+            what.append(f"RUNLIMIT changes to : {float(data['run_limit']):.1f} min")
+        return [f"{ts}: Parameters of Job are changed by user or administrator <{data['by']}>"
+                + (": " + "; ".join(what) if what else "") + ";"]
     if kind == "start":
         return [f"{ts}: Dispatched to {started_where(dict(j, exec_host=data.get('host')))};",
                 f"{ts}: Starting (Pid {data.get('pid')});",
@@ -922,6 +934,172 @@ def control_one(c: Cluster, state: dict, name: str, j: dict, sig: str | None) ->
             j["signals"].append("KILL")
         return None
     return "Bad argument"
+
+
+# ============================================================================ bmod, bswitch
+
+NOT_MODIFIED = ". Job not modified."
+RUNNING_MOD = ("Only the following parameters can be used to modify a running job: "
+               "-c, -M, -W, -o, -e, -r")
+BMOD_USAGE = """Usage: bmod [-h] [-V] [-x | -xn] [-r | -rn] [-N | -Nn] [-B | -Bn]
+\t\t[-q queue_name ... | -qn] [-J job_name | -Jn]
+\t\t[-W run_limit[/host_spec] | -Wn] [-c cpu_limit[/host_spec] | -cn]
+\t\t[-M mem_limit | -Mn] [-o out_file | -on] [-e err_file | -en]
+\t\t[jobId | "jobId[index_list]"]"""
+BSWITCH_USAGE = ("usage: bswitch [-h] [-V] [-q queue_name] [-u user_name |-u all] [-m host_name]\n"
+                 "               [-J job_name] dest_queue [jobId |  \"jobId[idxList]\" ...]")
+
+
+def cmd_bmod(c: Cluster, args: list[str]) -> int:
+    """bmod -J name / -W [hour:]minute / -Wn / -q queue, one job (OpenLava's messages: the
+    library's words, then ". Job not modified.", on stderr, exit status 255). A started job
+    changes as on LSF 10 with LSB_MOD_ALL_JOBS=Y: its run limit at once, never its name or
+    queue."""
+    opts: dict = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-J", "-W", "-q"):
+            if i + 1 >= len(args):
+                raise Fail(f"bmod: option requires an argument -- {a[1:]}\n{BMOD_USAGE}")
+            opts[a] = args[i + 1]          # taken whatever it looks like, as getopt does
+            i += 2
+        elif a in ("-Wn", "-Jn"):
+            opts[a] = True
+            i += 1
+        elif a.startswith("-") and a != "-":
+            raise Fail(f"bmod: illegal option -- {a[1:2]}\n{BMOD_USAGE}")
+        else:
+            break
+    ids = args[i:]
+    if len(ids) != 1:
+        raise Fail(BMOD_USAGE)
+    jid = ids[0]
+    if not re.fullmatch(r"\d+(?:\[\d+\])?", jid):
+        raise Fail(f"{jid}: Illegal job ID.")
+    run_limit = None
+    if "-W" in opts:
+        m = re.fullmatch(r"(?:(\d+):)?(\d+)", opts["-W"])
+        if not m:
+            raise Fail("Bad argument" + NOT_MODIFIED)
+        run_limit = int(m.group(1) or 0) * 60 + int(m.group(2))
+        if run_limit < 1:
+            raise Fail("Bad argument" + NOT_MODIFIED)
+    if "-J" in opts and (opts["-J"] == "" or re.search(r"[\[\]]", opts["-J"])):
+        raise Fail("Bad job name" + NOT_MODIFIED)
+    c.require_daemon("Failed in an {lib} library call: LIM is down; try later" + NOT_MODIFIED)
+    now = time.time()
+    with c.locked() as state:
+        keys = job_keys_for(state, jid)
+        if not keys:
+            raise Fail(f"{jid}: No matching job found" + NOT_MODIFIED)
+        jobs = [state["jobs"][k] for k in keys]
+        if not all(c.is_admin() or j["user"] == c.me for j in jobs):
+            raise Fail("User permission denied" + NOT_MODIFIED)
+        if all(j["status"] in FINAL for j in jobs):
+            raise Fail("Job has already finished" + NOT_MODIFIED)
+        array = len(keys) > 1 or "[" in keys[0]
+        if array and ("-J" in opts or "-Jn" in opts):
+            raise Fail("Change job name is not allowed for job array" + NOT_MODIFIED)
+        if array and "-q" in opts:
+            sys.stderr.write("Options -q and -O cannot be applied on job array" + NOT_MODIFIED + "\n")
+            return 255
+        if any(j["status"] in ACTIVE for j in jobs) and ({"-J", "-Jn", "-q"} & set(opts)):
+            raise Fail(RUNNING_MOD + NOT_MODIFIED)
+        if "-q" in opts:
+            if c.queue_conf(opts["-q"]) is None:
+                raise Fail(f"{opts['-q']}: No such queue" + NOT_MODIFIED)
+            if not state["queues"][opts["-q"]]["open"]:
+                raise Fail(f"{opts['-q']}: Queue has been closed" + NOT_MODIFIED)
+        for j in jobs:
+            if j["status"] in FINAL:
+                continue
+            if "-J" in opts:
+                j["name"] = opts["-J"]
+            elif "-Jn" in opts:
+                j["name"] = j["command"] if j.get("script") is None else "NONAME"
+            if "-W" in opts:
+                j["run_limit"] = run_limit
+            elif "-Wn" in opts:
+                j["run_limit"] = None
+            if "-q" in opts and opts["-q"] != j["queue"]:
+                j["events"].append([now, "switch", {"from": j["queue"], "to": opts["-q"], "by": c.me}])
+                j["queue"] = opts["-q"]
+            j["events"].append([now, "modify", {"by": c.me, "name": opts.get("-J"), "run_limit": run_limit}])
+    c.wake()
+    print(f"Parameters of job <{jid}> are being changed")
+    return 0
+
+
+def cmd_bswitch(c: Cluster, args: list[str]) -> int:
+    """bswitch dest_queue jobId...: a waiting job moves; a started one is refused here
+    (OpenLava/LSF move it where the queues allow; the gateway moves only waiting jobs)."""
+    pos = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-q", "-u", "-J", "-m"):
+            i += 2
+        elif a in ("-h", "-V") or (a.startswith("-") and a != "-"):
+            sys.stderr.write(BSWITCH_USAGE + "\n")
+            return 255
+        else:
+            pos.append(a)
+            i += 1
+    if not pos:
+        print("The destination queue name must be specified.")
+        sys.stderr.write(BSWITCH_USAGE + "\n")
+        return 255
+    dest, ids = pos[0], pos[1:]
+    if not ids:
+        raise Fail("Job ID or one of '-m', '-u' '-q' and '-J' must be specified.\n" + BSWITCH_USAGE)
+    for jid in ids:
+        if not re.fullmatch(r"\d+(?:\[\d+\])?", jid):
+            raise Fail(f"{jid}: Illegal job ID.")
+    c.require_daemon("Job <" + ids[0] + ">: Failed in an {lib} library call: LIM is down; try later")
+    rc = 0
+    out: list[str] = []
+    err: list[str] = []
+    now = time.time()
+    with c.locked() as state:
+        for jid in ids:
+            keys = job_keys_for(state, jid)
+            if not keys:
+                err.append(f"Job <{jid}>: No matching job found")
+                rc = 255
+                continue
+            jobs = [state["jobs"][k] for k in keys]
+            if not all(c.is_admin() or j["user"] == c.me for j in jobs):
+                err.append(f"Job <{jid}>: User permission denied")
+                rc = 255
+                continue
+            if c.queue_conf(dest) is None:          # OpenLava's order: job, owner, queue, state
+                err.append(f"{dest}: No such queue")
+                rc = 255
+                continue
+            if all(j["status"] in FINAL for j in jobs):
+                err.append(f"Job <{jid}>: Job has already finished")
+                rc = 255
+                continue
+            if not state["queues"][dest]["open"]:
+                err.append(f"{dest}: Queue has been closed")
+                rc = 255
+                continue
+            if any(j["status"] in ACTIVE for j in jobs):
+                err.append(f"Job <{jid}>: Job has already started")
+                rc = 255
+                continue
+            for j in jobs:
+                if j["status"] not in FINAL and j["queue"] != dest:
+                    j["events"].append([now, "switch", {"from": j["queue"], "to": dest, "by": c.me}])
+                    j["queue"] = dest
+            out.append(f"Job <{jid}> is switched to queue <{dest}>")
+    c.wake()
+    for line in out:
+        print(line)
+    for line in err:
+        sys.stderr.write(line + "\n")
+    return rc
 
 
 def reset_to_pending(j: dict) -> None:
@@ -1462,7 +1640,7 @@ def cmd_daemon(c: Cluster) -> int:
 COMMANDS = {
     "bsub": cmd_bsub, "bjobs": cmd_bjobs, "bhist": cmd_bhist, "bpeek": cmd_bpeek,
     "bhosts": cmd_bhosts, "bqueues": cmd_bqueues, "busers": cmd_busers, "badmin": cmd_badmin,
-    "bparams": cmd_bparams, "lsid": cmd_lsid,
+    "bparams": cmd_bparams, "lsid": cmd_lsid, "bmod": cmd_bmod, "bswitch": cmd_bswitch,
 }
 
 
