@@ -152,7 +152,7 @@ class _Cors:
     """CORS for the configured origins (``cors_origins``): the preflight's answer and the
     headers of every answer. No cookies are involved (tokens travel in Authorization), so
     credentials are never allowed."""
-    METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+    METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
     HEADERS = "Authorization, Content-Type, Idempotency-Key, Range, If-Range"
     EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow, X-File-Size"
 

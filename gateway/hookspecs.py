@@ -48,7 +48,7 @@ def control_job(user, job_id, action):
 
 @hookspec(firstresult=True)
 def modify_job(user, job_id, change):
-    """Change a submitted job's name, queue or time limit (a JobChange); Conflict if its state forbids it."""
+    """Change a job's name, queue or time limit (a JobChange): ``change.checked(job, ...)`` on a fresh look first."""
 
 
 @hookspec(firstresult=True)

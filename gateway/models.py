@@ -29,6 +29,7 @@ class JobState(str, enum.Enum):
 
 
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+WAITING_STATES = frozenset({JobState.PENDING, JobState.HELD})
 
 JOB_ACTIONS = ("kill", "suspend", "resume", "requeue", "hold", "release")
 HOST_ACTIONS = ("open", "close")
@@ -71,11 +72,10 @@ class JobSpec:
 class JobChange:
     """What a client asks to change in a submitted job (PATCH /jobs/{id}); None: unchanged.
 
-    The core has checked that the job is the caller's (or the caller an administrator), that
-    it has not ended, that a queue changes only while it waits (PENDING or HELD), and that only
-    an administrator raises the time limit of a job that has started. The plugin applies the
-    lot or nothing, and raises what the scheduler refused (a waiting job's limit beyond what
-    its queue allows, say)."""
+    The core has checked that the job is the caller's (or the caller an administrator). The
+    plugin applies :meth:`checked` to a fresh look at the job (not a snapshot a moment old)
+    with its queue's limit, then makes what is left of the change, the lot or nothing, and
+    raises what the scheduler refused."""
     name: str | None = None
     queue: str | None = None
     time_limit_minutes: int | None = None
@@ -84,6 +84,40 @@ class JobChange:
         """The fields to change, by name."""
         return {k: v for k, v in (("name", self.name), ("queue", self.queue),
                                   ("time_limit_minutes", self.time_limit_minutes)) if v is not None}
+
+    def raises_limit(self, job: "Job") -> bool:
+        """Whether the change sets a time limit above the job's. A job without one runs
+        unlimited (every plugin reads the limit the scheduler applies): any limit lowers it."""
+        return (self.time_limit_minutes is not None and job.time_limit_minutes is not None
+                and self.time_limit_minutes > job.time_limit_minutes)
+
+    def checked(self, job: "Job", *, is_admin: bool, queue_limit: int | None = None) -> "JobChange":
+        """What is left of this change to make to ``job``, or the refusal (gateway.errors):
+        the rules every backend keeps, applied by the plugin to a fresh look at the job. An
+        ended job does not change (409); a queue it is already in is no move, and only a
+        waiting job moves (409); a started job's limit is raised by an administrator only
+        (403: Slurm's rule, kept on every backend, whatever rights a shared service account
+        has); ``queue_limit``, the longest the (new) queue allows, binds everybody but
+        administrators (422)."""
+        from .errors import Conflict, Forbidden, InvalidInput
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job.job_id} has already finished ({job.state.value}): it cannot change")
+        change = self
+        if change.queue is not None and change.queue == job.queue:
+            change = replace(change, queue=None)
+        if change.queue is not None and job.state not in WAITING_STATES:
+            raise Conflict(f"job {job.job_id} is {job.state.value}: only a waiting (PENDING or HELD) "
+                           "job can move to another queue")
+        if not is_admin and change.raises_limit(job) and job.state not in WAITING_STATES:
+            raise Forbidden(f"job {job.job_id} is {job.state.value} with a time limit of "
+                            f"{job.time_limit_minutes} minutes: only an administrator may raise "
+                            "the limit of a job that has started (you may lower it)")
+        if (not is_admin and queue_limit is not None and change.time_limit_minutes is not None
+                and change.time_limit_minutes > queue_limit):
+            queue = change.queue or job.queue
+            raise InvalidInput(f"queue {queue} allows at most {queue_limit} minutes",
+                               errors={"timeLimitMinutes": [f"more than queue {queue} allows ({queue_limit})"]})
+        return change
 
 
 # The paths of a job spec that may start with "~": the user's directory on the cluster, the

@@ -52,8 +52,8 @@ class Transport:
     #: Whether what commands print is kept by the way it travels (SSM's command history and
     #: output bucket); such a transport's ``_run`` takes ``private``.
     keeps_output = False
-    #: Whether a connection lost while a command runs can leave its outcome unknown (SSH):
-    #: such a transport's ``_run`` takes ``retry_safe``.
+    #: Whether a connection lost while a command runs can leave its outcome unknown (SSH,
+    #: SSM): such a transport's ``_run`` takes ``retry_safe``.
     tells_retry_safe = False
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
@@ -83,7 +83,7 @@ class Transport:
 def run_command(transport, argv: Sequence[str], *, private: bool = False, retry_safe: bool = False,
                 **kw) -> CommandResult:
     """``transport.run(argv, **kw)``, with ``private`` passed only to a transport that keeps
-    output (SSM) and ``retry_safe`` only to one that tells (SSH): a plugin's own transport
+    output (SSM) and ``retry_safe`` only to one that tells (SSH, SSM): a plugin's own transport
     (or a test's) need not take the arguments."""
     if private and getattr(transport, "keeps_output", False):
         kw["private"] = True

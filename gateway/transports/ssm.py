@@ -66,6 +66,10 @@ only this module knows whether an attempt may have started the command.
   S3 is retried the same way (504 at the deadline; 502 for a permanent S3 error).
 - A command that ended but could not run as asked (not delivered, cancelled by someone else,
   the agent could not start the script): :class:`SchedulerUnavailable` (503).
+- A command the caller marks ``retry_safe`` (it only reads: squeue, bjobs, stat...) may run
+  twice: its SendCommand is sent again after a lost answer or a 5xx too, and SSM failing
+  it (sending or polling) is an outage, :class:`SchedulerUnavailable` (503, Retry-After),
+  not an unknown outcome. A read that does not finish in time is still a 504.
 
 Credentials come from boto3's normal chain (environment, ``profile``, instance role...).
 """
@@ -255,6 +259,7 @@ class SsmTransport(Transport):
 
     name = "ssm"
     keeps_output = True
+    tells_retry_safe = True
     late_delete_grace = 30.0     # seconds after a private PUT URL expires: its last delete
     delete_timeout = 1.0         # seconds for a run's own delete of its private frame
 
@@ -342,7 +347,7 @@ class SsmTransport(Transport):
             _call.read_timeout = None
 
     # -- run --------------------------------------------------------------------------
-    def _run(self, argv, *, stdin, timeout, env, private=False):
+    def _run(self, argv, *, stdin, timeout, env, private=False, retry_safe=False):
         from botocore.exceptions import BotoCoreError
 
         deadline = time.monotonic() + timeout
@@ -376,14 +381,14 @@ class SsmTransport(Transport):
                 params["OutputS3KeyPrefix"] = self.output_prefix
             params["OutputS3Region"] = self.output_region
         if private_key is None:
-            command_id = self._send(ssm, params, deadline)
-            invocation = self._wait(ssm, command_id, deadline, timeout)
+            command_id = self._send(ssm, params, deadline, retry_safe)
+            invocation = self._wait(ssm, command_id, deadline, timeout, retry_safe)
             return self._result(invocation, command_id, deadline)
         sent = False
         try:
-            command_id = self._send(ssm, params, deadline)
+            command_id = self._send(ssm, params, deadline, retry_safe)
             sent = True
-            invocation = self._wait(ssm, command_id, deadline, timeout)
+            invocation = self._wait(ssm, command_id, deadline, timeout, retry_safe)
             result = self._private_result(invocation, private_key, deadline)
         except BaseException as exc:
             # Unless SendCommand certainly did not run (_send raised anything but a 504), the
@@ -398,14 +403,16 @@ class SsmTransport(Transport):
             _later.call(1.0, self._delete_private, private_key)
         return result
 
-    def _send(self, ssm, params: dict, deadline: float) -> str:
+    def _send(self, ssm, params: dict, deadline: float, retry_safe: bool = False) -> str:
         """SendCommand; its CommandId.
 
         Sent again (up to ``max_attempts``, within the deadline) only when the command
         certainly did not start: the request never left (no connection) or SSM throttled it.
         Raises :class:`SchedulerTimeout` exactly when the command may have been sent (the
         answer was lost, or a 5xx: SSM may have acted on it); any other error means it did
-        not run, and keeps its usual mapping (:meth:`_api_error`)."""
+        not run, and keeps its usual mapping (:meth:`_api_error`). A ``retry_safe`` command
+        (one that only reads) is also sent again after a lost answer or a 5xx: running it
+        twice costs a read, and its last failure is an outage (503), not an unknown outcome."""
         from botocore.exceptions import BotoCoreError, ClientError
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError,
@@ -420,9 +427,13 @@ class SsmTransport(Transport):
                 error: Exception = exc        # could not connect: nothing was sent
             except (HTTPClientError, BotoConnectionError) as exc:
                 # Sent, answer lost: read timeout, connection closed, TLS failure...
-                raise self._maybe_sent(f"SSM did not answer SendCommand ({exc})") from exc
+                if not retry_safe:
+                    raise self._maybe_sent(f"SSM did not answer SendCommand ({exc})") from exc
+                error = exc
             except ClientError as exc:
-                if _code(exc) not in _THROTTLING_CODES:
+                if retry_safe and _http_status(exc) >= 500:
+                    error = exc
+                elif _code(exc) not in _THROTTLING_CODES:
                     if _http_status(exc) >= 500:
                         raise self._maybe_sent(f"SSM SendCommand failed ({_code(exc)}: "
                                                f"{_message(exc)})") from exc
@@ -432,6 +443,8 @@ class SsmTransport(Transport):
                 raise self._api_error("SendCommand", exc) from exc
             pause = random.uniform(0, min(2.0 ** (attempt - 1), 5.0))  # jittered backoff
             if attempt >= self.max_attempts or time.monotonic() + pause >= deadline:
+                if retry_safe:
+                    raise SchedulerUnavailable(f"SSM SendCommand failed: {error}") from error
                 raise self._api_error("SendCommand", error) from error
             time.sleep(pause)
 
@@ -475,13 +488,14 @@ class SsmTransport(Transport):
                         self.output_bucket, key, exc)
             return False
 
-    def _wait(self, ssm, command_id: str, deadline: float, timeout: float) -> dict:
+    def _wait(self, ssm, command_id: str, deadline: float, timeout: float, retry_safe: bool = False) -> dict:
         """Poll until the command ends; at the deadline cancel it and raise SchedulerTimeout.
 
         The command was sent: whatever fails now, it may be running (sbatch may submit), so
         nothing raised here carries Retry-After. Throttling, 5xx, expired credentials and
         connection errors are polled again until the deadline; other errors (SSM refusing
-        the poll for good) cancel the command at once."""
+        the poll for good) cancel the command at once. For a ``retry_safe`` command (a read)
+        failing polls are an outage: 503 with Retry-After, as SSH's lost connection is."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         delay = self.poll_initial
@@ -495,6 +509,9 @@ class SsmTransport(Transport):
                     raise SchedulerTimeout(
                         f"command on {self.instance_id} did not finish within {timeout:g} s "
                         f"(last SSM status {status}); it was cancelled")
+                if retry_safe:
+                    raise SchedulerUnavailable(f"SSM did not tell within {timeout:g} s how a read on "
+                                               f"{self.instance_id} went ({trouble})")
                 raise SchedulerTimeout(
                     f"SSM did not tell within {timeout:g} s how the command on "
                     f"{self.instance_id} went ({trouble}): it may or may not have run; "
@@ -512,6 +529,9 @@ class SsmTransport(Transport):
                 if _transient(exc):
                     continue
                 self._cancel(command_id)
+                if retry_safe:
+                    raise SchedulerUnavailable(f"SSM {trouble}: a read on {self.instance_id} was "
+                                               "cancelled") from exc
                 raise SchedulerTimeout(
                     f"SSM {trouble}, so how the command on {self.instance_id} went is "
                     "unknown: it may or may not have run; it was cancelled") from exc

@@ -233,6 +233,20 @@ def test_cors_for_the_configured_origins_only(make_app):
     assert r.status_code == 401 and "Access-Control-Allow-Origin" not in r.headers
 
 
+def test_cors_preflights_allow_every_method_the_api_has(make_app):
+    """A method missing from Access-Control-Allow-Methods is one a browser never sends (PATCH
+    /jobs/{id} was)."""
+    portal = "https://portal.example.org"
+    app, _ = make_app(cors_origins=[portal])
+    used = {m for rule in app.url_map.iter_rules() for m in rule.methods}
+    r = app.test_client().options("/aip/v9.2/jobs/1", headers={
+        "Origin": portal, "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert r.status_code == 204
+    allowed = {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")}
+    assert "PATCH" in used and used <= allowed, used - allowed
+
+
 @pytest.mark.parametrize("origins", [["https://portal.example.org/app"], ["portal.example.org"], ["*.example.org"]])
 def test_cors_origins_must_be_origins(origins):
     from gateway.config import load_config

@@ -90,3 +90,23 @@ def test_only_admins_run_host_and_queue_actions(world):
         assert clients["admin"].post(f"/hosts/{host}/{action}").status == 200
     for action in ("close", "open", "inactivate", "activate"):
         assert clients["admin"].post(f"/queues/short/{action}").status == 200
+
+
+@pytest.mark.parametrize("actor, owner", [p for p in itertools.permutations(USERS, 2)])
+def test_a_user_cannot_change_another_users_job(world, actor, owner):
+    clients, jobs = world()
+    r = clients[actor].request("PATCH", f"/jobs/{jobs[owner]}", json={"name": "taken", "timeLimitMinutes": 1})
+    assert r.status == 403, r.body
+    job = clients[owner].job(jobs[owner])
+    assert (job["name"], job["timeLimitMinutes"]) == (f"{owner}-job", None)
+    r = clients["admin"].request("PATCH", f"/jobs/{jobs[owner]}", json={"name": "by-admin"})
+    assert r.status == 200 and clients[owner].job(jobs[owner])["name"] == "by-admin"
+
+
+def test_oneself_without_jobs_is_zero_counts_and_a_stranger_a_404(world):
+    clients, _ = world()
+    me = clients["admin"].get("/users/admin")          # the admin has submitted nothing
+    assert me.status == 200 and me.body["data"]["user"] == {
+        "name": "admin", "njobs": 0, "pending": 0, "running": 0, "suspended": 0, "maxJobs": None}, me.body
+    assert clients["alice"].get("/users/alice").body["data"]["user"]["pending"] == 1
+    assert clients["alice"].get("/users/nobody-by-this-name").status == 404

@@ -606,3 +606,35 @@ def test_failed_private_runs_do_not_start_a_thread_each(ssm_double, s3):
     for key in _bucket_keys(s3):
         if key.startswith("gw-lost/"):
             client.delete_object(Bucket=OUTPUT_BUCKET, Key=key)
+
+
+# A read (retry_safe) may run twice: a lost answer is sent again, and SSM failing it is an
+# outage to retry (503), not an unknown outcome (504).
+@pytest.mark.parametrize("error", [
+    ConnectionClosedError(endpoint_url="http://ssm"), ReadTimeoutError(endpoint_url="http://ssm"),
+    _client_error("InternalServerError", 500)], ids=lambda e: type(e).__name__)
+def test_a_read_whose_send_answer_is_lost_is_sent_again(monkeypatch, error):
+    fake = _FakeSsm(send=[error, {"Command": {"CommandId": "c" * 36}}], poll=[_OK_INVOCATION])
+    t = _faked(monkeypatch, fake)
+    assert t.run(["squeue"], timeout=10, retry_safe=True).stdout == b"hi"
+    assert fake.calls["SendCommand"] == 2
+    fake = _FakeSsm(send=[error])
+    t = _faked(monkeypatch, fake)
+    with pytest.raises(SchedulerUnavailable) as info:
+        t.run(["squeue"], timeout=10, retry_safe=True)
+    assert fake.calls["SendCommand"] == t.max_attempts
+    assert info.value.headers.get("Retry-After")
+
+
+@pytest.mark.parametrize("error", _POLL_TROUBLE, ids=lambda e: type(e).__name__ + ":" + str(e)[:30])
+def test_a_read_whose_polls_fail_until_the_deadline_is_a_503(monkeypatch, error):
+    fake = _FakeSsm(poll=[error])
+    t = _faked(monkeypatch, fake)
+    with pytest.raises(SchedulerUnavailable) as info:
+        t.run(["squeue"], timeout=1, retry_safe=True)
+    assert fake.calls["CancelCommand"] == 1 and fake.calls["SendCommand"] == 1
+    assert info.value.headers.get("Retry-After")
+    fake = _FakeSsm(poll=[_client_error("AccessDeniedException", operation="GetCommandInvocation")])
+    t = _faked(monkeypatch, fake)
+    with pytest.raises(SchedulerUnavailable):
+        t.run(["squeue"], timeout=5, retry_safe=True)

@@ -6,7 +6,7 @@ import re
 from flask.views import MethodView
 
 from ...errors import NotFound
-from ...models import HOST_ACTIONS, QUEUE_ACTIONS
+from ...models import HOST_ACTIONS, QUEUE_ACTIONS, UserInfo
 from ..common import Blueprint, current_user, document_errors, gw, ok, require_admin
 from .schemas import (ClusterEnvelope, HostEnvelope, HostListEnvelope, QueueEnvelope, QueueListEnvelope,
                       UserEnvelope, UserListEnvelope)
@@ -111,5 +111,9 @@ class UserDetail(MethodView):
     @blp.response(200, UserEnvelope)
     @document_errors(blp, 401, 404, 501, 502, 503, 504)
     def get(self, name):
-        """One user's job counts"""
-        return ok({"user": _find(_call("list_users"), name, "user")})
+        """One user's job counts (yours are zeros while you have no jobs: not a 404)"""
+        user = current_user()
+        users = _call("list_users")
+        if name == user.name and not any(u.name == name for u in users):
+            return ok({"user": UserInfo(name=name)})
+        return ok({"user": _find(users, name, "user")})

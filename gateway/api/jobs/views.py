@@ -14,13 +14,12 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import replace
 
 from flask import jsonify, request
 from flask.views import MethodView
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
-from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, JobState, User
+from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
 from ..common import Blueprint, current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobChangeSchema, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
@@ -291,29 +290,13 @@ class JobDetail(MethodView):
         limit of a job that has started (403)."""
         state = gw()
         user = current_user()
-        job = fetch_job(user, job_id, control=True, doing="change")
-        if job.state in FINAL_STATES:
-            raise Conflict(f"job {job_id} has already finished ({job.state.value}): it cannot change")
-        if change.queue is not None and change.queue == job.queue:
-            change = replace(change, queue=None)     # already there: no move (Slurm would refuse a started job's)
-        if change.queue is not None and job.state not in WAITING:
-            raise Conflict(f"job {job_id} is {job.state.value}: only a waiting (PENDING or HELD) "
-                           "job can move to another queue")
-        limit = job.time_limit_minutes
-        if (change.time_limit_minutes is not None and limit is not None and change.time_limit_minutes > limit
-                and job.state not in WAITING and not user.is_admin):
-            # Slurm's rule, kept on every backend (and whatever rights a shared service account
-            # has): a job that has started keeps the time it was given, or less.
-            raise Forbidden(f"job {job_id} is {job.state.value} with a time limit of {limit} minutes: "
-                            "only an administrator may raise the limit of a job that has started "
-                            "(you may lower it)")
-        if change.given():
-            state.scheduler.call("modify_job", user=user, job_id=job_id, change=change)
-            job = state.scheduler.call("get_job", user=user, job_id=job_id)
-        return ok({"job": job})
+        fetch_job(user, job_id, control=True, doing="change")
+        # The rules on the job's state (JobChange.checked) are the plugin's to apply, on a
+        # fresh look: what get_job answered may be a snapshot a moment old.
+        state.scheduler.call("modify_job", user=user, job_id=job_id, change=change)
+        return ok({"job": state.scheduler.call("get_job", user=user, job_id=job_id)})
 
 
-WAITING = (JobState.PENDING, JobState.HELD)
 SHORT_WAIT = 1.0                       # seconds, a long poll beyond max_waits_per_user
 _WAITS: Counter = Counter()            # full-length long polls in flight in this process, by user
 _WAITS_LOCK = threading.Lock()

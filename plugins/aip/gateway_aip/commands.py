@@ -21,17 +21,16 @@ B_COMMANDS = {
     "bsub": "bsub", "bjobs": "bjobs", "bkill": "bkill", "bstop": "bstop",
     "bresume": "bresume", "brequeue": "brequeue", "bhosts": "bhosts", "bqueues": "bqueues",
     "busers": "busers", "bhist": "bhist", "bpeek": "bpeek", "badmin": "badmin",
-    "bparams": "bparams", "lsid": "lsid", "bmod": "bmod", "bswitch": "bswitch",
+    "bparams": "bparams", "lsid": "lsid", "bmod": "bmod",
 }
 # SkyForm AIP's own names. What AIP has no c-name for is absent (None) unless overridden.
-# Changing a job (bmod, bswitch) has no c-name either: the c-set runs the LSF-compatible
-# names an AIP head node also installs (commands_override.bmod / .bswitch: another name,
-# or null for 501).
+# Changing a job (bmod) has no c-name either: the c-set runs the LSF-compatible name an
+# AIP head node also installs (commands_override.bmod: another name, or null for 501).
 C_COMMANDS = {
     "bsub": "csub", "bjobs": "cjobs", "bkill": "ckill", "bstop": "cstop",
     "bresume": "cresume", "brequeue": None, "bhosts": "chosts", "bqueues": "cqueues",
     "busers": None, "bhist": "chist", "bpeek": "cread", "badmin": None,
-    "bparams": None, "lsid": None, "bmod": "bmod", "bswitch": "bswitch",
+    "bparams": None, "lsid": None, "bmod": "bmod",
 }
 
 # Fields requested from ``bjobs -o ... -json`` by default: the ones OpenLava-derived
@@ -425,12 +424,16 @@ def check_time_limit(minutes: int) -> int:
     return minutes
 
 
-def bmod_args(job_id: str, *, name: str | None = None,
+def bmod_args(job_id: str, *, queue: str | None = None, name: str | None = None,
               time_limit_minutes: int | None = None) -> list[str]:
-    """``bmod [-J name] [-W minutes] <id>``: a new name and run limit in one call (both are
-    applied or neither); [] when neither is given. LSF reads -W as [hour:]minute: plain
-    minutes are sent."""
+    """``bmod [-q queue] [-J name] [-W minutes] <id>``: a new queue, name and run limit in
+    one call, which LSF applies all or none of; [] when none is given. One command, not
+    bswitch then bmod: two can leave half a change made, and undoing the first after the
+    second failed is wrong when that one timed out (it may have acted). LSF reads -W as
+    [hour:]minute: plain minutes are sent."""
     args: list[str] = []
+    if queue is not None:
+        args += ["-q", queue_arg(queue)]
     if name is not None:
         args += ["-J", check_job_name(name)]
     if time_limit_minutes is not None:
@@ -438,8 +441,3 @@ def bmod_args(job_id: str, *, name: str | None = None,
     if not args:
         return []
     return args + [job_id_arg(job_id)]
-
-
-def bswitch_args(queue: str, job_id: str) -> list[str]:
-    """``bswitch <queue> <id>``: move a job to another queue."""
-    return [queue_arg(queue), job_id_arg(job_id)]

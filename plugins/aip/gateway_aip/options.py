@@ -22,9 +22,9 @@ class AipOptions(Schema):
     commands = fields.String(load_default="b", validate=validate.OneOf(["b", "c"]))
     #: b-name -> the command to run instead (a name or an absolute path), or null when the
     #: scheduler has none (its hooks then answer 501). E.g. {"badmin": "badmin"} for AIP.
-    #: Changing a job (PATCH: bmod for name and run limit, bswitch for the queue) runs the
-    #: LSF-compatible bmod and bswitch in both sets, as AIP has no c-names for them:
-    #: {"bmod": null, "bswitch": null} turns it off (501), or names other commands.
+    #: Changing a job (PATCH: one bmod for queue, name and run limit) runs the
+    #: LSF-compatible bmod in both sets, as AIP has no c-name for it: {"bmod": null}
+    #: turns it off (501), or names another command.
     commands_override = fields.Dict(keys=fields.String(validate=validate.OneOf(sorted(B_COMMANDS))),
                                     values=fields.String(allow_none=True), load_default=dict)
     #: Directory holding the commands; without it they are looked up on PATH (after env_file).

@@ -371,17 +371,25 @@ _RUN_LIMIT_HMS = re.compile(r"^(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2})(?:\s*/\S*)?$
 
 
 def run_limit_minutes(text: str | None) -> int | None:
-    """A run limit as LSF prints it, in whole minutes (rounded): ``30.0 min of hostA``
-    (bjobs -l), ``30.0`` or ``30.0/hostA`` (bjobs -o runtimelimit), ``00:30:00`` (-hms).
-    None for ``-``, empty or anything else."""
+    """A run limit as LSF prints it, in whole minutes (rounded; a limit under a minute is
+    1, not 0): ``30.0 min of hostA`` (bjobs -l), ``30.0`` or ``30.0/hostA`` (bjobs -o
+    runtimelimit), ``00:30:00`` (-hms). None for ``-``, empty or anything else."""
     t = (text or "").strip()
     m = _RUN_LIMIT.match(t)
     if m:
-        return int(round(float(m.group("min"))))
+        return _whole_minutes(float(m.group("min")))
     m = _RUN_LIMIT_HMS.match(t)
     if m:
-        return int(round(int(m.group("h")) * 60 + int(m.group("m")) + int(m.group("s")) / 60))
+        return _whole_minutes(int(m.group("h")) * 60 + int(m.group("m")) + int(m.group("s")) / 60)
     return None
+
+
+def _whole_minutes(minutes: float) -> int:
+    # 0 would read as "no time at all" (and as a limit any change raises): a limit of
+    # seconds is at least a minute.
+    if 0 < minutes < 1:
+        return 1
+    return int(round(minutes))
 
 
 # --------------------------------------------------------------------------- bjobs -l
@@ -682,7 +690,8 @@ def parse_submit(text: str) -> tuple[str, str | None]:
     if _INPUT_FAULTS.search(msg):
         # keep a usage text short: its first line says what was wrong
         return _raise(InvalidInput(first if "Usage:" in msg else msg))
-    if "permission denied" in msg.lower():        # "User permission denied. Job not submitted."
+    # "User permission denied. Job not submitted.", "short: User cannot use the queue. ..."
+    if "permission denied" in msg.lower() or _QUEUE_USE.search(msg):
         return _raise(Forbidden(msg))
     return _raise(SchedulerRefused(msg))
 
@@ -741,12 +750,17 @@ def _job_refusal(text: str, job_id: str) -> None:
 
 # --------------------------------------------------------------------------- changing a job
 
-_SWITCH_OK = re.compile(r"Job <(?P<id>[^>]+)> is switched to queue <(?P<queue>[^>]+)>")
 _MODIFY_OK = re.compile(r"Parameters of job <(?P<id>[^>]+)> are being changed")
 # bmod (OpenLava's sub_perror): "5: No matching job found. Job not modified.",
 # "Job has already finished. Job not modified.", "nosuch: No such queue. Job not modified."
 _NOT_MODIFIED = re.compile(r"\.?\s*Job not modified\.?\s*$", re.I)
 _BAD_QUEUE = re.compile(r"No such queue", re.I)
+# LSBE_QUEUE_USE ("short: User cannot use the queue"): the queue's users exclude the caller,
+# as Slurm's "not permitted to use this partition" (403 there too).
+_QUEUE_USE = re.compile(r"cannot use the queue|not allowed to use", re.I)
+# LSBE_JOB_ARRAY: OpenLava's bmod moves no job array ("Options -q and -O cannot be applied
+# on job array"): what was asked, not the job's state.
+_ARRAY_QUEUE = re.compile(r"-q\b.*cannot be applied on job array", re.I)
 _QUEUE_CLOSED = re.compile(r"Queue has been closed|not accepting", re.I)
 _BAD_NAME = re.compile(r"Bad job name|Change job name is not allowed|job name is too long", re.I)
 _BAD_LIMIT = re.compile(r"RUNLIMIT|run ?limit|Cannot exceed queue's hard limit", re.I)
@@ -757,17 +771,18 @@ _NOT_NOW = re.compile(r"Only the following parameters can be used to modify a ru
 
 
 def _change_refusal(text: str, job_id: str) -> GatewayError:
-    """The error for a refused bmod or bswitch, keeping the scheduler's words."""
+    """The error for a refused bmod, keeping the scheduler's words."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     msg = "\n".join(lines)
     why = _NOT_MODIFIED.sub("", msg)
     if re.search(r"No matching job|is not found|Illegal job ID", why):
         return NotFound(f"job {job_id} not found ({msg})")
-    if _BAD_QUEUE.search(why):
+    if _BAD_QUEUE.search(why) or _ARRAY_QUEUE.search(why):
         return InvalidInput(msg, errors={"queue": [why]})
     if _BAD_NAME.search(why):
         return InvalidInput(msg, errors={"name": [why]})
-    if "permission denied" in why.lower() or "not the owner" in why.lower():
+    if ("permission denied" in why.lower() or "not the owner" in why.lower()
+            or _QUEUE_USE.search(why)):
         return Forbidden(msg)
     if _QUEUE_CLOSED.search(why) or _NOT_NOW.search(why) or _CONFLICT_WORDS.search(why):
         return Conflict(msg)
@@ -776,29 +791,21 @@ def _change_refusal(text: str, job_id: str) -> GatewayError:
     return SchedulerRefused(msg)
 
 
-def parse_switch(text: str, job_id: str) -> str:
-    """``bswitch <queue> <id>``: ``Job <5> is switched to queue <short>``; raises NotFound,
-    Conflict (finished, started, closed queue), Forbidden, InvalidInput (no such queue:
-    errors["queue"]), SchedulerUnavailable or SchedulerRefused with the scheduler's words."""
-    return _parse_change(text, job_id, _SWITCH_OK, "bswitch")
-
-
 def parse_modify(text: str, job_id: str) -> str:
-    """``bmod [-J name] [-W minutes] <id>``: ``Parameters of job <5> are being changed``;
-    raises as :func:`parse_switch` does (a bad name: errors["name"], a run limit the queue
-    refuses: errors["timeLimitMinutes"])."""
-    return _parse_change(text, job_id, _MODIFY_OK, "bmod")
-
-
-def _parse_change(text: str, job_id: str, accepted: re.Pattern, command: str) -> str:
+    """``bmod [-q queue] [-J name] [-W minutes] <id>``: ``Parameters of job <5> are being
+    changed``; raises NotFound, Conflict (finished, started, closed queue), Forbidden (not
+    the caller's job, or a queue the caller may not use), InvalidInput (no such queue or an
+    array's queue: errors["queue"]; a bad name: errors["name"]; a run limit the queue
+    refuses: errors["timeLimitMinutes"]), SchedulerUnavailable or SchedulerRefused, with
+    the scheduler's words."""
     failure = scheduler_failure(text)
     if failure:
         raise failure
-    m = accepted.search(text)
+    m = _MODIFY_OK.search(text)
     if m:
         return m.group(0)
     if not text.strip():
-        raise refused(command, text)
+        raise refused("bmod", text)
     raise _change_refusal(text, job_id)
 
 
@@ -1006,6 +1013,37 @@ def parse_bqueues(text: str, default_queues: list[str] | None = None) -> list[Qu
             pending=_int(r.get("PEND")) or 0, running=_int(r.get("RUN")) or 0,
             suspended=_int(r.get("SUSP")) or 0))
     return queues
+
+
+def parse_bqueues_run_limits(text: str) -> dict[str, int | None]:
+    """``bqueues -l [queue ...]``: each queue's hard run limit in minutes (None: none).
+
+    OpenLava/LSF print a queue's limits as a row of names over a row of values, each in a
+    column of 25 characters (`` RUNLIMIT`` over `` 360.0 min of hostA``); with default
+    limits too, under ``DEFAULT LIMITS:`` first, then ``MAXIMUM LIMITS:``: the maximum
+    is the one that binds."""
+    failure = scheduler_failure(text)
+    if failure:
+        raise failure
+    limits: dict[str, int | None] = {}
+    queue, defaults = None, False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^QUEUE:\s*(\S+)\s*$", line)
+        if m:
+            queue, defaults = m.group(1), False
+            limits[queue] = None
+            continue
+        if queue is None:
+            continue
+        if line.startswith("DEFAULT LIMITS:"):
+            defaults = True
+        elif line.startswith("MAXIMUM LIMITS:"):
+            defaults = False
+        at = line.find(" RUNLIMIT")
+        if at >= 0 and not defaults and i + 1 < len(lines) and re.fullmatch(r"(\s+[A-Z]+LIMIT)+\s*", line[at:] or ""):
+            limits[queue] = run_limit_minutes(lines[i + 1][at:at + 25])
+    return limits
 
 
 def parse_busers(text: str) -> list[UserInfo]:

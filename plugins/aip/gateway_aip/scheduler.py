@@ -84,6 +84,7 @@ class AipScheduler:
         self._final: dict[str, tuple] = {}
         self._killed_here: set[str] = set()
         self._default_queues: tuple[float, list[str]] | None = None
+        self._queue_limits: tuple[float, dict[str, int | None]] | None = None
 
     # ================================================================ running commands
     def base_env(self) -> dict[str, str]:
@@ -465,75 +466,51 @@ class AipScheduler:
 
     @hookimpl
     def modify_job(self, user, job_id, change):
-        """A new name and run limit with one ``bmod -J name -W minutes <id>`` (both or
-        neither), a new queue with ``bswitch <queue> <id>`` (first: the likelier refusal; moved
-        back when bmod then refuses).
-        What the client sent is checked before anything runs; the job's state is read again
-        (the core's may be a moment old); a field already as asked is left alone. Run as the
-        account control_job uses for the job."""
-        name, queue, minutes = change.name, change.queue, change.time_limit_minutes
-        # The client's input first: nothing runs for a bad name or queue.
-        if name is not None:
-            C.check_job_name(name)
-        if queue is not None:
-            C.queue_arg(queue)
-        if minutes is not None:
-            C.check_time_limit(minutes)
+        """A new queue, name and run limit with one ``bmod [-q queue] [-J name] [-W minutes]
+        <id>``: LSF makes all of it or none, so no half-made change is left to undo (and a
+        bmod that timed out may have acted: nothing is undone after it).
+        What the client sent is checked before anything runs; then the core's rules
+        (JobChange.checked) on a fresh look at the job, as bjobs -l has it now, with the
+        (new) queue's run limit from bqueues -l when a user sets a limit; a field already as
+        asked is left alone. Run as the account control_job uses for the job: LSF lets a
+        job's owner change a started job's run limit (LSB_MOD_ALL_JOBS), and only an
+        administrator may raise it here (checked), so the owner's account serves an
+        administrator's own job too, and admin_account anyone else's. No account passes a
+        queue's hard limit: OpenLava's mbatchd refuses it to administrators too."""
+        # The client's input first: nothing runs for a bad name, queue or limit.
+        if change.name is not None:
+            C.check_job_name(change.name)
+        if change.queue is not None:
+            C.queue_arg(change.queue)
+        if change.time_limit_minutes is not None:
+            C.check_time_limit(change.time_limit_minutes)
         job = self._job(str(job_id))
-        state = job.state
-        if state.is_final:
-            raise Conflict(f"cannot change job {job_id}: it has already finished ({state})")
+        limit, queue = None, change.queue or job.queue
+        if change.time_limit_minutes is not None and not user.is_admin and queue and not job.state.is_final:
+            # The (new) queue's hard RUNLIMIT, read now (one bqueues -l): a limit above it is
+            # refused before anything runs. Unknown (None): LSF refuses it itself, "RUNLIMIT:
+            # Cannot exceed queue's hard limit(s)", a 422 as well.
+            limit = self._run_limits(queue).get(queue)
+        change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
+        name, minutes = change.name, change.time_limit_minutes
         if name is not None and name == job.name:
             name = None
         if minutes is not None and minutes == job.time_limit_minutes:
             minutes = None
-        if queue is not None and queue == job.queue:
-            queue = None
         if name is not None and ("[" in job.job_id or job.native_state == "ARRAY"):
             # LSF: "Change job name is not allowed for job array"; an element's index is its name's.
             raise InvalidInput(f"job {job_id} is (part of) a job array: its name cannot change",
                                errors={"name": ["a job array's name cannot change"]})
-        if queue is not None and state not in (JobState.PENDING, JobState.HELD):
-            raise Conflict(f"cannot move job {job_id} to queue {queue}: it is {state}; "
-                           "only a waiting (PENDING or HELD) job can change queue")
         jid = C.job_id_arg(job.job_id)
-        bmod = C.bmod_args(jid, name=name, time_limit_minutes=minutes)
-        as_user = self._as_for_job(user, job)
-        switched = False
+        args = C.bmod_args(jid, queue=change.queue, name=name, time_limit_minutes=minutes)
+        if not args:
+            return
         try:
-            if queue is not None:
-                text = self._run("bswitch", C.bswitch_args(queue, jid), what="moving a job to another queue",
-                                 as_user=as_user)
-                P.parse_switch(text, jid)
-                switched = True
-            if bmod:
-                try:
-                    text = self._run("bmod", bmod, what="changing a job", as_user=as_user)
-                    P.parse_modify(text, jid)
-                except GatewayError as exc:
-                    if switched:           # the lot or nothing: back to where it was
-                        raise self._switch_back(jid, job.queue, queue, as_user, exc) from exc
-                    raise
+            P.parse_modify(self._run("bmod", args, what="changing a job", as_user=self._as_for_job(user, job)),
+                           jid)
         finally:
-            # Also after a refusal: a bswitch that went through before bmod was refused has
-            # changed the job, and the listing must not show the old queue.
-            if queue is not None or bmod:
-                self._invalidate()
-
-    def _switch_back(self, jid: str, home: str | None, moved_to: str, as_user, exc: GatewayError) -> GatewayError:
-        """After bmod refused what came with a queue change: the job goes back to its queue;
-        the answer says where it is if it cannot."""
-        try:
-            if not home:
-                raise SchedulerRefused("its queue before the move is unknown")
-            P.parse_switch(self._run("bswitch", C.bswitch_args(home, jid), what="moving a job back",
-                                     as_user=as_user), jid)
-            return exc
-        except GatewayError as back:
-            log.warning("job %s: moved to %s, then bmod refused and the move back failed: %s",
-                        jid, moved_to, back.msg)
-            return type(exc)(f"{exc.msg} (the job has moved to queue {moved_to} and could not be moved "
-                             f"back: {back.msg})", errors=getattr(exc, "errors", None))
+            # Also after a failure: a bmod that did not answer in time may have acted.
+            self._invalidate()
 
     @hookimpl
     def job_output(self, user, job_id, stream, offset, limit):
@@ -669,10 +646,32 @@ class AipScheduler:
         self._default_queues = (now, names)
         return names
 
+    def _run_limits(self, queue: str | None = None) -> dict[str, int | None]:
+        """Queues' hard run limits (minutes) from ``bqueues -l`` (``-w`` has none): all of
+        them, kept for a minute as the default queues are, or one queue's, read afresh. {}
+        when the scheduler will not tell (an unknown queue, a c-set without -l): LSF keeps
+        its limits itself."""
+        now = time.monotonic()
+        if queue is None and self._queue_limits and now - self._queue_limits[0] < 60:
+            return self._queue_limits[1]
+        try:
+            limits = P.parse_bqueues_run_limits(
+                self._run("bqueues", ["-l"] + ([C.name_arg(queue, "queue")] if queue else []),
+                          what="queue limits"))
+        except (SchedulerRefused, InvalidInput, NotFound):
+            limits = {}
+        if queue is None:
+            self._queue_limits = (now, limits)
+        return limits
+
     @hookimpl
     def list_queues(self):
         text = self._run("bqueues", ["-w"], what="listing queues")
-        return P.parse_bqueues(text, self._defaults())
+        queues = P.parse_bqueues(text, self._defaults())
+        limits = self._run_limits()
+        for q in queues:
+            q.time_limit_minutes = limits.get(q.name)
+        return queues
 
     @hookimpl
     def control_queue(self, user, queue, action):

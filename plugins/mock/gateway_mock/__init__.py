@@ -20,6 +20,7 @@ import stat
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from marshmallow import Schema, ValidationError, fields, validate
@@ -198,6 +199,9 @@ class MockScheduler:
         if bad:
             raise InvalidInput(f"native option(s) not allowed by the mock backend: {', '.join(bad)}",
                                errors={"nativeOptions": [f"not allowed: {o}" for o in bad]})
+        if (spec.nodes or 1) > 1:            # as Slurm: "Requested node configuration is not available"
+            raise InvalidInput(f"{spec.nodes} nodes requested but the mock cluster has one host ({self.host})",
+                               errors={"nodes": ["more than the cluster has"]})
         if (spec.cpus or 1) > self.opts["slots"]:
             raise InvalidInput(f"{spec.cpus} CPUs requested but the host has {self.opts['slots']} slots",
                                errors={"cpus": ["more than the cluster has"]})
@@ -363,24 +367,22 @@ class MockScheduler:
         jid = _job_id(job_id)
         with jobdb.transaction(db):
             row = self._row(job_id)
-            state = row["state"]
-
-            def refuse(why):
-                raise Conflict(f"cannot change job {job_id}: {why}")
-
-            if state in FINAL:
-                refuse(f"it has already finished ({state})")
-            if row["cancel_at"]:
-                refuse("it is being killed")
+            if row["cancel_at"] and row["state"] not in FINAL:
+                raise Conflict(f"cannot change job {job_id}: it is being killed")
+            if change.queue is not None and change.queue not in self.queues:
+                raise InvalidInput(f"{change.queue}: No such queue", errors={"queue": ["no such queue"]})
+            job = self._job(row)
+            if row["state"] == "STARTING":       # shown as PENDING, but it has left the queue
+                job = replace(job, state=JobState.RUNNING)
+            queue = change.queue or row["queue"]
+            change = change.checked(job, is_admin=user.is_admin,
+                                    queue_limit=self.queues.get(queue, {}).get("time_limit_minutes"))
             sets, args = [], []
-            if change.queue is not None and change.queue != row["queue"]:
-                if change.queue not in self.queues:
-                    raise InvalidInput(f"{change.queue}: No such queue", errors={"queue": ["no such queue"]})
-                if state not in ("PENDING", "HELD"):      # STARTING included: it has left the queue
-                    refuse(f"it is {state}: only a waiting job can move to another queue")
+            if change.queue is not None:
                 qrow = db.execute("SELECT open FROM queues WHERE name=?", (change.queue,)).fetchone()
                 if qrow is not None and not qrow["open"]:
-                    refuse(f"queue {change.queue} is closed: it accepts no new jobs")
+                    raise Conflict(f"cannot change job {job_id}: queue {change.queue} is closed: "
+                                   "it accepts no new jobs")
                 sets.append("queue=?")
                 args.append(change.queue)
             if change.name is not None:
@@ -392,6 +394,7 @@ class MockScheduler:
                 args.append(change.time_limit_minutes)
             if sets:
                 db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*args, jid))
+        dispatch(db, self.db_path)               # a job moved to an active queue may start
 
     def _signal(self, row, sig, cont=False):
         if row["pid"] is None:

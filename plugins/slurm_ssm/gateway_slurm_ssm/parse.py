@@ -704,18 +704,20 @@ def refusal(stdout: str, stderr: str, *, input_errors: bool = False) -> GatewayE
 def update_refusal(stdout: str, stderr: str, *, time_limit: bool = False) -> GatewayError:
     """The gateway error for a failed ``scontrol update JobId=...`` (a change the client asked
     for): an unknown partition or a refused value is the client's input (422), an unknown job
-    a 404, a state that forbids the change a 409. ``time_limit``: the change set a time limit;
-    Slurm refuses one beyond the partition's MaxTime (or a raise of a started job's) with
-    'Access/permission denied', words that do not say why."""
+    a 404, a state that forbids the change a 409. ``time_limit``: the change set a time limit,
+    and the plugin had checked that the job waits and its partition allows it; Slurm's
+    'Access/permission denied' then says no more than that the limit is refused (a QOS or
+    an association's MaxWall, a MaxTime changed meanwhile): the field is named."""
     words = scheduler_words(stdout, stderr)
     if re.search(r"Invalid partition name specified", words, re.I):
         return InvalidInput(words, errors={"queue": ["no such partition"]})
+    if time_limit and re.search(r"Access/permission denied|Requested time limit", words, re.I):
+        return InvalidInput(f"{words} (the time limit: Slurm lets a job's owner raise it only while the "
+                            "job waits, and only as far as its partition's MaxTime and QOS allow)",
+                            errors={"timeLimitMinutes": ["refused by Slurm"]})
     err = refusal(stdout, stderr)
     if type(err) is SchedulerRefused and _INPUT.search(words):
         return InvalidInput(words)
-    if isinstance(err, Forbidden) and time_limit and "Access/permission denied" in words:
-        return Forbidden(f"{words} (Slurm lets a job's owner raise its time limit only while it "
-                         "waits, and only as far as its partition's MaxTime)")
     return err
 
 

@@ -529,16 +529,35 @@ class SlurmScheduler:
     def modify_job(self, user, job_id, change):
         if not commands.valid_job_id(job_id):
             raise NotFound(f"no such job: {job_id}")
-        job = self._job(job_id)
-        # An administrator acts as admin_run_as (a Slurm operator may raise a started job's
-        # limit); an owner as the account their jobs run as, within Slurm's rules for users.
-        account = self.admin_account if user.is_admin else self._account_for(job.user_name or user.name)
+        job = self._job(job_id, max_age=0)           # the rules apply to the job as it is now
+        limit = None
+        if change.time_limit_minutes is not None and not user.is_admin:
+            # The partition's MaxTime binds users; Slurm would not apply it to a service
+            # account that is an operator (or root, as SSM runs by default).
+            limit = self._partition_max_time(change.queue or job.queue)
+        change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
+        if not change.given():
+            return None
+        # A job's owner acts as the account their jobs run as, within Slurm's rules for users,
+        # as control_job does; an administrator's raise needs an operator: admin_run_as.
+        account = (self.admin_account if user.is_admin and change.raises_limit(job)
+                   else self._account_for(job.user_name or user.name))
         try:
             res = self._run(commands.update_job(job_id, change), as_user=account)
             if res.returncode != 0:
                 raise parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
         finally:
             self.snapshot.invalidate()
+        return None
+
+    def _partition_max_time(self, partition: str | None) -> int | None:
+        """MaxTime of ``partition`` in minutes; None when unlimited or unknown (a pending job
+        listed in several partitions, a,b: Slurm checks each)."""
+        if not partition or "," in partition:
+            return None
+        for q in parse.parse_partitions(self._service(commands.show_partitions()).out):
+            if q.name == partition:
+                return q.time_limit_minutes
         return None
 
     # ------------------------------------------------------------ owners' suspensions

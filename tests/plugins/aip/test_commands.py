@@ -236,23 +236,28 @@ def test_names_with_angle_brackets_are_refused(name):
 
 # --------------------------------------------------------------------------- changing a job
 
-def test_bmod_and_bswitch_names_in_both_sets():
-    """Neither set has its own name: the c-set runs the LSF-compatible ones (an AIP head node
-    has them), and both can be overridden or turned off."""
+def test_bmod_name_in_both_sets():
+    """Neither set has its own name: the c-set runs the LSF-compatible one (an AIP head node
+    has it), and both can override it or turn it off. bswitch is not run: a queue moves
+    with bmod -q, in the same command as the rest of a change."""
     for style in ("b", "c"):
-        assert (C.CommandSet(style).get("bmod"), C.CommandSet(style).get("bswitch")) == ("bmod", "bswitch")
-    off = C.CommandSet("c", {"bmod": None, "bswitch": "/opt/aip/bin/cswitch"})
-    assert off.get("bmod") is None and off.get("bswitch") == "/opt/aip/bin/cswitch"
+        assert C.CommandSet(style).get("bmod") == "bmod"
+    off = C.CommandSet("c", {"bmod": None})
+    assert off.get("bmod") is None
+    assert C.CommandSet("c", {"bmod": "/opt/aip/bin/cmod"}).get("bmod") == "/opt/aip/bin/cmod"
     with pytest.raises(NotImplementedByPlugin) as exc:
         off.need("bmod", "changing a job")
     assert "commands_override.bmod" in exc.value.msg
-    assert load_options({"commands_override": {"bmod": None, "bswitch": "bswitch"}})["commands_override"] == \
-        {"bmod": None, "bswitch": "bswitch"}
+    assert load_options({"commands_override": {"bmod": None}})["commands_override"] == {"bmod": None}
+    with pytest.raises(ConfigError):
+        load_options({"commands_override": {"bswitch": "bswitch"}})
 
 
-def test_bmod_name_and_limit_in_one_call():
-    assert C.bmod_args("5", name="renamed", time_limit_minutes=30) == ["-J", "renamed", "-W", "30", "5"]
+def test_bmod_queue_name_and_limit_in_one_call():
+    assert C.bmod_args("5", queue="short", name="renamed", time_limit_minutes=30) == \
+        ["-q", "short", "-J", "renamed", "-W", "30", "5"]
     assert C.bmod_args("5", name="renamed") == ["-J", "renamed", "5"]
+    assert C.bmod_args("5", queue="short") == ["-q", "short", "5"]
     assert C.bmod_args("6[2]", time_limit_minutes=90) == ["-W", "90", "6[2]"]     # plain minutes
     assert C.bmod_args("5") == []
 
@@ -280,16 +285,15 @@ def test_bmod_time_limit_is_whole_minutes(bad):
 
 
 @pytest.mark.parametrize("bad", ["5;rm", "abc", "", "5[x]", "-5"])
-def test_bmod_and_bswitch_job_ids_are_checked(bad):
+def test_bmod_job_ids_are_checked(bad):
     with pytest.raises(InvalidInput):
         C.bmod_args(bad, name="x")
     with pytest.raises(InvalidInput):
-        C.bswitch_args("short", bad)
+        C.bmod_args(bad, queue="short")
 
 
-def test_bswitch_queue_then_id():
-    assert C.bswitch_args("short", "5") == ["short", "5"]
+def test_bmod_queue_is_a_plain_name():
     for bad in ("-q", "short;rm", "a b", "", "x" * 200):
         with pytest.raises(InvalidInput) as exc:
-            C.bswitch_args(bad, "5")
+            C.bmod_args("5", queue=bad, name="x")
         assert set(exc.value.errors) == {"queue"}

@@ -396,6 +396,8 @@ def test_bsub_input_errors(name, first):
 @pytest.mark.parametrize("text,cls", [
     ("Job array index too large. Job not submitted.\n", InvalidInput),     # LSBE_BIG_IDX
     ("User permission denied. Job not submitted.\n", Forbidden),           # LSBE_PERMISSION
+    ("short: User cannot use the queue. Job not submitted.\n", Forbidden),  # LSBE_QUEUE_USE
+    ("RUNLIMIT: Cannot exceed queue's hard limit(s). Job not submitted.\n", InvalidInput),  # LSBE_OVER_LIMIT
 ])
 def test_bsub_refusals_that_are_not_the_schedulers_fault(text, cls):
     with pytest.raises(cls) as exc:
@@ -629,7 +631,7 @@ def test_every_fixture_is_covered_by_a_test():
 
 # Samples of commands the plugin does not run (kept for reference, not parsed).
 UNUSED_ON_PURPOSE = {
-    "lshosts.txt", "lsload.txt", "bhosts_l.txt", "bqueues_l_vnc.txt", "bhist_a.txt", "badmin_ckconfig.txt",
+    "lshosts.txt", "lsload.txt", "bhosts_l.txt", "bhist_a.txt", "badmin_ckconfig.txt",
     "ls_cat_quick_3_out_head_30_cat_vnc_2_out_vnc_2_err_2_1_head.txt",
 }
 
@@ -691,39 +693,37 @@ def test_a_reused_files_last_report_between_the_windows_is_found_by_its_offset()
     assert data[start:end] == second == parse.strip_job_report(data)
 
 
-# --------------------------------------------------------------------------- bmod, bswitch, run limits
+# --------------------------------------------------------------------------- bmod, run limits
 
-def test_bswitch_and_bmod_accepted():
-    assert parse.parse_switch(ol("bswitch_short_5.txt"), "5") == "Job <5> is switched to queue <short>"
+def test_bmod_accepted():
     assert parse.parse_modify(ol("bmod_J_renamed_5.txt"), "5") == "Parameters of job <5> are being changed"
 
 
-# bmod prints OpenLava's sub_perror form ("<what>: <why>. Job not modified."), bswitch the
-# bkill form ("Job <5>: <why>") or, for the queue, "<queue>: <why>" (lsbatch/cmd/bmod.c,
-# bswitch.c). Both are read.
-@pytest.mark.parametrize("parser,text,cls,field", [
-    (parse.parse_modify, "99999: No matching job found. Job not modified.\n", NotFound, None),
-    (parse.parse_switch, "Job <99999>: No matching job found\n", NotFound, None),
-    (parse.parse_modify, "Job has already finished. Job not modified.\n", Conflict, None),
-    (parse.parse_switch, "Job <5>: Job has already finished\n", Conflict, None),
-    (parse.parse_switch, "Job <5>: Job has already started\n", Conflict, None),
-    (parse.parse_modify, "Only the following parameters can be used to modify a running job: "
-                         "-c, -M, -W, -o, -e, -r. Job not modified.\n", Conflict, None),
-    (parse.parse_switch, "short: Queue has been closed\n", Conflict, None),
-    (parse.parse_switch, "nosuch: No such queue\n", InvalidInput, "queue"),
-    (parse.parse_modify, "nosuch: No such queue. Job not modified.\n", InvalidInput, "queue"),
-    (parse.parse_modify, "Bad job name. Job not modified.\n", InvalidInput, "name"),
-    (parse.parse_modify, "Change job name is not allowed for job array. Job not modified.\n", InvalidInput, "name"),
-    (parse.parse_modify, "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n",
-     InvalidInput, "timeLimitMinutes"),
-    (parse.parse_modify, "User permission denied. Job not modified.\n", Forbidden, None),
-    (parse.parse_switch, "Job <5>: User permission denied\n", Forbidden, None),
-    (parse.parse_switch, "Job <5>: User cannot use the queue\n", SchedulerRefused, None),
-    (parse.parse_modify, "Something new. Job not modified.\n", SchedulerRefused, None),
+# bmod prints OpenLava's prtErrMsg/sub_perror form ("<what>: <why>. Job not modified.",
+# lsbatch/cmd/bmod.c, cmd.sub.c): the queue named for the queue's errors, the limit's name
+# for LSBE_OVER_LIMIT.
+@pytest.mark.parametrize("text,cls,field", [
+    ("99999: No matching job found. Job not modified.\n", NotFound, None),
+    ("Job has already finished. Job not modified.\n", Conflict, None),
+    ("Only the following parameters can be used to modify a running job: "
+     "-c, -M, -W, -o, -e, -r. Job not modified.\n", Conflict, None),
+    ("short: Queue has been closed. Job not modified.\n", Conflict, None),
+    ("nosuch: No such queue. Job not modified.\n", InvalidInput, "queue"),
+    ("Options -q and -O cannot be applied on job array. Job not modified.\n", InvalidInput, "queue"),
+    ("Bad job name. Job not modified.\n", InvalidInput, "name"),
+    ("Change job name is not allowed for job array. Job not modified.\n", InvalidInput, "name"),
+    ("RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n", InvalidInput, "timeLimitMinutes"),
+    ("User permission denied. Job not modified.\n", Forbidden, None),
+    # LSBE_QUEUE_USE: the queue's USERS leave the caller out (Slurm's "not permitted to use
+    # this partition" is a 403 too), not a refusal of unknown meaning (502)
+    ("short: User cannot use the queue. Job not modified.\n", Forbidden, None),
+    ("Job <5>: User cannot use the queue\n", Forbidden, None),
+    ("short: User is not allowed to use the queue. Job not modified.\n", Forbidden, None),
+    ("Something new. Job not modified.\n", SchedulerRefused, None),
 ])
-def test_bmod_and_bswitch_refusals(parser, text, cls, field):
+def test_bmod_refusals(text, cls, field):
     with pytest.raises(cls) as exc:
-        parser(text, "5")
+        parse.parse_modify(text, "5")
     assert text.strip() in exc.value.msg                    # the scheduler's words
     if field:
         assert list(exc.value.errors) == [field] and exc.value.errors[field][0] in text
@@ -731,25 +731,45 @@ def test_bmod_and_bswitch_refusals(parser, text, cls, field):
         assert not exc.value.errors
 
 
-def test_bmod_and_bswitch_daemons_down_and_nothing_printed():
+def test_bmod_daemons_down_and_nothing_printed():
     with pytest.raises(SchedulerUnavailable):
         parse.parse_modify("Failed in an LSF library call: LIM is down; try later. Job not modified.\n", "5")
     with pytest.raises(SchedulerUnavailable):
-        parse.parse_switch(ol("LSB_NTRIES_1_timeout_20_bkill_1.txt"), "1")
-    for parser in (parse.parse_modify, parse.parse_switch):
-        with pytest.raises(SchedulerRefused):
-            parser("", "5")
+        parse.parse_modify(ol("LSB_NTRIES_1_timeout_20_bkill_1.txt"), "1")
+    with pytest.raises(SchedulerRefused):
+        parse.parse_modify("", "5")
     with pytest.raises(SchedulerRefused):         # another command's success is no success
-        parse.parse_switch(ol("bmod_J_renamed_5.txt"), "5")
+        parse.parse_modify(ol("bswitch_short_5.txt"), "5")
 
 
 @pytest.mark.parametrize("text,minutes", [
     ("30.0 min of vm", 30), ("480.0 min of a6122", 480), ("30.0", 30), ("30.0/hostA", 30),
     ("29.6", 30), ("00:30:00", 30), ("01:30:00/hostA", 90), ("-", None), ("", None), (None, None),
     ("unlimited", None),
+    # under a minute is a minute, not 0 (no time at all); rounding otherwise
+    ("0.5", 1), ("0.1 min of vm", 1), ("00:00:30", 1), ("00:00:01/hostA", 1), ("1.4", 1), ("1.6", 2),
+    ("0.0", 0), ("00:00:00", 0),
 ])
 def test_run_limits(text, minutes):
     assert parse.run_limit_minutes(text) == minutes
+
+
+def test_bqueues_long_run_limits():
+    """bqueues -l: the sample's queue has no limit; OpenLava's prtResourceLimit columns (25
+    characters each), a maximum after default limits, LSF 10's value without a host."""
+    assert parse.parse_bqueues_run_limits(ol("bqueues_l_vnc.txt")) == {"vnc": None}
+    stats = ol("bqueues_l_vnc.txt").split("\nSCHEDULING PARAMETERS")[0]
+    only_max = stats.replace("QUEUE: vnc", "QUEUE: short") + (
+        "\n\n CPULIMIT                RUNLIMIT                PROCLIMIT\n"
+        " 600.0 min of vm          60.0 min of vm           4\n")
+    with_default = stats.replace("QUEUE: vnc", "QUEUE: long") + (
+        "\n\nDEFAULT LIMITS:\n RUNLIMIT                \n 30.0 min of vm           \n\n"
+        "MAXIMUM LIMITS:\n RUNLIMIT                \n 1440.0 min               \n")
+    assert parse.parse_bqueues_run_limits(only_max + "\n" + with_default + "\n" + ol("bqueues_l_vnc.txt")) == \
+        {"short": 60, "long": 1440, "vnc": None}
+    assert parse.parse_bqueues_run_limits("nosuch: No such queue\n") == {}
+    with pytest.raises(SchedulerUnavailable):
+        parse.parse_bqueues_run_limits(ol("LSB_NTRIES_1_timeout_20_bqueues.txt"))
 
 
 def test_bjobs_json_runtimelimit(now):

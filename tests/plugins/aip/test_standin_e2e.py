@@ -599,7 +599,7 @@ def recording_runs(s):
 
 
 def changes(ran):
-    return [r for r in ran if r[0] in ("bmod", "bswitch")]
+    return [r for r in ran if r[0] in ("bmod", "bswitch")]      # bswitch: never run any more
 
 
 def test_rename_and_lower_the_time_limit_with_one_bmod(cluster):
@@ -654,47 +654,131 @@ def test_a_running_jobs_time_limit_is_lowered_and_kept_by_the_scheduler(cluster)
 
 
 def test_switch_the_queue_of_a_pending_job(cluster):
+    """Queue and name in one bmod (-q moves a waiting job): no bswitch first."""
     from gateway.models import JobChange
-    s = plugin(cluster, listing="wide", cache_seconds=60)
+    s = plugin(cluster, listing="json", cache_seconds=60)
     try:
         jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="mover", hold=True))
         assert [j.queue for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == ["normal"]
         ran = recording_runs(s)
         s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", name="moved"))
-        assert changes(ran) == [("bswitch", ["short", jid], "gwalice" if ROOT else None),
-                                ("bmod", ["-J", "moved", jid], "gwalice" if ROOT else None)]
+        assert changes(ran) == [("bmod", ["-q", "short", "-J", "moved", jid], "gwalice" if ROOT else None)]
         job = s.get_job(user=ALICE, job_id=jid)
         assert (job.queue, job.name, job.state) == ("short", "moved", JobState.HELD)
         assert [(j.queue, j.name) for j in s.list_jobs(user=ALICE, query=JobQuery(queue="short"))
                 if j.job_id == jid] == [("short", "moved")]
+        # the queue it is in now is no move: only the rest is sent
+        ran.clear()
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", time_limit_minutes=9))
+        assert changes(ran) == [("bmod", ["-W", "9", jid], "gwalice" if ROOT else None)]
         s.control_job(user=ALICE, job_id=jid, action="kill")
     finally:
         s.close()
 
 
-def test_a_queue_change_is_undone_when_bmod_refuses_the_rest(b):
-    """bswitch, then bmod: when bmod refuses, the job goes back to its queue (the lot or
-    nothing); when it cannot, the answer says where the job is."""
+def test_a_refused_change_is_made_none_of(b):
+    """One bmod: when LSF refuses the queue (closed), the name and limit that came with it
+    are not made either, and nothing is left to undo."""
     from gateway.models import JobChange
-    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="stays", hold=True))
-    ran = recording_runs(b)
-    real = b._run
-    refuse_bmod = "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n"
-    b._run = lambda name, args, **kw: refuse_bmod if name == "bmod" else real(name, args, **kw)
-    with pytest.raises(InvalidInput) as exc:
-        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", time_limit_minutes=30))
-    assert list(exc.value.errors) == ["timeLimitMinutes"] and "moved" not in exc.value.msg
-    assert [(r[0], r[1][0]) for r in changes(ran)] == [("bswitch", "short"), ("bswitch", "normal")]
-    assert b.get_job(user=ALICE, job_id=jid).queue == "normal"
-    # The move back fails too: the answer says where the job is.
-    b._run = lambda name, args, **kw: (refuse_bmod if name == "bmod" else "Job <x>: Queue has been closed\n"
-                                       if args[0] == "normal" else real(name, args, **kw))
-    with pytest.raises(InvalidInput) as exc:
-        b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", time_limit_minutes=30))
-    assert "has moved to queue short and could not be moved back" in exc.value.msg
-    b._run = real
-    assert b.get_job(user=ALICE, job_id=jid).queue == "short"
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="stays", hold=True,
+                                                time_limit_minutes=60))
+    b.control_queue(user=ADMIN, queue="vnc", action="close")
+    try:
+        ran = recording_runs(b)
+        with pytest.raises(Conflict) as exc:
+            b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="vnc", name="moved", time_limit_minutes=30))
+        assert exc.value.msg == "vnc: Queue has been closed. Job not modified."
+        assert [r[1] for r in changes(ran)] == [["-q", "vnc", "-J", "moved", "-W", "30", jid]]
+    finally:
+        b.control_queue(user=ADMIN, queue="vnc", action="open")
+    job = b.get_job(user=ALICE, job_id=jid)
+    assert (job.queue, job.name, job.time_limit_minutes) == ("normal", "stays", 60)
     b.control_job(user=ALICE, job_id=jid, action="kill")
+
+
+def test_a_queue_the_user_may_not_use_is_403():
+    """LSF's "User cannot use the queue" (the queue's USERS) is a refusal of the caller, as
+    Slurm's "not permitted to use this partition": 403, not 502; an administrator may."""
+    from gateway.models import JobChange
+    require(ROOT, "the queue's users are told apart by their accounts: run_as: sudo needs root")
+    queues = ({"name": "normal", "priority": 30, "default": True},
+              {"name": "private", "priority": 40, "users": ["gwbob"]})
+    with lsf_standin(admins=("gwadmin",), slots=2, queues=queues) as cluster:
+        s = plugin(cluster, listing="json", admin_account="gwadmin")
+        try:
+            jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="mine", hold=True))
+            with pytest.raises(Forbidden) as exc:
+                s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="private", name="moved"))
+            assert exc.value.msg == "private: User cannot use the queue. Job not modified."
+            job = s.get_job(user=ALICE, job_id=jid)
+            assert (job.queue, job.name) == ("normal", "mine")
+            s.modify_job(user=ADMIN, job_id=jid, change=JobChange(queue="private"))   # as gwadmin
+            assert s.get_job(user=ALICE, job_id=jid).queue == "private"
+            s.control_job(user=ALICE, job_id=jid, action="kill")
+        finally:
+            s.close()
+
+
+def test_a_started_jobs_limit_is_raised_by_an_administrator_only(cluster):
+    """JobChange.checked on the plugin's own fresh look: the owner lowers it, only an
+    administrator raises it (403, nothing run). An administrator's own job is changed as
+    its owner, whose account LSF lets change a started job's run limit: no LSF
+    administrator's account is needed for it."""
+    from gateway.models import JobChange
+    require(ROOT, "run_as: sudo needs root")
+    s = plugin(cluster, listing="wide", admin_account="gwadmin")
+    boss = User("gwbob", is_admin=True)             # a gateway administrator, no LSF one
+    try:
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", time_limit_minutes=30))
+        own = s.submit_job(user=boss, spec=JobSpec(command="sleep 60", time_limit_minutes=30))
+        wait(s, jid, JobState.RUNNING)
+        wait(s, own, JobState.RUNNING, user=boss)
+        ran = recording_runs(s)
+        with pytest.raises(Forbidden, match="only an administrator"):
+            s.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=60))
+        assert changes(ran) == []
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=20))
+        s.modify_job(user=ADMIN, job_id=jid, change=JobChange(time_limit_minutes=90))
+        s.modify_job(user=boss, job_id=own, change=JobChange(time_limit_minutes=90))
+        assert changes(ran) == [("bmod", ["-W", "20", jid], "gwalice"), ("bmod", ["-W", "90", jid], "gwadmin"),
+                                ("bmod", ["-W", "90", own], "gwbob")]
+        assert cluster.state()["jobs"][jid]["run_limit"] == cluster.state()["jobs"][own]["run_limit"] == 90
+        for j in (jid, own):
+            s.control_job(user=ADMIN, job_id=j, action="kill")
+    finally:
+        s.close()
+
+
+def test_a_limit_beyond_the_queues_is_refused_before_bmod_runs(b):
+    """The (new) queue's hard RUNLIMIT (bqueues -l, read at the change) binds users: 422 on
+    timeLimitMinutes with nothing run. An administrator is not held by the gateway, but
+    OpenLava's mbatchd refuses a limit beyond the queue's hard one to everybody: LSF's
+    words, 422 too."""
+    from gateway.models import JobChange
+    assert {q.name: q.time_limit_minutes for q in b.list_queues()} == {"short": 60, "vnc": None, "normal": None}
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True, queue="short", time_limit_minutes=1))
+    far = b.submit_job(user=ALICE, spec=JobSpec(command="true", hold=True, time_limit_minutes=90))
+    ran = recording_runs(b)
+    for target, change in ((jid, JobChange(time_limit_minutes=61)),
+                           (far, JobChange(queue="short", time_limit_minutes=61))):
+        with pytest.raises(InvalidInput) as exc:
+            b.modify_job(user=ALICE, job_id=target, change=change)
+        assert list(exc.value.errors) == ["timeLimitMinutes"] and "60" in exc.value.msg
+    assert changes(ran) == [] and [r[1] for r in ran if r[0] == "bqueues"] == [["-l", "short"]] * 2
+    b.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=60))
+    # a job keeping a limit the new queue does not allow: LSF's own refusal, as a whole
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ALICE, job_id=far, change=JobChange(queue="short", name="moved"))
+    assert exc.value.msg == "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified."
+    assert list(exc.value.errors) == ["timeLimitMinutes"]
+    with pytest.raises(InvalidInput) as exc:
+        b.modify_job(user=ADMIN, job_id=jid, change=JobChange(time_limit_minutes=61))
+    assert exc.value.msg == "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified."
+    assert b.get_job(user=ALICE, job_id=jid).time_limit_minutes == 60
+    job = b.get_job(user=ALICE, job_id=far)
+    assert (job.queue, job.name, job.time_limit_minutes) == ("normal", "true", 90)
+    for j in (jid, far):
+        b.control_job(user=ALICE, job_id=j, action="kill")
 
 
 def test_an_unknown_queue_is_422_with_the_schedulers_words(b):
@@ -703,8 +787,8 @@ def test_an_unknown_queue_is_422_with_the_schedulers_words(b):
     ran = recording_runs(b)
     with pytest.raises(InvalidInput) as exc:
         b.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="nosuchqueue", name="never"))
-    assert exc.value.msg == "nosuchqueue: No such queue" and list(exc.value.errors) == ["queue"]
-    assert [r[0] for r in changes(ran)] == ["bswitch"]                   # bmod did not run
+    assert exc.value.msg == "nosuchqueue: No such queue. Job not modified." and list(exc.value.errors) == ["queue"]
+    assert [r[1] for r in changes(ran)] == [["-q", "nosuchqueue", "-J", "never", jid]]   # one bmod, refused whole
     job = b.get_job(user=ALICE, job_id=jid)
     assert (job.queue, job.name) == ("normal", "sleep 60")
     # a queue that is not even a name: refused before anything runs
@@ -728,12 +812,10 @@ def test_a_finished_job_cannot_change_409(b):
     # The scheduler says the same, should the job end between the plugin's look and bmod.
     as_user = "gwalice" if ROOT else None
     with pytest.raises(Conflict) as exc:
-        P.parse_modify(b._run("bmod", ["-J", "x", jid], what="t", as_user=as_user), jid)
+        P.parse_modify(b._run("bmod", ["-q", "short", "-J", "x", jid], what="t", as_user=as_user), jid)
     assert exc.value.msg == "Job has already finished. Job not modified."
-    with pytest.raises(Conflict) as exc:
-        P.parse_switch(b._run("bswitch", ["short", jid], what="t", as_user=as_user), jid)
-    assert exc.value.msg == f"Job <{jid}>: Job has already finished"
-    assert b.get_job(user=ALICE, job_id=jid).name == "done"
+    job = b.get_job(user=ALICE, job_id=jid)
+    assert (job.name, job.queue) == ("done", "normal")
 
 
 def test_unknown_and_malformed_ids_and_bad_names_change_nothing(b):
@@ -754,6 +836,13 @@ def test_unknown_and_malformed_ids_and_bad_names_change_nothing(b):
     assert changes(ran) == []
     b.modify_job(user=ALICE, job_id=arr, change=JobChange(time_limit_minutes=7))     # limits may change
     assert {b.get_job(user=ALICE, job_id=f"{arr}[{i}]").time_limit_minutes for i in (1, 2)} == {7}
+    # OpenLava's bmod moves no job array (-q): LSF's words, a 422 on the queue, nothing made
+    for target in (arr, f"{arr}[1]"):
+        with pytest.raises(InvalidInput) as exc:
+            b.modify_job(user=ALICE, job_id=target, change=JobChange(queue="short", time_limit_minutes=8))
+        assert list(exc.value.errors) == ["queue"] and "job array" in exc.value.msg
+    assert {(j.queue, j.time_limit_minutes) for i in (1, 2)
+            for j in [b.get_job(user=ALICE, job_id=f"{arr}[{i}]")]} == {("normal", 7)}
     # the scheduler too refuses someone else's job and an unknown one
     from gateway_aip import parse as P
     if ROOT:

@@ -127,6 +127,22 @@ def test_bswitch_and_bmod_of_a_pending_job(cluster):
     assert fields(out.splitlines()[1]) == fields(ol("bjobs_a_w.txt").splitlines()[4])    # "5 ... EXIT short"
 
 
+def test_bqueues_long(cluster):
+    """bqueues -l: the sample's queue byte for byte; a queue's hard run limit as OpenLava's
+    prtResourceLimit prints it (lsbatch/cmd/bqueues.c), and bsub/bmod refuse more."""
+    assert run(cluster, "bqueues", "-l", "vnc") == (0, ol("bqueues_l_vnc.txt"))
+    rc, out = run(cluster, "bqueues", "-l", "short")
+    limits = out.split("Interval for a host to accept two jobs is 0 seconds\n")[1].split("\nSCHEDULING")[0]
+    assert rc == 0 and re.fullmatch(r"\n RUNLIMIT {16}\n 60\.0 min of \S+ *\n", limits) and \
+        all(len(ln) == 25 for ln in limits.splitlines()[1:])
+    assert run(cluster, "bsub", "-q", "short", "-W", "61", "true") == \
+        (255, "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not submitted.\n")
+    jid = submit(cluster, "-q", "short", "-W", "60", "-H", "true")
+    assert run(cluster, "bmod", "-W", "61", jid) == (255, "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified.\n")
+    assert run(cluster, "bmod", "-W", "61", jid, user="gwadmin")[0] == 255      # administrators too
+    run(cluster, "bkill", jid)
+
+
 def test_output_file_report_and_bpeek_layout(cluster):
     jid = submit(cluster, "-J", "quick", "-q", "short", "-o", "quick_%J.out", "echo quick done; id -un")
     wait_status(cluster, jid, "DONE")

@@ -18,3 +18,24 @@ def test_a_job_being_killed_takes_no_other_action_and_says_so(make_app):
         r = client.post(f"/jobs/{jid}/{action}")
         assert r.status == 409 and "being killed" in r.body["msg"], (action, r.body)
     assert client.wait_for(jid, "CANCELLED", timeout=30)["state"] == "CANCELLED"
+
+
+def test_more_nodes_than_the_one_host_is_refused_and_nothing_runs(make_app):
+    """The mock is one host: nodes 2 is a 422 (as Slurm's "Requested node configuration is
+    not available"), not a job that claims nodes it never had."""
+    _, client = make_app()
+    r = client.post("/jobs", json={"command": "true", "nodes": 2})
+    assert r.status == 422 and "nodes" in r.body["errors"], r.body
+    assert client.get("/jobs").body["data"]["total"] == 0
+    jid = client.submit(command="true", nodes=1)
+    assert client.wait_for(jid, "COMPLETED")["nodes"] == 1
+
+
+def test_a_change_while_being_killed_is_a_409(make_app):
+    _, client = make_app()
+    jid = client.submit(command="trap '' TERM; sleep 60")
+    client.wait_for(jid, "RUNNING")
+    assert client.post(f"/jobs/{jid}/kill").status == 200
+    r = client.request("PATCH", f"/jobs/{jid}", json={"name": "late"})
+    assert r.status == 409 and "being killed" in r.body["msg"], r.body
+    assert client.wait_for(jid, "CANCELLED", timeout=30)["name"] != "late"

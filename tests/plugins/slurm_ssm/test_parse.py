@@ -382,9 +382,9 @@ def test_het_job_components_are_listed_by_their_own_job_ids():
 # ---------------------------------------------------------------- changing a job (PATCH)
 
 @pytest.mark.parametrize("fixture,cls", [
-    ("update_bad_partition", InvalidInput), ("update_beyond_max_time", Forbidden),
+    ("update_bad_partition", InvalidInput), ("update_beyond_max_time", InvalidInput),
     ("update_not_yours", Forbidden), ("update_invalid", NotFound),
-    ("update_running_partition", Conflict), ("update_running_raise", Forbidden),
+    ("update_running_partition", Conflict), ("update_running_raise", InvalidInput),
     ("update_finished", Conflict), ("down_scancel", SchedulerUnavailable)])
 def test_update_refusals(fixture, cls):
     d = fx(fixture)
@@ -398,9 +398,12 @@ def test_an_unknown_partition_is_the_clients_queue_field_and_a_refused_limit_say
     err = parse.update_refusal("", fx("update_bad_partition")["stderr"])
     assert err.errors == {"queue": ["no such partition"]}
     d = fx("update_beyond_max_time")
-    assert "MaxTime" in parse.update_refusal(d["stdout"], d["stderr"], time_limit=True).msg
+    err = parse.update_refusal(d["stdout"], d["stderr"], time_limit=True)
+    assert "MaxTime" in err.msg and list(err.errors) == ["timeLimitMinutes"]
     # The same words without a time limit in the change are a plain permission refusal.
-    assert "MaxTime" not in parse.update_refusal(d["stdout"], d["stderr"]).msg
+    err = parse.update_refusal(d["stdout"], d["stderr"])
+    assert type(err) is Forbidden and "MaxTime" not in err.msg
     # A value Slurm calls invalid is the client's input, not the scheduler's fault.
-    err = parse.update_refusal("", "Requested time limit is invalid (missing or exceeds some limit) for job 5")
-    assert type(err) is InvalidInput
+    err = parse.update_refusal("", "Requested time limit is invalid (missing or exceeds some limit) for job 5",
+                               time_limit=True)
+    assert type(err) is InvalidInput and list(err.errors) == ["timeLimitMinutes"]

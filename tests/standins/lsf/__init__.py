@@ -40,7 +40,10 @@ PROGRAM = HERE / "lsf_standin.py"
 B_COMMANDS = ("bsub", "bjobs", "bkill", "bstop", "bresume", "brequeue", "bhosts", "bqueues",
               "busers", "bhist", "bpeek", "badmin", "bparams", "lsid", "bmod", "bswitch")
 C_COMMANDS = ("csub", "cjobs", "ckill", "cstop", "cresume", "chosts", "cqueues", "chist", "cread")
-DEFAULT_QUEUES = ({"name": "short", "priority": 50}, {"name": "vnc", "priority": 40},
+# short has a hard run limit (lsb.queues RUNLIMIT, minutes): what a queue allows binds its
+# users (bsub -W, bmod -W); vnc's description is the sampled cluster's (bqueues -l vnc).
+DEFAULT_QUEUES = ({"name": "short", "priority": 50, "run_limit": 60},
+                  {"name": "vnc", "priority": 40, "description": "Queue for interactive VNC desktop sessions"},
                   {"name": "normal", "priority": 30, "default": True})
 
 

@@ -127,6 +127,12 @@ class Cluster:
     def queue_conf(self, name: str) -> dict | None:
         return next((q for q in self.conf["queues"] if q["name"] == name), None)
 
+    def may_use(self, qconf: dict) -> bool:
+        """A queue's USERS (lsb.queues; absent: all users). An LSF administrator (or root)
+        may submit to any queue and move anyone's jobs into it (OpenLava's acceptJob)."""
+        users = qconf.get("users")
+        return users is None or self.is_admin() or self.me in users
+
     def default_queue(self) -> str:
         return next((q["name"] for q in self.conf["queues"] if q.get("default")),
                     self.conf["queues"][0]["name"])
@@ -428,8 +434,13 @@ def cmd_bsub(c: Cluster, args: list[str]) -> int:
     env = dict(os.environ)
     now = time.time()
     with c.locked() as state:
+        # OpenLava's acceptJob order: closed, the queue's users, its hard limits
         if not state["queues"][queue]["open"]:
             raise Fail(f"{queue}: Queue has been closed. Job not submitted.")
+        if not c.may_use(qconf):
+            raise Fail(f"{queue}: User cannot use the queue. Job not submitted.")
+        if over_queue_limit(qconf, run_limit):
+            raise Fail("RUNLIMIT: Cannot exceed queue's hard limit(s). Job not submitted.")
         if dep:
             for _func, ref in dep_refs(dep):
                 if not any(k == ref or str(j["base"]) == ref for k, j in state["jobs"].items()):
@@ -1009,8 +1020,14 @@ def cmd_bmod(c: Cluster, args: list[str]) -> int:
         if "-q" in opts:
             if c.queue_conf(opts["-q"]) is None:
                 raise Fail(f"{opts['-q']}: No such queue" + NOT_MODIFIED)
-            if not state["queues"][opts["-q"]]["open"]:
+            if not state["queues"][opts["-q"]]["open"]:      # acceptJob's order, as bsub's
                 raise Fail(f"{opts['-q']}: Queue has been closed" + NOT_MODIFIED)
+            if not c.may_use(c.queue_conf(opts["-q"])):
+                raise Fail(f"{opts['-q']}: User cannot use the queue" + NOT_MODIFIED)
+        for j in jobs:                       # the new limit, or the old one in the new queue
+            limit = None if "-Wn" in opts else run_limit if "-W" in opts else j.get("run_limit")
+            if j["status"] not in FINAL and over_queue_limit(c.queue_conf(opts.get("-q", j["queue"])) or {}, limit):
+                raise Fail("RUNLIMIT: Cannot exceed queue's hard limit(s)" + NOT_MODIFIED)
         for j in jobs:
             if j["status"] in FINAL:
                 continue
@@ -1075,6 +1092,10 @@ def cmd_bswitch(c: Cluster, args: list[str]) -> int:
                 continue
             if c.queue_conf(dest) is None:          # OpenLava's order: job, owner, queue, state
                 err.append(f"{dest}: No such queue")
+                rc = 255
+                continue
+            if not c.may_use(c.queue_conf(dest)):
+                err.append(f"{dest}: User cannot use the queue")
                 rc = 255
                 continue
             if all(j["status"] in FINAL for j in jobs):
@@ -1204,6 +1225,12 @@ def cmd_bqueues(c: Cluster, args: list[str]) -> int:
     for n in names:
         if c.queue_conf(n) is None:
             raise Fail(f"{n}: No such queue")
+    if "-l" in args:
+        with c.locked(exclusive=False) as state:
+            for q in sorted(c.conf["queues"], key=lambda q: -q.get("priority", 30)):
+                if not names or q["name"] in names:
+                    print("\n".join(bqueues_long(c, state, q)))
+        return 0
     with c.locked(exclusive=False) as state:
         print("QUEUE_NAME      PRIO STATUS          MAX JL/U JL/P JL/H NJOBS  PEND   RUN  SUSP ")
         for q in sorted(c.conf["queues"], key=lambda q: -q.get("priority", 30)):
@@ -1221,6 +1248,45 @@ def cmd_bqueues(c: Cluster, args: list[str]) -> int:
             print(f"{q['name']:<15} {q.get('priority', 30):>4}   {status:<15} {mx:>3}    -    -    - "
                   f"{sum(cnt.values()):>5} {cnt['PEND']:>5} {cnt['RUN']:>5} {cnt['SUSP']:>5}")
     return 0
+
+
+def bqueues_long(c: Cluster, state: dict, q: dict) -> list[str]:
+    """One queue as OpenLava's ``bqueues -l`` prints it (lsbatch/cmd/bqueues.c): a queue's
+    hard run limit (lsb.queues RUNLIMIT; conf "run_limit", minutes) as prtResourceLimit
+    prints it, columns of 25 characters, between the statistics and the scheduling
+    parameters."""
+    qs = state["queues"][q["name"]]
+    status = f"{'Open' if qs['open'] else 'Closed'}:{'Active' if qs['active'] else 'Inact'}"
+    cnt = {"PEND": 0, "RUN": 0, "SSUSP": 0, "USUSP": 0}
+    for j in state["jobs"].values():
+        if j["queue"] != q["name"] or j["status"] in FINAL:
+            continue
+        cnt["PEND" if j["status"] in ("PEND", "PSUSP") else j["status"]] += j["processors"]
+    desc = f"  -- {q.get('description', 'No description provided.')}"
+    if q.get("default"):
+        desc += "  This is the default queue."
+    mx = q.get("max") or "-"
+    out = ["", f"QUEUE: {q['name']}", desc, "", "PARAMETERS/STATISTICS",
+           "PRIO NICE STATUS          MAX JL/U JL/P JL/H NJOBS  PEND   RUN SSUSP USUSP  RSV ",
+           f"{q.get('priority', 30):>3}{0:>5}  {status:<16}{mx:>3}    -    -    - {sum(cnt.values()):>5} "
+           f"{cnt['PEND']:>5} {cnt['RUN']:>5} {cnt['SSUSP']:>5} {cnt['USUSP']:>5} {0:>4}",
+           "Schedule delay for a new job is 0 seconds",
+           "Interval for a host to accept two jobs is 0 seconds"]
+    if q.get("run_limit"):
+        host = c.conf["hosts"][0]["name"]
+        out += ["", f" {'RUNLIMIT':<24}", f" {float(q['run_limit']):.1f} min of {host}".ljust(25)[:25]]
+    out += ["", "SCHEDULING PARAMETERS",
+            "           r15s   r1m  r15m   ut      pg    io   ls    it    tmp    swp    mem",
+            " loadSched   -     -     -     -       -     -    -     -     -      -      -  ",
+            " loadStop    -     -     -     -       -     -    -     -     -      -      -  ",
+            "", f"USERS:  {' '.join(q['users']) if q.get('users') is not None else 'all'}", "HOSTS:  all", ""]
+    return out
+
+
+def over_queue_limit(qconf: dict, run_limit: int | None) -> bool:
+    """LSBE_OVER_LIMIT: a run limit above the queue's hard RUNLIMIT (OpenLava's acceptJob
+    checks it for everyone, administrators too, at bsub and at bmod)."""
+    return bool(run_limit and qconf.get("run_limit") and run_limit > qconf["run_limit"])
 
 
 def cmd_busers(c: Cluster, args: list[str]) -> int:
@@ -1413,7 +1479,8 @@ class Daemon:
                 for s in j["signals"]:
                     self.signal(pgid, s, key)
                 j["signals"] = []
-                if j.get("run_limit") and j["start_time"] and now > j["start_time"] + j["run_limit"] * 60 \
+                limit = j.get("run_limit") or (c.queue_conf(j["queue"]) or {}).get("run_limit")
+                if limit and j["start_time"] and now > j["start_time"] + limit * 60 \
                         and key not in self.limit_hit:
                     self.limit_hit.add(key)
                     j["term"] = "TERM_RUNLIMIT: job killed after reaching LSF run time limit."

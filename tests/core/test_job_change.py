@@ -1,0 +1,50 @@
+"""JobChange.checked: the rules of PATCH /jobs/{id} that every plugin applies to a fresh look."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import Conflict, Forbidden, InvalidInput
+from gateway.models import Job, JobChange, JobState
+
+
+def _job(state, limit=30, queue="normal"):
+    return Job(job_id="7", state=JobState(state), queue=queue, time_limit_minutes=limit)
+
+
+@pytest.mark.parametrize("state", ["COMPLETED", "FAILED", "CANCELLED"])
+def test_an_ended_job_does_not_change_even_for_an_administrator(state):
+    with pytest.raises(Conflict):
+        JobChange(name="x").checked(_job(state), is_admin=True)
+
+
+@pytest.mark.parametrize("state,moves", [("PENDING", True), ("HELD", True), ("RUNNING", False),
+                                         ("SUSPENDED", False), ("UNKNOWN", False)])
+def test_only_a_waiting_job_moves_and_its_own_queue_is_no_move(state, moves):
+    change = JobChange(queue="short")
+    if moves:
+        assert change.checked(_job(state), is_admin=False) == change
+    else:
+        with pytest.raises(Conflict):
+            change.checked(_job(state), is_admin=True)
+    assert JobChange(queue="normal", name="n").checked(_job(state), is_admin=False) == JobChange(name="n")
+
+
+def test_a_started_jobs_limit_is_raised_by_an_administrator_only():
+    running = _job("RUNNING", limit=30)
+    with pytest.raises(Forbidden):
+        JobChange(time_limit_minutes=40).checked(running, is_admin=False)
+    assert JobChange(time_limit_minutes=40).checked(running, is_admin=True).time_limit_minutes == 40
+    assert JobChange(time_limit_minutes=20).checked(running, is_admin=False).time_limit_minutes == 20
+    # A waiting job's is the owner's to raise (as far as the queue allows).
+    assert JobChange(time_limit_minutes=90).checked(_job("PENDING"), is_admin=False).time_limit_minutes == 90
+    # A job without a limit runs unlimited: any limit lowers it.
+    assert JobChange(time_limit_minutes=5).checked(_job("RUNNING", limit=None), is_admin=False)
+
+
+def test_the_queues_limit_binds_users_not_administrators():
+    with pytest.raises(InvalidInput) as exc:
+        JobChange(time_limit_minutes=61).checked(_job("PENDING"), is_admin=False, queue_limit=60)
+    assert list(exc.value.errors) == ["timeLimitMinutes"]
+    assert JobChange(time_limit_minutes=60).checked(_job("PENDING"), is_admin=False, queue_limit=60)
+    assert JobChange(time_limit_minutes=61).checked(_job("PENDING"), is_admin=True, queue_limit=60)
+    assert JobChange(time_limit_minutes=5000).checked(_job("PENDING"), is_admin=False, queue_limit=None)
