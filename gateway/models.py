@@ -98,7 +98,8 @@ class JobChange:
         waiting job moves (409); a started job's limit is raised by an administrator only
         (403: Slurm's rule, kept on every backend, whatever rights a shared service account
         has); ``queue_limit``, the longest the (new) queue allows, binds everybody but
-        administrators (422)."""
+        administrators (422): the limit a user raises, and the limit a job moves with (a job
+        without one moves into a limited queue only with a limit given)."""
         from .errors import Conflict, Forbidden, InvalidInput
         if job.state in FINAL_STATES:
             raise Conflict(f"job {job.job_id} has already finished ({job.state.value}): it cannot change")
@@ -112,11 +113,20 @@ class JobChange:
             raise Forbidden(f"job {job.job_id} is {job.state.value} with a time limit of "
                             f"{job.time_limit_minutes} minutes: only an administrator may raise "
                             "the limit of a job that has started (you may lower it)")
-        if (not is_admin and queue_limit is not None and change.time_limit_minutes is not None
-                and change.time_limit_minutes > queue_limit):
+        if not is_admin and queue_limit is not None:
             queue = change.queue or job.queue
-            raise InvalidInput(f"queue {queue} allows at most {queue_limit} minutes",
-                               errors={"timeLimitMinutes": [f"more than queue {queue} allows ({queue_limit})"]})
+            if change.queue is not None:
+                # A move takes the job's limit along: it must fit the new queue too.
+                limit = change.time_limit_minutes or job.time_limit_minutes
+                over = limit is None or limit > queue_limit
+            else:                      # lowering a limit set beyond the queue's is allowed
+                new, now = change.time_limit_minutes, job.time_limit_minutes
+                over = new is not None and new > queue_limit and (now is None or new > now)
+            if over:
+                raise InvalidInput(f"queue {queue} allows at most {queue_limit} minutes"
+                                   + ("; give timeLimitMinutes with the move" if change.queue and
+                                      change.time_limit_minutes is None else ""),
+                                   errors={"timeLimitMinutes": [f"more than queue {queue} allows ({queue_limit})"]})
         return change
 
 

@@ -386,7 +386,9 @@ class SsmTransport(Transport):
             return self._result(invocation, command_id, deadline)
         sent = False
         try:
-            command_id = self._send(ssm, params, deadline, retry_safe)
+            # Never sent twice: each copy would PUT to the one presigned URL, and the copy
+            # that lost the race (If-None-Match) fails, or puts after the read deleted the key.
+            command_id = self._send(ssm, params, deadline)
             sent = True
             invocation = self._wait(ssm, command_id, deadline, timeout, retry_safe)
             result = self._private_result(invocation, private_key, deadline)

@@ -76,6 +76,27 @@ def test_a_limit_beyond_what_the_queue_allows_is_an_administrators(gateway):
         alice.post(f"/jobs/{jid}/kill")
 
 
+def test_a_job_moves_into_a_limited_queue_only_with_a_limit_that_fits(gateway):
+    """A move takes the job's limit along: a user's job with more time than the new queue
+    allows does not get in with it (it would run beyond the queue's limit)."""
+    alice = gateway.alice
+    qs = alice.get("/queues").body["data"]["queues"]
+    limited = next(q for q in qs if q.get("timeLimitMinutes"))
+    most = limited["timeLimitMinutes"]
+    roomy = next(q["name"] for q in qs if q["name"] != limited["name"]
+                 and (q.get("timeLimitMinutes") is None or q["timeLimitMinutes"] > most + 10))
+    jid = alice.submit(command="true", hold=True, name=_name(), queue=roomy, timeLimitMinutes=most + 10)
+    try:
+        r = _patch(alice, jid, {"queue": limited["name"]})
+        assert r.status == 422 and "timeLimitMinutes" in r.body["errors"], r.body
+        assert alice.job(jid)["queue"] == roomy
+        r = _patch(alice, jid, {"queue": limited["name"], "timeLimitMinutes": most})
+        assert r.status == 200, r.body
+        assert (r.body["data"]["job"]["queue"], r.body["data"]["job"]["timeLimitMinutes"]) == (limited["name"], most)
+    finally:
+        alice.post(f"/jobs/{jid}/kill")
+
+
 def test_a_name_with_shell_metacharacters_is_only_a_name(gateway, held, tmp_path):
     marker = tmp_path / "pwned"
     name = f"x; touch {marker} $(touch {marker}) `touch {marker}` TimeLimit=1"

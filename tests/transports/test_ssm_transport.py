@@ -638,3 +638,25 @@ def test_a_read_whose_polls_fail_until_the_deadline_is_a_503(monkeypatch, error)
     t = _faked(monkeypatch, fake)
     with pytest.raises(SchedulerUnavailable):
         t.run(["squeue"], timeout=5, retry_safe=True)
+
+
+def test_a_private_read_whose_send_answer_is_lost_is_not_sent_again(ssm, ssm_double, s3, tmp_path):
+    """A read may be sent again, but not one with private output: every copy would PUT its
+    frame to the one presigned URL, and a copy that lost the race fails, or puts the secret
+    after the read deleted it. It is sent once, and the outcome is unknown (504)."""
+    path = tmp_path / "s"
+    path.write_bytes(b"secret")
+    sent = ssm_double.requests["SendCommand"]
+    ssm_double.lose_answers(3, "SendCommand")
+    try:
+        with pytest.raises(SchedulerTimeout):
+            ssm.run(["cat", "--", str(path)], private=True, retry_safe=True)
+    finally:
+        ssm_double.lose_answers(0)
+    assert ssm_double.requests["SendCommand"] - sent == 1
+    # Not private, the same lost answer is sent again and answered.
+    ssm_double.lose_answers(1, "SendCommand")
+    try:
+        assert ssm.run(["cat", "--", str(path)], retry_safe=True).stdout == b"secret"
+    finally:
+        ssm_double.lose_answers(0)

@@ -1015,8 +1015,9 @@ def parse_bqueues(text: str, default_queues: list[str] | None = None) -> list[Qu
     return queues
 
 
-def parse_bqueues_run_limits(text: str) -> dict[str, int | None]:
-    """``bqueues -l [queue ...]``: each queue's hard run limit in minutes (None: none).
+def parse_bqueues_run_limits(text: str, which: str = "maximum") -> dict[str, int | None]:
+    """``bqueues -l [queue ...]``: each queue's hard run limit in minutes (None: none), or
+    with ``which="default"`` its default one (what binds a job submitted without -W).
 
     OpenLava/LSF print a queue's limits as a row of names over a row of values, each in a
     column of 25 characters (`` RUNLIMIT`` over `` 360.0 min of hostA``); with default
@@ -1025,6 +1026,7 @@ def parse_bqueues_run_limits(text: str) -> dict[str, int | None]:
     failure = scheduler_failure(text)
     if failure:
         raise failure
+    want_defaults = which == "default"
     limits: dict[str, int | None] = {}
     queue, defaults = None, False
     lines = text.splitlines()
@@ -1041,7 +1043,8 @@ def parse_bqueues_run_limits(text: str) -> dict[str, int | None]:
         elif line.startswith("MAXIMUM LIMITS:"):
             defaults = False
         at = line.find(" RUNLIMIT")
-        if at >= 0 and not defaults and i + 1 < len(lines) and re.fullmatch(r"(\s+[A-Z]+LIMIT)+\s*", line[at:] or ""):
+        if at >= 0 and defaults == want_defaults and i + 1 < len(lines) and \
+                re.fullmatch(r"(\s+[A-Z]+LIMIT)+\s*", line[at:] or ""):
             limits[queue] = run_limit_minutes(lines[i + 1][at:at + 25])
     return limits
 

@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -13,7 +14,7 @@ from gateway import scriptfile
 from gateway.errors import (Conflict, GatewayError, InvalidInput, NotFound, SchedulerRefused,
                             SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
-from gateway.models import (ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home,
+from gateway.models import (WAITING_STATES, ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home,
                             has_home_paths)
 from gateway.s3scripts import S3ScriptSource
 from gateway.transports import check_not_the_gateways_account, make_transport, run_command
@@ -486,11 +487,19 @@ class AipScheduler:
             C.check_time_limit(change.time_limit_minutes)
         job = self._job(str(job_id))
         limit, queue = None, change.queue or job.queue
-        if change.time_limit_minutes is not None and not user.is_admin and queue and not job.state.is_final:
-            # The (new) queue's hard RUNLIMIT, read now (one bqueues -l): a limit above it is
-            # refused before anything runs. Unknown (None): LSF refuses it itself, "RUNLIMIT:
-            # Cannot exceed queue's hard limit(s)", a 422 as well.
-            limit = self._run_limits(queue).get(queue)
+        if ((change.time_limit_minutes is not None or change.queue is not None) and not user.is_admin
+                and queue and not job.state.is_final):
+            # The (new) queue's hard RUNLIMIT, read now (one bqueues -l): a limit above it, or
+            # a job moving in with one, is refused before anything runs. Unknown (None): LSF
+            # refuses it itself, "RUNLIMIT: Cannot exceed queue's hard limit(s)", a 422 as well.
+            hard, default = self._run_limits(queue)
+            limit = hard.get(queue)
+            if job.time_limit_minutes is None and job.state not in WAITING_STATES and queue == job.queue:
+                # bjobs -l shows the job's own -W only: without it the queue's default binds
+                # it, else the queue's maximum (a started job has not moved: same queue).
+                bound = default.get(queue) or limit
+                if bound is not None:
+                    job = replace(job, time_limit_minutes=bound)
         change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
         name, minutes = change.name, change.time_limit_minutes
         if name is not None and name == job.name:
@@ -646,20 +655,26 @@ class AipScheduler:
         self._default_queues = (now, names)
         return names
 
-    def _run_limits(self, queue: str | None = None) -> dict[str, int | None]:
-        """Queues' hard run limits (minutes) from ``bqueues -l`` (``-w`` has none): all of
-        them, kept for a minute as the default queues are, or one queue's, read afresh. {}
+    def _run_limits(self, queue: str | None = None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+        """Queues' hard and default run limits (minutes) from ``bqueues -l`` (``-w`` has
+        none): all of them, kept for a minute as the default queues are (also when they
+        cannot be read: a listing does not fail for them), or one queue's, read afresh. {}
         when the scheduler will not tell (an unknown queue, a c-set without -l): LSF keeps
         its limits itself."""
         now = time.monotonic()
         if queue is None and self._queue_limits and now - self._queue_limits[0] < 60:
             return self._queue_limits[1]
         try:
-            limits = P.parse_bqueues_run_limits(
-                self._run("bqueues", ["-l"] + ([C.name_arg(queue, "queue")] if queue else []),
-                          what="queue limits"))
+            text = self._run("bqueues", ["-l"] + ([C.name_arg(queue, "queue")] if queue else []),
+                             what="queue limits")
+            limits = (P.parse_bqueues_run_limits(text), P.parse_bqueues_run_limits(text, which="default"))
         except (SchedulerRefused, InvalidInput, NotFound):
-            limits = {}
+            limits = ({}, {})
+        except GatewayError as exc:
+            if queue is not None:
+                raise
+            log.warning("queue run limits left out of the listing: bqueues -l: %s", exc.msg)
+            limits = ({}, {})
         if queue is None:
             self._queue_limits = (now, limits)
         return limits
@@ -668,7 +683,7 @@ class AipScheduler:
     def list_queues(self):
         text = self._run("bqueues", ["-w"], what="listing queues")
         queues = P.parse_bqueues(text, self._defaults())
-        limits = self._run_limits()
+        limits, _ = self._run_limits()
         for q in queues:
             q.time_limit_minutes = limits.get(q.name)
         return queues

@@ -531,9 +531,10 @@ class SlurmScheduler:
             raise NotFound(f"no such job: {job_id}")
         job = self._job(job_id, max_age=0)           # the rules apply to the job as it is now
         limit = None
-        if change.time_limit_minutes is not None and not user.is_admin:
-            # The partition's MaxTime binds users; Slurm would not apply it to a service
-            # account that is an operator (or root, as SSM runs by default).
+        if (change.time_limit_minutes is not None or change.queue is not None) and not user.is_admin:
+            # The partition's MaxTime binds users, also a job moving in with its limit; Slurm
+            # would not apply it to a service account that is an operator (or root, as SSM
+            # runs by default).
             limit = self._partition_max_time(change.queue or job.queue)
         change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
         if not change.given():

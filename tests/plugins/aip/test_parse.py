@@ -767,6 +767,8 @@ def test_bqueues_long_run_limits():
         "MAXIMUM LIMITS:\n RUNLIMIT                \n 1440.0 min               \n")
     assert parse.parse_bqueues_run_limits(only_max + "\n" + with_default + "\n" + ol("bqueues_l_vnc.txt")) == \
         {"short": 60, "long": 1440, "vnc": None}
+    assert parse.parse_bqueues_run_limits(only_max + "\n" + with_default, which="default") == \
+        {"short": None, "long": 30}
     assert parse.parse_bqueues_run_limits("nosuch: No such queue\n") == {}
     with pytest.raises(SchedulerUnavailable):
         parse.parse_bqueues_run_limits(ol("LSB_NTRIES_1_timeout_20_bqueues.txt"))

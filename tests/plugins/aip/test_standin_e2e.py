@@ -661,8 +661,10 @@ def test_switch_the_queue_of_a_pending_job(cluster):
         jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", name="mover", hold=True))
         assert [j.queue for j in s.list_jobs(user=ALICE, query=JobQuery()) if j.job_id == jid] == ["normal"]
         ran = recording_runs(s)
-        s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", name="moved"))
-        assert changes(ran) == [("bmod", ["-q", "short", "-J", "moved", jid], "gwalice" if ROOT else None)]
+        # short allows 60 minutes: a job without a limit moves in with one (JobChange.checked)
+        s.modify_job(user=ALICE, job_id=jid, change=JobChange(queue="short", name="moved", time_limit_minutes=30))
+        assert changes(ran) == [("bmod", ["-q", "short", "-J", "moved", "-W", "30", jid],
+                                 "gwalice" if ROOT else None)]
         job = s.get_job(user=ALICE, job_id=jid)
         assert (job.queue, job.name, job.state) == ("short", "moved", JobState.HELD)
         assert [(j.queue, j.name) for j in s.list_jobs(user=ALICE, query=JobQuery(queue="short"))
@@ -766,11 +768,12 @@ def test_a_limit_beyond_the_queues_is_refused_before_bmod_runs(b):
         assert list(exc.value.errors) == ["timeLimitMinutes"] and "60" in exc.value.msg
     assert changes(ran) == [] and [r[1] for r in ran if r[0] == "bqueues"] == [["-l", "short"]] * 2
     b.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=60))
-    # a job keeping a limit the new queue does not allow: LSF's own refusal, as a whole
+    # a job keeping a limit the new queue does not allow: refused as a whole, before bmod
+    ran.clear()
     with pytest.raises(InvalidInput) as exc:
         b.modify_job(user=ALICE, job_id=far, change=JobChange(queue="short", name="moved"))
-    assert exc.value.msg == "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified."
-    assert list(exc.value.errors) == ["timeLimitMinutes"]
+    assert exc.value.msg == "queue short allows at most 60 minutes; give timeLimitMinutes with the move"
+    assert list(exc.value.errors) == ["timeLimitMinutes"] and changes(ran) == []
     with pytest.raises(InvalidInput) as exc:
         b.modify_job(user=ADMIN, job_id=jid, change=JobChange(time_limit_minutes=61))
     assert exc.value.msg == "RUNLIMIT: Cannot exceed queue's hard limit(s). Job not modified."
@@ -928,3 +931,41 @@ def test_shell_metacharacters_in_a_new_name_reach_bmod_as_one_argument(cluster, 
             else:
                 obj.close()
         assert not os.path.exists(sentinel)
+
+
+def test_a_started_job_without_its_own_limit_is_bound_by_its_queues(b):
+    """bjobs -l shows only a job's own -W; the queue's limit binds one without it (short: 60
+    minutes). Its owner may lower that, not raise it: 61 would be a raise of a started job
+    (403), not a first limit."""
+    from gateway.models import JobChange
+    jid = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60", queue="short"))
+    wait(b, jid, JobState.RUNNING)
+    assert b.get_job(user=ALICE, job_id=jid).time_limit_minutes is None
+    ran = recording_runs(b)
+    with pytest.raises(Forbidden):
+        b.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=61))
+    assert changes(ran) == []
+    b.modify_job(user=ALICE, job_id=jid, change=JobChange(time_limit_minutes=50))
+    assert b.get_job(user=ALICE, job_id=jid).time_limit_minutes == 50
+    b.control_job(user=ALICE, job_id=jid, action="kill")
+
+
+def test_queues_are_listed_when_their_limits_cannot_be_read(b):
+    """bqueues -l only adds run limits: its failure (a timeout, an outage, output too big for
+    an SSM answer) leaves them out of the listing instead of failing it, for a minute."""
+    real = b._run
+    calls = []
+
+    def failing(name, args, **kw):
+        if name == "bqueues" and args[:1] == ["-l"]:
+            calls.append(args)
+            raise SchedulerTimeout("bqueues -l did not answer")
+        return real(name, args, **kw)
+    b._run = failing
+    try:
+        queues = {q.name: q for q in b.list_queues()}
+        assert "short" in queues and queues["short"].time_limit_minutes is None
+        b.list_queues()
+        assert len(calls) == 1                        # not asked again at once
+    finally:
+        b._run = real
