@@ -199,6 +199,11 @@ class MockScheduler:
         if bad:
             raise InvalidInput(f"native option(s) not allowed by the mock backend: {', '.join(bad)}",
                                errors={"nativeOptions": [f"not allowed: {o}" for o in bad]})
+        most = self.queues[queue]["time_limit_minutes"]
+        if most and spec.time_limit_minutes and spec.time_limit_minutes > most and not user.is_admin:
+            # As a Slurm partition's MaxTime and an LSF queue's RUNLIMIT (and as PATCH here).
+            raise InvalidInput(f"queue {queue} allows at most {most} minutes",
+                               errors={"timeLimitMinutes": [f"more than queue {queue} allows ({most})"]})
         if (spec.nodes or 1) > 1:            # as Slurm: "Requested node configuration is not available"
             raise InvalidInput(f"{spec.nodes} nodes requested but the mock cluster has one host ({self.host})",
                                errors={"nodes": ["more than the cluster has"]})

@@ -536,6 +536,13 @@ class SlurmScheduler:
             # would not apply it to a service account that is an operator (or root, as SSM
             # runs by default).
             limit = self._partition_max_time(change.queue or job.queue)
+        if change.time_limit_minutes is not None and not user.is_admin:
+            # An array's tasks may have limits of their own (a task changed alone): a raise is
+            # judged against the least of its started tasks', not the first task's.
+            started = [j.time_limit_minutes for j, _ in self._view().arrays.get(job_id, [])
+                       if j.state in (JobState.RUNNING, JobState.SUSPENDED) and j.time_limit_minutes]
+            if started and min(started) < (job.time_limit_minutes or 0):
+                job = replace(job, time_limit_minutes=min(started), state=JobState.RUNNING)
         change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
         if not change.given():
             return None
@@ -552,14 +559,14 @@ class SlurmScheduler:
         return None
 
     def _partition_max_time(self, partition: str | None) -> int | None:
-        """MaxTime of ``partition`` in minutes; None when unlimited or unknown (a pending job
-        listed in several partitions, a,b: Slurm checks each)."""
-        if not partition or "," in partition:
+        """MaxTime of ``partition`` in minutes; None when unlimited or unknown. A pending job
+        listed in several partitions (a,b) may run in any: the least of their MaxTimes."""
+        if not partition:
             return None
-        for q in parse.parse_partitions(self._service(commands.show_partitions()).out):
-            if q.name == partition:
-                return q.time_limit_minutes
-        return None
+        names = set(partition.split(","))
+        limits = [q.time_limit_minutes for q in parse.parse_partitions(self._service(commands.show_partitions()).out)
+                  if q.name in names and q.time_limit_minutes is not None]
+        return min(limits) if limits else None
 
     # ------------------------------------------------------------ owners' suspensions
     # Slurm lets operators alone suspend and resume. The gateway does both for a job's owner

@@ -39,3 +39,18 @@ def test_a_change_while_being_killed_is_a_409(make_app):
     r = client.request("PATCH", f"/jobs/{jid}", json={"name": "late"})
     assert r.status == 409 and "being killed" in r.body["msg"], r.body
     assert client.wait_for(jid, "CANCELLED", timeout=30)["name"] != "late"
+
+
+def test_a_submission_beyond_the_queues_limit_is_refused_to_users(make_app):
+    """As a Slurm partition's MaxTime, an LSF queue's RUNLIMIT, and PATCH here: short allows
+    60 minutes; a user's 61 is a 422 and nothing is queued; an administrator's is taken."""
+    from gateway.auth.users_file import UsersFile
+    from tests.helpers import ApiClient
+    app, admin = make_app()
+    UsersFile(app.extensions["hpc_gateway"].config["auth"]["users_file"]).set_password("carol", "carol-password-1")
+    carol = ApiClient(app).login("carol", "carol-password-1")
+    r = carol.post("/jobs", json={"command": "true", "queue": "short", "timeLimitMinutes": 61, "hold": True})
+    assert r.status == 422 and "timeLimitMinutes" in r.body["errors"], r.body
+    assert carol.get("/jobs").body["data"]["total"] == 0
+    assert carol.submit(command="true", queue="short", timeLimitMinutes=60, hold=True)
+    assert admin.submit(command="true", queue="short", timeLimitMinutes=61, hold=True)

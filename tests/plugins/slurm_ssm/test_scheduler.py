@@ -801,3 +801,57 @@ def test_an_owners_suspend_refused_for_a_task_does_not_resume_that_task(make):
     assert "presently disabled" in e.value.msg
     resumed = [c["argv"][-1] for c in t.calls if c["argv"][:2] == ["scontrol", "resume"]]
     assert resumed == ["36_1"]
+
+
+# ---------------------------------------------------------------- PATCH /jobs/{id}
+
+def _updates(t):
+    return [c for c in t.calls if c["argv"][:2] == ["scontrol", "update"]]
+
+
+@pytest.fixture
+def changing(make):
+    """run_as: service with an operator's power, as SSM's root: Slurm would take any limit from
+    it, so the gateway's own checks are all that hold users to MaxTime."""
+    sched, t = make(run_as="service", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    t.answer(["scontrol", "update"], OK)
+    t.answer(["scontrol", "show", "partition"], fx("scontrol_show_partition"))
+    return sched, t, slurm
+
+
+def test_a_users_limit_is_held_to_maxtime_whatever_the_account_may(changing):
+    from gateway.models import JobChange
+    sched, t, slurm = changing
+    alice = User("gwalice")
+    # 35 waits in debug (no MaxTime): moving to batch (2880) with 5000, or without a limit, is refused.
+    for change in (JobChange(queue="batch", time_limit_minutes=5000), JobChange(queue="batch")):
+        with pytest.raises(InvalidInput):
+            sched.modify_job(user=alice, job_id="35", change=change)
+    # Listed in two partitions (a job_submit plugin's doing): the least MaxTime binds.
+    slurm.changes[33] = {"partition": "debug,batch"}
+    with pytest.raises(InvalidInput):
+        sched.modify_job(user=alice, job_id="33", change=JobChange(time_limit_minutes=5000))
+    assert _updates(t) == []
+    sched.modify_job(user=alice, job_id="35", change=JobChange(queue="batch", time_limit_minutes=2880))
+    assert [c["argv"][2:] for c in _updates(t)] == [["JobId=35", "Partition=batch", "TimeLimit=2880"]]
+    # An administrator may raise a started job's limit beyond MaxTime, as admin_run_as (30
+    # runs in batch with 30 minutes); a rename needs no operator.
+    with pytest.raises(Forbidden):
+        sched.modify_job(user=alice, job_id="30", change=JobChange(time_limit_minutes=31))
+    sched.modify_job(user=ADMIN, job_id="30", change=JobChange(time_limit_minutes=5000))
+    sched.modify_job(user=ADMIN, job_id="35", change=JobChange(name="n"))
+    assert [c["as_user"] for c in _updates(t)[1:]] == ["slurmop", None]
+
+
+def test_an_arrays_limit_is_raised_against_its_started_tasks(changing):
+    """Tasks may have limits of their own (one changed alone): the array's summary shows one
+    task's; a user's raise is judged against the least of the started tasks'."""
+    from gateway.models import JobChange
+    sched, t, slurm = changing
+    slurm.changes.update({38: {"time_limit": 600}, 39: {"time_limit": 30}, 36: {"time_limit": 600}})
+    with pytest.raises(Forbidden):
+        sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=500))
+    assert _updates(t) == []
+    sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=20))
+    assert [c["argv"][2:] for c in _updates(t)] == [["JobId=36", "TimeLimit=20"]]
