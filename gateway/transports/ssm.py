@@ -67,9 +67,10 @@ only this module knows whether an attempt may have started the command.
 - A command that ended but could not run as asked (not delivered, cancelled by someone else,
   the agent could not start the script): :class:`SchedulerUnavailable` (503).
 - A command the caller marks ``retry_safe`` (it only reads: squeue, bjobs, stat...) may run
-  twice: its SendCommand is sent again after a lost answer or a 5xx too, and SSM failing
-  it (sending or polling) is an outage, :class:`SchedulerUnavailable` (503, Retry-After),
-  not an unknown outcome. A read that does not finish in time is still a 504.
+  twice: its SendCommand is sent again after a lost answer or a 5xx too (not one with
+  private output), and its last failure is what it is: an endpoint that does not answer in
+  time a 504, a closed connection or a 5xx a 503 with Retry-After; not "may or may not
+  run". Polling is as for any command.
 
 Credentials come from boto3's normal chain (environment, ``profile``, instance role...).
 """
@@ -382,7 +383,7 @@ class SsmTransport(Transport):
             params["OutputS3Region"] = self.output_region
         if private_key is None:
             command_id = self._send(ssm, params, deadline, retry_safe)
-            invocation = self._wait(ssm, command_id, deadline, timeout, retry_safe)
+            invocation = self._wait(ssm, command_id, deadline, timeout)
             return self._result(invocation, command_id, deadline)
         sent = False
         try:
@@ -390,7 +391,7 @@ class SsmTransport(Transport):
             # that lost the race (If-None-Match) fails, or puts after the read deleted the key.
             command_id = self._send(ssm, params, deadline)
             sent = True
-            invocation = self._wait(ssm, command_id, deadline, timeout, retry_safe)
+            invocation = self._wait(ssm, command_id, deadline, timeout)
             result = self._private_result(invocation, private_key, deadline)
         except BaseException as exc:
             # Unless SendCommand certainly did not run (_send raised anything but a 504), the
@@ -414,7 +415,8 @@ class SsmTransport(Transport):
         answer was lost, or a 5xx: SSM may have acted on it); any other error means it did
         not run, and keeps its usual mapping (:meth:`_api_error`). A ``retry_safe`` command
         (one that only reads) is also sent again after a lost answer or a 5xx: running it
-        twice costs a read, and its last failure is an outage (503), not an unknown outcome."""
+        twice costs a read; its last failure keeps that mapping too (an endpoint that does not
+        answer in time: 504; a closed connection or a 5xx: 503), not "may or may not run"."""
         from botocore.exceptions import BotoCoreError, ClientError
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError,
@@ -445,8 +447,6 @@ class SsmTransport(Transport):
                 raise self._api_error("SendCommand", exc) from exc
             pause = random.uniform(0, min(2.0 ** (attempt - 1), 5.0))  # jittered backoff
             if attempt >= self.max_attempts or time.monotonic() + pause >= deadline:
-                if retry_safe:
-                    raise SchedulerUnavailable(f"SSM SendCommand failed: {error}") from error
                 raise self._api_error("SendCommand", error) from error
             time.sleep(pause)
 
@@ -490,14 +490,13 @@ class SsmTransport(Transport):
                         self.output_bucket, key, exc)
             return False
 
-    def _wait(self, ssm, command_id: str, deadline: float, timeout: float, retry_safe: bool = False) -> dict:
+    def _wait(self, ssm, command_id: str, deadline: float, timeout: float) -> dict:
         """Poll until the command ends; at the deadline cancel it and raise SchedulerTimeout.
 
         The command was sent: whatever fails now, it may be running (sbatch may submit), so
         nothing raised here carries Retry-After. Throttling, 5xx, expired credentials and
         connection errors are polled again until the deadline; other errors (SSM refusing
-        the poll for good) cancel the command at once. For a ``retry_safe`` command (a read)
-        failing polls are an outage: 503 with Retry-After, as SSH's lost connection is."""
+        the poll for good) cancel the command at once."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         delay = self.poll_initial
@@ -511,9 +510,6 @@ class SsmTransport(Transport):
                     raise SchedulerTimeout(
                         f"command on {self.instance_id} did not finish within {timeout:g} s "
                         f"(last SSM status {status}); it was cancelled")
-                if retry_safe:
-                    raise SchedulerUnavailable(f"SSM did not tell within {timeout:g} s how a read on "
-                                               f"{self.instance_id} went ({trouble})")
                 raise SchedulerTimeout(
                     f"SSM did not tell within {timeout:g} s how the command on "
                     f"{self.instance_id} went ({trouble}): it may or may not have run; "
@@ -531,9 +527,6 @@ class SsmTransport(Transport):
                 if _transient(exc):
                     continue
                 self._cancel(command_id)
-                if retry_safe:
-                    raise SchedulerUnavailable(f"SSM {trouble}: a read on {self.instance_id} was "
-                                               "cancelled") from exc
                 raise SchedulerTimeout(
                     f"SSM {trouble}, so how the command on {self.instance_id} went is "
                     "unknown: it may or may not have run; it was cancelled") from exc

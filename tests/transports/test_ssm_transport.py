@@ -608,36 +608,24 @@ def test_failed_private_runs_do_not_start_a_thread_each(ssm_double, s3):
             client.delete_object(Bucket=OUTPUT_BUCKET, Key=key)
 
 
-# A read (retry_safe) may run twice: a lost answer is sent again, and SSM failing it is an
-# outage to retry (503), not an unknown outcome (504).
-@pytest.mark.parametrize("error", [
-    ConnectionClosedError(endpoint_url="http://ssm"), ReadTimeoutError(endpoint_url="http://ssm"),
-    _client_error("InternalServerError", 500)], ids=lambda e: type(e).__name__)
-def test_a_read_whose_send_answer_is_lost_is_sent_again(monkeypatch, error):
+# A read (retry_safe) may run twice: a lost answer is sent again, and its last failure is
+# what it is (504 for an endpoint that does not answer in time, 503 otherwise), never "may
+# or may not run".
+@pytest.mark.parametrize("error, raised", [
+    (ConnectionClosedError(endpoint_url="http://ssm"), SchedulerUnavailable),
+    (ReadTimeoutError(endpoint_url="http://ssm"), SchedulerTimeout),
+    (_client_error("InternalServerError", 500), SchedulerUnavailable)], ids=lambda e: type(e).__name__)
+def test_a_read_whose_send_answer_is_lost_is_sent_again(monkeypatch, error, raised):
     fake = _FakeSsm(send=[error, {"Command": {"CommandId": "c" * 36}}], poll=[_OK_INVOCATION])
     t = _faked(monkeypatch, fake)
     assert t.run(["squeue"], timeout=10, retry_safe=True).stdout == b"hi"
     assert fake.calls["SendCommand"] == 2
     fake = _FakeSsm(send=[error])
     t = _faked(monkeypatch, fake)
-    with pytest.raises(SchedulerUnavailable) as info:
+    with pytest.raises(raised) as info:
         t.run(["squeue"], timeout=10, retry_safe=True)
     assert fake.calls["SendCommand"] == t.max_attempts
-    assert info.value.headers.get("Retry-After")
-
-
-@pytest.mark.parametrize("error", _POLL_TROUBLE, ids=lambda e: type(e).__name__ + ":" + str(e)[:30])
-def test_a_read_whose_polls_fail_until_the_deadline_is_a_503(monkeypatch, error):
-    fake = _FakeSsm(poll=[error])
-    t = _faked(monkeypatch, fake)
-    with pytest.raises(SchedulerUnavailable) as info:
-        t.run(["squeue"], timeout=1, retry_safe=True)
-    assert fake.calls["CancelCommand"] == 1 and fake.calls["SendCommand"] == 1
-    assert info.value.headers.get("Retry-After")
-    fake = _FakeSsm(poll=[_client_error("AccessDeniedException", operation="GetCommandInvocation")])
-    t = _faked(monkeypatch, fake)
-    with pytest.raises(SchedulerUnavailable):
-        t.run(["squeue"], timeout=5, retry_safe=True)
+    assert "may or may not" not in info.value.msg
 
 
 def test_a_private_read_whose_send_answer_is_lost_is_not_sent_again(ssm, ssm_double, s3, tmp_path):
