@@ -33,6 +33,21 @@ def _path_field(description, **kw):
                          metadata={"description": description}, **kw)
 
 
+# The fields a job is submitted with and may later change (JobSpecSchema, JobChangeSchema).
+def _name_field(**kw):
+    return fields.String(validate=[validate.Length(min=1, max=128), no_control_chars], **kw)
+
+
+def _queue_field(**kw):
+    return fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"),
+                                   no_control_chars], **kw)
+
+
+def _time_limit_field(**kw):
+    return fields.Integer(attribute="time_limit_minutes", validate=validate.Range(min=1, max=10 * 525600),
+                          strict=True, **kw)
+
+
 class JobSpecSchema(Schema):
     """A job to submit: exactly one of script, command, scriptLocation."""
 
@@ -49,15 +64,14 @@ class JobSpecSchema(Schema):
                                                            "your directory there, as in the files API; read as the "
                                                            "user), or s3://bucket/key under a prefix the operator "
                                                            "allows for this user (else 403)"})
-    name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
-    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"), no_control_chars])
+    name = _name_field()
+    queue = _queue_field()
     nodes = fields.Integer(validate=validate.Range(min=1, max=100000), strict=True)
     cpus = fields.Integer(validate=validate.Range(min=1, max=10_000_000), strict=True,
                           metadata={"description": "tasks/slots"})
     cpusPerTask = fields.Integer(attribute="cpus_per_task", validate=validate.Range(min=1, max=100000), strict=True)
     memoryMB = fields.Integer(attribute="memory_mb", validate=validate.Range(min=1, max=1 << 40), strict=True)
-    timeLimitMinutes = fields.Integer(attribute="time_limit_minutes", validate=validate.Range(min=1, max=10 * 525600),
-                                      strict=True)
+    timeLimitMinutes = _time_limit_field()
     workDir = _path_field("working directory on the cluster (absolute, or ~ / ~/... for your directory "
                           "there, the files API's ~)", attribute="work_dir")
     environment = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=128)),
@@ -101,14 +115,10 @@ class JobChangeSchema(Schema):
     error_messages = {"unknown": "cannot be changed: give name, queue or timeLimitMinutes "
                                  "(submit a new job for anything else)"}
 
-    name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars],
-                         metadata={"description": "the job's new name"})
-    queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE, error="not a valid queue name"),
-                                    no_control_chars],
-                          metadata={"description": "move the job to this queue (only while it waits: PENDING or HELD)"})
-    timeLimitMinutes = fields.Integer(attribute="time_limit_minutes", validate=validate.Range(min=1, max=10 * 525600),
-                                      strict=True,
-                                      metadata={"description": "the new run-time limit; raising that of a started job needs an administrator"})
+    name = _name_field(metadata={"description": "the job's new name"})
+    queue = _queue_field(metadata={"description": "move the job to this queue (only while it waits: PENDING or HELD)"})
+    timeLimitMinutes = _time_limit_field(
+        metadata={"description": "the new run-time limit; raising that of a started job needs an administrator"})
 
     @validates_schema
     def _something(self, data, **_):

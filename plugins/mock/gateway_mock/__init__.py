@@ -133,6 +133,11 @@ class MockScheduler:
             raise NotFound(f"no such job: {job_id}")
         return row
 
+    def _closed(self, queue: str) -> bool:
+        """Whether ``queue`` takes no new jobs (an administrator closed it)."""
+        row = self.db.execute("SELECT open FROM queues WHERE name=?", (queue,)).fetchone()
+        return row is not None and not row["open"]
+
     def _job(self, row) -> Job:
         return Job(
             job_id=str(row["id"]), name=row["name"], user_name=row["user"], queue=row["queue"],
@@ -190,8 +195,7 @@ class MockScheduler:
         queue = spec.queue or self.default_queue
         if queue not in self.queues:
             raise InvalidInput(f"{queue}: No such queue. Job not submitted.", errors={"queue": ["no such queue"]})
-        qrow = self.db.execute("SELECT open FROM queues WHERE name=?", (queue,)).fetchone()
-        if qrow is not None and not qrow["open"]:
+        if self._closed(queue):
             raise Conflict(f"queue {queue} is closed: it accepts no new jobs")
         if spec.array:
             raise InvalidInput("job arrays are not supported by the mock backend", errors={"array": ["not supported"]})
@@ -384,8 +388,7 @@ class MockScheduler:
                                     queue_limit=self.queues.get(queue, {}).get("time_limit_minutes"))
             sets, args = [], []
             if change.queue is not None:
-                qrow = db.execute("SELECT open FROM queues WHERE name=?", (change.queue,)).fetchone()
-                if qrow is not None and not qrow["open"]:
+                if self._closed(change.queue):
                     raise Conflict(f"cannot change job {job_id}: queue {change.queue} is closed: "
                                    "it accepts no new jobs")
                 sets.append("queue=?")
