@@ -47,10 +47,13 @@ from gateway.config import count_setting, load_config  # noqa: E402  (after the 
 from gateway.errors import ConfigError  # noqa: E402
 from gateway.serving import GatewayWorker  # noqa: E402
 from gateway.serving import install as _one_write_responses  # noqa: E402
+from gateway.serving import json_refusals  # noqa: E402
 
 # Headers and body in one write (gateway/serving.py): one system call less per answer, and
 # no answer cut between its headers and its body when a replica dies.
 _one_write_responses()
+# What gunicorn refuses before the app (request line too long, bad headers): JSON, as the API.
+json_refusals()
 
 _cfg = load_config()      # GATEWAY_CONFIG, else the built-in defaults; errors stop the start
 

@@ -1,8 +1,11 @@
-"""How gunicorn serves the gateway (deploy/gunicorn.conf.py installs both parts).
+"""How gunicorn serves the gateway (deploy/gunicorn.conf.py installs all three parts).
 
 1. :class:`GatewayWorker`, gunicorn's gthread worker with deadlines on slow clients, and
    finished connections closed without holding up the worker's main loop.
 2. :class:`OneWriteResponse`, headers and body in one write.
+3. :func:`json_refusals`: what gunicorn refuses itself, before the app sees a request (a
+   request line over ``limit_request_line``, too many or too long headers, a malformed
+   request), is answered in the API's JSON envelope, not gunicorn's HTML page.
 
 **Slow clients.** gthread waits 5 s for a new connection's first byte, then reads the rest
 of the request, and later writes the answer, on a blocking socket without a timeout. So a
@@ -48,6 +51,7 @@ send their headers first, as gunicorn does.
 from __future__ import annotations
 
 import errno
+import json
 import selectors
 import socket
 import ssl
@@ -431,3 +435,30 @@ def install() -> bool:
         return False
     wsgi.Response = OneWriteResponse
     return True
+
+
+def refusal(status: int, reason: str, message: str) -> bytes:
+    """gunicorn's answer to a request it refused, in the API's envelope (``{msg, data}``),
+    as ``gunicorn.util.write_error`` would send it otherwise (same status, ``Connection: close``)."""
+    hint = {414: " (bytes in the request line: method, URL-encoded path and query)"}
+    words = f"{reason}: {message}" if message else reason
+    body = json.dumps({"msg": words + hint.get(status, ""), "data": None}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def _write_refusal(sock, status_int, reason, mesg):
+    util.write_nonblock(sock, refusal(int(status_int), reason, mesg))
+
+
+def json_refusals() -> None:
+    """Answer gunicorn's own refusals in the API's JSON envelope.
+
+    gunicorn's worker (``Worker.handle_error``) writes them with ``gunicorn.util.write_error``,
+    an HTML page: a client of a JSON API, and the OpenAPI document (whose ``default``
+    response is the envelope), expect JSON. Measured before on 2026-12-07: a 8235-byte
+    request line got ``414`` ``text/html`` (the fuzz test's finding).
+    tests/deploy/test_gunicorn.py sends such requests to a live replica.
+    """
+    util.write_error = _write_refusal

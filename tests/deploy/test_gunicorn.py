@@ -150,3 +150,31 @@ def test_access_log_false_writes_no_line_per_request(tmp_path, procs, need_gunic
     log = next((tmp_path / "log").glob("hpc-gateway.log.*")).read_text()
     assert "Booting worker" in log
     assert "gunicorn.access" not in log, log[-2000:]
+
+
+def test_what_gunicorn_refuses_itself_is_answered_in_the_api_envelope(tmp_path, procs, need_gunicorn):
+    """A request line over limit_request_line (8190) or a header block over its limits never
+    reaches the app: gunicorn answers it. As deployed, that answer is JSON like every other
+    error, and the replica goes on serving."""
+    replica, admin = _replica(procs, tmp_path, workers=1, threads=4)
+    long_path = "é" * 1400                      # 2800 UTF-8 bytes, 8400 URL-encoded
+    r = requests.get(replica.base + PREFIX + "/files", params={"path": long_path},
+                     headers={"Authorization": f"Bearer {admin.token}"}, timeout=10)
+    assert r.status_code == 414, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    body = r.json()
+    assert body["data"] is None
+    assert body["msg"].startswith("URI Too Long: Request Line is too large (")
+    assert "> 8190)" in body["msg"], body
+    # Too many headers (gunicorn's limit_request_fields: 100): 431, JSON too.
+    many = {f"X-Filler-{i}": "x" for i in range(120)}
+    r = requests.get(replica.base + PREFIX + "/health", headers=many, timeout=10)
+    assert r.status_code == 431, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json()["msg"].startswith("Request Header Fields Too Large"), r.text
+    # The same request within the limit reaches the app (the path does not exist: 4xx JSON from the API).
+    r = requests.get(replica.base + PREFIX + "/files", params={"path": "é" * 1000},
+                     headers={"Authorization": f"Bearer {admin.token}"}, timeout=10)
+    assert r.status_code in (400, 403, 404, 422), r.text
+    assert r.json()["msg"] and "Request Line" not in r.json()["msg"]
+    assert requests.get(replica.base + PREFIX + "/health", timeout=10).status_code == 200
