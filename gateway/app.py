@@ -279,6 +279,9 @@ def create_app(config: dict | str | None = None) -> Flask:
     app.extensions["hpc_gateway"] = state
 
     api = GatewayApi(app)
+    from .api.jobs.schemas import JobChangeSchema
+    # What marshmallow cannot say of a schema as a whole: a change names at least one field.
+    api.spec.components.schema("JobChange", {"minProperties": 1}, schema=JobChangeSchema)
     from .api.auth.views import blp as auth_blp
     from .api.cluster.views import blp as cluster_blp
     from .api.jobs.views import blp as jobs_blp

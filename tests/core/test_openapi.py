@@ -27,6 +27,12 @@ def test_openapi_document_is_valid_openapi_3(make_app):
     for path in ("/aip/v9.2/jobs", "/aip/v9.2/vis/submit"):
         assert "Idempotency-Key" in {p["name"] for p in paths[path]["post"]["parameters"] if p["in"] == "header"}
     assert "415" in paths["/aip/v9.2/jobs"]["post"]["responses"]
+    # PATCH /jobs/{id}: the body names at least one field, and no other (an empty one is a 422).
+    change = spec["components"]["schemas"]["JobChange"]
+    assert paths["/aip/v9.2/jobs/{job_id}"]["patch"]["requestBody"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/JobChange"}
+    assert change["minProperties"] == 1 and change["additionalProperties"] is False
+    assert set(change["properties"]) == {"name", "queue", "timeLimitMinutes"}
     # The same document under the prefix.
     assert client.get("/openapi.json").body == client.flask.get("/aip/v9.2/openapi.json").get_json()
 

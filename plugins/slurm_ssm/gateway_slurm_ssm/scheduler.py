@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -548,15 +549,41 @@ class SlurmScheduler:
             return None
         # A job's owner acts as the account their jobs run as, within Slurm's rules for users,
         # as control_job does; an administrator's raise needs an operator: admin_run_as.
-        account = (self.admin_account if user.is_admin and change.raises_limit(job)
-                   else self._account_for(job.user_name or user.name))
+        as_admin = user.is_admin and change.raises_limit(job)
+        account = self.admin_account if as_admin else self._account_for(job.user_name or user.name)
         try:
             res = self._run(commands.update_job(job_id, change), as_user=account)
             if res.returncode != 0:
-                raise parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
+                raise self._update_refused(user, job_id, change, res, as_admin=as_admin, account=account)
         finally:
             self.snapshot.invalidate()
         return None
+
+    def _update_refused(self, user, job_id, change, res, *, as_admin: bool, account: str | None):
+        """The error for a refused ``scontrol update``. Slurm says 'Access/permission denied'
+        for every rule it keeps on limits; two of those are not the client's input:
+        - an administrator's raise, run as ``admin_run_as``: that account is no Slurm
+          operator, a configuration fault (502);
+        - a user's change to a job that has started since the look (seconds earlier over
+          SSM): the gateway's own rule answers, as it would have on a fresh look (403 for
+          a raise, 409 for a move)."""
+        err = parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
+        words = parse.scheduler_words(res.out, res.err)
+        if not re.search(r"Access/permission denied", words, re.I):
+            return err
+        if as_admin:
+            return SchedulerRefused(f"{words}: an administrator's raise of a time limit runs as admin_run_as "
+                                    f"({account or 'the transport login'}), which must be a Slurm operator "
+                                    "(AdminLevel=Operator in sacctmgr, or SlurmUser)")
+        try:
+            now = self._job(job_id, max_age=0)
+        except NotFound:
+            return err
+        try:
+            change.checked(now, is_admin=user.is_admin)
+        except (Conflict, Forbidden) as exc:
+            return exc
+        return err
 
     def _partition_max_time(self, partition: str | None) -> int | None:
         """MaxTime of ``partition`` in minutes; None when unlimited or unknown. A pending job

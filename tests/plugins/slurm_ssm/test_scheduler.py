@@ -855,3 +855,47 @@ def test_an_arrays_limit_is_raised_against_its_started_tasks(changing):
     assert _updates(t) == []
     sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=20))
     assert [c["argv"][2:] for c in _updates(t)] == [["JobId=36", "TimeLimit=20"]]
+
+
+def _refuse_update_after(slurm, t, words, **job_changes):
+    """scontrol update: the job changes meanwhile (``job_changes``), then Slurm refuses."""
+    def update(argv):
+        job_id = int(argv[2].removeprefix("JobId="))
+        slurm.changes.setdefault(job_id, {}).update(job_changes)
+        return CommandResult(1, b"", f"{words} for job {job_id}\n".encode())
+    t.answer(["scontrol", "update"], update)
+
+
+def test_a_job_that_starts_between_the_look_and_the_update_gets_the_gateways_own_answer(make):
+    """The fresh look saw 35 waiting; it started before `scontrol update` (seconds over SSM),
+    and Slurm refuses the owner's raise with 'Access/permission denied'. That is no invalid
+    input (422) but the rule on started jobs: 403, as a look a moment later would have said."""
+    from gateway.models import JobChange
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    slurm.changes[35] = {"time_limit": 60}
+    t.answer(["scontrol", "show", "partition"], fx("scontrol_show_partition"))
+    _refuse_update_after(slurm, t, "Access/permission denied", job_state="RUNNING")
+    with pytest.raises(Forbidden) as e:
+        sched.modify_job(user=ALICE, job_id="35", change=JobChange(time_limit_minutes=5000))
+    assert "only an administrator may raise" in e.value.msg
+    assert [c["as_user"] for c in _updates(t)] == ["gwalice"]
+    # Still waiting, and refused all the same (a QOS's MaxWall): the limit is refused, 422.
+    slurm.changes[35]["job_state"] = "PENDING"
+    _refuse_update_after(slurm, t, "Access/permission denied")
+    with pytest.raises(InvalidInput) as e:
+        sched.modify_job(user=ALICE, job_id="35", change=JobChange(time_limit_minutes=5000))
+    assert e.value.errors == {"timeLimitMinutes": ["refused by Slurm"]}
+
+
+def test_an_administrators_raise_refused_to_admin_run_as_is_a_configuration_fault(make):
+    """admin_run_as that is no Slurm operator: Slurm denies the raise. Not the client's input
+    (422): the gateway's configuration (502), named."""
+    from gateway.models import JobChange
+    sched, t = make(run_as="sudo", admin_run_as="notop")
+    slurm = FakeSlurm(t)
+    _refuse_update_after(slurm, t, "Access/permission denied")
+    with pytest.raises(SchedulerRefused) as e:
+        sched.modify_job(user=ADMIN, job_id="30", change=JobChange(time_limit_minutes=5000))
+    assert e.value.status == 502 and "admin_run_as (notop)" in e.value.msg
+    assert [c["as_user"] for c in _updates(t)] == ["notop"]
