@@ -198,3 +198,37 @@ def test_an_outage_every_replica_shares_is_answered_by_the_gateway_not_by_nginx(
         assert r.headers.get("Retry-After"), r.headers
     health = requests.get(cluster.base + PREFIX + "/health", timeout=30)
     assert health.headers.get("Content-Type", "").startswith("application/json"), (health.status_code, health.text[:300])
+
+
+def _envelope(r, status):
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert r.headers.get("Content-Type", "").startswith("application/json"), (r.headers, r.text[:300])
+    body = r.json()
+    assert body["data"] is None and body["msg"], body
+    return body
+
+
+def test_what_nginx_answers_itself_is_in_the_api_envelope(cluster):
+    """A client talks to the API, whoever answers: NGINX's own refusals (a request line or
+    headers over large_client_header_buffers, a body over client_max_body_size) and its
+    answer when no replica can be reached are JSON like the gateway's, not NGINX's HTML."""
+    base = cluster.base + PREFIX
+    # Request line over 16k (NGINX's buffers): NGINX's 414. Over 8190 but within 16k: the
+    # replica's (gunicorn's) 414, passed on as it is.
+    _envelope(requests.get(base + "/files", params={"path": "x" * 17000}, timeout=10), 414)
+    assert "Request Line is too large" in _envelope(
+        requests.get(base + "/files", params={"path": "x" * 9000}, timeout=10), 414)["msg"]
+    _envelope(requests.get(base + "/health", headers={"X-Big": "y" * 17000}, timeout=10), 431)
+    # A body over client_max_body_size (2m outside the files API): NGINX's 413.
+    _envelope(requests.post(base + "/jobs", data=b"{" + b" " * (3 << 20), timeout=10,
+                            headers={"Content-Type": "application/json"}), 413)
+    # Every replica gone: NGINX's 502, JSON, with Retry-After.
+    for replica in cluster.replicas:
+        replica.kill()
+    r = requests.get(base + "/health", timeout=30)
+    assert "no gateway replica" in _envelope(r, 502)["msg"]
+    assert r.headers.get("Retry-After") == "5"
+    # The gateway's own answers are never replaced: a replica back, its 401 is its own.
+    cluster.replicas[0].restart()
+    wait_until(lambda: requests.get(base + "/health", timeout=5).status_code == 200, 30, "a replica back")
+    assert "token" in _envelope(requests.get(base + "/jobs", timeout=10), 401)["msg"].lower()
