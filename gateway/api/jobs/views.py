@@ -287,10 +287,12 @@ class JobDetail(MethodView):
         the scheduler now has it. A job that has ended cannot change (409), nor can the queue
         of one that has started (409). The owner may lower a time limit at any time, and raise
         that of a waiting job as far as the queue allows (beyond: 422); only an administrator
-        may raise the limit of a job that has started (403). A job moves with its time limit,
-        which must fit the new queue (422; give `timeLimitMinutes` with the move). A change
-        the scheduler refuses is a 422 or 409 in its own words. On AIP/LSF a name may not
-        contain `[ ] < >`, and LSF renames no started job nor array and moves no array."""
+        may raise the limit of a job that has started (403). A user's job moves with its time
+        limit, which must fit the new queue (422; give `timeLimitMinutes` with the move). A
+        change the scheduler refuses is answered in its own words: 422 (a value), 403 (a
+        queue the user may not use), 409 (the job's state), 502 (anything else, or a
+        misconfigured gateway). On AIP/LSF a name may not contain `[ ] < >`, and LSF renames
+        no started job nor array and moves no array."""
         state = gw()
         user = current_user()
         fetch_job(user, job_id, control=True, doing="change")

@@ -538,12 +538,7 @@ class SlurmScheduler:
             # runs by default).
             limit = self._partition_max_time(change.queue or job.queue)
         if change.time_limit_minutes is not None and not user.is_admin:
-            # An array's tasks may have limits of their own (a task changed alone): a raise is
-            # judged against the least of its started tasks', not the first task's.
-            started = [j.time_limit_minutes for j, _ in self._view().arrays.get(job_id, [])
-                       if j.state in (JobState.RUNNING, JobState.SUSPENDED) and j.time_limit_minutes]
-            if started and min(started) < (job.time_limit_minutes or 0):
-                job = replace(job, time_limit_minutes=min(started), state=JobState.RUNNING)
+            job = self._as_started_tasks_limit(job_id, job)
         change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
         if not change.given():
             return None
@@ -559,25 +554,42 @@ class SlurmScheduler:
             self.snapshot.invalidate()
         return None
 
+    def _as_started_tasks_limit(self, job_id: str, job: Job) -> Job:
+        """``job`` as a user's raise is judged: an array's tasks may have limits of their own
+        (a task changed alone), so against the least of its started tasks', not the first
+        task's (the array's summary)."""
+        started = [j.time_limit_minutes for j, _ in self._view().arrays.get(job_id, [])
+                   if j.state in (JobState.RUNNING, JobState.SUSPENDED) and j.time_limit_minutes]
+        if started and min(started) < (job.time_limit_minutes or 0):
+            return replace(job, time_limit_minutes=min(started), state=JobState.RUNNING)
+        return job
+
     def _update_refused(self, user, job_id, change, res, *, as_admin: bool, account: str | None):
         """The error for a refused ``scontrol update``. Slurm says 'Access/permission denied'
         for every rule it keeps on limits; two of those are not the client's input:
-        - an administrator's raise, run as ``admin_run_as``: that account is no Slurm
-          operator, a configuration fault (502);
+        - an administrator's raise of the time limit alone, run as ``admin_run_as``: that
+          account is no Slurm operator, a configuration fault (502). (With a move too, the
+          partition may refuse operators as well: RootOnly, AllowGroups; Slurm's words stay.)
         - a user's change to a job that has started since the look (seconds earlier over
           SSM): the gateway's own rule answers, as it would have on a fresh look (403 for
-          a raise, 409 for a move)."""
+          a raise, 409 for a move). A look that fails leaves Slurm's refusal as it is: it is
+          final, and a 503 would invite the client to send it again."""
         err = parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
         words = parse.scheduler_words(res.out, res.err)
         if not re.search(r"Access/permission denied", words, re.I):
             return err
         if as_admin:
-            return SchedulerRefused(f"{words}: an administrator's raise of a time limit runs as admin_run_as "
-                                    f"({account or 'the transport login'}), which must be a Slurm operator "
-                                    "(AdminLevel=Operator in sacctmgr, or SlurmUser)")
+            if change.queue is None and change.name is None:
+                return SchedulerRefused(f"{words}: an administrator's raise of a time limit runs as admin_run_as "
+                                        f"({account or 'the transport login'}), which must be a Slurm operator "
+                                        "(AdminLevel=Operator in sacctmgr, or SlurmUser)")
+            # Not the owner's limits (update_refusal's hint): Slurm's own words, a 403.
+            return parse.update_refusal(res.out, res.err)
         try:
             now = self._job(job_id, max_age=0)
-        except NotFound:
+            if change.time_limit_minutes is not None:
+                now = self._as_started_tasks_limit(job_id, now)
+        except GatewayError:
             return err
         try:
             change.checked(now, is_admin=user.is_admin)

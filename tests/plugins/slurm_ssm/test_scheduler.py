@@ -899,3 +899,54 @@ def test_an_administrators_raise_refused_to_admin_run_as_is_a_configuration_faul
         sched.modify_job(user=ADMIN, job_id="30", change=JobChange(time_limit_minutes=5000))
     assert e.value.status == 502 and "admin_run_as (notop)" in e.value.msg
     assert [c["as_user"] for c in _updates(t)] == ["notop"]
+
+
+def test_a_refused_update_stays_refused_when_the_second_look_fails(make):
+    """Slurm refused (final); the look that would tell whether the job started meanwhile
+    fails (the controller went away): the answer is still the refusal, not a 503 inviting
+    the client to send the change again."""
+    from gateway.models import JobChange
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    slurm.changes[35] = {"time_limit": 60}
+    t.answer(["scontrol", "show", "partition"], fx("scontrol_show_partition"))
+
+    def update(argv):
+        t.answer(["squeue", "--json"], CommandResult(1, b"", b"slurm_load_jobs error: Unable to contact slurm controller\n"))
+        t.answer(["scontrol", "ping"], CommandResult(1, b"Slurmctld(primary) at n1 is DOWN\n", b""))
+        return CommandResult(1, b"", b"Access/permission denied for job 35\n")
+    t.answer(["scontrol", "update"], update)
+    with pytest.raises(InvalidInput) as e:
+        sched.modify_job(user=ALICE, job_id="35", change=JobChange(time_limit_minutes=5000))
+    assert e.value.errors == {"timeLimitMinutes": ["refused by Slurm"]}
+
+
+def test_an_administrators_move_and_raise_refused_keeps_slurms_words(make):
+    """A move with the raise: the partition may refuse operators too (RootOnly, AllowGroups),
+    so the denial is Slurm's (403), not a diagnosis of admin_run_as."""
+    from gateway.models import JobChange
+    sched, t = make(run_as="sudo", admin_run_as="slurmop")
+    slurm = FakeSlurm(t)
+    slurm.changes[35] = {"time_limit": 60}
+    _refuse_update_after(slurm, t, "Access/permission denied")
+    with pytest.raises(Forbidden) as e:
+        sched.modify_job(user=ADMIN, job_id="35", change=JobChange(queue="batch", time_limit_minutes=5000))
+    assert "admin_run_as" not in e.value.msg and "Access/permission denied" in e.value.msg
+
+
+def test_a_started_array_task_decides_the_second_look_too(changing):
+    """The array's summary shows the first task's limit (600); a started task has 30. The
+    look after Slurm's denial judges the raise to 500 as the first look does: a raise, 403."""
+    from gateway.models import JobChange
+    sched, t, slurm = changing
+    slurm.changes.update({38: {"time_limit": 600}, 39: {"time_limit": 600}, 36: {"time_limit": 600}})
+    calls = []
+
+    def update(argv):
+        calls.append(argv)
+        slurm.changes[39]["time_limit"] = 30           # changed alone meanwhile, by an operator
+        return CommandResult(1, b"", b"Access/permission denied for job 36\n")
+    t.answer(["scontrol", "update"], update)
+    with pytest.raises(Forbidden):
+        sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=500))
+    assert len(calls) == 1
