@@ -68,7 +68,7 @@ only this module knows whether an attempt may have started the command.
   the agent could not start the script): :class:`SchedulerUnavailable` (503).
 - A command the caller marks ``retry_safe`` (it only reads: squeue, bjobs, stat...) may run
   twice: its SendCommand is sent again after a lost answer or a 5xx too (not one with
-  private output), and its last failure is what it is: an endpoint that does not answer in
+  private output, with or without an output bucket), and its last failure is what it is: an endpoint that does not answer in
   time a 504, a closed connection or a 5xx a 503 with Retry-After; not "may or may not
   run". Polling is as for any command.
 
@@ -382,7 +382,9 @@ class SsmTransport(Transport):
                 params["OutputS3KeyPrefix"] = self.output_prefix
             params["OutputS3Region"] = self.output_region
         if private_key is None:
-            command_id = self._send(ssm, params, deadline, retry_safe)
+            # Private output without an output bucket lands in SSM's command history: a copy
+            # sent again after a lost answer would put it there twice.
+            command_id = self._send(ssm, params, deadline, retry_safe and not private)
             invocation = self._wait(ssm, command_id, deadline, timeout)
             return self._result(invocation, command_id, deadline)
         sent = False

@@ -628,6 +628,20 @@ def test_a_read_whose_send_answer_is_lost_is_sent_again(monkeypatch, error, rais
     assert "may or may not" not in info.value.msg
 
 
+def test_a_private_read_without_an_output_bucket_is_not_sent_again(monkeypatch):
+    """No output_bucket: the private output stays in SSM's command history (a warning says
+    so at the first such run); a copy sent again after a lost answer would put it there
+    twice. Sent once; its outcome is unknown (504)."""
+    fake = _FakeSsm(send=[ReadTimeoutError(endpoint_url="http://ssm"), {"Command": {"CommandId": "c" * 36}}],
+                    poll=[_OK_INVOCATION])
+    t = _faked(monkeypatch, fake)
+    assert not t.output_bucket
+    with pytest.raises(SchedulerTimeout) as info:
+        t.run(["cat", "--", "/home/u/.vnc/session"], timeout=10, private=True, retry_safe=True)
+    assert fake.calls["SendCommand"] == 1
+    assert "may or may not" in info.value.msg
+
+
 def test_a_private_read_whose_send_answer_is_lost_is_not_sent_again(ssm, ssm_double, s3, tmp_path):
     """A read may be sent again, but not one with private output: every copy would PUT its
     frame to the one presigned URL, and a copy that lost the race fails, or puts the secret
