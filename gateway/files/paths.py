@@ -108,8 +108,9 @@ def refuse_outside(path: str, roots: Sequence[str], given: str | None = None) ->
     if not roots:
         raise Forbidden("no file space is configured for you on this cluster (files.roots)")
     if not inside_any(path, roots):
-        shown = given if given is not None else path
-        raise Forbidden(f"{shown!r} is outside your file space ({', '.join(roots)})")
+        # A relative path is shown with where it leads ('.' with ?jobId= is the job's work dir).
+        shown = repr(path) if given is None or given == path else f"{given!r} ({path})"
+        raise Forbidden(f"{shown} is outside your file space ({', '.join(roots)})")
 
 
 def split(path: str) -> tuple[str, str]:

@@ -63,6 +63,16 @@ def test_refuse_outside_names_the_roots():
     paths.refuse_outside("/home/u/x", ["/tmp", "/home/u"])
 
 
+def test_refuse_outside_shows_where_a_relative_path_leads():
+    """'.' with ?jobId= is the job's work dir: the refusal names it, not only '.'."""
+    with pytest.raises(Forbidden) as e:
+        paths.refuse_outside("/scratch/job7", ["/home/u"], ".")
+    assert e.value.msg == "'.' (/scratch/job7) is outside your file space (/home/u)"
+    with pytest.raises(Forbidden) as e:
+        paths.refuse_outside("/etc", ["/home/u"], "/etc")
+    assert e.value.msg == "'/etc' is outside your file space (/home/u)"
+
+
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\x00"])
 def test_check_name(bad):
     with pytest.raises(BadRequest):
