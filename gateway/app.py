@@ -14,7 +14,7 @@ from urllib.parse import quote
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from .api.common import ErrorEnvelope, bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
@@ -232,6 +232,22 @@ class GatewayJSON(DefaultJSONProvider):
         return self._app.response_class(body + b"\n", mimetype=self.mimetype)
 
 
+def _route_of(app: Flask, req) -> str | None:
+    """The URL rule a request matched; for a 405 (a known path, a method it does not take),
+    the path's rule too: a client sending DELETE to /jobs is a fact about /jobs, not about an
+    unknown path. None for a path no rule matches."""
+    if req.url_rule is not None:
+        return req.url_rule.rule
+    exc = req.routing_exception
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        try:
+            rule, _ = app.url_map.bind_to_environ(req.environ).match(method=exc.valid_methods[0], return_rule=True)
+            return rule.rule
+        except HTTPException:
+            return None
+    return None
+
+
 def create_app(config: dict | str | None = None) -> Flask:
     """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
     cfg = load_config(config)
@@ -408,8 +424,7 @@ def create_app(config: dict | str | None = None) -> Flask:
     def _measure(response):
         # Labelled by the URL rule ("/aip/v9.2/jobs/<job_id>"), never the raw path.
         t0 = g.get("t0")
-        state.metrics.request_finished(request.url_rule.rule if request.url_rule is not None else None,
-                                       request.method, response.status_code,
+        state.metrics.request_finished(_route_of(app, request), request.method, response.status_code,
                                        time.perf_counter() - t0 if t0 is not None else None)
         return response
 

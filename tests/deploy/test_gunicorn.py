@@ -164,8 +164,7 @@ def test_what_gunicorn_refuses_itself_is_answered_in_the_api_envelope(tmp_path, 
     assert r.headers["Content-Type"] == "application/json"
     body = r.json()
     assert body["data"] is None
-    assert body["msg"].startswith("URI Too Long: Request Line is too large (")
-    assert "> 8190)" in body["msg"], body
+    assert body["msg"].startswith("URI Too Long"), body   # gunicorn's words follow (parser-dependent)
     # Too many headers (gunicorn's limit_request_fields: 100): 431, JSON too.
     many = {f"X-Filler-{i}": "x" for i in range(120)}
     r = requests.get(replica.base + PREFIX + "/health", headers=many, timeout=10)

@@ -216,19 +216,21 @@ def test_what_nginx_answers_itself_is_in_the_api_envelope(cluster):
     # Request line over 16k (NGINX's buffers): NGINX's 414. Over 8190 but within 16k: the
     # replica's (gunicorn's) 414, passed on as it is.
     _envelope(requests.get(base + "/files", params={"path": "x" * 17000}, timeout=10), 414)
-    assert "Request Line is too large" in _envelope(
-        requests.get(base + "/files", params={"path": "x" * 9000}, timeout=10), 414)["msg"]
+    own = _envelope(requests.get(base + "/files", params={"path": "x" * 9000}, timeout=10), 414)["msg"]
+    assert own.startswith("URI Too Long") and "this gateway accepts" not in own, own
     _envelope(requests.get(base + "/health", headers={"X-Big": "y" * 17000}, timeout=10), 431)
     # A body over client_max_body_size (2m outside the files API): NGINX's 413.
     _envelope(requests.post(base + "/jobs", data=b"{" + b" " * (3 << 20), timeout=10,
                             headers={"Content-Type": "application/json"}), 413)
-    # Every replica gone: NGINX's 502, JSON, with Retry-After.
+    # A body NGINX lets through (under 2m) but the gateway does not (max_body_bytes, 1 MiB):
+    # the replica's own 413 and words, not replaced by NGINX's.
+    big = _envelope(requests.post(base + "/jobs", data=b"{" + b" " * (3 << 19), timeout=10,
+                                  headers={"Content-Type": "application/json"}), 413)
+    assert "for this gateway" not in big["msg"] and "limit is" in big["msg"], big
+    # Every replica gone: NGINX's 502, JSON, and no Retry-After (for a POST that one of them
+    # had received, the same 502 would come: it may have been carried out).
     for replica in cluster.replicas:
         replica.kill()
     r = requests.get(base + "/health", timeout=30)
-    assert "no gateway replica" in _envelope(r, 502)["msg"]
-    assert r.headers.get("Retry-After") == "5"
-    # The gateway's own answers are never replaced: a replica back, its 401 is its own.
-    cluster.replicas[0].restart()
-    wait_until(lambda: requests.get(base + "/health", timeout=5).status_code == 200, 30, "a replica back")
-    assert "token" in _envelope(requests.get(base + "/jobs", timeout=10), 401)["msg"].lower()
+    assert "no gateway replica answered" in _envelope(r, 502)["msg"]
+    assert "Retry-After" not in r.headers

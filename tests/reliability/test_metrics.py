@@ -132,6 +132,16 @@ def test_methods_and_unknown_paths_do_not_grow_the_label_set(gateway):
     assert not [r for r in routes if "coffee" in r or "/no/such" in r], routes
 
 
+def test_a_method_a_route_does_not_take_is_counted_under_that_route(gateway):
+    """405: the path is known (its rule is the label), the method is not one it takes."""
+    before = sample(gateway.scrape(), REQS, route="/aip/v9.2/jobs/<job_id>", method="PUT", status="405")
+    for i in range(3):
+        assert requests.put(f"{gateway.url}/aip/v9.2/jobs/{i}", timeout=10).status_code == 405
+    m = gateway.scrape()
+    assert sample(m, REQS, route="/aip/v9.2/jobs/<job_id>", method="PUT", status="405") == before + 3
+    assert not [k for k in samples_named(m, REQS) if dict(k).get("status") == "405" and dict(k)["route"] == "unmatched"]
+
+
 # ------------------------------------------------------------------ plugin-side interface
 def test_record_command_and_timer_label_only_the_program(monkeypatch):
     before = dict(parse_samples(generate_latest(gm.PROCESS_REGISTRY).decode()))
