@@ -235,13 +235,20 @@ class GatewayJSON(DefaultJSONProvider):
 def _route_of(app: Flask, req) -> str | None:
     """The URL rule a request matched; for a 405 (a known path, a method it does not take),
     the path's rule too: a client sending DELETE to /jobs is a fact about /jobs, not about an
-    unknown path. None for a path no rule matches."""
+    unknown path. None for a path no rule matches (and for a 405 on a path that would be
+    redirected, such as one with "//").
+
+    The 405's rule is matched with OPTIONS, which Flask gives every rule: where two rules
+    take the path (/vis/submit and /vis/<job_id>), werkzeug prefers the fixed one, so every
+    replica gives the same label. (``valid_methods`` comes from a set: its first method
+    depends on the process's hash seed.)"""
     if req.url_rule is not None:
         return req.url_rule.rule
     exc = req.routing_exception
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        method = "OPTIONS" if "OPTIONS" in exc.valid_methods else sorted(exc.valid_methods)[0]
         try:
-            rule, _ = app.url_map.bind_to_environ(req.environ).match(method=exc.valid_methods[0], return_rule=True)
+            rule, _ = app.create_url_adapter(req).match(method=method, return_rule=True)
             return rule.rule
         except HTTPException:
             return None

@@ -537,7 +537,9 @@ class SlurmScheduler:
             # would not apply it to a service account that is an operator (or root, as SSM
             # runs by default).
             limit = self._partition_max_time(change.queue or job.queue)
-        if change.time_limit_minutes is not None and not user.is_admin:
+        if change.time_limit_minutes is not None:
+            # Also for an administrator: whether the change raises a started task's limit
+            # decides the account it runs as.
             job = self._as_started_tasks_limit(job_id, job)
         change = change.checked(job, is_admin=user.is_admin, queue_limit=limit)
         if not change.given():
@@ -560,16 +562,17 @@ class SlurmScheduler:
         task's (the array's summary)."""
         started = [j.time_limit_minutes for j, _ in self._view().arrays.get(job_id, [])
                    if j.state in (JobState.RUNNING, JobState.SUSPENDED) and j.time_limit_minutes]
-        if started and min(started) < (job.time_limit_minutes or 0):
+        if started and (job.time_limit_minutes is None or min(started) < job.time_limit_minutes):
             return replace(job, time_limit_minutes=min(started), state=JobState.RUNNING)
         return job
 
     def _update_refused(self, user, job_id, change, res, *, as_admin: bool, account: str | None):
         """The error for a refused ``scontrol update``. Slurm says 'Access/permission denied'
         for every rule it keeps on limits; two of those are not the client's input:
-        - an administrator's raise of the time limit alone, run as ``admin_run_as``: that
-          account is no Slurm operator, a configuration fault (502). (With a move too, the
-          partition may refuse operators as well: RootOnly, AllowGroups; Slurm's words stay.)
+        - an administrator's raise of the time limit (and a new name), run as
+          ``admin_run_as``: that account is no Slurm operator, a configuration fault (502).
+          (With a move too, the partition may refuse operators as well, RootOnly: Slurm's
+          words stay.)
         - a user's change to a job that has started since the look (seconds earlier over
           SSM): the gateway's own rule answers, as it would have on a fresh look (403 for
           a raise, 409 for a move). A look that fails leaves Slurm's refusal as it is: it is
@@ -579,7 +582,7 @@ class SlurmScheduler:
         if not re.search(r"Access/permission denied", words, re.I):
             return err
         if as_admin:
-            if change.queue is None and change.name is None:
+            if change.queue is None:
                 return SchedulerRefused(f"{words}: an administrator's raise of a time limit runs as admin_run_as "
                                         f"({account or 'the transport login'}), which must be a Slurm operator "
                                         "(AdminLevel=Operator in sacctmgr, or SlurmUser)")

@@ -950,3 +950,25 @@ def test_a_started_array_task_decides_the_second_look_too(changing):
     with pytest.raises(Forbidden):
         sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=500))
     assert len(calls) == 1
+
+
+def test_an_array_without_a_limit_of_its_own_is_judged_by_its_started_tasks(changing):
+    """The summary shows no limit (UNLIMITED), a started task has 30 minutes: 500 is a raise
+    for that task (403), not the lowering it would be of an unlimited job. The shared service
+    account (an operator, as SSM's root) would apply it."""
+    from gateway.models import JobChange
+    sched, t, slurm = changing
+    slurm.changes.update({38: {"time_limit": None}, 39: {"time_limit": 30}, 36: {"time_limit": None}})
+    with pytest.raises(Forbidden):
+        sched.modify_job(user=User("gwalice"), job_id="36", change=JobChange(time_limit_minutes=500))
+    assert _updates(t) == []
+
+
+def test_an_administrators_raise_of_a_started_task_runs_as_admin_run_as(changing):
+    """The summary says 600, a started task has 30: an administrator's 500 raises that task's
+    limit, which needs an operator (admin_run_as), not the owner's account."""
+    from gateway.models import JobChange
+    sched, t, slurm = changing
+    slurm.changes.update({38: {"time_limit": 600}, 39: {"time_limit": 30}, 36: {"time_limit": 600}})
+    sched.modify_job(user=ADMIN, job_id="36", change=JobChange(time_limit_minutes=500))
+    assert [(c["argv"][2:], c["as_user"]) for c in _updates(t)] == [(["JobId=36", "TimeLimit=500"], "slurmop")]
