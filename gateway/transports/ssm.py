@@ -68,9 +68,9 @@ only this module knows whether an attempt may have started the command.
   the agent could not start the script): :class:`SchedulerUnavailable` (503).
 - A command the caller marks ``retry_safe`` (it only reads: squeue, bjobs, stat...) may run
   twice: its SendCommand is sent again after a lost answer or a 5xx too (not one with
-  private output, with or without an output bucket), and its last failure is what it is: an endpoint that does not answer in
-  time a 504, a closed connection or a 5xx a 503 with Retry-After; not "may or may not
-  run". Polling is as for any command.
+  private output, with or without an output bucket), and its last failure is what it is:
+  an endpoint that does not answer in time a 504, a closed connection or a 5xx a 503 with
+  Retry-After; not "may or may not run". Polling is as for any command.
 
 Credentials come from boto3's normal chain (environment, ``profile``, instance role...).
 """

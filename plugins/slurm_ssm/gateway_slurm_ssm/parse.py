@@ -701,6 +701,15 @@ def refusal(stdout: str, stderr: str, *, input_errors: bool = False) -> GatewayE
     return SchedulerRefused(words)
 
 
+_DENIED = re.compile(r"Access/permission denied", re.I)
+
+
+def denied(words: str) -> bool:
+    """Whether Slurm refused with 'Access/permission denied', its one answer to every rule it
+    keeps on who may change what (limits, partitions, another's job)."""
+    return bool(_DENIED.search(words or ""))
+
+
 def update_refusal(stdout: str, stderr: str, *, time_limit: bool = False) -> GatewayError:
     """The gateway error for a failed ``scontrol update JobId=...`` (a change the client asked
     for): an unknown partition or a refused value is the client's input (422), an unknown job
@@ -711,7 +720,7 @@ def update_refusal(stdout: str, stderr: str, *, time_limit: bool = False) -> Gat
     words = scheduler_words(stdout, stderr)
     if re.search(r"Invalid partition name specified", words, re.I):
         return InvalidInput(words, errors={"queue": ["no such partition"]})
-    if time_limit and re.search(r"Access/permission denied|Requested time limit", words, re.I):
+    if time_limit and (denied(words) or re.search(r"Requested time limit", words, re.I)):
         return InvalidInput(f"{words} (the time limit: Slurm lets a job's owner raise it only while the "
                             "job waits, and only as far as its partition's MaxTime and QOS allow)",
                             errors={"timeLimitMinutes": ["refused by Slurm"]})

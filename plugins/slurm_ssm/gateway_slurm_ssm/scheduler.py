@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -557,9 +556,10 @@ class SlurmScheduler:
         return None
 
     def _as_started_tasks_limit(self, job_id: str, job: Job) -> Job:
-        """``job`` as a user's raise is judged: an array's tasks may have limits of their own
-        (a task changed alone), so against the least of its started tasks', not the first
-        task's (the array's summary)."""
+        """``job`` as a new time limit is judged (whether it raises a started job's, for the
+        rule on users and for the account an administrator's change runs as): an array's
+        tasks may have limits of their own (a task changed alone), so against the least of
+        its started tasks', not the first task's (the array's summary)."""
         started = [j.time_limit_minutes for j, _ in self._view().arrays.get(job_id, [])
                    if j.state in (JobState.RUNNING, JobState.SUSPENDED) and j.time_limit_minutes]
         if started and (job.time_limit_minutes is None or min(started) < job.time_limit_minutes):
@@ -579,7 +579,7 @@ class SlurmScheduler:
           final, and a 503 would invite the client to send it again."""
         err = parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
         words = parse.scheduler_words(res.out, res.err)
-        if not re.search(r"Access/permission denied", words, re.I):
+        if not parse.denied(words):
             return err
         if as_admin:
             if change.queue is None:
