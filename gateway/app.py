@@ -87,9 +87,9 @@ def _flatten(messages) -> tuple[dict, str]:
         else:
             errors[location] = fields_
     parts = []
-    for field, value in errors.items():
+    for name, value in errors.items():
         text = _words(value)
-        parts.append(text if field == "_schema" else f"{field}: {text}")
+        parts.append(text if name == "_schema" else f"{name}: {text}")
     return errors, "; ".join(parts)
 
 

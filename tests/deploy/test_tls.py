@@ -72,11 +72,12 @@ def test_ssl_1_serves_https_on_https_port_and_nothing_else(tmp_path, procs, cert
 
 def _tls_site(tmp_path, procs, certificate, *, novnc: bool = False) -> tuple[str, int]:
     """A plain replica behind NGINX with hpc-gateway-ha-tls.conf (and, with ``novnc``, the
-    noVNC snippet included where the site says): (https origin, NGINX's port), answering."""
+    noVNC snippet included where the site says): (https origin, NGINX's port, the replica),
+    answering."""
     cert, key = certificate
     http_port = free_port()
     config = _gateway_config(tmp_path, http_port=http_port, trusted_proxies=1)
-    GunicornReplica(procs, "plain", config, tmp_path / "log", workers=1, threads=4).start()
+    replica = GunicornReplica(procs, "plain", config, tmp_path / "log", workers=1, threads=4).start()
     listen = free_port()
     site = render("hpc-gateway-ha-tls.conf", "--replica", f"127.0.0.1:{http_port}",
                   "--listen", f"127.0.0.1:{listen}", "--cert", str(cert), "--key", str(key))
@@ -89,12 +90,12 @@ def _tls_site(tmp_path, procs, certificate, *, novnc: bool = False) -> tuple[str
     from .servers import wait_until
     wait_until(lambda: requests.get(origin + PREFIX + "/health", verify=str(cert), timeout=5).status_code == 200,
                20, "NGINX (TLS) to answer /health", proc=nginx.proc)
-    return origin, listen
+    return origin, listen, replica
 
 
 def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certificate, need_gunicorn, need_nginx):
     cert, _ = certificate
-    origin, listen = _tls_site(tmp_path, procs, certificate)
+    origin, listen, replica = _tls_site(tmp_path, procs, certificate)
     base = origin + PREFIX
     login = requests.post(base + "/login", json={"username": "admin", "password": _admin_password(tmp_path)},
                           verify=str(cert), timeout=10)
@@ -110,13 +111,24 @@ def test_nginx_terminates_tls_in_front_of_a_plain_replica(tmp_path, procs, certi
     assert plain.status_code == 400
     assert "Success" not in plain.text
 
+    # The replica gone: NGINX's own 502 keeps the site's HSTS (a location's add_header drops
+    # the server's) and invites a repeat of a GET only.
+    replica.kill()
+    gone = requests.get(base + "/health", verify=str(cert), timeout=30)
+    assert gone.status_code == 502 and gone.json()["data"] is None, (gone.status_code, gone.text[:300])
+    assert gone.headers.get("Strict-Transport-Security") == "max-age=31536000", gone.headers
+    assert gone.headers.get("Retry-After") == "2", gone.headers
+    posted = requests.post(base + "/jobs", json={"command": "true"}, verify=str(cert), timeout=30)
+    assert posted.status_code == 502 and "Retry-After" not in posted.headers, (posted.status_code, posted.headers)
+    assert posted.headers.get("Strict-Transport-Security") == "max-age=31536000", posted.headers
+
 
 def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certificate, need_gunicorn, need_nginx):
     """NGINX drops a server's add_header in a location that has its own: the noVNC pages
     (which carry the desktops' passwords in their addresses) lost the TLS site's HSTS."""
     require(os.path.isfile("/usr/share/novnc/vnc.html"), "noVNC is not installed (Debian: apt-get install novnc)")
     cert, _ = certificate
-    base, _ = _tls_site(tmp_path, procs, certificate, novnc=True)
+    base, _, _ = _tls_site(tmp_path, procs, certificate, novnc=True)
     page = requests.get(base + "/novnc/vnc.html", verify=str(cert), timeout=10)
     assert page.status_code == 200 and "noVNC" in page.text
     assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
