@@ -10,7 +10,8 @@
   presigned GET into the temporary file; a download has ``curl`` as the user PUT the file
   to a presigned URL, then streams the object (with the requested Range) to the client.
   Presigned URLs reach curl on stdin (``--config -``), never on a command line, and expire
-  with ``transfer_timeout``; the staging object is deleted as soon as the transfer ends.
+  with ``transfer_timeout``; a PUT's is signed with ``If-None-Match: *`` (first write wins,
+  see commands.PUT_ONCE); the staging object is deleted as soon as the transfer ends.
   Small reads (``inline_max_bytes``) skip S3 and come back in the command's own output.
 
 Both run every command through the plugin's transport as the user, so Unix permissions on
@@ -389,7 +390,10 @@ class S3Channel(Channel):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def _url(self, method: str, key: str) -> str:
-        return self.s3.generate_presigned_url(method, Params={"Bucket": self.bucket, "Key": key},
+        params = {"Bucket": self.bucket, "Key": key}
+        if method == "put_object":
+            params["IfNoneMatch"] = "*"           # commands.PUT_ONCE: first write wins
+        return self.s3.generate_presigned_url(method, Params=params,
                                               ExpiresIn=int(self.transfer_timeout) + 60)
 
     def _delete(self, key: str) -> None:
@@ -485,7 +489,7 @@ class S3Channel(Channel):
         key = self._key()
         try:
             self.check(commands.curl_put(path, self.transfer_timeout), what, shown,
-                       stdin=commands.curl_config(self._url("put_object", key)),
+                       stdin=commands.curl_config(self._url("put_object", key), [commands.PUT_ONCE]),
                        timeout=self.transfer_timeout)
         except BaseException:
             self._delete(key)

@@ -8,7 +8,7 @@ command runs as the user.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 # One record per path, NUL-terminated; the path comes last, so '/' splits the rest safely
 # (no field before it can contain '/'):
@@ -144,7 +144,17 @@ def curl_put(path: str, timeout: float) -> list[str]:
             "--max-time", str(int(timeout)), "--config", "-", "--upload-file", path]
 
 
-def curl_config(url: str) -> bytes:
-    """curl's configuration text naming ``url`` (read from stdin with --config -)."""
-    escaped = url.replace("\\", "\\\\").replace('"', '\\"')
-    return f'url = "{escaped}"\n'.encode()
+# A presigned S3 PUT is signed with this header (``IfNoneMatch="*"`` in its Params) and
+# sent with it: S3 writes the object only if the key is free (else 412), and every PUT
+# with the URL must carry the header (it is signed). The URL travels in a Run Command,
+# which SSM's command history shows: whoever reads it there can at most make our PUT fail
+# by putting first, never replace what we put.
+PUT_ONCE = "If-None-Match: *"
+
+
+def curl_config(url: str, headers: Iterable[str] = ()) -> bytes:
+    """curl's configuration text naming ``url`` and ``headers`` (read from stdin with
+    --config -)."""
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "".join([f"url = {quoted(url)}\n", *(f"header = {quoted(h)}\n" for h in headers)]).encode()

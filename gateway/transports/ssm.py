@@ -31,7 +31,7 @@ The script (see :func:`build_script`) is plain POSIX sh, because the agent runs 
 - SSM keeps what the script prints (command history, output bucket). A ``private=True`` run
   (a vis session file: the VNC password) uploads its frame with curl to a presigned S3 PUT
   (``<output_prefix>/private/<uuid>``, valid for the timeout + 10 s, written only if absent:
-  ``If-None-Match: *``) and prints only ``GW-SSM-PUT <curl exit code>``; the gateway reads
+  ``If-None-Match: *``, signed into the URL) and prints only ``GW-SSM-PUT <curl exit code>``; the gateway reads
   the object once and deletes it (again after the URL expired, when the run failed after
   the command may have been sent; one shared background thread does those late deletes).
   Without ``output_bucket`` it runs as usual and a warning is logged;
@@ -158,15 +158,15 @@ def build_script(command_line: str, stdin: bytes | None, put_url: str | None = N
     if put_url is None:
         lines += frame
     else:
-        from ..files.commands import curl_config
+        from ..files.commands import PUT_ONCE, curl_config
         lines += ["{", *frame, '} >"$gw_d/frame"',
                   "curl --silent --show-error --fail --retry 3 --max-time "
                   f'{max(1, math.ceil(put_timeout))} --config - --upload-file "$gw_d/frame" '
                   "<<'GW_URL_EOF'",
-                  curl_config(put_url).decode("ascii").rstrip("\n"),
-                  # First write wins (S3 conditional write): whoever reads the URL in SSM's
-                  # history cannot replace the frame; a frame put there first fails ours.
-                  'header = "If-None-Match: *"',
+                  # First write wins (S3 conditional write, signed into the URL): whoever
+                  # reads the URL in SSM's history cannot replace the frame; a frame put
+                  # there first fails ours.
+                  curl_config(put_url, [PUT_ONCE]).decode("ascii").rstrip("\n"),
                   "GW_URL_EOF",
                   f"printf '{PUT_HEADER} %d\\n' \"$?\""]
     lines += [
@@ -358,7 +358,8 @@ class SsmTransport(Transport):
             try:
                 # Valid only while the script may run (executionTimeout is timeout + 5 s).
                 put_url = self._client("s3").generate_presigned_url(
-                    "put_object", Params={"Bucket": self.output_bucket, "Key": private_key},
+                    "put_object", Params={"Bucket": self.output_bucket, "Key": private_key,
+                                          "IfNoneMatch": "*"},      # signed: see build_script
                     ExpiresIn=self._put_expiry(timeout))
             except BotoCoreError as exc:                  # no credentials
                 raise SchedulerUnavailable(f"cannot sign an S3 URL for the output: {exc}") from exc

@@ -55,6 +55,8 @@ def test_curl_config_keeps_the_url_off_the_command_line():
     url = 'http://h/b/k?X-Amz-Signature=a"b\\c'
     assert commands.curl_config(url) == b'url = "http://h/b/k?X-Amz-Signature=a\\"b\\\\c"\n'
     assert not any("http" in a for a in commands.curl_get("/f", 60) + commands.curl_put("/f", 60))
+    assert commands.curl_config("http://h/k", [commands.PUT_ONCE]) == \
+        b'url = "http://h/k"\nheader = "If-None-Match: *"\n'
 
 
 def test_parse_listing():

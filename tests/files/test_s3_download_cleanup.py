@@ -66,6 +66,25 @@ def first_chunk(channel, s3, path):
     return stream
 
 
+def test_a_staging_key_taken_first_fails_the_download_instead_of_serving_it(channel, s3, big_file, monkeypatch):
+    """The download's presigned PUT is in the Run Command, which SSM's history shows. An
+    object put there first by whoever read it (forged content) makes curl's conditional PUT
+    fail (412): a clear error, never the forged bytes; and the URL is signed with the
+    condition, so a later PUT with it cannot replace the user's file either."""
+    from urllib.parse import parse_qs, urlparse
+
+    from gateway.errors import GatewayError
+    key = "forged-" + os.urandom(4).hex()
+    url = channel._url("put_object", key)
+    assert "if-none-match" in parse_qs(urlparse(url).query)["X-Amz-SignedHeaders"][0].split(";")
+    monkeypatch.setattr(channel, "_key", lambda: key)
+    s3.put(BUCKET, key, b"forged")
+    with pytest.raises(GatewayError) as refused:
+        b"".join(channel.read(big_file, 0, SIZE))
+    assert "412" in refused.value.msg or "Precondition" in refused.value.msg, refused.value.msg
+    assert gone_within(s3, 5) == []
+
+
 def test_a_whole_download_deletes_its_staging_object(channel, s3, big_file):
     stream = channel.read(big_file, 0, SIZE)
     data = b"".join(stream)

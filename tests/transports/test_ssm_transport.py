@@ -538,6 +538,21 @@ def test_a_private_frame_put_first_by_someone_else_is_refused(ssm, ssm_double, s
     assert key not in _bucket_objects(s3)
 
 
+def test_a_private_frame_url_lets_no_one_replace_the_frame(ssm, ssm_double, s3, tmp_path):
+    """A conditional header S3 honours only when the PUT sends it: the URL is signed with
+    If-None-Match, so a PUT with it (from SSM's history) must send it too and cannot
+    overwrite the frame the script put."""
+    from urllib.parse import parse_qs, urlparse
+    path = tmp_path / "s"
+    path.write_bytes(b"real")
+    assert ssm.run(["cat", "--", str(path)], private=True).stdout == b"real"
+    script = _last(ssm_double).script
+    url = next(line for line in script.splitlines() if line.startswith("url = "))[len('url = "'):-1]
+    signed = parse_qs(urlparse(url).query)["X-Amz-SignedHeaders"][0].split(";")
+    assert "if-none-match" in signed, signed
+    assert 'header = "If-None-Match: *"' in script.splitlines()
+
+
 def test_a_private_frame_put_after_a_timeout_is_deleted_later(ssm_double, s3, tmp_path, monkeypatch):
     """The gateway gave up (timeout) and its cancel did not arrive: the script still puts its
     frame when it ends. That object is deleted once the URL has expired."""
