@@ -6,8 +6,10 @@ import re
 
 import flask_smorest
 from flask import current_app, g, request
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields
 from webargs.flaskparser import FlaskParser, is_json_request
+from webargs.multidictproxy import MultiDictProxy
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import UnsupportedMediaType
 
 from ..errors import Forbidden
@@ -22,7 +24,20 @@ _CONTROL_NO_TAB = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 class _Parser(FlaskParser):
     """webargs' parser, but a body that is not JSON is a 415 that says so, and JSON nested past
     Python's recursion limit (``[[[...]]]``, well within max_body_bytes) is a malformed body,
-    400, not a RecursionError and a 500."""
+    400, not a RecursionError and a 500.
+
+    Query parameters are checked as bodies are: one the operation does not take is a 422
+    that names it. webargs ignores them by default, so a misspelt one changed the answer
+    silently: ``?wiat=30`` answered at once instead of long-polling, ``DELETE
+    /files?path=x&jobid=5`` named ``x`` in the home directory, not in job 5's. jQuery's
+    cache-buster ``_`` is let through (and dropped)."""
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE, "querystring": RAISE}
+
+    def pre_load(self, location_data, *, schema, req, location):
+        if location in ("query", "querystring") and "_" in req.args:
+            kept = MultiDict([(k, v) for k, v in req.args.items(multi=True) if k != "_"])
+            return MultiDictProxy(kept, schema)
+        return location_data
 
     def _raw_load_json(self, req):
         if not is_json_request(req) and (req.content_length or req.headers.get("Transfer-Encoding")):
@@ -102,7 +117,7 @@ ERROR_RESPONSES = {
     429: "Too many requests; see Retry-After",
     501: "Not supported by this scheduler backend",
     502: "The scheduler refused; its own words are in `msg`",
-    503: "The scheduler is unreachable; see Retry-After",
+    503: "The scheduler (or the session store) is unreachable or busy; see Retry-After",
     504: "The scheduler did not answer in time",
 }
 

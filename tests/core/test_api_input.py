@@ -84,6 +84,26 @@ def test_query_parameters_are_checked(client):
     assert client.get(f"/jobs/{jid}/output", params={"offset": 2 ** 63}).status == 422
 
 
+def test_a_query_parameter_the_operation_does_not_take_is_422_naming_it(client):
+    """A misspelt parameter must not change the answer silently: ?wiat=30 answered at once
+    (no long poll), and ?jobid=5 (for jobId) named a path in the home directory, not in
+    the job's, for every files operation, DELETE included. jQuery's cache-buster `_` is
+    let through."""
+    jid = client.submit(command="true", hold=True)
+    for method, path, params, name in [
+            ("GET", "/jobs", {"stat": "RUNNING"}, "stat"),
+            ("GET", f"/jobs/{jid}", {"wiat": 30}, "wiat"),
+            ("GET", f"/jobs/{jid}/output", {"steam": "stderr"}, "steam"),
+            ("GET", "/files", {"path": ".", "jobid": jid}, "jobid"),
+            ("DELETE", "/files/content", {"path": "x", "jobid": jid}, "jobid")]:
+        r = client.request(method, path, params=params)
+        assert r.status == 422 and r.body["data"] is None, (path, r.status, r.body)
+        assert r.body["errors"] == {name: ["Unknown field."]} and name in r.body["msg"], r.body
+    assert client.get("/jobs", params={"_": "1733550000000", "state": "HELD,PENDING"}).body["data"]["total"] >= 1
+    assert client.get(f"/jobs/{jid}", params={"_": "1"}).status == 200
+    assert client.get("/files", params={"path": ".", "_": "1"}).status == 200
+
+
 def test_unknown_routes_and_methods_answer_the_envelope(client):
     r = client.get("/nowhere")
     assert r.status == 404 and r.body["data"] is None and "No such route" in r.body["msg"]

@@ -100,7 +100,7 @@ def _reserve(store, keys, busy, now) -> bool:
 @blp.route("/logout")
 class Logout(MethodView):
     @blp.response(200, LogoutEnvelope)
-    @document_errors(blp, 401)
+    @document_errors(blp, 401, 503)
     def post(self):
         """Log out: the token stops working on every replica"""
         token = bearer_token()

@@ -215,7 +215,7 @@ class Jobs(MethodView):
     @blp.arguments(JobSpecSchema)
     @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.response(200, SubmitEnvelope)
-    @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 408, 409, 413, 415, 422, 501, 502, 503, 504)
     def post(self, spec):
         """Submit a job
 
@@ -226,7 +226,7 @@ class Jobs(MethodView):
 
     @blp.arguments(JobListQuerySchema(), location="query")   # an instance: not one per request
     @blp.response(200, JobListEnvelope)
-    @document_errors(blp, 401, 403, 422, 502, 503, 504)
+    @document_errors(blp, 401, 403, 422, 501, 502, 503, 504)
     def get(self, args):
         """List jobs (yours; admins: everyone's), newest first, with filters and pagination"""
         state = gw()
@@ -259,7 +259,7 @@ class Jobs(MethodView):
 class JobDetail(MethodView):
     @blp.arguments(JobWaitQuerySchema(), location="query")
     @blp.response(200, JobEnvelope)
-    @document_errors(blp, 401, 403, 404, 422, 502, 503, 504)
+    @document_errors(blp, 401, 403, 404, 422, 501, 502, 503, 504)
     def get(self, args, job_id):
         """One job; with `wait=N` answer as soon as its state changes (long polling)
 
@@ -279,7 +279,7 @@ class JobDetail(MethodView):
 
     @blp.arguments(JobChangeSchema)
     @blp.response(200, JobEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 413, 415, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 415, 422, 501, 502, 503, 504)
     def patch(self, change, job_id):
         """Change a job: its name, its queue (while it waits) or its time limit
 

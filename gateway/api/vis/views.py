@@ -64,7 +64,7 @@ class VisSubmit(MethodView):
     @blp.arguments(VisSubmitSchema)
     @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.response(200, VisSubmitEnvelope)
-    @document_errors(blp, 400, 401, 408, 409, 413, 415, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 408, 409, 413, 415, 422, 501, 502, 503, 504)
     def post(self, args):
         """Start a visualization job: the command on a VNC desktop
 
