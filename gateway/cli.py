@@ -29,7 +29,7 @@ def _password(args) -> str:
 def _end_sessions(cfg: dict, name: str) -> str:
     """A changed password or a removed user ends the user's sessions on every replica (tokens
     stay valid for token_max_age_hours otherwise)."""
-    from .sessions import open_store
+    from .sessions import open_store, shown_store
     try:
         store = open_store(cfg["session_store"])
         try:
@@ -37,7 +37,8 @@ def _end_sessions(cfg: dict, name: str) -> str:
         finally:
             store.close()
     except Exception as exc:  # noqa: BLE001 - the users file is changed; say what is left to do
-        print(f"hpc-gateway: WARNING: could not end {name}'s sessions in {cfg['session_store']}: {exc}; "
+        print(f"hpc-gateway: WARNING: could not end {name}'s sessions in the {shown_store(cfg['session_store'])} "
+              f"session store: {exc}; "
               f"they stay valid until they expire (token_max_age_hours) or log out", file=sys.stderr)
         return "sessions NOT ended"
     return f"ended {ended} session{'s' if ended != 1 else ''}"

@@ -14,6 +14,7 @@ shared by replicas: SQLite (default, one host, several gunicorn workers) or Redi
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import sqlite3
@@ -27,6 +28,8 @@ from urllib.parse import urlparse
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from .errors import ConfigError, Unauthorized
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SqliteSessionStore(SessionStore):
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        _private_file(path)
         self._local = threading.local()
         with self._conn() as db:
             db.executescript("""
@@ -313,6 +317,27 @@ class RedisSessionStore(SessionStore):
         self.r.close()
 
 
+def _private_file(path: str) -> None:
+    """The database (session ids, which with the secret make tokens) readable by this account
+    only. SQLite creates it 0644 (umask permitting), and its -wal and -shm files as the
+    database is: create it 0600 first; tighten one an earlier version left open."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                log.warning("session store %s was readable by others (%o): now %o", name, mode, mode & 0o700)
+        except FileNotFoundError:
+            pass
+
+
+def shown_store(url: str) -> str:
+    """``url`` fit for a log line: only its scheme (a Redis URL may hold a password)."""
+    scheme = urlparse(url).scheme
+    return f"{scheme}:" if scheme else "(no scheme)"
+
+
 def open_store(url: str) -> SessionStore:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -322,9 +347,7 @@ def open_store(url: str) -> SessionStore:
         return SqliteSessionStore(path)
     if parsed.scheme in ("redis", "rediss", "unix"):
         return RedisSessionStore(url)
-    # Only the scheme: the URL may hold a password (redis://:secret@host), and this goes to the log.
-    shown = f"{parsed.scheme}:" if parsed.scheme else "(no scheme)"
-    raise ConfigError(f"unsupported session_store {shown}: use sqlite:///path or redis://host:port/db")
+    raise ConfigError(f"unsupported session_store {shown_store(url)}: use sqlite:///path or redis://host:port/db")
 
 
 def load_or_create_secret(path: str) -> bytes:
@@ -449,7 +472,9 @@ class TokenManager:
     def check(self, token: str) -> Session:
         data = self._load(token)
         stamp = self.stamp(data["u"])
-        if stamp is not None and "c" in data and data["c"] != stamp:
+        # A token without a stamp (from a backend that gives none, PAM) is ended too once the
+        # backend can tell: switched to a users file, it must not outlive the switch.
+        if stamp is not None and data.get("c") != stamp:
             raise Unauthorized("Session ended: the account was removed or its password changed; "
                                "log in again with POST /login")
         session = self.store.get(data["s"])

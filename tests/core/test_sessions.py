@@ -342,3 +342,53 @@ def test_an_unsupported_session_store_is_refused_without_echoing_its_password():
     with pytest.raises(ConfigError) as info:
         open_store("memcached://gw:hunter2@cache.example:11211/0")
     assert "memcached:" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_the_sqlite_session_store_is_private_to_the_gateway_account(tmp_path, caplog):
+    """Its session ids with the secret make tokens. SQLite created it (and its -wal/-shm)
+    0644; a store an earlier version left open is tightened, with a warning."""
+    import sqlite3
+
+    from gateway.sessions import open_store
+    path = tmp_path / "new" / "sessions.sqlite"
+    store = open_store(f"sqlite:///{path}")
+    store.create("sid", "alice", time.time(), 60)
+    files = [p for p in (path, tmp_path / "new" / "sessions.sqlite-wal", tmp_path / "new" / "sessions.sqlite-shm")
+             if p.exists()]
+    assert len(files) == 3, files                   # WAL mode: all three exist while open
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}
+    store.close()
+
+    old = tmp_path / "old.sqlite"
+    sqlite3.connect(old).close()
+    os.chmod(old, 0o644)
+    with caplog.at_level("WARNING", logger="gateway.sessions"):
+        open_store(f"sqlite:///{old}").close()
+    assert old.stat().st_mode & 0o777 == 0o600 and "readable by others" in caplog.text
+
+
+def test_a_token_without_a_credential_stamp_ends_once_the_backend_gives_stamps(tmp_path):
+    """PAM gives no stamp, so its tokens carry none. Switched to a users file (to cut some
+    users off), those tokens must not stay valid for token_max_age_hours."""
+    from gateway.errors import Unauthorized
+    from gateway.sessions import TokenManager, open_store
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    stamps = {"alice": None}
+    tokens = TokenManager(b"k" * 32, store, 3600, 24, stamp=lambda user: stamps["alice"])
+    token = tokens.issue("alice", stamp=None)
+    assert tokens.check(token).user == "alice"      # PAM: no stamp, no check
+    stamps["alice"] = ""                            # a users file that does not list her
+    with pytest.raises(Unauthorized, match="Session ended"):
+        tokens.check(token)
+    stamps["alice"] = "0123456789abcdef"            # or lists her, with a password of its own
+    with pytest.raises(Unauthorized, match="Session ended"):
+        tokens.check(token)
+
+
+def test_the_cli_names_an_unreachable_store_without_its_password(capsys):
+    from gateway.cli import _end_sessions
+    from tests.support import free_port
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"          # nothing listens there
+    assert _end_sessions({"session_store": url, "token_max_age_hours": 24}, "dave") == "sessions NOT ended"
+    err = capsys.readouterr().err
+    assert "could not end dave's sessions in the redis: session store" in err and "hunter2" not in err, err
