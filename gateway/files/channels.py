@@ -12,7 +12,9 @@
   Presigned URLs reach curl on stdin (``--config -``), never on a command line, and expire
   with ``transfer_timeout``; a PUT's is signed with ``If-None-Match: *`` (first write wins,
   see commands.PUT_ONCE); the staging object is deleted as soon as the transfer ends.
-  Small reads (``inline_max_bytes``) skip S3 and come back in the command's own output.
+  Small reads (``inline_max_bytes``) skip the staging object and come back in the command's
+  own output, as private output (through a presigned PUT to the transport's output bucket,
+  never in SSM's history).
 
 Both run every command through the plugin's transport as the user, so Unix permissions on
 the cluster decide what may be read or written.
@@ -62,9 +64,11 @@ class Channel:
         self.chunk = int(settings["chunk_bytes"])
 
     def run(self, argv: list[str], *, stdin: bytes | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, private: bool = False) -> CommandResult:
+        """``private``: the output is a file's content, kept out of a transport's history
+        (SSM's)."""
         return self.transport.run(argv, stdin=stdin, as_user=self.as_user,
-                                  timeout=self.timeout if timeout is None else timeout)
+                                  timeout=self.timeout if timeout is None else timeout, private=private)
 
     def check(self, argv: list[str], what: str, path: str, **kw) -> CommandResult:
         result = self.run(argv, **kw)
@@ -390,11 +394,16 @@ class S3Channel(Channel):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def _url(self, method: str, key: str) -> str:
+        """A presigned URL for the command about to be sent, which uses it as it starts.
+
+        It is in that command, so SSM's history shows it: valid only until the command must
+        have started (``command_timeout`` + 60 s; S3 checks the expiry when a request
+        starts, so a long transfer still ends), not for a whole ``transfer_timeout``."""
         params = {"Bucket": self.bucket, "Key": key}
         if method == "put_object":
             params["IfNoneMatch"] = "*"           # commands.PUT_ONCE: first write wins
-        return self.s3.generate_presigned_url(method, Params=params,
-                                              ExpiresIn=int(self.transfer_timeout) + 60)
+        return self.s3.generate_presigned_url(
+            method, Params=params, ExpiresIn=int(min(self.timeout, self.transfer_timeout)) + 60)
 
     def _delete(self, key: str) -> None:
         try:
@@ -499,8 +508,11 @@ class S3Channel(Channel):
     def read(self, path, offset, length):
         if length <= 0:
             return iter(())
-        if length <= self.inline_max:
-            result = self.check(commands.read(path, offset, length, self.chunk), "read", path)
+        if length <= self.inline_max and getattr(self.transport, "output_bucket", None):
+            # In the command's own output, sent through a presigned PUT (private), not kept
+            # in SSM's history: a small file is often a secret (a key, a .netrc). Without an
+            # output bucket that cannot be done: such reads take the staging path below.
+            result = self.check(commands.read(path, offset, length, self.chunk), "read", path, private=True)
             return iter([result.stdout])
         if offset == 0:
             # From the start: the file goes to S3 as it is, the client gets its first bytes.

@@ -553,6 +553,31 @@ def test_a_private_frame_url_lets_no_one_replace_the_frame(ssm, ssm_double, s3, 
     assert 'header = "If-None-Match: *"' in script.splitlines()
 
 
+def test_a_small_file_read_over_ssm_stays_out_of_the_command_history(ssm, ssm_double, s3, tmp_path):
+    """The files API reads a small file (up to inline_max_bytes, often a key or a .netrc)
+    in the command's own output: as private output, so SSM's history (and the output
+    bucket's stdout object) holds no byte of it, and the URLs it was given expire within
+    command_timeout + 60 s, not transfer_timeout."""
+    from urllib.parse import parse_qs, urlparse
+
+    from gateway.files.channels import S3Channel
+    from gateway.files.settings import load_files_settings
+    secret = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+    path = tmp_path / "id_ed25519"
+    path.write_bytes(secret)
+    channel = S3Channel(ssm, None, load_files_settings({"staging": {"prefix": "gateway-files"}}))
+    assert channel.bucket == OUTPUT_BUCKET
+    assert b"".join(channel.read(str(path), 0, len(secret))) == secret
+    invocation = _last(ssm_double)
+    import base64
+    assert base64.b64encode(secret)[:24] not in invocation.stdout, invocation.stdout     # the frame is base64
+    assert b"GW-SSM-PUT 0" in invocation.stdout, invocation.stdout
+    assert not any(k.startswith("private/") or "/private/" in k for k in _bucket_keys(s3))   # read once, deleted
+    # A staged download's URL, as the command that uses it gets it.
+    url = channel._url("put_object", "gateway-files/x")
+    assert int(parse_qs(urlparse(url).query)["X-Amz-Expires"][0]) == 30 + 60
+
+
 def test_a_private_frame_put_after_a_timeout_is_deleted_later(ssm_double, s3, tmp_path, monkeypatch):
     """The gateway gave up (timeout) and its cancel did not arrive: the script still puts its
     frame when it ends. That object is deleted once the URL has expired."""
