@@ -28,8 +28,16 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+def _no_parent_refs(value: str) -> None:
+    """As the files API: a path with a '..' segment is refused, not taken to where it leads
+    (``~/../bob`` ran the job in bob's directory, whose files the files API then refused
+    to open with jobId=)."""
+    if ".." in value.split("/"):
+        raise ValidationError("contains '..': give the path without parent-directory references")
+
+
 def _path_field(description, **kw):
-    return fields.String(validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars],
+    return fields.String(validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars, _no_parent_refs],
                          metadata={"description": description}, **kw)
 
 
@@ -59,7 +67,7 @@ class JobSpecSchema(Schema):
     command = fields.String(validate=[validate.Length(min=1, max=65536), no_nul],
                             metadata={"description": "a command line run as the job (by the job's shell, as you)"})
     scriptLocation = fields.String(attribute="script_location",
-                                   validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars],
+                                   validate=[validate.Length(min=1, max=MAX_PATH), no_control_chars, _no_parent_refs],
                                    metadata={"description": "a script file on the cluster (absolute path, or ~/... in "
                                                            "your directory there, as in the files API; read as the "
                                                            "user), or s3://bucket/key under a prefix the operator "

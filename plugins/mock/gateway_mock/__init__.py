@@ -93,7 +93,12 @@ class MockScheduler:
         defaults = [q for q in opts["queues"] if q["default"]]
         if len(defaults) != 1:
             raise ConfigError("mock backend: exactly one queue must have default: true")
-        if opts["run_as"] == "service":
+        if opts["run_as"] == "service" and os.geteuid() == 0:
+            log.warning("mock backend, run_as: service, and the gateway runs as ROOT: every user's jobs "
+                        "run as root, so every account is root on this host (a job can rewrite /etc/passwd). "
+                        "Run the gateway as an ordinary account, or use run_as: sudo (jobs as the users' "
+                        "own Unix accounts, never root); give accounts here only to people who may be root")
+        elif opts["run_as"] == "service":
             log.warning("mock backend, run_as: service: every user's jobs run as the gateway's own "
                         "account and can read its secret key and users file; give accounts only to "
                         "people you would make administrators (run_as: sudo keeps users apart)")
