@@ -141,11 +141,11 @@ def _first_start(cfg: dict, authenticator: Authenticator) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
         log.warning("First start: created user 'admin' (administrator). Its password is in %s "
-                    "(readable by this account only). Log in with:\n  curl -X POST http://localhost:%s%s/login "
+                    "(readable by this account only). Log in with:\n  curl -X POST %s://localhost:%s%s/login "
                     "-H 'Content-Type: application/json' -d '{\"username\": \"admin\", \"password\": \"'$(cat %s)'\"}'"
                     "\nAdd users with: hpc-gateway users add NAME (run with this configuration: "
-                    "GATEWAY_CONFIG or --config; its users file is %s)", note, cfg["https_port"] if cfg["ssl"] else
-                    cfg["http_port"], cfg["api_prefix"], note, path)
+                    "GATEWAY_CONFIG or --config; its users file is %s)", note, "https" if cfg["ssl"] else "http",
+                    cfg["https_port"] if cfg["ssl"] else cfg["http_port"], cfg["api_prefix"], note, path)
 
 
 class _Cors:

@@ -184,11 +184,22 @@ def unknown_keys(raw: dict) -> list[str]:
     """Top-level keys no release of the gateway reads here, each with a likely meant one: they
     are ignored (a file may carry keys of another release), so a typo would silently leave
     the default in force."""
-    known = sorted(set(ConfigSchema().fields) | set(_OTHER_SECTIONS))
+    out = _strays(raw, sorted(set(ConfigSchema().fields) | set(_OTHER_SECTIONS)))
+    # auth: takes the options of any backend (a plugin's); those of the built-in ones are known.
+    auth = raw.get("auth")
+    if isinstance(auth, dict) and auth.get("backend", "users_file") in _BUILTIN_AUTH:
+        out += _strays(auth, sorted(AuthSchema().fields), "auth.")
+    return out
+
+
+_BUILTIN_AUTH = ("users_file", "pam")
+
+
+def _strays(raw: dict, known: list[str], section: str = "") -> list[str]:
     out = []
     for key in sorted(set(map(str, raw)) - set(known)):
         close = difflib.get_close_matches(key, known, n=1)
-        out.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        out.append(f"'{section}{key}'" + (f" (did you mean '{section}{close[0]}'?)" if close else ""))
     return out
 
 

@@ -95,6 +95,22 @@ def test_unknown_keys_are_named_with_the_key_meant_and_check_config_says_so(tmp_
     assert "unknown" not in capsys.readouterr().err
 
 
+def test_a_misspelt_auth_key_of_a_built_in_backend_is_named_too(tmp_path):
+    """auth: takes any backend's options (a plugin's LDAP settings), so it was never checked:
+    `pam_servce: sshd` left PAM on the `login` service, silently. For the built-in backends
+    the keys are known; another backend's options stay its own business."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"work_dir: {tmp_path / 'w'}\nauth:\n  backend: pam\n  pam_servce: sshd\n")
+    unknown = []
+    cfg = load_config(str(path), unknown=unknown)
+    assert cfg["auth"]["pam_service"] == "login"
+    assert unknown == ["'auth.pam_servce' (did you mean 'auth.pam_service'?)"]
+    path.write_text(f"work_dir: {tmp_path / 'w'}\nauth:\n  backend: ldap\n  ldap_url: ldaps://dir\n")
+    unknown = []
+    load_config(str(path), unknown=unknown)
+    assert unknown == []
+
+
 def test_check_config_validates_the_vis_section(tmp_path):
     """vis: was validated only when the API was built: check-config passed a file the
     service then failed to start with."""

@@ -237,3 +237,14 @@ def test_every_request_that_may_change_something_is_audited_with_its_user(make_a
            "user=admin address=127.0.0.1" in lines
     assert "logout user=admin address=127.0.0.1" in lines
     assert all("\n" not in ln for ln in lines)
+
+
+@pytest.mark.parametrize("ssl, url", [(0, "http://localhost:8088/aip/v9.2/login"),
+                                      (1, "https://localhost:8443/aip/v9.2/login")])
+def test_the_first_start_prints_a_login_command_that_reaches_the_gateway(tmp_path, caplog, ssl, url):
+    """With ssl: 1 it named http:// on the HTTPS port, which fails."""
+    with caplog.at_level("WARNING", logger="gateway"):
+        create_app({"work_dir": str(tmp_path / "w"), "ssl": ssl, "http_port": 8088, "https_port": 8443,
+                    "cert": str(tmp_path / "gw.crt"), "key": str(tmp_path / "gw.key"),
+                    "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
+    assert f"curl -X POST {url} " in caplog.text, caplog.text

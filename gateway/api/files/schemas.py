@@ -65,7 +65,7 @@ class VendorUploadQuerySchema(Schema):
 
 class VendorDownloadQuerySchema(Schema):
     workdir = fields.String(validate=validate.Length(min=1, max=8192),
-                            metadata={"description": "directory the file name is relative to (default: your home)"})
+                            metadata={"description": "directory the file name is relative to (default: your home, or with `jobId` the job's work dir)"})
     job_id = _job_id()
 
 

@@ -285,9 +285,15 @@ class VendorDownload(MethodView):
     @blp.arguments(VendorDownloadQuerySchema, location="query")
     @blp.response(200, BINARY["schema"], content_type="application/octet-stream",
                   description="the file, or with the name `all` the whole work dir as tar.gz")
+    @blp.alt_response(206, schema=BINARY["schema"], content_type="application/octet-stream",
+                      description="a file's requested byte range (`Range: bytes=first-last`; not for `all`)")
+    @blp.alt_response(416, schema=ErrorEnvelope, description="the range starts at or past the end "
+                      "(`Content-Range: bytes */size`): nothing new yet")
     @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
     def get(self, args, file_name):
-        """Download a file of a work dir (the vendor's form); `all` gives the work dir as tar.gz"""
+        """Download a file of a work dir (the vendor's form); `all` gives the work dir as tar.gz
+
+        A file answers `Range` requests as `GET /files/content` does."""
         space = file_space(args.get("job_id"), args.get("workdir"))
         if file_name == ARCHIVE_NAME:
             return archive_response(space, ".")

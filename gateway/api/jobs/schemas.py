@@ -204,7 +204,9 @@ class JobListQuerySchema(Schema):
                         metadata={"description": "one or more states (repeat the parameter or separate by commas)"})
     queue = fields.String(validate=[validate.Length(min=1, max=64), validate.Regexp(NAME_RE), no_control_chars])
     name = fields.String(validate=[validate.Length(min=1, max=128), no_control_chars])
-    limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "page size"})
+    limit = fields.Integer(validate=validate.Range(min=1), metadata={
+        "description": "page size: page_size (100 by default) when not given; more than "
+                       "max_page_size (1000 by default) is cut to it"})
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
     @pre_load
@@ -224,7 +226,9 @@ class JobWaitQuerySchema(Schema):
         unknown = RAISE
 
     wait = fields.Float(load_default=0, validate=validate.Range(min=0),
-                        metadata={"description": "long poll: answer when the state changes or after this many seconds"})
+                        metadata={"description": "long poll: answer when the state changes or after this many "
+                                                 "seconds (at most max_wait_seconds, 60 by default; a user's polls "
+                                                 "beyond max_waits_per_user answer within a second)"})
     since = fields.Enum(JobState, by_value=True,
                         metadata={"description": "the state the client last saw; answer at once if it differs"})
 
