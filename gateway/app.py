@@ -421,10 +421,14 @@ def create_app(config: dict | str | None = None) -> Flask:
         # logout write their own lines.
         if request.method in _CHANGING and request.endpoint not in _AUTH_ENDPOINTS:
             user = g.get("user")
-            # The path as sent on the wire (percent-encoded): a decoded %0A would forge a line.
-            audit.info("%s %s status=%s user=%s address=%s", request.method, quote(request.path, safe="/:@!$&'()*+,;="),
+            # The path and query as sent on the wire (percent-encoded: a decoded %0A would forge
+            # a line); the query names the file a files operation wrote or removed (?path=).
+            target = quote(request.path, safe="/:@!$&'()*+,;=")
+            if request.query_string:
+                target += "?" + quote(request.query_string[:2048].decode("latin-1"), safe="/:@!$&'()*+,;=%?~")
+            audit.info("%s %s status=%s user=%s address=%s%s", request.method, target,
                        response.status_code, user.name if user is not None else "-",
-                       request.remote_addr or "-")
+                       request.remote_addr or "-", f" job={g.audit_job}" if g.get("audit_job") else "")
         return response
 
     @app.after_request

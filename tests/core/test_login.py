@@ -227,11 +227,19 @@ def test_every_request_that_may_change_something_is_audited_with_its_user(make_a
     jid = admin.submit(command="sleep 30", hold=True)
     admin.post(f"/jobs/{jid}/kill")
     admin.get(f"/jobs/{jid}")                                    # reads are not audited
+    assert admin.request("PUT", "/files/content", params={"path": "~/a b.txt"}, data=b"x").status == 200
+    assert admin.request("DELETE", "/files/content", params={"path": "~/a b.txt"}).status == 200
+    assert admin.request("PUT", "/files/content", params={"path": "~/x\nINFO forged"}, data=b"x").status == 400
     assert admin.post("/jobs/1%0A2026-12-06 INFO gateway.audit: forged/kill").status == 404
     admin.post("/logout")
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.audit"]
-    assert "POST /aip/v9.2/jobs status=200 user=admin address=127.0.0.1" in lines, lines
+    assert f"POST /aip/v9.2/jobs status=200 user=admin address=127.0.0.1 job={jid}" in lines, lines
     assert f"POST /aip/v9.2/jobs/{jid}/kill status=200 user=admin address=127.0.0.1" in lines
+    # A file written and removed: which one (the query), percent-encoded as sent.
+    files = [r.getMessage() for r in caplog.records if r.name == "gateway.audit" and "/files/" in r.getMessage()]
+    assert files == ["PUT /aip/v9.2/files/content?path=~/a+b.txt status=200 user=admin address=127.0.0.1",
+                     "DELETE /aip/v9.2/files/content?path=~/a+b.txt status=200 user=admin address=127.0.0.1",
+                     "PUT /aip/v9.2/files/content?path=~/x%0AINFO+forged status=400 user=admin address=127.0.0.1"], files
     assert not [ln for ln in lines if ln.startswith("GET")]
     assert "POST /aip/v9.2/jobs/1%0A2026-12-06%20INFO%20gateway.audit:%20forged/kill status=404 " \
            "user=admin address=127.0.0.1" in lines

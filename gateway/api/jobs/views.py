@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from flask.views import MethodView
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
@@ -222,6 +222,7 @@ class Jobs(MethodView):
         Send an `Idempotency-Key` header to make retries safe: the same key answers the
         first job's id and never creates a second job."""
         job_id = submit_with_idempotency("submit_job", spec)
+        g.audit_job = str(job_id)                  # the audit line names the new job
         return ok({"job": {"job_id": str(job_id)}})
 
     @blp.arguments(JobListQuerySchema(), location="query")   # an instance: not one per request

@@ -1,7 +1,7 @@
 """Visualization jobs: start a VNC desktop as a job, get its noVNC address."""
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask.views import MethodView
 from werkzeug.exceptions import MethodNotAllowed
 
@@ -75,6 +75,7 @@ class VisSubmit(MethodView):
         spec = vis_job_spec(args["command"], options=_options(), queue=args.get("queue"),
                             geometry=args.get("geometry"), time_limit_minutes=args.get("time_limit_minutes"))
         job_id = submit_with_idempotency(submit_hook(gw().scheduler), spec)
+        g.audit_job = str(job_id)                  # the audit line names the new job
         return ok({"vis": {"job_id": str(job_id)}})
 
 
