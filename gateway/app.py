@@ -232,6 +232,17 @@ class GatewayJSON(DefaultJSONProvider):
         return self._app.response_class(body + b"\n", mimetype=self.mimetype)
 
 
+def _no_bearer(header: str | None) -> str:
+    """Why a request has no token, in words to act on (never echoing what was sent)."""
+    if header is None or not header.strip():
+        return "Missing token: log in with POST /login and send 'Authorization: Bearer <token>'"
+    scheme, _, rest = header.strip().partition(" ")
+    if rest.strip() and scheme.isalpha():
+        return (f"The Authorization header uses the {scheme[:20]!r} scheme: send the token of POST /login "
+                "as 'Authorization: Bearer <token>'")
+    return "The Authorization header has no scheme: send the token as 'Authorization: Bearer <token>'"
+
+
 def _route_of(app: Flask, req) -> str | None:
     """The URL rule a request matched; for a 405 (a known path, a method it does not take),
     the path's rule too: a client sending DELETE to /jobs is a fact about /jobs, not about an
@@ -409,7 +420,7 @@ def create_app(config: dict | str | None = None) -> Flask:
             return None
         token = bearer_token()
         if token is None:
-            raise Unauthorized("Missing token: log in with POST /login and send 'Authorization: Bearer <token>'")
+            raise Unauthorized(_no_bearer(request.headers.get("Authorization")))
         session = tokens.check(token)
         g.user = User(name=session.user, is_admin=state.is_admin(session.user), uid=unix_uid(session.user))
         return None

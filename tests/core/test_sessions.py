@@ -88,6 +88,19 @@ def test_malformed_and_tampered_tokens_are_401(make_app, token):
     assert r.headers["WWW-Authenticate"].startswith("Bearer ")
 
 
+def test_a_token_sent_without_the_bearer_scheme_is_told_so(make_app):
+    """`Authorization: <token>` (a common slip) was answered "Missing token", which sends
+    the client to log in again for nothing; the answer never echoes what was sent."""
+    app, client = make_app()
+    flask = app.test_client()
+    for header, words in [(client.token, "has no scheme"), (f"Token {client.token}", "'Token' scheme"),
+                          ("", "Missing token")]:
+        r = flask.get("/aip/v9.2/jobs", headers={"Authorization": header})
+        assert r.status_code == 401 and words in r.json["msg"] and "Bearer <token>" in r.json["msg"], r.json
+        assert client.token not in r.json["msg"]
+    assert flask.get("/aip/v9.2/jobs", headers={"Authorization": f"bearer {client.token}"}).status_code == 200
+
+
 def test_a_token_signed_with_another_secret_is_401(make_app, tmp_path):
     _, client = make_app()
     foreign = create_app({"work_dir": str(tmp_path / "other"), "log_level": "warning",
