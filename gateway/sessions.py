@@ -51,9 +51,11 @@ class SessionStore:
     def revoke_user(self, user: str, ttl: float) -> int:
         """End every session of ``user`` (password changed, user removed); how many were live."""
     def live_count(self, now: float, timeout: float) -> int: ...
-    def hit(self, key: str, window: int, now: float, amount: int = 1) -> int:
+    def hit(self, key: str, window: int, now: float, amount: int = 1, slide: bool = False) -> int:
         """Count ``amount`` events for ``key`` in a fixed window (atomically); return the count
-        so far. A negative ``amount`` takes back events counted earlier in the window."""
+        so far. A negative ``amount`` takes back events counted earlier in the window. With
+        ``slide``, a positive ``amount`` restarts the window (it ends ``window`` seconds after
+        the last event, not the first)."""
     def reset(self, key: str) -> None: ...
     def remember(self, key: str, value: str, ttl: int) -> str | None:
         """Store value under key unless present; return the earlier value, or None when stored."""
@@ -118,7 +120,7 @@ class SqliteSessionStore(SessionStore):
         return self._conn().execute(
             "SELECT COUNT(*) FROM sessions WHERE revoked=0 AND last_seen>=?", (now - timeout,)).fetchone()[0]
 
-    def hit(self, key, window, now, amount=1):
+    def hit(self, key, window, now, amount=1, slide=False):
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -130,7 +132,8 @@ class SqliteSessionStore(SessionStore):
                                (key, count, now + window))
             else:
                 count = max(0, row[0] + amount)
-                db.execute("UPDATE counters SET count=? WHERE key=?", (count, key))
+                expires = now + window if slide and amount > 0 else row[1]
+                db.execute("UPDATE counters SET count=?, expires=? WHERE key=?", (count, expires, key))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -262,7 +265,7 @@ class RedisSessionStore(SessionStore):
                 n, batch = n + count(batch), []
         return n + (count(batch) if batch else 0)
 
-    def hit(self, key, window, now, amount=1):
+    def hit(self, key, window, now, amount=1, slide=False):
         k = self._k("c", key)
         if amount < 0:
             # Only take back from a live counter (an expired one is gone: nothing to undo).
@@ -270,7 +273,10 @@ class RedisSessionStore(SessionStore):
             return int(count)
         with self.r.pipeline() as p:
             p.incrby(k, amount)
-            p.expire(k, int(window), nx=True)
+            if slide:
+                p.expire(k, int(window))
+            else:
+                p.expire(k, int(window), nx=True)
             count, _ = p.execute()
         return int(count)
 

@@ -405,3 +405,88 @@ def test_the_cli_names_an_unreachable_store_without_its_password(capsys):
     assert _end_sessions({"session_store": url, "token_max_age_hours": 24}, "dave") == "sessions NOT ended"
     err = capsys.readouterr().err
     assert "could not end dave's sessions in the redis: session store" in err and "hunter2" not in err, err
+
+
+def test_a_sliding_counter_ends_its_window_after_the_last_event(store_url):
+    from gateway.sessions import open_store
+    store = open_store(store_url)
+    try:
+        if store_url.startswith("sqlite"):
+            store.hit("k", 60, now=1000.0, slide=True)
+            store.hit("k", 60, now=1050.0, slide=True)
+            assert store.count("k", now=1100.0) == (2, 10.0)     # 1050 + 60, not 1000 + 60
+            store.hit("f", 60, now=1000.0)
+            store.hit("f", 60, now=1050.0)
+            assert store.count("f", now=1100.0) == (0, 0.0)       # fixed: ended at 1060
+        else:                                                     # Redis: TTLs in real seconds
+            now = time.time()
+            store.hit("k", 2, now, slide=True)
+            store.hit("f", 2, now)
+            time.sleep(1.2)
+            store.hit("k", 2, now, slide=True)
+            store.hit("f", 2, now)
+            time.sleep(1.2)
+            assert store.count("k", time.time())[0] == 2 and store.count("f", time.time())[0] == 0
+    finally:
+        store.close()
+
+
+def test_checks_in_flight_stay_counted_past_the_first_checks_window(make_app, monkeypatch):
+    """The count of password checks in flight lived in a window fixed at the first check: a
+    batch of slow wrong passwords sent just before it ended was forgotten just after, and a
+    second batch was let in beside it (10 checks at once against a limit of 5). The window
+    now ends BUSY_SECONDS after the last check began."""
+    import threading
+
+    import gateway.api.auth.views as views
+    clock = [1_000_000.0]
+
+    real = time
+
+    class Clock:
+        time = staticmethod(lambda: clock[0])
+        monotonic = staticmethod(real.monotonic)
+        sleep = staticmethod(real.sleep)
+
+    monkeypatch.setattr(views, "time", Clock)
+    monkeypatch.setattr(views, "LOGIN_QUEUE_SECONDS", 1.5)
+    app, _ = make_app()
+    gate, calls = threading.Event(), []
+
+    class SlowWrong:                       # a slow wrong password (PAM's fail delay)
+        def authenticate(self, name, password):
+            calls.append(password)
+            gate.wait(20)
+            return None
+
+        def stamp(self, name):
+            return None
+
+    monkeypatch.setattr(app.extensions["hpc_gateway"], "authenticator", SlowWrong())
+    statuses = {}
+
+    def attempt(i):
+        statuses[i] = app.test_client().post("/aip/v9.2/login", json={"username": "admin",
+                                                                      "password": f"guess-{i}"}).status_code
+
+    first = [threading.Thread(target=attempt, args=(i,)) for i in range(5)]
+    try:
+        for t in first:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(calls) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 5
+        clock[0] += 59                                # the first checks' window nearly over
+        late = threading.Thread(target=attempt, args=(5,))
+        late.start()
+        time.sleep(0.3)
+        clock[0] += 2                                 # ... and over: still 5 checks in flight
+        late.join(10)
+        assert not late.is_alive() and statuses[5] == 503, statuses
+        assert len(calls) == 5, calls
+    finally:
+        gate.set()
+        for t in first:
+            t.join(30)
+    assert [statuses[i] for i in range(5)] == [401] * 5

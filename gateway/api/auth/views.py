@@ -15,7 +15,9 @@ blp = Blueprint("auth", __name__, description="Log in and out")
 # A login over the limit with checks in flight waits this long for them, then is a 503.
 LOGIN_QUEUE_SECONDS = 10.0
 LOGIN_QUEUE_PAUSE = 0.05
-# The in-flight counters expire on their own (a worker killed mid-check cannot hold a place).
+# The in-flight counters expire on their own (a worker killed mid-check cannot hold a place),
+# this long after the last check began (a sliding window: one fixed from the first check ran
+# out under checks still in flight, and the next batch then found no check counted).
 BUSY_SECONDS = 60
 audit = logging.getLogger("gateway.audit")
 
@@ -86,7 +88,7 @@ def _reserve(store, keys, busy, now) -> bool:
     """Count this check as in flight on each key, unless failures + checks would pass the limit."""
     taken = []
     for (key, most), busy_key in zip(keys, busy):
-        in_flight = store.hit(busy_key, BUSY_SECONDS, now)
+        in_flight = store.hit(busy_key, BUSY_SECONDS, now, slide=True)
         taken.append(busy_key)
         # Failures read after this check is counted (not the ones read for the 429): one
         # recorded meanwhile is seen, since a failure is recorded before its check stops counting.
