@@ -138,6 +138,23 @@ class MockScheduler:
             raise NotFound(f"no such job: {job_id}")
         return row
 
+    def _check_dependency(self, dependency: str | None) -> None:
+        """As Slurm ("Job dependency problem"): a dependency on a job the scheduler does not
+        know is refused, not taken as satisfied (the job would start at once)."""
+        if not dependency:
+            return
+        unknown = []
+        for clause in dependency.replace("?", ",").split(","):
+            kind, *ids = clause.split(":")
+            for jid in ids if kind != "singleton" else []:
+                number = jid.split("_")[0].split("+")[0]
+                if not number.isdigit() or self.db.execute("SELECT 1 FROM jobs WHERE id=?",
+                                                           (int(number),)).fetchone() is None:
+                    unknown.append(jid)
+        if unknown:
+            raise InvalidInput(f"Job dependency problem: no such job {', '.join(unknown)}",
+                               errors={"dependency": [f"no such job: {', '.join(unknown)}"]})
+
     def _closed(self, queue: str) -> bool:
         """Whether ``queue`` takes no new jobs (an administrator closed it)."""
         row = self.db.execute("SELECT open FROM queues WHERE name=?", (queue,)).fetchone()
@@ -216,9 +233,14 @@ class MockScheduler:
         if (spec.nodes or 1) > 1:            # as Slurm: "Requested node configuration is not available"
             raise InvalidInput(f"{spec.nodes} nodes requested but the mock cluster has one host ({self.host})",
                                errors={"nodes": ["more than the cluster has"]})
-        if (spec.cpus or 1) > self.opts["slots"]:
-            raise InvalidInput(f"{spec.cpus} CPUs requested but the host has {self.opts['slots']} slots",
-                               errors={"cpus": ["more than the cluster has"]})
+        # A job holds cpus x cpusPerTask slots (Slurm's NumCPUs: ntasks x cpus-per-task).
+        cpus = (spec.cpus or 1) * (spec.cpus_per_task or 1)
+        if cpus > self.opts["slots"]:
+            field = "cpus" if not spec.cpus_per_task else "cpusPerTask"
+            raise InvalidInput(f"{cpus} CPUs requested ({spec.cpus or 1} x {spec.cpus_per_task or 1} per task) "
+                               f"but the host has {self.opts['slots']} slots",
+                               errors={field: ["more than the cluster has"]})
+        self._check_dependency(spec.dependency)
         if self.opts["run_as"] == "sudo":
             home = entry.pw_dir
         else:
@@ -247,7 +269,7 @@ class MockScheduler:
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (spec.name or (os.path.basename(spec.script_location) if spec.script_location else "job"),
                  user.name, queue, "HELD" if spec.hold else "PENDING", "PSUSP" if spec.hold else "PEND",
-                 "Held by the user" if spec.hold else None, now, spec.cpus or 1, spec.nodes or 1,
+                 "Held by the user" if spec.hold else None, now, cpus, spec.nodes or 1,
                  spec.memory_mb, spec.time_limit_minutes or self.queues[queue]["time_limit_minutes"],
                  work_dir, command, "", json.dumps(spec.environment), spec.dependency))
             job_id = cur.lastrowid

@@ -72,7 +72,11 @@ def dispatch(db, db_path: str, slots: int | None = None) -> list[int]:
     started = []
     with jobdb.transaction(db):
         if db.execute("SELECT 1 FROM hosts WHERE closed=1").fetchone():
+            # Why they wait (LSF: "Closed by LSF administrator"), rather than no reason at all.
+            db.execute("UPDATE jobs SET reason='HostClosed' WHERE state='PENDING'")
             return []
+        db.execute("UPDATE jobs SET reason='QueueInactive' WHERE state='PENDING' AND queue IN "
+                   "(SELECT name FROM queues WHERE active=0)")
         used = db.execute("SELECT COALESCE(SUM(cpus),0) FROM jobs "
                           "WHERE state IN ('STARTING','RUNNING','SUSPENDED')").fetchone()[0]
         free = slots - used

@@ -54,3 +54,38 @@ def test_a_submission_beyond_the_queues_limit_is_refused_to_users(make_app):
     assert carol.get("/jobs").body["data"]["total"] == 0
     assert carol.submit(command="true", queue="short", timeLimitMinutes=60, hold=True)
     assert admin.submit(command="true", queue="short", timeLimitMinutes=61, hold=True)
+
+
+def test_cpus_per_task_counts_against_the_slots_and_in_the_job(make_app):
+    """cpus x cpusPerTask is what a job holds (Slurm's NumCPUs): {cpus: 3, cpusPerTask: 2}
+    on 4 slots was accepted and shown as 3 CPUs."""
+    _, client = make_app()                                   # 4 slots
+    r = client.post("/jobs", json={"command": "true", "cpus": 3, "cpusPerTask": 2})
+    assert r.status == 422 and "cpusPerTask" in r.body["errors"] and "6 CPUs" in r.body["msg"], r.body
+    jid = client.submit(command="true", cpus=2, cpusPerTask=2, hold=True)
+    assert client.job(jid)["cpus"] == 4
+
+
+def test_a_dependency_on_a_job_that_does_not_exist_is_refused(make_app):
+    """As Slurm's "Job dependency problem": it ran at once (an unknown job counted as done)."""
+    _, client = make_app()
+    r = client.post("/jobs", json={"command": "true", "dependency": "afterok:99999"})
+    assert r.status == 422 and "dependency" in r.body["errors"] and "99999" in r.body["msg"], r.body
+    assert client.get("/jobs").body["data"]["total"] == 0
+    parent = client.submit(command="true", hold=True)
+    child = client.submit(command="true", dependency=f"afterok:{parent}")
+    assert client.job(child)["state"] == "PENDING"
+
+
+def test_a_job_waiting_on_a_closed_host_or_an_inactive_queue_says_why(make_app):
+    _, client = make_app()
+    host = client.get("/hosts").body["data"]["hosts"][0]["name"]
+    assert client.post(f"/hosts/{host}/close").status == 200
+    jid = client.submit(command="true")
+    assert client.job(jid)["state"] == "PENDING" and client.job(jid)["reason"] == "HostClosed"
+    assert client.post(f"/hosts/{host}/open").status == 200
+    assert client.post("/queues/short/inactivate").status == 200
+    jid = client.submit(command="true", queue="short")
+    assert client.job(jid)["reason"] == "QueueInactive", client.job(jid)
+    assert client.post("/queues/short/activate").status == 200
+    assert client.wait_for(jid, "COMPLETED")["state"] == "COMPLETED"
