@@ -51,11 +51,14 @@ class SessionStore:
     def revoke_user(self, user: str, ttl: float) -> int:
         """End every session of ``user`` (password changed, user removed); how many were live."""
     def live_count(self, now: float, timeout: float) -> int: ...
-    def hit(self, key: str, window: int, now: float, amount: int = 1, slide: bool = False) -> int:
+    def hit(self, key: str, window: int, now: float, amount: int = 1) -> int:
         """Count ``amount`` events for ``key`` in a fixed window (atomically); return the count
-        so far. A negative ``amount`` takes back events counted earlier in the window. With
-        ``slide``, a positive ``amount`` restarts the window (it ends ``window`` seconds after
-        the last event, not the first)."""
+        so far. A negative ``amount`` takes back events counted earlier in the window."""
+    def begin(self, key: str, entry: str, ttl: float, now: float) -> int:
+        """Add ``entry`` (one thing in progress, e.g. a password check) under ``key``; return
+        how many entries ``key`` holds, counting only those begun within ``ttl`` seconds: each
+        expires on its own, so one never ended (a worker killed) lasts ``ttl`` at most."""
+    def end(self, key: str, entry: str) -> None: ...
     def reset(self, key: str) -> None: ...
     def remember(self, key: str, value: str, ttl: int) -> str | None:
         """Store value under key unless present; return the earlier value, or None when stored."""
@@ -82,6 +85,9 @@ class SqliteSessionStore(SessionStore):
                     key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL);
                 CREATE TABLE IF NOT EXISTS kv(
                     key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS inflight(
+                    key TEXT NOT NULL, entry TEXT NOT NULL, started REAL NOT NULL,
+                    PRIMARY KEY(key, entry));
             """)
 
     def _conn(self) -> sqlite3.Connection:
@@ -120,7 +126,7 @@ class SqliteSessionStore(SessionStore):
         return self._conn().execute(
             "SELECT COUNT(*) FROM sessions WHERE revoked=0 AND last_seen>=?", (now - timeout,)).fetchone()[0]
 
-    def hit(self, key, window, now, amount=1, slide=False):
+    def hit(self, key, window, now, amount=1):
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -132,8 +138,7 @@ class SqliteSessionStore(SessionStore):
                                (key, count, now + window))
             else:
                 count = max(0, row[0] + amount)
-                expires = now + window if slide and amount > 0 else row[1]
-                db.execute("UPDATE counters SET count=?, expires=? WHERE key=?", (count, expires, key))
+                db.execute("UPDATE counters SET count=? WHERE key=?", (count, key))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -148,6 +153,22 @@ class SqliteSessionStore(SessionStore):
 
     def reset(self, key):
         self._conn().execute("DELETE FROM counters WHERE key=?", (key,))
+
+    def begin(self, key, entry, ttl, now):
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM inflight WHERE key=? AND started < ?", (key, now - ttl))
+            db.execute("INSERT OR REPLACE INTO inflight(key, entry, started) VALUES (?,?,?)", (key, entry, now))
+            count = db.execute("SELECT COUNT(*) FROM inflight WHERE key=?", (key,)).fetchone()[0]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return count
+
+    def end(self, key, entry):
+        self._conn().execute("DELETE FROM inflight WHERE key=? AND entry=?", (key, entry))
 
     def remember(self, key, value, ttl):
         now = time.time()
@@ -265,7 +286,7 @@ class RedisSessionStore(SessionStore):
                 n, batch = n + count(batch), []
         return n + (count(batch) if batch else 0)
 
-    def hit(self, key, window, now, amount=1, slide=False):
+    def hit(self, key, window, now, amount=1):
         k = self._k("c", key)
         if amount < 0:
             # Only take back from a live counter (an expired one is gone: nothing to undo).
@@ -273,10 +294,7 @@ class RedisSessionStore(SessionStore):
             return int(count)
         with self.r.pipeline() as p:
             p.incrby(k, amount)
-            if slide:
-                p.expire(k, int(window))
-            else:
-                p.expire(k, int(window), nx=True)
+            p.expire(k, int(window), nx=True)
             count, _ = p.execute()
         return int(count)
 
@@ -290,6 +308,20 @@ class RedisSessionStore(SessionStore):
 
     def reset(self, key):
         self.r.delete(self._k("c", key))
+
+    def begin(self, key, entry, ttl, now):
+        # A sorted set scored by start time: entries older than ttl are dropped as they expire.
+        k = self._k("f", key)
+        with self.r.pipeline() as p:              # MULTI/EXEC: one step for every replica
+            p.zremrangebyscore(k, "-inf", now - ttl)
+            p.zadd(k, {entry: now})
+            p.zcard(k)
+            p.expire(k, int(ttl) + 1)
+            _, _, count, _ = p.execute()
+        return int(count)
+
+    def end(self, key, entry):
+        self.r.zrem(self._k("f", key), entry)
 
     def remember(self, key, value, ttl):
         k = self._k("kv", key)

@@ -407,40 +407,35 @@ def test_the_cli_names_an_unreachable_store_without_its_password(capsys):
     assert "could not end dave's sessions in the redis: session store" in err and "hunter2" not in err, err
 
 
-def test_a_sliding_counter_ends_its_window_after_the_last_event(store_url):
+def test_checks_in_flight_expire_each_on_its_own(store_url):
+    """A check in flight counts until it ends or until ttl after it began, whatever else
+    arrives: a place a killed worker never gave back is gone ttl later even while logins
+    keep coming (a window sliding with every attempt kept it, and locked the user out)."""
     from gateway.sessions import open_store
     store = open_store(store_url)
+    now = time.time()
     try:
-        if store_url.startswith("sqlite"):
-            store.hit("k", 60, now=1000.0, slide=True)
-            store.hit("k", 60, now=1050.0, slide=True)
-            assert store.count("k", now=1100.0) == (2, 10.0)     # 1050 + 60, not 1000 + 60
-            store.hit("f", 60, now=1000.0)
-            store.hit("f", 60, now=1050.0)
-            assert store.count("f", now=1100.0) == (0, 0.0)       # fixed: ended at 1060
-        else:                                                     # Redis: TTLs in real seconds
-            now = time.time()
-            store.hit("k", 2, now, slide=True)
-            store.hit("f", 2, now)
-            time.sleep(1.2)
-            store.hit("k", 2, now, slide=True)
-            store.hit("f", 2, now)
-            time.sleep(1.2)
-            assert store.count("k", time.time())[0] == 2 and store.count("f", time.time())[0] == 0
+        assert store.begin("busy:u:x", "lost", 2, now) == 1           # never ended
+        assert store.begin("busy:u:x", "a", 2, now + 1) == 2
+        store.end("busy:u:x", "a")
+        assert store.begin("busy:u:x", "b", 2, now + 2.5) == 1         # "lost" expired at now + 2
+        assert store.begin("busy:u:y", "a", 2, now + 2.5) == 1         # keys apart
+        store.end("busy:u:x", "b")
+        store.end("busy:u:x", "b")                                     # twice: harmless
+        assert store.begin("busy:u:x", "c", 2, now + 3) == 1
     finally:
         store.close()
 
 
 def test_checks_in_flight_stay_counted_past_the_first_checks_window(make_app, monkeypatch):
-    """The count of password checks in flight lived in a window fixed at the first check: a
-    batch of slow wrong passwords sent just before it ended was forgotten just after, and a
-    second batch was let in beside it (10 checks at once against a limit of 5). The window
-    now ends BUSY_SECONDS after the last check began."""
+    """The count of password checks in flight lived in a window fixed at the first check:
+    one quick attempt opened it, a batch of slow wrong passwords sent just before it ended
+    was forgotten just after, and a second batch was let in beside it (10 checks at once
+    against a limit of 5). Each check's place now lasts as long as the check."""
     import threading
 
     import gateway.api.auth.views as views
     clock = [1_000_000.0]
-
     real = time
 
     class Clock:
@@ -456,7 +451,8 @@ def test_checks_in_flight_stay_counted_past_the_first_checks_window(make_app, mo
     class SlowWrong:                       # a slow wrong password (PAM's fail delay)
         def authenticate(self, name, password):
             calls.append(password)
-            gate.wait(20)
+            if password != "quick":
+                gate.wait(20)
             return None
 
         def stamp(self, name):
@@ -465,28 +461,30 @@ def test_checks_in_flight_stay_counted_past_the_first_checks_window(make_app, mo
     monkeypatch.setattr(app.extensions["hpc_gateway"], "authenticator", SlowWrong())
     statuses = {}
 
-    def attempt(i):
-        statuses[i] = app.test_client().post("/aip/v9.2/login", json={"username": "admin",
-                                                                      "password": f"guess-{i}"}).status_code
+    def attempt(i, password=None):
+        statuses[i] = app.test_client().post("/aip/v9.2/login", json={
+            "username": "admin", "password": password or f"guess-{i}"}).status_code
 
-    first = [threading.Thread(target=attempt, args=(i,)) for i in range(5)]
+    attempt("opener", "quick")                        # opens the old fixed window at T
+    assert statuses["opener"] == 401
+    clock[0] += 55                                    # T + 55: 4 slow checks
+    batch = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
     try:
-        for t in first:
+        for t in batch:
             t.start()
         deadline = time.monotonic() + 10
         while len(calls) < 5 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(calls) == 5
-        clock[0] += 59                                # the first checks' window nearly over
-        late = threading.Thread(target=attempt, args=(5,))
+        clock[0] += 6                                 # T + 61: past the window of T
+        late = threading.Thread(target=attempt, args=("late",))
         late.start()
-        time.sleep(0.3)
-        clock[0] += 2                                 # ... and over: still 5 checks in flight
         late.join(10)
-        assert not late.is_alive() and statuses[5] == 503, statuses
+        # 1 failure + 4 in flight = the limit of 5: it waits, then is told to come back.
+        assert not late.is_alive() and statuses["late"] == 503, statuses
         assert len(calls) == 5, calls
     finally:
         gate.set()
-        for t in first:
+        for t in batch:
             t.join(30)
-    assert [statuses[i] for i in range(5)] == [401] * 5
+    assert [statuses[i] for i in range(4)] == [401] * 4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 from flask import request
@@ -15,9 +16,11 @@ blp = Blueprint("auth", __name__, description="Log in and out")
 # A login over the limit with checks in flight waits this long for them, then is a 503.
 LOGIN_QUEUE_SECONDS = 10.0
 LOGIN_QUEUE_PAUSE = 0.05
-# The in-flight counters expire on their own (a worker killed mid-check cannot hold a place),
-# this long after the last check began (a sliding window: one fixed from the first check ran
-# out under checks still in flight, and the next batch then found no check counted).
+# A check in flight holds its place until it ends, or this long after it began (a worker
+# killed mid-check cannot hold one for longer). Each place expires on its own: a counter in
+# a window fixed at the first check ran out under checks still in flight (the next batch then
+# found none counted), and one sliding with every attempt never let a lost place go. Above
+# the longest check: the PAM queue (20 s) plus the check itself (pam_faildelay: 3 s).
 BUSY_SECONDS = 60
 audit = logging.getLogger("gateway.audit")
 
@@ -40,6 +43,7 @@ class Login(MethodView):
                 (f"fail:a:{addr}", limit["max_failures_per_address"])]
         window = limit["window_seconds"]
         busy = [key.replace("fail:", "busy:", 1) for key, _ in keys]
+        check = secrets.token_hex(8)        # this check's place among those in flight
         # Recorded failures plus the checks in flight may not pass the limit (counters in the
         # store every replica shares), so concurrent wrong passwords cannot all be tried while
         # the slow checks run. An attempt over it waits for those checks to end (a success
@@ -55,7 +59,7 @@ class Login(MethodView):
                     raise TooManyRequests(
                         f"too many failed logins for this {'user' if ':u:' in key else 'address'}: "
                         f"try again in {int(left) + 1} s", retry_after=int(left) + 1)
-            if _reserve(state.store, keys, busy, now):
+            if _reserve(state.store, keys, busy, check, now):
                 break
             if time.monotonic() > deadline:
                 raise ServiceUnavailable("too many logins for this user or address are being checked "
@@ -69,8 +73,7 @@ class Login(MethodView):
                 for key, _ in keys:        # recorded before this check stops counting as in flight
                     state.store.hit(key, window, now)
         finally:
-            for key in busy:
-                state.store.hit(key, BUSY_SECONDS, now, amount=-1)
+            _give_back(state.store, busy, check)
         if identity is None:
             audit.warning("login failed user=%s address=%s", name, addr)
             state.metrics.login(outcome="failure")
@@ -84,19 +87,33 @@ class Login(MethodView):
                              "timeoutMinutes": state.config["timeout"]}})
 
 
-def _reserve(store, keys, busy, now) -> bool:
+def _reserve(store, keys, busy, check, now) -> bool:
     """Count this check as in flight on each key, unless failures + checks would pass the limit."""
     taken = []
-    for (key, most), busy_key in zip(keys, busy):
-        in_flight = store.hit(busy_key, BUSY_SECONDS, now, slide=True)
-        taken.append(busy_key)
-        # Failures read after this check is counted (not the ones read for the 429): one
-        # recorded meanwhile is seen, since a failure is recorded before its check stops counting.
-        if store.count(key, now)[0] + in_flight > most:
-            for k in taken:
-                store.hit(k, BUSY_SECONDS, now, amount=-1)
-            return False
-    return True
+    try:
+        for (key, most), busy_key in zip(keys, busy):
+            taken.append(busy_key)
+            in_flight = store.begin(busy_key, check, BUSY_SECONDS, now)
+            # Failures read after this check is counted (not the ones read for the 429): one
+            # recorded meanwhile is seen, since a failure is recorded before its check stops
+            # counting.
+            if store.count(key, now)[0] + in_flight > most:
+                break
+        else:
+            return True
+    except BaseException:
+        _give_back(store, taken, check)
+        raise
+    _give_back(store, taken, check)
+    return False
+
+
+def _give_back(store, busy, check) -> None:
+    for key in busy:
+        try:
+            store.end(key, check)
+        except Exception as exc:  # noqa: BLE001 - the place expires by itself (BUSY_SECONDS)
+            logging.getLogger(__name__).warning("cannot give back a login check's place: %s", exc)
 
 
 @blp.route("/logout")
