@@ -233,13 +233,15 @@ class MockScheduler:
         if (spec.nodes or 1) > 1:            # as Slurm: "Requested node configuration is not available"
             raise InvalidInput(f"{spec.nodes} nodes requested but the mock cluster has one host ({self.host})",
                                errors={"nodes": ["more than the cluster has"]})
-        # A job holds cpus x cpusPerTask slots (Slurm's NumCPUs: ntasks x cpus-per-task).
-        cpus = (spec.cpus or 1) * (spec.cpus_per_task or 1)
+        # As slurm_ssm: cpus is the job's total (ntasks x cpusPerTask, so a multiple of it);
+        # cpusPerTask alone is one task of that many.
+        if spec.cpus and spec.cpus_per_task and spec.cpus % spec.cpus_per_task:
+            raise InvalidInput("invalid job: cpus: must be a multiple of cpusPerTask",
+                               errors={"cpus": ["must be a multiple of cpusPerTask"]})
+        cpus = spec.cpus or spec.cpus_per_task or 1
         if cpus > self.opts["slots"]:
-            field = "cpus" if not spec.cpus_per_task else "cpusPerTask"
-            raise InvalidInput(f"{cpus} CPUs requested ({spec.cpus or 1} x {spec.cpus_per_task or 1} per task) "
-                               f"but the host has {self.opts['slots']} slots",
-                               errors={field: ["more than the cluster has"]})
+            raise InvalidInput(f"{cpus} CPUs requested but the host has {self.opts['slots']} slots",
+                               errors={"cpus" if spec.cpus else "cpusPerTask": ["more than the cluster has"]})
         self._check_dependency(spec.dependency)
         if self.opts["run_as"] == "sudo":
             home = entry.pw_dir

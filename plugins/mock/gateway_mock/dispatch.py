@@ -75,6 +75,9 @@ def dispatch(db, db_path: str, slots: int | None = None) -> list[int]:
             # Why they wait (LSF: "Closed by LSF administrator"), rather than no reason at all.
             db.execute("UPDATE jobs SET reason='HostClosed' WHERE state='PENDING'")
             return []
+        # Reasons of the last pass that no longer hold (the host reopened, a queue activated),
+        # also when no slot is free below.
+        db.execute("UPDATE jobs SET reason=NULL WHERE state='PENDING' AND reason IN ('HostClosed','QueueInactive')")
         db.execute("UPDATE jobs SET reason='QueueInactive' WHERE state='PENDING' AND queue IN "
                    "(SELECT name FROM queues WHERE active=0)")
         used = db.execute("SELECT COALESCE(SUM(cpus),0) FROM jobs "

@@ -56,14 +56,17 @@ def test_a_submission_beyond_the_queues_limit_is_refused_to_users(make_app):
     assert admin.submit(command="true", queue="short", timeLimitMinutes=61, hold=True)
 
 
-def test_cpus_per_task_counts_against_the_slots_and_in_the_job(make_app):
-    """cpus x cpusPerTask is what a job holds (Slurm's NumCPUs): {cpus: 3, cpusPerTask: 2}
-    on 4 slots was accepted and shown as 3 CPUs."""
+def test_cpus_and_cpus_per_task_mean_what_they_mean_on_slurm(make_app):
+    """cpus is the job's total, a multiple of cpusPerTask (slurm_ssm: --ntasks=cpus/cpusPerTask);
+    cpusPerTask alone is one task that wide and holds that many slots: {cpusPerTask: 6} on
+    4 slots was accepted, and {cpus: 3, cpusPerTask: 2} too."""
     _, client = make_app()                                   # 4 slots
     r = client.post("/jobs", json={"command": "true", "cpus": 3, "cpusPerTask": 2})
+    assert r.status == 422 and r.body["errors"] == {"cpus": ["must be a multiple of cpusPerTask"]}, r.body
+    r = client.post("/jobs", json={"command": "true", "cpusPerTask": 6})
     assert r.status == 422 and "cpusPerTask" in r.body["errors"] and "6 CPUs" in r.body["msg"], r.body
-    jid = client.submit(command="true", cpus=2, cpusPerTask=2, hold=True)
-    assert client.job(jid)["cpus"] == 4
+    assert client.job(client.submit(command="true", cpus=4, cpusPerTask=2, hold=True))["cpus"] == 4
+    assert client.job(client.submit(command="true", cpusPerTask=3, hold=True))["cpus"] == 3
 
 
 def test_a_dependency_on_a_job_that_does_not_exist_is_refused(make_app):
@@ -84,6 +87,16 @@ def test_a_job_waiting_on_a_closed_host_or_an_inactive_queue_says_why(make_app):
     jid = client.submit(command="true")
     assert client.job(jid)["state"] == "PENDING" and client.job(jid)["reason"] == "HostClosed"
     assert client.post(f"/hosts/{host}/open").status == 200
+    assert client.wait_for(jid, "COMPLETED")["reason"] is None
+    busy = client.submit(command="sleep 30", cpus=4)          # every slot taken
+    client.wait_for(busy, "RUNNING")
+    assert client.post(f"/hosts/{host}/close").status == 200
+    waiting = client.submit(command="true")
+    assert client.job(waiting)["reason"] == "HostClosed"
+    assert client.post(f"/hosts/{host}/open").status == 200
+    assert client.job(waiting)["reason"] != "HostClosed", client.job(waiting)   # no slot: not stale
+    assert client.post(f"/jobs/{busy}/kill").status == 200
+    client.wait_for(waiting, "COMPLETED")
     assert client.post("/queues/short/inactivate").status == 200
     jid = client.submit(command="true", queue="short")
     assert client.job(jid)["reason"] == "QueueInactive", client.job(jid)
