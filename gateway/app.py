@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
@@ -237,6 +237,9 @@ def _no_bearer(header: str | None) -> str:
     if header is None or not header.strip():
         return "Missing token: log in with POST /login and send 'Authorization: Bearer <token>'"
     scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() == "bearer":               # "Bearer " with $TOKEN unset
+        return ("The Authorization header has 'Bearer' but no token: log in with POST /login and send "
+                "'Authorization: Bearer <token>'")
     if rest.strip() and scheme.isalpha():
         return (f"The Authorization header uses the {scheme[:20]!r} scheme: send the token of POST /login "
                 "as 'Authorization: Bearer <token>'")
@@ -435,8 +438,11 @@ def create_app(config: dict | str | None = None) -> Flask:
             # The path and query as sent on the wire (percent-encoded: a decoded %0A would forge
             # a line); the query names the file a files operation wrote or removed (?path=).
             target = quote(request.path, safe="/:@!$&'()*+,;=")
-            if request.query_string:
-                target += "?" + quote(request.query_string[:2048].decode("latin-1"), safe="/:@!$&'()*+,;=%?~")
+            if request.query_string and request.endpoint is not None:
+                # Whole (the request line is at most 8190 bytes): padding cannot push the file
+                # named out of the line. Only a matched route's: a mistyped login URL's query
+                # may hold a password.
+                target += "?" + quote_from_bytes(request.query_string, safe="/:@!$&'()*+,;=%?~")
             audit.info("%s %s status=%s user=%s address=%s%s", request.method, target,
                        response.status_code, user.name if user is not None else "-",
                        request.remote_addr or "-", f" job={g.audit_job}" if g.get("audit_job") else "")

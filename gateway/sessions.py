@@ -368,6 +368,8 @@ def _private_file(path: str) -> None:
                 log.warning("session store %s was readable by others (%o): now %o", name, mode, mode & 0o700)
         except FileNotFoundError:
             pass
+        except PermissionError:           # another account's file (a shared group store)
+            log.warning("session store %s is readable by others and not this account's to change", name)
 
 
 def shown_store(url: str) -> str:
@@ -510,9 +512,11 @@ class TokenManager:
     def check(self, token: str) -> Session:
         data = self._load(token)
         stamp = self.stamp(data["u"])
-        # A token without a stamp (from a backend that gives none, PAM) is ended too once the
-        # backend can tell: switched to a users file, it must not outlive the switch.
-        if stamp is not None and data.get("c") != stamp:
+        # A token without a stamp (from a backend that gives none, PAM) ends too once the
+        # backend says the user is unknown (""): switched to a users file that does not list
+        # them, it must not outlive the switch. (One the backend knows keeps working: a
+        # backend may give no stamp for a while, when it cannot tell.)
+        if stamp is not None and ("c" in data or stamp == "") and data.get("c") != stamp:
             raise Unauthorized("Session ended: the account was removed or its password changed; "
                                "log in again with POST /login")
         session = self.store.get(data["s"])

@@ -66,9 +66,10 @@ class Channel:
     def run(self, argv: list[str], *, stdin: bytes | None = None,
             timeout: float | None = None, private: bool = False) -> CommandResult:
         """``private``: the output is a file's content, kept out of a transport's history
-        (SSM's)."""
+        (SSM's); passed on only when asked, as a plugin's own transport may not take it."""
         return self.transport.run(argv, stdin=stdin, as_user=self.as_user,
-                                  timeout=self.timeout if timeout is None else timeout, private=private)
+                                  timeout=self.timeout if timeout is None else timeout,
+                                  **({"private": True} if private else {}))
 
     def check(self, argv: list[str], what: str, path: str, **kw) -> CommandResult:
         result = self.run(argv, **kw)
@@ -394,16 +395,16 @@ class S3Channel(Channel):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def _url(self, method: str, key: str) -> str:
-        """A presigned URL for the command about to be sent, which uses it as it starts.
-
-        It is in that command, so SSM's history shows it: valid only until the command must
-        have started (``command_timeout`` + 60 s; S3 checks the expiry when a request
-        starts, so a long transfer still ends), not for a whole ``transfer_timeout``."""
+        """A presigned URL for the command about to be sent. Valid for the whole
+        ``transfer_timeout``: SSM may deliver the command late (an agent reconnecting, a
+        queue of transfers), and curl's retries are new requests, each checked against the
+        expiry. What SSM's history shows can do little: a PUT URL writes only a key still
+        free, and a staged upload is deleted as soon as its command ends."""
         params = {"Bucket": self.bucket, "Key": key}
         if method == "put_object":
             params["IfNoneMatch"] = "*"           # commands.PUT_ONCE: first write wins
-        return self.s3.generate_presigned_url(
-            method, Params=params, ExpiresIn=int(min(self.timeout, self.transfer_timeout)) + 60)
+        return self.s3.generate_presigned_url(method, Params=params,
+                                              ExpiresIn=int(self.transfer_timeout) + 60)
 
     def _delete(self, key: str) -> None:
         try:

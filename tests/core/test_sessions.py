@@ -94,6 +94,7 @@ def test_a_token_sent_without_the_bearer_scheme_is_told_so(make_app):
     app, client = make_app()
     flask = app.test_client()
     for header, words in [(client.token, "has no scheme"), (f"Token {client.token}", "'Token' scheme"),
+                          ("Bearer", "'Bearer' but no token"), ("Bearer   ", "'Bearer' but no token"),
                           ("", "Missing token")]:
         r = flask.get("/aip/v9.2/jobs", headers={"Authorization": header})
         assert r.status_code == 401 and words in r.json["msg"] and "Bearer <token>" in r.json["msg"], r.json
@@ -380,9 +381,10 @@ def test_the_sqlite_session_store_is_private_to_the_gateway_account(tmp_path, ca
     assert old.stat().st_mode & 0o777 == 0o600 and "readable by others" in caplog.text
 
 
-def test_a_token_without_a_credential_stamp_ends_once_the_backend_gives_stamps(tmp_path):
+def test_a_token_without_a_credential_stamp_ends_once_the_backend_does_not_know_the_user(tmp_path):
     """PAM gives no stamp, so its tokens carry none. Switched to a users file (to cut some
-    users off), those tokens must not stay valid for token_max_age_hours."""
+    users off), the tokens of users it does not list must not stay valid for
+    token_max_age_hours."""
     from gateway.errors import Unauthorized
     from gateway.sessions import TokenManager, open_store
     store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}")
@@ -393,9 +395,12 @@ def test_a_token_without_a_credential_stamp_ends_once_the_backend_gives_stamps(t
     stamps["alice"] = ""                            # a users file that does not list her
     with pytest.raises(Unauthorized, match="Session ended"):
         tokens.check(token)
-    stamps["alice"] = "0123456789abcdef"            # or lists her, with a password of its own
+    stamps["alice"] = "0123456789abcdef"            # one that lists her (or a backend back from a
+    assert tokens.check(token).user == "alice"      # blip that gave no stamp at login) keeps it
+    stamped = tokens.issue("alice", stamp="0123456789abcdef")
+    stamps["alice"] = "fedcba9876543210"            # a stamped token of an old password ends
     with pytest.raises(Unauthorized, match="Session ended"):
-        tokens.check(token)
+        tokens.check(stamped)
 
 
 def test_the_cli_names_an_unreachable_store_without_its_password(capsys):

