@@ -86,7 +86,18 @@ class SlurmScheduler:
         self.snapshot = SharedSnapshot(self.opts["cache_dir"], self.opts["snapshot_interval"], self._fetch,
                                        retention=self.opts["finished_retention"], keep=self.opts["finished_max"],
                                        stale_grace=self.opts["snapshot_stale_grace"])
-        self._json: bool | None = {"yes": True, "no": False}.get(self.opts["json"])
+        self._json_mode = self.opts["json"]
+        if self.service and self._json_mode == "no":
+            # Under run_as: service a job's comment makes it a gateway user's, and a job name
+            # holding squeue's separators can forge whole records that parse cleanly (another
+            # job's id, with the comment of the name's owner): a job of one user could make
+            # another's its own. squeue --json cannot be fooled so; format strings only
+            # where --json is missing (before 21.08), with a warning.
+            log.info("slurm_ssm: run_as: service reads squeue --json (format strings could be forged "
+                     "by a job name); json: \"no\" applies to run_as: sudo only")
+            self._json_mode = "auto"
+        self._json_forced = self._json_mode != self.opts["json"]
+        self._json: bool | None = {"yes": True, "no": False}.get(self._json_mode)
         self._homes: dict[str | None, str | None] = {}
         # (id, end time) of failed jobs whose scontrol text was ambiguous
         self._exit_unknown: set[tuple[str, object]] = set()
@@ -287,11 +298,25 @@ class SlurmScheduler:
         if self._use_json():
             res = self._run(commands.squeue_json(), as_user=self.service_account)
             if res.returncode != 0 and not res.stdout.strip().startswith(b"{"):
-                if b"unrecognized option" in res.stderr and self.opts["json"] == "auto":
+                if b"unrecognized option" in res.stderr and self._json_mode == "auto":
                     self._json = False
+                    if self.service:
+                        log.warning("slurm_ssm: this squeue has no --json: with run_as: service, a job "
+                                    "name holding squeue's separators could forge another job's record")
                     return self._fetch_records(previous, None)
                 raise parse.refusal(res.out, res.err)
-            return parse.parse_squeue_json(res.out)
+            try:
+                return parse.parse_squeue_json(res.out)
+            except SchedulerRefused as exc:
+                if not self._json_forced:
+                    raise
+                # A --json layout this plugin does not read (23.02+), where the operator asked
+                # for format strings: those, with the forgery risk said once.
+                log.warning("slurm_ssm: %s; reading squeue's format strings instead (with run_as: "
+                            "service, a job name holding squeue's separators could forge another "
+                            "job's record)", exc.msg)
+                self._json = False
+                return self._fetch_records(previous, None)
         res = self._service(commands.squeue_format(self._format_fields))
         records, problems = parse.read_squeue_format(res.out, self._format_fields)
         if problems:

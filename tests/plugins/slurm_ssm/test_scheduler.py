@@ -130,11 +130,35 @@ def test_service_mode_jobs_belong_to_the_gateway_user_they_were_submitted_for(ma
     mine = sched.list_jobs(user=User("carol"), query=JobQuery(user="carol"))
     assert sorted(j.name for j in mine) == ["array-carol", "for-carol"]
     assert sched.get_job(user=User("carol"), job_id="6_2").user_name == "carol"
-    squeues = [c["argv"] for c in t.argvs("squeue")]
-    assert all("--json" in a for a in squeues) if json_mode == "yes" else \
-        all(a[-1].count(",Comment:0") == 1 for a in squeues)
+    squeues = [c["argv"] for c in t.argvs("squeue") if "--version" not in c["argv"]]
+    # json: "no" too: a job name holding squeue's separators could forge format-string
+    # records that parse cleanly, and under run_as: service their comment decides the owner.
+    assert squeues and all("--json" in a for a in squeues), squeues
     # The tag is the scheduler's business: not kept in the snapshot's records.
     assert not any("owner_tag" in extra for _, extra in sched._view().records)
+
+
+def test_service_mode_reads_format_strings_only_where_json_cannot_be_read(make, caplog):
+    """A --json layout the plugin does not read (23.02+) with json: "no" asked for: the
+    format strings, and a warning that says what that risks."""
+    import json as jsonlib
+    sched, t = make(run_as="service", service_user="gwbob", json="no")
+    odd = jsonlib.loads(fx("service_squeue_json").stdout)
+    for job in odd["jobs"]:
+        job["job_state"] = ["PENDING"]                   # 23.02's lists
+    t.answer(["squeue", "--json"], CommandResult(0, jsonlib.dumps(odd).encode(), b""))
+    t.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], fx("service_squeue_format"))
+    with caplog.at_level("WARNING", logger="gateway_slurm_ssm"):
+        owners = {j.name: j.user_name for j in sched.list_jobs(user=ADMIN, query=JobQuery())}
+    assert owners["for-carol"] == "carol"
+    assert "could forge another job's record" in caplog.text
+    assert t.argvs("squeue")[-1]["argv"][-1].count(",Comment:0") == 1
+    # An operator's own json: "yes" keeps its 502 for such a layout.
+    strict, t2 = make(run_as="service", service_user="gwbob", json="yes",
+                      cache_dir=str(Path(sched.opts["cache_dir"]) / "strict"))
+    t2.answer(["squeue", "--json"], CommandResult(0, jsonlib.dumps(odd).encode(), b""))
+    with pytest.raises(SchedulerRefused):
+        strict.list_jobs(user=ADMIN, query=JobQuery())
 
 
 def test_service_mode_tags_each_submission_and_keeps_the_comment_option(make):
