@@ -333,9 +333,12 @@ def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str
     would split it (``--export=A=1,2``), nor in sbatch's own environment, where LD_PRELOAD
     or PATH would act on the head node.
 
-    ``owner``: run_as: service's gateway user, recorded as the job's comment (after the
-    native options: the last --comment is the one sbatch keeps; the script's #SBATCH lines
-    come before every command-line option).
+    ``owner``: run_as: service's gateway user, recorded as the job's comment, before the
+    native options (which may then hold no --comment: the scheduler takes it off their
+    allow-list). Not after them: an operator's allowed option given bare, one that takes a
+    value (``--container``), took the comment as its value, and the script's ``#SBATCH
+    --comment`` named another user. A command-line option beats the script's #SBATCH
+    lines wherever it stands.
     """
     errors: dict[str, list[str]] = {}
     for field, value in (("name", spec.name), ("queue", spec.queue), ("workDir", spec.work_dir),
@@ -388,9 +391,12 @@ def sbatch(spec: JobSpec, *, default_work_dir: str, allowed_native: Iterable[str
         argv.append("--hold")
     if export_file is not None:
         argv += ["--export=ALL", f"--export-file={export_file}"]
-    argv += native
     if owner is not None:
+        if any(o == "--comment" or o.startswith("--comment=") for o in native):
+            raise InvalidInput("nativeOptions may not set --comment here: it records the gateway user",
+                               errors={"nativeOptions": ["--comment: not allowed"]})
         argv.append(f"--comment={owner_comment(owner)}")
+    argv += native
     if spec.command is not None:
         argv.append(f"--wrap={spec.command}")
     elif script_path is not None:

@@ -165,14 +165,19 @@ def test_service_mode_tags_each_submission_and_keeps_the_comment_option(make):
     sched, t = make(run_as="service", service_user="ec2-user")
     sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--qos=normal"]))
     argv = t.argvs("sbatch")[-1]["argv"]
-    assert argv[-2:] == ["--comment=hpc-gateway:gwalice", "--wrap=hostname"]
-    assert argv.index("--qos=normal") < argv.index("--comment=hpc-gateway:gwalice")
+    assert argv[-3:] == ["--comment=hpc-gateway:gwalice", "--qos=normal", "--wrap=hostname"]
+    # Before the native options: an operator's option given bare that takes a value
+    # (--container) took the comment as its value when the comment came after it.
+    sched.allowed_native |= {"--container"}
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--container"]))
+    argv = t.argvs("sbatch")[-1]["argv"]
+    assert argv.index("--comment=hpc-gateway:gwalice") < argv.index("--container"), argv
     with pytest.raises(InvalidInput) as e:
         sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--comment=hpc-gateway:bob"]))
     assert "--comment" in e.value.msg
     with pytest.raises(Forbidden):
         sched.submit_job(user=User("bob smith"), spec=JobSpec(command="hostname"))
-    assert len(t.argvs("sbatch")) == 1                      # neither refusal ran anything
+    assert len(t.argvs("sbatch")) == 2                      # neither refusal ran anything
     # run_as: sudo leaves the comment to the user, and adds none.
     sudo, t2 = make(run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "sudo"))
     sudo.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--comment=mine"]))
