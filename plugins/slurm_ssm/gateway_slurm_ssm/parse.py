@@ -554,13 +554,20 @@ def parse_sinfo_json(text: str) -> list[Host]:
         raise SchedulerUnavailable("sinfo failed: " + "; ".join(errors))
     hosts = []
     for n in doc.get("nodes") or []:
-        state = n.get("state") or ""
-        flags = list(n.get("state_flags") or [])
-        native = "+".join([state.upper(), *flags]) if state else None
-        hosts.append(Host(
-            name=n["name"], state=_host_state(state, flags), native_state=native,
-            cpus=n.get("cpus"), max_slots=n.get("cpus"), memory_mb=n.get("real_memory") or None,
-            reason=n.get("reason") or None))
+        try:
+            state = n.get("state") or ""
+            flags = list(n.get("state_flags") or [])
+            if isinstance(state, list):          # 23.02+: ["IDLE", "DRAIN"], flags included
+                state, flags = (str(state[0]), [str(f) for f in state[1:]] + flags) if state else ("", flags)
+            native = "+".join([state.upper(), *flags]) if state else None
+            hosts.append(Host(
+                name=n["name"], state=_host_state(state, flags), native_state=native,
+                cpus=n.get("cpus"), max_slots=n.get("cpus"), memory_mb=n.get("real_memory") or None,
+                reason=n.get("reason") or None))
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            # A layout this plugin does not read: a 502 that says so, not a 500.
+            raise SchedulerRefused(f"cannot read sinfo --json's record of a node ({exc!r}): a layout "
+                                   "this plugin does not read; set json: \"no\"") from exc
     return hosts
 
 

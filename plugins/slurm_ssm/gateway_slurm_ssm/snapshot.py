@@ -239,7 +239,9 @@ class SharedSnapshot:
         if st is None or st.st_mtime_ns <= dirty_ns:
             return False
         limit = self.interval_ns if max_age is None else int(max_age * 1e9)
-        return now_ns - st.st_mtime_ns < limit
+        # An age below 0 (the clock stepped back) is not fresh: refresh, rather than serve
+        # it for as long as the step was.
+        return 0 <= now_ns - st.st_mtime_ns < limit
 
     def _load(self, st) -> View:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -259,7 +261,7 @@ class SharedSnapshot:
         if current is None:
             return False
         mtime_ns = current[0][1]
-        return mtime_ns > dirty_ns and now_ns - mtime_ns < self.interval_ns + self.stale_grace_ns
+        return mtime_ns > dirty_ns and 0 <= now_ns - mtime_ns < self.interval_ns + self.stale_grace_ns
 
     # ------------------------------------------------------------ public
     def get(self, max_age: float | None = None) -> View:
@@ -369,14 +371,20 @@ class SharedSnapshot:
         self._current = ((st.st_ino, st.st_mtime_ns, st.st_size), View(taken_ns / 1e9, records, error))
 
     def _merge(self, records: list[Record], prev: Mapping[str, Record], now: float) -> list[Record]:
-        """The fresh records plus finished jobs that have since left squeue."""
+        """The fresh records plus finished jobs that have since left squeue. A carried job
+        never hides a fresh one: one whose display id or array a fresh record has (Slurm
+        reused the ids: a state reset, MaxJobId reached) is dropped, not carried."""
         seen = {extra.get("id") for _, extra in records}
+        shown = {job.job_id for job, _ in records}
+        arrays = {extra.get("array_job_id") for _, extra in records} - {None}
         carried = []
         horizon = now - self.retention
         for rec_id in prev:
             if rec_id in seen:
                 continue
             job, extra = prev[rec_id]
+            if job.job_id in shown or extra.get("array_job_id") in arrays:
+                continue
             if not job.state.is_final:
                 continue
             ended = job.end_time.timestamp() if job.end_time else now

@@ -254,6 +254,18 @@ def test_hosts_from_sinfo_json_and_scontrol_agree():
         assert host.reason.startswith("fixture: maintenance a=b")     # free text with '=' kept whole
 
 
+def test_sinfo_json_node_states_as_lists_are_read_and_odd_layouts_are_a_502():
+    """Slurm 23.02+ prints a node's state as a list (["IDLE", "DRAIN"]): it was an
+    AttributeError, a 500."""
+    doc = json.loads(fx("sinfo_json_drained")["stdout"])
+    doc["nodes"][0]["state"], doc["nodes"][0]["state_flags"] = ["IDLE", "DRAIN"], []
+    [host] = parse.parse_sinfo_json(json.dumps(doc))
+    assert host.state == "closed" and host.native_state == "IDLE+DRAIN"
+    doc["nodes"][0]["state"] = {"odd": 1}
+    with pytest.raises(SchedulerRefused, match="layout"):
+        parse.parse_sinfo_json(json.dumps(doc))
+
+
 @pytest.mark.parametrize("fixture,state,open_,active", [
     ("scontrol_show_partition", "UP", True, True),
     ("scontrol_show_partition_down", "DOWN", True, False),

@@ -163,6 +163,40 @@ def test_finished_jobs_outlive_squeue_within_retention(tmp_path):
     assert set(snap.get().by_display) == {"1"}          # and stays
 
 
+def test_a_carried_finished_job_never_hides_a_live_one_with_its_id(tmp_path):
+    """Slurm reuses job ids (a state reset, MaxJobId reached) within the retention: bob's
+    finished task 36_4 (raw id 40), carried after squeue forgot it, hid alice's live 36_4
+    (raw id 45), and answered as the array's owner."""
+    now = datetime.now(timezone.utc)
+    old_job, old_extra = rec("36_4", JobState.COMPLETED, end=now, exit_code=0, user_name="bob")
+    old_extra.update(id="40", array_job_id="36", array_task_id="4")
+    gone, gone_extra = rec("7", JobState.COMPLETED, end=now, exit_code=0)
+    fetch = CountingFetch(tmp_path / "runs", [(old_job, old_extra), (gone, gone_extra)])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch, retention=86400, keep=100)
+    snap.get()
+    new_job, new_extra = rec("36_4", JobState.RUNNING, user_name="alice")
+    new_extra.update(id="45", array_job_id="36", array_task_id="4")
+    fetch.records = [(new_job, new_extra)]
+    snap.invalidate()
+    view = snap.get()
+    assert view.by_display["36_4"][0].user_name == "alice"
+    assert [j.user_name for j, _ in view.arrays["36"]] == ["alice"]
+    assert set(view.by_display) == {"36_4", "7"}           # job 7 is carried as before
+
+
+def test_a_snapshot_from_the_future_is_not_fresh(tmp_path):
+    """The clock stepped back: the file's age is below 0. It was fresh for as long as the
+    step, and a change of this gateway's (dirty mark, older than the file) went unseen."""
+    fetch = CountingFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch)
+    snap.get()
+    future = time.time() + 3600
+    os.utime(snap.path, (future, future))
+    snap._current = None
+    snap.get()
+    assert fetch.runs == 2
+
+
 def test_a_failed_refresh_is_shared_and_keeps_the_previous_jobs(tmp_path):
     now = datetime.now(timezone.utc)
     fetch = CountingFetch(tmp_path / "runs", [rec("1", JobState.COMPLETED, end=now, exit_code=0)])
