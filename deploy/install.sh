@@ -120,7 +120,7 @@ for plugin in $PLUGINS; do
 done
 [ -z "$CONFIG" ] || [ -r "$CONFIG" ] || die "cannot read --config $CONFIG"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "$PYTHON is older than Python 3.9"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "$PYTHON is older than Python 3.10"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "$PYTHON cannot create virtual environments (Debian: apt-get install python3-venv)"
 
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
@@ -221,12 +221,15 @@ fi
 
 # The signing secret (0600, the service account's): generated once, kept on reinstall.
 SECRET=$("$PREFIX/venv/bin/python" -c 'import sys; from gateway.config import load_config; print(load_config(sys.argv[1])["secret_file"])' "$CONF")
+# Often in a directory the service account owns (<work_dir>/secret.key): root's chmod and
+# chown below would follow a link put there, and give that account /etc/shadow.
+[ ! -L "$SECRET" ] || die "$SECRET is a symbolic link: refusing to chmod/chown through it (remove it, or point secret_file at the file itself)"
 if [ ! -s "$SECRET" ]; then
     mkdir -p "$(dirname "$SECRET")"
     ( umask 077; "$PREFIX/venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(48))' > "$SECRET" )
     say "wrote a new secret to $SECRET (copy it to every replica behind the same NGINX)"
 fi
-chmod 600 "$SECRET"
+[ -L "$SECRET" ] || chmod 600 "$SECRET"
 
 cp "$SRC/deploy/gunicorn.conf.py" "$PREFIX/etc/gunicorn.conf.py"
 [ -f "$SRC/docs/deploy.md" ] && cp "$SRC/docs/deploy.md" "$PREFIX/share/doc/deploy.md"
@@ -264,7 +267,7 @@ chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"
 # Ownership: the service account owns its state, logs and secret; root keeps the code.
 if [ $IS_ROOT = 1 ]; then
     chown -R "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
-    chown "$SERVICE_USER:$SERVICE_GROUP" "$SECRET"
+    chown -h "$SERVICE_USER:$SERVICE_GROUP" "$SECRET"     # -h: a link swapped in since is not followed
     chown "root:$SERVICE_GROUP" "$CONF" "$ENVFILE"
     chmod 640 "$CONF" "$ENVFILE"
     chmod 750 "$PREFIX/var" "$PREFIX/log"
@@ -312,7 +315,14 @@ say "    $WORK/initial-admin-password"
 say "Add users with: $PREFIX/bin/hpc-gateway users add NAME"
 if [ $UNIT_WRITTEN = 1 ] && systemd_running && [ "$UNIT_DIR" = /etc/systemd/system ] && [ $START = 1 ]; then
     systemctl daemon-reload
-    systemctl enable --now "$NAME.service"
+    if systemctl is-active --quiet "$NAME.service"; then
+        # An upgrade: enable --now leaves the old code running (a later reload or replaced
+        # worker would then mix both).
+        systemctl enable "$NAME.service"
+        systemctl restart "$NAME.service"
+    else
+        systemctl enable --now "$NAME.service"
+    fi
     systemctl --no-pager --lines=5 status "$NAME.service" || true
     say "HPC Gateway is running: systemctl status $NAME; logs: journalctl -u $NAME and $PREFIX/log/"
 else

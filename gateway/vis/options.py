@@ -75,6 +75,12 @@ class VisOptions(Schema):
             raise ValidationError("port_min must not exceed port_max", "port_min")
         if data["display_min"] > data["display_max"]:
             raise ValidationError("display_min must not exceed display_max", "display_min")
+        if data["websocket"] == "direct" and data["listen"] != "hostname" and \
+                ipaddress.IPv4Address(data["listen"]).is_loopback:
+            # The browser would connect to 127.0.0.1 on the user's own machine (plain ws://),
+            # and whatever listens there would get the desktop's VNC authentication.
+            raise ValidationError("websocket: direct needs listen: hostname or an address browsers "
+                                  "reach (websockify on a loopback address is for NGINX's proxy)", "websocket")
 
 
 def load_vis_options(config: dict) -> dict:

@@ -140,7 +140,7 @@ def test_url_through_nginx_https_and_public_url():
 
 
 def test_url_direct_is_the_seeds_form():
-    opts = load_vis_options({"vis": {"websocket": "direct"}})
+    opts = load_vis_options({"vis": {"websocket": "direct", "listen": "hostname"}})
     raw, _ = _query(vis_url(SESSION, opts, "http://gw/"))
     assert raw == ("autoconnect=true&host=10.1.0.21&port=6105&password=Ab3dE6gH&resize=remote&quality=9"
                    "&compression=5&exec=node1&sid=10")
@@ -155,7 +155,8 @@ def test_every_value_is_url_encoded():
 @pytest.mark.parametrize("vis", [
     {"listen": "node1"}, {"listen": "::1"}, {"port_min": 7000, "port_max": 6999}, {"port_min": 80},
     {"display_min": 50, "display_max": 10}, {"geometry": "huge"}, {"geometry": "100x100"},
-    {"websocket": "tunnel"}, {"public_url": "ftp://x"}, {"public_url": "https://x/sub/path"},
+    {"websocket": "tunnel"}, {"websocket": "direct"}, {"websocket": "direct", "listen": "127.0.1.1"},
+    {"public_url": "ftp://x"}, {"public_url": "https://x/sub/path"},
     {"novnc_path": "novnc/vnc.html"}, {"unknown_key": 1},
 ])
 def test_bad_vis_options_are_refused(vis):
