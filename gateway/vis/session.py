@@ -58,7 +58,8 @@ def _url_host(host: str) -> str:
 
 
 def vis_url(session: VisSession, options: dict, request_url: str | None = None) -> str:
-    """The noVNC address of a session, in the seed's form.
+    """The noVNC address of a session, in the seed's form but for the password, which goes
+    in the fragment (``#password=...``).
 
     ``websocket: direct``: host and port are websockify's on the execution host (the seed's
     way; the browser must reach that host). ``proxy`` (default): host and port are NGINX's
@@ -75,8 +76,11 @@ def vis_url(session: VisSession, options: dict, request_url: str | None = None) 
         port = front.port or (443 if secure else 80)
         extra = [("path", f"{options['proxy_path']}/{session.host}/{session.port}"),
                  ("encrypt", "1" if secure else "0")]
-    params = [("autoconnect", "true"), ("host", host), ("port", str(port)), ("password", session.password),
+    params = [("autoconnect", "true"), ("host", host), ("port", str(port)),
               ("resize", "remote"), ("quality", "9"), ("compression", "5"),
               ("exec", session.exec_host or session.host), ("sid", str(session.display))] + extra
     query = "&".join(f"{key}={quote(value, safe='')}" for key, value in params)
-    return f"{options['novnc_path']}?{query}"
+    # The password in the fragment, which noVNC reads first (WebUtil.getConfigVar) and a
+    # browser never sends: not in NGINX's error log (it writes the request line), nor in a
+    # proxy's or load balancer's, nor in a Referer.
+    return f"{options['novnc_path']}?{query}#password={quote(session.password, safe='')}"

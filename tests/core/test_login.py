@@ -259,3 +259,11 @@ def test_the_first_start_prints_a_login_command_that_reaches_the_gateway(tmp_pat
                     "cert": str(tmp_path / "gw.crt"), "key": str(tmp_path / "gw.key"),
                     "scheduler": {"backend": "mock", "options": {"state_dir": str(tmp_path / "mock")}}})
     assert f"curl -X POST {url} " in caplog.text, caplog.text
+
+
+def test_a_login_answer_is_never_cached(make_app):
+    """It carries a token: `Cache-Control: no-store`, as the vis answers (a desktop's password)."""
+    app, _ = make_app()
+    password = open(os.path.join(app.extensions["hpc_gateway"].config["work_dir"], "initial-admin-password")).read().strip()
+    r = app.test_client().post("/aip/v9.2/login", json={"username": "admin", "password": password})
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"

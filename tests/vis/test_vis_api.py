@@ -174,8 +174,11 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     own.session = VisSession(host="10.9.8.7", port=6150, password="Ab3dE6gH", display=33, exec_host="n7")
     r = alice.get(f"/vis/url/{job_id}")
     assert r.status == 200, r.body
-    q = {k: v[0] for k, v in parse_qs(urlsplit(r.body["data"]["visurl"]["url"]).query).items()}
+    assert r.headers["Cache-Control"] == "no-store"           # it carries the desktop's password
+    url = urlsplit(r.body["data"]["visurl"]["url"])
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
     assert q["path"] == "novnc-ws/10.9.8.7/6150" and q["sid"] == "33" and q["exec"] == "n7"
+    assert url.fragment == "password=Ab3dE6gH" and "password" not in q
     alice.post(f"/jobs/{job_id}/kill")
 
 

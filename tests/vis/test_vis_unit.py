@@ -117,14 +117,16 @@ SESSION = VisSession(host="10.1.0.21", port=6105, password="Ab3dE6gH", display=1
 
 
 def _query(url):
+    """(the query as written, its values); the password is in the fragment, never the query."""
     parts = urlsplit(url)
     assert parts.path == "/novnc/vnc.html"
+    assert parts.fragment == "password=Ab3dE6gH" and "password" not in parts.query, url
     return parts.query, {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
 def test_url_through_nginx_from_the_request():
     raw, q = _query(vis_url(SESSION, OPTS, "http://gw.example.org:8080/"))
-    assert raw == ("autoconnect=true&host=gw.example.org&port=8080&password=Ab3dE6gH&resize=remote&quality=9"
+    assert raw == ("autoconnect=true&host=gw.example.org&port=8080&resize=remote&quality=9"
                    "&compression=5&exec=node1&sid=10&path=novnc-ws%2F10.1.0.21%2F6105&encrypt=0")
     assert q["path"] == "novnc-ws/10.1.0.21/6105"
 
@@ -142,7 +144,7 @@ def test_url_through_nginx_https_and_public_url():
 def test_url_direct_is_the_seeds_form():
     opts = load_vis_options({"vis": {"websocket": "direct", "listen": "hostname"}})
     raw, _ = _query(vis_url(SESSION, opts, "http://gw/"))
-    assert raw == ("autoconnect=true&host=10.1.0.21&port=6105&password=Ab3dE6gH&resize=remote&quality=9"
+    assert raw == ("autoconnect=true&host=10.1.0.21&port=6105&resize=remote&quality=9"
                    "&compression=5&exec=node1&sid=10")
 
 

@@ -25,6 +25,13 @@ BUSY_SECONDS = 60
 audit = logging.getLogger("gateway.audit")
 
 
+@blp.after_request
+def _no_store(response):
+    # A login's answer is a token: no cache (browser, proxy) may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def client_address() -> str:
     return request.remote_addr or "-"
 

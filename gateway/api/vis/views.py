@@ -59,6 +59,13 @@ def _session(job_id: str):
     return job, session
 
 
+@blp.after_request
+def _no_store(response):
+    # The answers carry a desktop's password: no cache (browser, proxy) may keep them.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @blp.route("/submit")
 class VisSubmit(MethodView):
     @blp.arguments(VisSubmitSchema)
