@@ -111,9 +111,20 @@ random() {  # random N: 0..N-1
 # moment: Xvnc then exits ("server already active"), and we try the next one. Our own
 # readiness mark is the RFB socket in our private directory, which only our Xvnc creates
 # (after it has locked its display).
+# A lock whose process is gone (a session SIGKILLed: scancel -s KILL, OOM) is no reason to
+# pass a display over, or the node would run out of displays: Xvnc removes a stale lock of
+# its own user, and fails on another's (then the next display). The lock holds the pid.
+taken() {  # taken D: the display's lock names a live process, or a socket has no lock
+    if [ -e "/tmp/.X$1-lock" ]; then
+        lock_pid=$(tr -dc '0-9' <"/tmp/.X$1-lock" 2>/dev/null)
+        [ -z "$lock_pid" ] || [ -d "/proc/$lock_pid" ]
+        return
+    fi
+    [ -e "/tmp/.X11-unix/X$1" ]
+}
 d=$VIS_DISPLAY_MIN
 while [ "$d" -le "$VIS_DISPLAY_MAX" ]; do
-    if [ -e "/tmp/.X$d-lock" ] || [ -e "/tmp/.X11-unix/X$d" ]; then
+    if taken "$d"; then
         d=$((d + 1))
         continue
     fi

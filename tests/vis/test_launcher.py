@@ -183,6 +183,25 @@ def test_taken_displays_and_ports_are_skipped(launches):
         blocker.close()
 
 
+def test_a_display_left_locked_by_a_dead_session_is_used_again(launches):
+    """A session SIGKILLed leaves its display's lock (and socket): passed over for good, each
+    such kill used up a display of the node until a reboot."""
+    base = 150 + secrets.randbelow(40)
+    lock, sock = Path(f"/tmp/.X{base}-lock"), Path(f"/tmp/.X11-unix/X{base}")
+    if lock.exists() or sock.exists():
+        pytest.skip(f"display :{base} is in use here")
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                   # a pid that no longer runs
+    lock.write_text(f"{dead.pid:>10}\n")
+    try:
+        s = launches(display_min=base, display_max=base + 2).session()
+        assert s["display"] == base, s
+        assert rfb_auth(f"ws://127.0.0.1:{s['port']}/", s["password"])[0] == 0
+    finally:
+        if lock.exists() and lock.read_text().strip() == str(dead.pid):      # still the dead one's
+            lock.unlink()
+
+
 def test_a_missing_program_is_named(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
