@@ -133,6 +133,7 @@ def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certifica
     assert page.status_code == 200 and "noVNC" in page.text
     assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
     assert page.headers.get("Referrer-Policy") == "no-referrer"
+    assert page.headers.get("Content-Security-Policy") == "frame-ancestors 'none'"     # not framed
     # A websocket path without the upgrade: refused, with HSTS too.
     refused = requests.get(base + "/novnc-ws/127.0.0.1/6100", verify=str(cert), timeout=10)
     assert refused.status_code == 403 and refused.headers.get("Strict-Transport-Security")
