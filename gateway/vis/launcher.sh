@@ -164,8 +164,10 @@ done
 exec_host=${SLURMD_NODENAME:-$(hostname)}
 case $VIS_LISTEN in
     hostname)
-        address=$(getent ahostsv4 "$(hostname)" | awk 'NR == 1 { print $1 }')
-        [ -n "$address" ] || fail "cannot resolve $(hostname) to an IPv4 address (VIS_LISTEN=hostname)"
+        # Not a loopback address: Debian's /etc/hosts often names the host 127.0.1.1 first,
+        # where NGINX on another host cannot reach websockify.
+        address=$(getent ahostsv4 "$(hostname)" | awk '$1 !~ /^127\./ { print $1; exit }')
+        [ -n "$address" ] || fail "$(hostname) resolves to no IPv4 address other than loopback (VIS_LISTEN=hostname): give vis.listen the node's address"
         ;;
     *) address=$VIS_LISTEN ;;
 esac

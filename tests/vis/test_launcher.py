@@ -202,6 +202,20 @@ def test_a_display_left_locked_by_a_dead_session_is_used_again(launches):
             lock.unlink()
 
 
+def test_listen_hostname_never_takes_a_loopback_address(launches):
+    """Debian's /etc/hosts often names the host 127.0.1.1 first: websockify listened there,
+    where NGINX on another host cannot reach it. A host whose name resolves to loopback only
+    (as here) is told so; one with another address listens on that."""
+    out = subprocess.run(["getent", "ahostsv4", socket.gethostname()], capture_output=True, text=True).stdout
+    routable = [line.split()[0] for line in out.splitlines() if line and not line.startswith("127.")]
+    one = launches(listen="hostname")
+    if routable:
+        assert one.session()["host"] == routable[0]
+        return
+    assert one.proc.wait(timeout=60) != 0
+    assert "other than loopback" in one.err.read_text(), one.err.read_text()[-500:]
+
+
 def test_a_missing_program_is_named(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
