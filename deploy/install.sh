@@ -124,6 +124,11 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "$PYTHON cannot create virtual environments (Debian: apt-get install python3-venv)"
 
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
+# --uninstall --purge removes PREFIX whole: never take over a directory that holds
+# something else (--prefix /usr/local, ~/.local). Checked before any account is created.
+if [ ! -f "$MARKER" ] && [ -d "$PREFIX" ] && [ -n "$(ls -A "$PREFIX")" ]; then
+    die "$PREFIX is not empty and holds no HPC Gateway installation: give --prefix a new or empty directory"
+fi
 CREATED_USER=$(marker_get created_user)
 if [ -z "$SERVICE_USER" ]; then
     if [ $IS_ROOT = 1 ]; then SERVICE_USER=$NAME; else SERVICE_USER=$(id -un); fi
@@ -148,11 +153,6 @@ as_service_user() {
 }
 
 # ------------------------------------------------------------------------------ files
-# --uninstall --purge removes PREFIX whole: never take over a directory that holds
-# something else (--prefix /usr/local, ~/.local).
-if [ ! -f "$MARKER" ] && [ -d "$PREFIX" ] && [ -n "$(ls -A "$PREFIX")" ]; then
-    die "$PREFIX is not empty and holds no HPC Gateway installation: give --prefix a new or empty directory"
-fi
 umask 022
 mkdir -p "$PREFIX/etc" "$PREFIX/var" "$PREFIX/log" "$PREFIX/bin" "$PREFIX/share/doc"
 {
