@@ -77,7 +77,7 @@ class SqliteSessionStore(SessionStore):
         _private_file(path)
         self._local = threading.local()
         with self._conn() as db:
-            db.executescript("""
+            _when_unlocked(lambda: db.executescript("""
                 CREATE TABLE IF NOT EXISTS sessions(
                     sid TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL,
                     last_seen REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
@@ -88,13 +88,17 @@ class SqliteSessionStore(SessionStore):
                 CREATE TABLE IF NOT EXISTS inflight(
                     key TEXT NOT NULL, entry TEXT NOT NULL, started REAL NOT NULL,
                     PRIMARY KEY(key, entry));
-            """)
+            """))
 
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL takes the file exclusively and does not wait (no busy handler):
+            # workers starting together on a new store got "database is locked" and did not
+            # boot. Once the file is in WAL mode (it stays so) there is nothing to switch.
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                _when_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db, self._local.pid = db, os.getpid()
         return db
@@ -353,6 +357,18 @@ class RedisSessionStore(SessionStore):
 
     def close(self):
         self.r.close()
+
+
+def _when_unlocked(step, seconds: float = 10.0):
+    """``step()``, tried again while SQLite says the database is locked (up to ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + secrets.randbelow(50) / 1000)
 
 
 def _private_file(path: str) -> None:
