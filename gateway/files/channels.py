@@ -403,8 +403,8 @@ class S3Channel(Channel):
         params = {"Bucket": self.bucket, "Key": key}
         if method == "put_object":
             params["IfNoneMatch"] = "*"           # commands.PUT_ONCE: first write wins
-        return self.s3.generate_presigned_url(method, Params=params,
-                                              ExpiresIn=int(self.transfer_timeout) + 60)
+        return self.s3.generate_presigned_url(method, Params=params,      # SigV4: 7 days at most
+                                              ExpiresIn=min(int(self.transfer_timeout) + 60, 604800))
 
     def _delete(self, key: str) -> None:
         try:

@@ -76,7 +76,8 @@ class VisOptions(Schema):
         if data["display_min"] > data["display_max"]:
             raise ValidationError("display_min must not exceed display_max", "display_min")
         if data["websocket"] == "direct" and data["listen"] != "hostname" and \
-                ipaddress.IPv4Address(data["listen"]).is_loopback:
+                (ipaddress.IPv4Address(data["listen"]).is_loopback
+                 or ipaddress.IPv4Address(data["listen"]).is_unspecified):
             # The browser would connect to 127.0.0.1 on the user's own machine (plain ws://),
             # and whatever listens there would get the desktop's VNC authentication.
             raise ValidationError("websocket: direct needs listen: hostname or an address browsers "

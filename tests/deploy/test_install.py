@@ -199,3 +199,18 @@ def test_a_work_dir_named_by_the_configuration_is_made_for_the_service(prefix_di
             _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
         if as_root:
             subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_the_unit_implies_no_new_privileges_nowhere():
+    """run_as: sudo runs the setuid sudo: NoNewPrivileges, and every setting systemd turns it
+    on with for a service that is not root (ProtectKernel*, ProtectClock, LockPersonality,
+    RestrictRealtime, SystemCallArchitectures...), would make every sudo fail."""
+    unit = (Path(__file__).resolve().parents[2] / "deploy" / "hpc-gateway.service").read_text()
+    keys = {line.split("=", 1)[0].strip() for line in unit.splitlines()
+            if "=" in line and not line.lstrip().startswith("#")}
+    implying = {"NoNewPrivileges", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                "ProtectClock", "ProtectHostname", "LockPersonality", "RestrictRealtime", "RestrictSUIDSGID",
+                "RestrictNamespaces", "RestrictAddressFamilies", "MemoryDenyWriteExecute",
+                "SystemCallArchitectures", "SystemCallFilter", "PrivateDevices"}
+    assert not keys & implying, keys & implying
+    assert "ProtectSystem" in keys

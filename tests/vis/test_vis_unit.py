@@ -158,6 +158,7 @@ def test_every_value_is_url_encoded():
     {"listen": "node1"}, {"listen": "::1"}, {"port_min": 7000, "port_max": 6999}, {"port_min": 80},
     {"display_min": 50, "display_max": 10}, {"geometry": "huge"}, {"geometry": "100x100"},
     {"websocket": "tunnel"}, {"websocket": "direct"}, {"websocket": "direct", "listen": "127.0.1.1"},
+    {"websocket": "direct", "listen": "0.0.0.0"},
     {"public_url": "ftp://x"}, {"public_url": "https://x/sub/path"},
     {"novnc_path": "novnc/vnc.html"}, {"unknown_key": 1},
 ])

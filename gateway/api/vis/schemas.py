@@ -39,9 +39,9 @@ class VisSubmitResultSchema(Schema):
 class VisUrlSchema(Schema):
     url = fields.String(required=True, metadata={
         "description": "the noVNC address, relative to the NGINX server that serves /novnc/",
-        "example": "/novnc/vnc.html?autoconnect=true&host=hpc.example.org&port=443&password=Ab3dE6gH"
+        "example": "/novnc/vnc.html?autoconnect=true&host=hpc.example.org&port=443"
                    "&resize=remote&quality=9&compression=5&exec=node1&sid=10"
-                   "&path=novnc-ws%2F10.1.0.21%2F6105&encrypt=1"})
+                   "&path=novnc-ws%2F10.1.0.21%2F6105&encrypt=1#password=Ab3dE6gH"})
 
 
 class VisUrlResultSchema(Schema):

@@ -552,8 +552,12 @@ def parse_sinfo_json(text: str) -> list[Host]:
     errors = json_errors(doc)
     if errors:
         raise SchedulerUnavailable("sinfo failed: " + "; ".join(errors))
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        # Newer releases nest it ({"sinfo": [...]}): an empty host list would say no host exists.
+        raise SchedulerRefused("sinfo --json printed a layout this plugin does not read (no 'nodes' "
+                               "list); set json: \"no\"")
     hosts = []
-    for n in doc.get("nodes") or []:
+    for n in doc["nodes"]:
         try:
             state = n.get("state") or ""
             flags = list(n.get("state_flags") or [])

@@ -872,7 +872,9 @@ class SlurmScheduler:
 
     @hookimpl
     def list_hosts(self):
-        if self._use_json():
+        # The operator's json choice (not the squeue one run_as: service forces): sinfo's
+        # --json layout differs again on newer Slurm.
+        if not self._json_forced and self._use_json():
             hosts = parse.parse_sinfo_json(self._service(commands.sinfo_json()).out)
         else:
             hosts = parse.parse_nodes_oneliner(self._service(commands.show_nodes()).out)

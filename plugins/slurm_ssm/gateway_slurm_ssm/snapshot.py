@@ -372,18 +372,18 @@ class SharedSnapshot:
 
     def _merge(self, records: list[Record], prev: Mapping[str, Record], now: float) -> list[Record]:
         """The fresh records plus finished jobs that have since left squeue. A carried job
-        never hides a fresh one: one whose display id or array a fresh record has (Slurm
-        reused the ids: a state reset, MaxJobId reached) is dropped, not carried."""
+        never hides a fresh one: one whose display id a fresh record has (Slurm reused the
+        ids: a state reset, MaxJobId reached) is dropped, not carried. (A finished task of
+        an array still running is carried as any job.)"""
         seen = {extra.get("id") for _, extra in records}
         shown = {job.job_id for job, _ in records}
-        arrays = {extra.get("array_job_id") for _, extra in records} - {None}
         carried = []
         horizon = now - self.retention
         for rec_id in prev:
             if rec_id in seen:
                 continue
             job, extra = prev[rec_id]
-            if job.job_id in shown or extra.get("array_job_id") in arrays:
+            if job.job_id in shown:
                 continue
             if not job.state.is_final:
                 continue

@@ -264,6 +264,8 @@ def test_sinfo_json_node_states_as_lists_are_read_and_odd_layouts_are_a_502():
     doc["nodes"][0]["state"] = {"odd": 1}
     with pytest.raises(SchedulerRefused, match="layout"):
         parse.parse_sinfo_json(json.dumps(doc))
+    with pytest.raises(SchedulerRefused, match="no 'nodes'"):            # 24.11: {"sinfo": [...]}
+        parse.parse_sinfo_json(json.dumps({"sinfo": [{"nodes": {"nodes": ["vm"]}}], "errors": []}))
 
 
 @pytest.mark.parametrize("fixture,state,open_,active", [

@@ -721,6 +721,17 @@ def test_a_ping_that_sees_the_controller_back_ends_the_down_hold_at_once(make, a
     assert not sched._controller_down
 
 
+def test_service_mode_hosts_follow_the_operators_json_choice(make):
+    """run_as: service reads squeue --json whatever json says; sinfo, whose --json layout
+    changes again on newer Slurm, keeps the operator's "no" (scontrol show node)."""
+    sched, t = make(run_as="service", service_user="gwbob", json="no")
+    t.answer(["squeue", "--json"], fx("service_squeue_json"))
+    t.answer(["scontrol", "--oneliner", "show", "node"], fx("scontrol_show_node"))
+    [host] = sched.list_hosts()
+    assert host.name == "vm"
+    assert not t.argvs("sinfo") and t.argvs("scontrol")[0]["argv"][:3] == ["scontrol", "--oneliner", "show"]
+
+
 def test_hosts_queues_users_cluster(make):
     sched, t = make(run_as="sudo", admin_run_as="slurmop")
     [host] = sched.list_hosts()

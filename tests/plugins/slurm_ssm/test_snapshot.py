@@ -171,17 +171,22 @@ def test_a_carried_finished_job_never_hides_a_live_one_with_its_id(tmp_path):
     old_job, old_extra = rec("36_4", JobState.COMPLETED, end=now, exit_code=0, user_name="bob")
     old_extra.update(id="40", array_job_id="36", array_task_id="4")
     gone, gone_extra = rec("7", JobState.COMPLETED, end=now, exit_code=0)
-    fetch = CountingFetch(tmp_path / "runs", [(old_job, old_extra), (gone, gone_extra)])
+    done_task, done_extra = rec("50_1", JobState.COMPLETED, end=now, exit_code=0)
+    done_extra.update(id="51", array_job_id="50", array_task_id="1")
+    fetch = CountingFetch(tmp_path / "runs", [(old_job, old_extra), (gone, gone_extra), (done_task, done_extra)])
     snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch, retention=86400, keep=100)
     snap.get()
     new_job, new_extra = rec("36_4", JobState.RUNNING, user_name="alice")
     new_extra.update(id="45", array_job_id="36", array_task_id="4")
-    fetch.records = [(new_job, new_extra)]
+    running_task, running_extra = rec("50_2", JobState.RUNNING)
+    running_extra.update(id="52", array_job_id="50", array_task_id="2")
+    fetch.records = [(new_job, new_extra), (running_task, running_extra)]
     snap.invalidate()
     view = snap.get()
     assert view.by_display["36_4"][0].user_name == "alice"
     assert [j.user_name for j, _ in view.arrays["36"]] == ["alice"]
-    assert set(view.by_display) == {"36_4", "7"}           # job 7 is carried as before
+    # Job 7, and a finished task of an array still running, are carried as before.
+    assert set(view.by_display) == {"36_4", "7", "50_1", "50_2"}
 
 
 def test_a_snapshot_from_the_future_is_not_fresh(tmp_path):
