@@ -402,7 +402,7 @@ class S3Channel(Channel):
         free, and a staged upload is deleted as soon as its command ends."""
         params = {"Bucket": self.bucket, "Key": key}
         if method == "put_object":
-            params["IfNoneMatch"] = "*"           # commands.PUT_ONCE: first write wins
+            params.update(commands.PUT_ONCE_PARAMS)          # first write wins
         return self.s3.generate_presigned_url(method, Params=params,      # SigV4: 7 days at most
                                               ExpiresIn=min(int(self.transfer_timeout) + 60, 604800))
 

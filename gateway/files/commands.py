@@ -150,6 +150,7 @@ def curl_put(path: str, timeout: float) -> list[str]:
 # which SSM's command history shows: whoever reads it there can at most make our PUT fail
 # by putting first, never replace what we put.
 PUT_ONCE = "If-None-Match: *"
+PUT_ONCE_PARAMS = {"IfNoneMatch": "*"}      # the same, in boto3's put_object Params
 
 
 def curl_config(url: str, headers: Iterable[str] = ()) -> bytes:

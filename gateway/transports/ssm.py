@@ -357,9 +357,9 @@ class SsmTransport(Transport):
             private_key = self._private_key()
             try:
                 # Valid only while the script may run (executionTimeout is timeout + 5 s).
+                from ..files.commands import PUT_ONCE_PARAMS       # signed: see build_script
                 put_url = self._client("s3").generate_presigned_url(
-                    "put_object", Params={"Bucket": self.output_bucket, "Key": private_key,
-                                          "IfNoneMatch": "*"},      # signed: see build_script
+                    "put_object", Params={"Bucket": self.output_bucket, "Key": private_key, **PUT_ONCE_PARAMS},
                     ExpiresIn=self._put_expiry(timeout))
             except BotoCoreError as exc:                  # no credentials
                 raise SchedulerUnavailable(f"cannot sign an S3 URL for the output: {exc}") from exc

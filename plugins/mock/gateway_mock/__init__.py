@@ -32,7 +32,7 @@ from gateway.models import (ClusterInfo, Health, Host, Job, JobOutput, JobState,
                             expand_home)
 
 from . import db as jobdb
-from .dispatch import FINAL, dispatch, reap_lost
+from .dispatch import FINAL, dependency_jobs, dispatch, reap_lost
 from .runner import KILL_GRACE
 
 log = logging.getLogger(__name__)
@@ -143,14 +143,9 @@ class MockScheduler:
         know is refused, not taken as satisfied (the job would start at once)."""
         if not dependency:
             return
-        unknown = []
-        for clause in dependency.replace("?", ",").split(","):
-            kind, *ids = clause.split(":")
-            for jid in ids if kind != "singleton" else []:
-                number = jid.split("_")[0].split("+")[0]
-                if not number.isdigit() or self.db.execute("SELECT 1 FROM jobs WHERE id=?",
-                                                           (int(number),)).fetchone() is None:
-                    unknown.append(jid)
+        unknown = [jid for _, jid, number in dependency_jobs(dependency)
+                   if not number.isdigit()
+                   or self.db.execute("SELECT 1 FROM jobs WHERE id=?", (int(number),)).fetchone() is None]
         if unknown:
             raise InvalidInput(f"Job dependency problem: no such job {', '.join(unknown)}",
                                errors={"dependency": [f"no such job: {', '.join(unknown)}"]})

@@ -20,31 +20,38 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
-def _dependency_ready(db, dependency: str | None) -> bool | None:
-    """True when satisfied, False while waiting, None when it can never be satisfied."""
-    if not dependency:
-        return True
+def dependency_jobs(dependency: str):
+    """(kind, job id as written, its job number) for each job a dependency names
+    (``afterok:12:13_2?afterany:14+1``; singleton names none)."""
     for clause in dependency.replace("?", ",").split(","):
         kind, *ids = clause.split(":")
         if kind == "singleton":
             continue
         for jid in ids:
-            row = db.execute("SELECT state FROM jobs WHERE id=?", (int(jid.split("_")[0].split("+")[0]),)).fetchone()
-            state = row["state"] if row else "COMPLETED"     # unknown (purged) jobs count as done
-            if kind == "after" and state in ("PENDING", "HELD"):
+            yield kind, jid, jid.split("_")[0].split("+")[0]
+
+
+def _dependency_ready(db, dependency: str | None) -> bool | None:
+    """True when satisfied, False while waiting, None when it can never be satisfied."""
+    if not dependency:
+        return True
+    for kind, _, number in dependency_jobs(dependency):
+        row = db.execute("SELECT state FROM jobs WHERE id=?", (int(number),)).fetchone()
+        state = row["state"] if row else "COMPLETED"     # unknown (purged) jobs count as done
+        if kind == "after" and state in ("PENDING", "HELD"):
+            return False
+        if kind == "afterany" and state not in FINAL:
+            return False
+        if kind == "afterok":
+            if state in ("FAILED", "CANCELLED"):
+                return None
+            if state != "COMPLETED":
                 return False
-            if kind == "afterany" and state not in FINAL:
+        if kind == "afternotok":
+            if state == "COMPLETED":
+                return None
+            if state not in FINAL:
                 return False
-            if kind == "afterok":
-                if state in ("FAILED", "CANCELLED"):
-                    return None
-                if state != "COMPLETED":
-                    return False
-            if kind == "afternotok":
-                if state == "COMPLETED":
-                    return None
-                if state not in FINAL:
-                    return False
     return True
 
 
