@@ -29,7 +29,10 @@ from .turns import NO_TURNS, Turns
 log = logging.getLogger("gateway")
 
 # Endpoints that need no token: logging in, health, the docs, metrics.
-PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "swagger", "metrics", "static"}
+# vis.WebsocketCheck is NGINX's auth_request for a desktop's websocket: it checks the ticket
+# in the websocket's path (a browser's websocket carries no Authorization header).
+PUBLIC_ENDPOINTS = {"auth.Login", "auth.Logout", "system.Health", "swagger", "metrics", "static",
+                    "vis.WebsocketCheck"}
 PUBLIC_PREFIXES = ("api-docs.",)
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _AUTH_ENDPOINTS = frozenset({"auth.Login", "auth.Logout"})
@@ -46,6 +49,7 @@ class GatewayState:
     authenticator: Authenticator
     metrics: Metrics
     turns: Turns = field(default_factory=lambda: NO_TURNS)
+    secret: bytes = field(default=b"", repr=False)     # signs tokens and vis websocket tickets
 
     def is_admin(self, identity: Identity | str) -> bool:
         if isinstance(identity, str):
@@ -306,13 +310,14 @@ def create_app(config: dict | str | None = None) -> Flask:
     scheduler = load_scheduler(cfg["scheduler"]["backend"], cfg["scheduler"]["options"], cfg["work_dir"])
     store = open_store(cfg["session_store"])
     authenticator = load_authenticator(cfg["auth"])
-    tokens = TokenManager(load_or_create_secret(cfg["secret_file"]), store, cfg["timeout"],
+    secret = load_or_create_secret(cfg["secret_file"])
+    tokens = TokenManager(secret, store, cfg["timeout"],
                           cfg["token_max_age_hours"], stamp=authenticator.stamp)
     _first_start(cfg, authenticator)
     from . import __version__
     state = GatewayState(cfg, scheduler, store, tokens, authenticator,
                          Metrics(tokens=tokens, scheduler=scheduler.name, version=__version__),
-                         Turns(cfg["running_threads"]))
+                         Turns(cfg["running_threads"]), secret)
     app.extensions["hpc_gateway"] = state
 
     api = GatewayApi(app)
@@ -481,7 +486,7 @@ def _mark_public(api: Api) -> None:
     """Public operations carry an empty security requirement in the OpenAPI document."""
     paths = api.spec._paths
     for path, ops in paths.items():
-        if path.endswith(("/login", "/health")):
+        if path.endswith(("/login", "/health", "/vis/websocket-check")):
             for op in ops.values():
                 if isinstance(op, dict):
                     op["security"] = []

@@ -42,8 +42,8 @@ class VisOptions(Schema):
                           metadata={"description": "queue for vis jobs when the request names none"})
     time_limit_minutes = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
     websocket = fields.String(load_default="proxy", validate=validate.OneOf(["proxy", "direct"]), metadata={
-        "description": "proxy: the browser's websocket goes through NGINX (/novnc-ws/<host>/<port>); "
-                       "direct: to websockify on the execution host (the seed's way)"})
+        "description": "proxy: the browser's websocket goes through NGINX (/novnc-ws/<host>/<port>/<ticket>, "
+                       "the ticket checked by the gateway); direct: to websockify on the execution host (the seed's way)"})
     proxy_path = fields.String(load_default="novnc-ws", validate=validate.Regexp(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"))
     novnc_path = fields.String(load_default="/novnc/vnc.html", validate=validate.Regexp(r"^/[A-Za-z0-9._~/-]*$"))
     public_url = fields.String(load_default=None, allow_none=True, metadata={

@@ -12,6 +12,8 @@ import json
 import re
 from urllib.parse import quote, urlsplit
 
+from itsdangerous import BadSignature, URLSafeSerializer
+
 from ..models import VisSession
 
 SESSION_DIR = "~/.hpc-gateway/vis"
@@ -57,14 +59,54 @@ def _url_host(host: str) -> str:
         return host
 
 
-def vis_url(session: VisSession, options: dict, request_url: str | None = None) -> str:
+class WebsocketTickets:
+    """The ticket in a proxied session's websocket path: NGINX lets a websocket through to
+    websockify only once the gateway has checked it (``auth_request``, GET /vis/websocket-check).
+
+    A ticket is signed with the gateway's secret (every replica shares it) and names the
+    owner, the job and websockify's address and port: it opens that one desktop's websocket,
+    and only while its job runs (the check asks the scheduler). It has no expiry of its own
+    (the job's end is its end), so the address stays the same for the session's life and a
+    reloaded page reconnects. Without it, NGINX would hand anyone who reaches it a websocket
+    to any desktop (its VNC password the only lock) and a websockify process per connection.
+    """
+
+    SALT = "hpc-gateway-vis-websocket"
+    MAX_CHARS = 400
+
+    def __init__(self, secret: bytes):
+        self._serializer = URLSafeSerializer(secret, salt=self.SALT)
+
+    def issue(self, user: str, job_id: str, address: str, port: int) -> str:
+        return self._serializer.dumps([user, str(job_id), address, int(port)])
+
+    def check(self, ticket: str, address: str, port: int) -> tuple[str, str] | None:
+        """(owner, job id) of a genuine ticket for this address and port; None otherwise."""
+        if not ticket or len(ticket) > self.MAX_CHARS:
+            return None
+        try:
+            data = self._serializer.loads(ticket)
+        except BadSignature:
+            return None
+        if not (isinstance(data, list) and len(data) == 4 and all(isinstance(v, str) for v in data[:3])
+                and isinstance(data[3], int)):
+            return None
+        user, job_id, signed_address, signed_port = data
+        if signed_address != address or signed_port != port:
+            return None
+        return user, job_id
+
+
+def vis_url(session: VisSession, options: dict, request_url: str | None = None,
+            ticket: str | None = None) -> str:
     """The noVNC address of a session, in the seed's form but for the password, which goes
     in the fragment (``#password=...``).
 
     ``websocket: direct``: host and port are websockify's on the execution host (the seed's
     way; the browser must reach that host). ``proxy`` (default): host and port are NGINX's
     (``public_url``, else the scheme/host/port the client used for this request), and ``path``
-    routes the websocket through NGINX's /novnc-ws/<address>/<port> to websockify.
+    routes the websocket through NGINX's /novnc-ws/<address>/<port>/<ticket> to websockify
+    (``ticket``: WebsocketTickets.issue's, which NGINX has the gateway check).
     """
     extra = []
     if options["websocket"] == "direct":
@@ -74,7 +116,8 @@ def vis_url(session: VisSession, options: dict, request_url: str | None = None) 
         secure = front.scheme == "https"
         host = _url_host(front.hostname or "localhost")
         port = front.port or (443 if secure else 80)
-        extra = [("path", f"{options['proxy_path']}/{session.host}/{session.port}"),
+        path = f"{options['proxy_path']}/{session.host}/{session.port}" + (f"/{ticket}" if ticket else "")
+        extra = [("path", path),
                  ("encrypt", "1" if secure else "0")]
     params = [("autoconnect", "true"), ("host", host), ("port", str(port)),
               ("resize", "remote"), ("quality", "9"), ("compression", "5"),

@@ -96,6 +96,21 @@ def test_a_session_from_pending_to_gone(vis_world):
     url = ready_url(alice, job_id)
     q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert q["host"] == "localhost" and q["port"] == "80" and q["encrypt"] == "0"   # the test client's Host
+    # The websocket's path carries a ticket, which NGINX has the gateway check (no login: a
+    # browser's websocket has no Authorization header).
+    prefix, address, port, ticket = q["path"].split("/")
+    assert prefix == "novnc-ws" and ticket
+    anonymous = ApiClient(c["app"])
+    check = {"address": address, "port": port, "ticket": ticket}
+    assert anonymous.get("/vis/websocket-check", params=check).status == 204
+    assert ready_url(alice, job_id) == url                          # the same ticket every time
+    for bad in ({"port": str(int(port) + 1)}, {"address": "10.9.9.9"}, {"ticket": ticket[:-2]},
+                {"ticket": ticket.replace(".", ".x", 1)}):
+        r = anonymous.get("/vis/websocket-check", params={**check, **bad})
+        assert r.status == 403 and "ticket" in r.msg, (bad, r.body)
+    for missing in check:
+        r = anonymous.get("/vis/websocket-check", params={k: v for k, v in check.items() if k != missing})
+        assert r.status == 422 and missing in str(r.body["errors"]), r.body
     # Behind a proxy (trusted_proxies: 1): the address names the proxy the browser used.
     r = alice.get(f"/vis/url/{job_id}", headers={"X-Forwarded-Host": "hpc.example.org:8443",
                                                  "X-Forwarded-Proto": "https"})
@@ -114,6 +129,9 @@ def test_a_session_from_pending_to_gone(vis_world):
     for path in (f"/vis/url/{job_id}", f"/vis/{job_id}"):
         r = alice.get(path)
         assert r.status == 410 and "has ended (CANCELLED" in r.msg, r.body
+    # The ticket ends with its job: a port another desktop takes next is not open to it.
+    r = anonymous.get("/vis/websocket-check", params=check)
+    assert r.status == 403 and "not running" in r.msg, r.body
 
 
 def test_not_a_vis_job_or_no_job(vis_world):
@@ -177,8 +195,10 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     assert r.headers["Cache-Control"] == "no-store"           # it carries the desktop's password
     url = urlsplit(r.body["data"]["visurl"]["url"])
     q = {k: v[0] for k, v in parse_qs(url.query).items()}
-    assert q["path"] == "novnc-ws/10.9.8.7/6150" and q["sid"] == "33" and q["exec"] == "n7"
+    assert q["path"].startswith("novnc-ws/10.9.8.7/6150/") and q["sid"] == "33" and q["exec"] == "n7"
     assert url.fragment == "password=Ab3dE6gH" and "password" not in q
+    check = {"address": "10.9.8.7", "port": "6150", "ticket": q["path"].rsplit("/", 1)[1]}
+    assert ApiClient(app).get("/vis/websocket-check", params=check).status == 204
     alice.post(f"/jobs/{job_id}/kill")
 
 
@@ -191,6 +211,8 @@ def test_openapi_documents_the_vis_routes(vis_world):
         responses = paths[path]["get"]["responses"]
         for code in ("200", "403", "404", "409", "410"):
             assert code in responses, (path, code)
+    check = paths["/aip/v9.2/vis/websocket-check"]["get"]
+    assert check["security"] == [] and {"204", "403", "422"} <= set(check["responses"])
 
 
 def test_get_on_the_submit_route_is_405_not_a_job_lookup(vis_world):

@@ -81,7 +81,7 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     # reads first.
     assert "password" not in q and re.fullmatch(r"password=[A-Za-z0-9]{8}", parts.fragment), url
     q["password"] = [parts.fragment.split("=", 1)[1]]
-    assert re.fullmatch(r"novnc-ws/127\.0\.0\.1/61\d\d", q["path"][0])
+    assert re.fullmatch(r"novnc-ws/127\.0\.0\.1/61\d\d/[A-Za-z0-9_.-]+", q["path"][0])
     assert q["sid"][0].isdigit() and q["exec"][0]
     assert "novnc-ws%2F127.0.0.1%2F" in url          # encoded
     password, display = q["password"][0], int(q["sid"][0])
@@ -125,7 +125,15 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     import requests
     assert requests.get(s.front_url + "/novnc-ws/10.0.0.1/6100", timeout=10).status_code == 403
     assert requests.get(s.front_url + "/novnc-ws/127.0.0.1/22", timeout=10).status_code == 403
-    _novnc_route_carries_websockets_only(s.front_url)
+    # ... and only with the ticket the gateway gave the desktop's owner: without it, with a
+    # changed one or with another desktop's, no websocket (the VNC password is not the only lock).
+    ticket = q["path"][0].rsplit("/", 1)[1]
+    desktop = ws.rsplit("/", 1)[0]
+    other_port = 6100 + (session["port"] - 6100 + 1) % 100
+    for bad in (desktop, f"{desktop}/{ticket[:-1]}x", f"{ws.rsplit('/', 2)[0]}/{other_port}/{ticket}"):
+        assert _upgrade_status(bad) == 403, bad
+    assert _upgrade_status(ws) == 101
+    _novnc_route_carries_websockets_only(s, job_id)
 
     # The desktop in the browser.
     with chromium(tmp_path) as browser:
@@ -185,14 +193,29 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     assert not os.path.exists(f"/tmp/.X11-unix/X{display}")
     r = s.alice.get(f"/vis/url/{job_id}")
     assert r.status == 410, r.body
+    # Its ticket ended with it: the port is free for another desktop, not open to this one's.
+    assert _upgrade_status(ws) == 403
     print(f"[{s.backend}] killed: processes gone {gone_s:.1f} s after the kill request")
 
 
-def _novnc_route_carries_websockets_only(front_url):
-    """Any user's job may listen on a port of the vis range. A page, script or service worker
-    it served through /novnc-ws/ would run with the gateway's origin (where the desktops'
-    addresses and the API's tokens live): NGINX refuses anything but a websocket upgrade,
-    and what answers one is sandboxed and may not widen a service worker's scope."""
+def _upgrade_status(ws_address: str) -> int:
+    """The status NGINX answers a websocket handshake to this address with."""
+    import base64
+
+    import requests
+    url = ws_address.replace("ws://", "http://", 1)
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Protocol": "binary"}
+    with requests.get(url, headers=headers, timeout=10, stream=True) as r:
+        return r.status_code
+
+
+def _novnc_route_carries_websockets_only(s, job_id):
+    """Any user's job may listen on a port of the vis range (a desktop's owner holds a ticket
+    for its port). A page, script or service worker it served through /novnc-ws/ would run
+    with the gateway's origin (where the desktops' addresses and the API's tokens live): NGINX
+    refuses anything but a websocket upgrade, and what answers one is sandboxed and may not
+    widen a service worker's scope."""
     import http.server
     import threading
 
@@ -219,7 +242,9 @@ def _novnc_route_carries_websockets_only(front_url):
             continue
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"{front_url}/novnc-ws/127.0.0.1/{port}"
+        # A ticket for this port, as the gateway would sign it for alice's running desktop.
+        ticket = s.app.extensions["hpc_gateway_vis_tickets"].issue(s.users["alice"], job_id, "127.0.0.1", port)
+        url = f"{s.front_url}/novnc-ws/127.0.0.1/{port}/{ticket}"
         plain = requests.get(url, timeout=10)
         assert plain.status_code == 403 and b"steal" not in plain.content
         upgrade = requests.get(url, headers={"Upgrade": "websocket", "Connection": "Upgrade"}, timeout=10)

@@ -13,6 +13,7 @@ from gateway.models import Job, JobState, User, VisSession
 from gateway.vis import (is_vis_job, launcher_script, load_vis_options, parse_session, read_vis_session,
                          session_path, submit_hook, vis_job_spec, vis_url)
 from gateway.vis.launcher import job_name
+from gateway.vis.session import WebsocketTickets
 
 OPTS = load_vis_options({})
 NASTY = [
@@ -129,6 +130,36 @@ def test_url_through_nginx_from_the_request():
     assert raw == ("autoconnect=true&host=gw.example.org&port=8080&resize=remote&quality=9"
                    "&compression=5&exec=node1&sid=10&path=novnc-ws%2F10.1.0.21%2F6105&encrypt=0")
     assert q["path"] == "novnc-ws/10.1.0.21/6105"
+
+
+def test_url_through_nginx_carries_the_websocket_ticket_in_its_path():
+    raw, q = _query(vis_url(SESSION, OPTS, "http://gw/", ticket="WyJh.Ig_x-Y"))
+    assert "path=novnc-ws%2F10.1.0.21%2F6105%2FWyJh.Ig_x-Y&" in raw
+    assert q["path"] == "novnc-ws/10.1.0.21/6105/WyJh.Ig_x-Y"
+
+
+def test_a_websocket_ticket_opens_one_desktop_and_only_its_own_gateways():
+    tickets = WebsocketTickets(b"k" * 32)
+    ticket = tickets.issue("alice", "42", "10.1.0.21", 6105)
+    assert tickets.check(ticket, "10.1.0.21", 6105) == ("alice", "42")
+    # The same ticket is issued every time (a reloaded page reconnects), in path-safe characters.
+    assert tickets.issue("alice", "42", "10.1.0.21", 6105) == ticket
+    assert set(ticket) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+    assert len(ticket) <= WebsocketTickets.MAX_CHARS
+    # Another desktop (address, port), another secret, a changed or cut ticket: refused.
+    assert tickets.check(ticket, "10.1.0.22", 6105) is None
+    assert tickets.check(ticket, "10.1.0.21", 6106) is None
+    assert WebsocketTickets(b"x" * 32).check(ticket, "10.1.0.21", 6105) is None
+    assert tickets.check(ticket[:-1], "10.1.0.21", 6105) is None
+    sig = ticket.rsplit(".", 1)[1]
+    forged = WebsocketTickets(b"x" * 32).issue("bob", "42", "10.1.0.21", 6105)
+    assert tickets.check(forged.rsplit(".", 1)[0] + "." + sig, "10.1.0.21", 6105) is None
+    assert tickets.check("", "10.1.0.21", 6105) is None
+    assert tickets.check("a" * 401, "10.1.0.21", 6105) is None
+    # A session token (signed with the same secret, another salt) is no ticket.
+    from itsdangerous import URLSafeSerializer
+    other = URLSafeSerializer(b"k" * 32, salt="hpc-gateway-session").dumps(["alice", "42", "10.1.0.21", 6105])
+    assert tickets.check(other, "10.1.0.21", 6105) is None
 
 
 def test_url_through_nginx_https_and_public_url():

@@ -28,6 +28,14 @@ class VisSubmitSchema(Schema):
                                       validate=validate.Range(min=1, max=10 * 525600))
 
 
+class WebsocketCheckQuerySchema(Schema):
+    """What NGINX's auth_request sends: the pieces of /novnc-ws/<address>/<port>/<ticket>."""
+
+    address = fields.String(required=True, validate=validate.Length(min=1, max=253))
+    port = fields.Integer(required=True, validate=validate.Range(min=1, max=65535))
+    ticket = fields.String(required=True, validate=validate.Length(min=1, max=400))
+
+
 class VisJobIdSchema(Schema):
     jobId = fields.String(attribute="job_id", required=True)
 
@@ -41,7 +49,8 @@ class VisUrlSchema(Schema):
         "description": "the noVNC address, relative to the NGINX server that serves /novnc/",
         "example": "/novnc/vnc.html?autoconnect=true&host=hpc.example.org&port=443"
                    "&resize=remote&quality=9&compression=5&exec=node1&sid=10"
-                   "&path=novnc-ws%2F10.1.0.21%2F6105&encrypt=1#password=Ab3dE6gH"})
+                   "&path=novnc-ws%2F10.1.0.21%2F6105%2FWyJhbGljZSIsIjEwIiwiMTAuMS4wLjIxIiw2MTA1XQ"
+                   ".mX-Qc7yOG6K2ai2mGsN14pTIxig&encrypt=1#password=Ab3dE6gH"})
 
 
 class VisUrlResultSchema(Schema):

@@ -1,21 +1,25 @@
 """Visualization jobs: start a VNC desktop as a job, get its noVNC address."""
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from werkzeug.exceptions import MethodNotAllowed
 
 from ...errors import Conflict, Forbidden, GatewayError, NotFound
-from ...models import FINAL_STATES, JobState
+from ...auth import unix_uid
+from ...models import FINAL_STATES, JobState, User
 from ...vis import is_vis_job, load_vis_options, read_vis_session, submit_hook, vis_job_spec, vis_url
+from ...vis.session import WebsocketTickets
 from ..common import Blueprint, current_user, document_errors, ErrorEnvelope, gw, ok
 from ..jobs.views import IDEMPOTENCY_KEY_PARAMETER, fetch_job, submit_with_idempotency
-from .schemas import VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope
+from .schemas import (VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope,
+                      WebsocketCheckQuerySchema)
 
 blp = Blueprint("vis", __name__, url_prefix="/vis",
                 description="Visualization jobs: VNC desktops run as jobs and opened in the browser with noVNC")
 
 OPTIONS_KEY = "hpc_gateway_vis"
+TICKETS_KEY = "hpc_gateway_vis_tickets"
 RETRY_AFTER = "2"
 
 
@@ -29,11 +33,22 @@ class Gone(GatewayError):
 def _load_options(setup_state):
     # At registration, inside create_app: an invalid `vis` section fails the start-up.
     app = setup_state.app
-    app.extensions[OPTIONS_KEY] = load_vis_options(app.extensions["hpc_gateway"].config)
+    state = app.extensions["hpc_gateway"]
+    app.extensions[OPTIONS_KEY] = load_vis_options(state.config)
+    app.extensions[TICKETS_KEY] = WebsocketTickets(state.secret)
 
 
 def _options() -> dict:
     return current_app.extensions[OPTIONS_KEY]
+
+
+def _url(job, session) -> str:
+    """The session's noVNC address; through NGINX, its websocket path carries a ticket."""
+    options = _options()
+    ticket = None
+    if options["websocket"] == "proxy":
+        ticket = current_app.extensions[TICKETS_KEY].issue(job.user_name, job.job_id, session.host, session.port)
+    return vis_url(session, options, request.host_url, ticket)
 
 
 def _session(job_id: str):
@@ -96,8 +111,8 @@ class VisUrl(MethodView):
 
         409 (with Retry-After) while the job waits or its desktop starts; 410 once it has
         ended. Join the address to the NGINX server that serves /novnc/."""
-        _job, session = _session(job_id)
-        return ok({"visurl": {"url": vis_url(session, _options(), request.host_url)}})
+        job, session = _session(job_id)
+        return ok({"visurl": {"url": _url(job, session)}})
 
 
 @blp.route("/<job_id>")
@@ -113,6 +128,32 @@ class VisDetail(MethodView):
             # /vis/submit is POST only; Werkzeug falls through to this rule for a GET.
             raise MethodNotAllowed(valid_methods=["POST"])
         job, session = _session(job_id)
-        return ok({"visurl": {"url": vis_url(session, _options(), request.host_url)},
+        return ok({"visurl": {"url": _url(job, session)},
                    "vis": {"job_id": job.job_id, "state": job.state, "native_state": job.native_state,
                            "exec_host": session.exec_host, "display": session.display}})
+
+
+@blp.route("/websocket-check")
+class WebsocketCheck(MethodView):
+    @blp.arguments(WebsocketCheckQuerySchema, location="query")
+    @blp.response(204)
+    @document_errors(blp, 403, 422, 502, 503, 504)
+    def get(self, args):
+        """NGINX's check of a desktop's websocket (auth_request; no login)
+
+        deploy/nginx/hpc-gateway-novnc.conf asks this before it proxies
+        /novnc-ws/<address>/<port>/<ticket> to websockify: 204 when the ticket was issued by
+        this gateway (or a replica sharing its secret) for that address and port, and its
+        visualization job is still running; 403 otherwise. Browsers never call it."""
+        found = current_app.extensions[TICKETS_KEY].check(args["ticket"], args["address"], args["port"])
+        if found is None:
+            raise Forbidden("not a ticket for this desktop: ask GET /vis/url/{jobId} for a fresh address")
+        owner, job_id = found
+        user = User(name=owner, is_admin=gw().is_admin(owner), uid=unix_uid(owner))
+        try:
+            job = gw().scheduler.call("get_job", user=user, job_id=job_id)
+        except NotFound:
+            job = None
+        if job is None or job.user_name != owner or not is_vis_job(job.name) or job.state != JobState.RUNNING:
+            raise Forbidden(f"visualization job {job_id} is not running: its desktop is gone")
+        return Response(status=204)
