@@ -48,13 +48,17 @@ DEFAULT_NATIVE_OPTIONS = frozenset("""
 --time-min --tmp --use-min-nodes --wckey
 """.split())
 
-# Of those, the ones sbatch accepts without a value (no argument, or an optional one that
-# getopt only takes after '='). Every other option must come as --name=value: given bare,
+# The options sbatch (22.05) accepts without a value: none, or an optional one that getopt
+# only takes after '='. Measured on Debian's sbatch: `sbatch --NAME --usage </dev/null` prints
+# the usage for exactly these; every other option took "--usage" as its value. Every other
+# option, on the default allow-list or an operator's, must come as --name=value: given bare,
 # sbatch would take the *next* argument as its value (--mail-user swallowing the gateway's
-# --wrap=..., --account the next native option).
+# --wrap=..., --account the next native option, an operator's --container the "--" before
+# the script's path).
 NATIVE_FLAGS = frozenset("""
---contiguous --exclusive --ignore-pbs --nice --no-kill --no-requeue --overcommit --oversubscribe
---propagate --requeue --spread-job --use-min-nodes
+--contiguous --exclusive --get-user-env --hold --ignore-pbs --nice --no-kill --no-requeue
+--overcommit --oversubscribe --parsable --propagate --quiet --reboot --requeue --spread-job
+--test-only --use-min-nodes --verbose --wait
 """.split())
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -244,7 +248,7 @@ def check_native_options(options: Iterable[str], allowed: Iterable[str]) -> list
             bad.append(m.group(1))
             messages.append(f"{m.group(1)}: not an allowed sbatch option")
             continue
-        if m.group(2) is None and m.group(1) in DEFAULT_NATIVE_OPTIONS and m.group(1) not in NATIVE_FLAGS:
+        if m.group(2) is None and m.group(1) not in NATIVE_FLAGS:
             bad.append(opt)
             messages.append(f"{opt}: takes a value, give it as {opt}=VALUE")
             continue

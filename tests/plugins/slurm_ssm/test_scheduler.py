@@ -166,12 +166,15 @@ def test_service_mode_tags_each_submission_and_keeps_the_comment_option(make):
     sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--qos=normal"]))
     argv = t.argvs("sbatch")[-1]["argv"]
     assert argv[-3:] == ["--comment=hpc-gateway:gwalice", "--qos=normal", "--wrap=hostname"]
-    # Before the native options: an operator's option given bare that takes a value
-    # (--container) took the comment as its value when the comment came after it.
+    # An operator's option that takes a value (--container) given bare would take what follows
+    # it as its value (the comment, when that came after it; the --wrap now): refused.
     sched.allowed_native |= {"--container"}
-    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--container"]))
+    with pytest.raises(InvalidInput) as e:
+        sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--container"]))
+    assert e.value.errors["nativeOptions"] == ["--container: takes a value, give it as --container=VALUE"]
+    sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--container=/srv/oci"]))
     argv = t.argvs("sbatch")[-1]["argv"]
-    assert argv.index("--comment=hpc-gateway:gwalice") < argv.index("--container"), argv
+    assert argv.index("--comment=hpc-gateway:gwalice") < argv.index("--container=/srv/oci"), argv
     with pytest.raises(InvalidInput) as e:
         sched.submit_job(user=ALICE, spec=JobSpec(command="hostname", native_options=["--comment=hpc-gateway:bob"]))
     assert "--comment" in e.value.msg
