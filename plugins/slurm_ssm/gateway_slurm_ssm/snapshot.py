@@ -202,6 +202,10 @@ class View:
             raise cls(self.error.get("msg"))
 
 
+# A dirty mark further ahead of the clock than this was set before the clock stepped back.
+DIRTY_FUTURE_SLACK_NS = 1_000_000_000
+
+
 class SharedSnapshot:
     def __init__(self, cache_dir: str, interval: float,
                  fetch: Callable[[Mapping[str, Record], dict | None], list[Record]],
@@ -231,9 +235,21 @@ class SharedSnapshot:
 
     def _dirty_ns(self) -> int:
         try:
-            return os.stat(self.dirty_path).st_mtime_ns
+            mark = os.stat(self.dirty_path).st_mtime_ns
         except FileNotFoundError:
             return 0
+        now_ns = time.time_ns()
+        if mark > now_ns + DIRTY_FUTURE_SLACK_NS:
+            # The clock stepped back after a change was marked: every snapshot taken since is
+            # older than the mark, so none would be fresh (a squeue per read) until the clock
+            # caught up with it. The change lies in the past whatever the clock says: the mark
+            # moves to now (the next read refreshes once, as after any change).
+            try:
+                os.utime(self.dirty_path, ns=(now_ns, now_ns))
+            except OSError:
+                pass
+            return now_ns
+        return mark
 
     def _fresh(self, st, dirty_ns: int, now_ns: int, max_age: float | None) -> bool:
         if st is None or st.st_mtime_ns <= dirty_ns:

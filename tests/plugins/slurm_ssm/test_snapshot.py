@@ -202,6 +202,25 @@ def test_a_snapshot_from_the_future_is_not_fresh(tmp_path):
     assert fetch.runs == 2
 
 
+def test_a_dirty_mark_from_the_future_costs_one_refresh_not_one_per_read(tmp_path):
+    """The clock stepped back after this gateway marked a change: the mark is ahead of every
+    snapshot taken since, which made none fresh (a squeue per read) for as long as the step."""
+    fetch = CountingFetch(tmp_path / "runs", [rec("1")])
+    snap = SharedSnapshot(str(tmp_path / "cache"), 60, fetch)
+    snap.get()
+    snap.invalidate()
+    future = time.time_ns() + 3600 * 10**9
+    os.utime(snap.dirty_path, ns=(future, future))
+    for _ in range(5):
+        snap.get()
+    assert fetch.runs == 2                  # the change is seen once, then the snapshot serves
+    assert os.stat(snap.dirty_path).st_mtime_ns <= time.time_ns()
+    # A mark just set (not ahead by more than the slack) still makes the next read refresh.
+    snap.invalidate()
+    snap.get()
+    assert fetch.runs == 3
+
+
 def test_a_failed_refresh_is_shared_and_keeps_the_previous_jobs(tmp_path):
     now = datetime.now(timezone.utc)
     fetch = CountingFetch(tmp_path / "runs", [rec("1", JobState.COMPLETED, end=now, exit_code=0)])
