@@ -64,10 +64,12 @@ class WebsocketTickets:
     websockify only once the gateway has checked it (``auth_request``, GET /vis/websocket-check).
 
     A ticket is signed with the gateway's secret (every replica shares it) and names the
-    owner, the job and websockify's address and port: it opens that one desktop's websocket,
-    and only while its job runs (the check asks the scheduler). It has no expiry of its own
-    (the job's end is its end), so the address stays the same for the session's life and a
-    reloaded page reconnects. Without it, NGINX would hand anyone who reaches it a websocket
+    owner, the job, the start of the job's run and websockify's address and port: it opens
+    that one desktop's websocket, and only while that run of its job goes on (the check asks
+    the scheduler; a requeued job starts again, maybe on another host or port, and the old
+    port may go to someone else's desktop). It has no expiry of its own (the run's end is
+    its end), so the address stays the same for the session's life and a reloaded page
+    reconnects. Without it, NGINX would hand anyone who reaches it a websocket
     to any desktop (its VNC password the only lock) and a websockify process per connection.
     """
 
@@ -77,24 +79,25 @@ class WebsocketTickets:
     def __init__(self, secret: bytes):
         self._serializer = URLSafeSerializer(secret, salt=self.SALT)
 
-    def issue(self, user: str, job_id: str, address: str, port: int) -> str:
-        return self._serializer.dumps([user, str(job_id), address, int(port)])
+    def issue(self, user: str, job_id: str, address: str, port: int, started: str | None = None) -> str:
+        """``started``: the run's start as the scheduler gives it (ISO 8601), None if unknown."""
+        return self._serializer.dumps([user, str(job_id), address, int(port), started])
 
-    def check(self, ticket: str, address: str, port: int) -> tuple[str, str] | None:
-        """(owner, job id) of a genuine ticket for this address and port; None otherwise."""
+    def check(self, ticket: str, address: str, port: int) -> tuple[str, str, str | None] | None:
+        """(owner, job id, run start) of a genuine ticket for this address and port; None otherwise."""
         if not ticket or len(ticket) > self.MAX_CHARS:
             return None
         try:
             data = self._serializer.loads(ticket)
         except BadSignature:
             return None
-        if not (isinstance(data, list) and len(data) == 4 and all(isinstance(v, str) for v in data[:3])
-                and isinstance(data[3], int)):
+        if not (isinstance(data, list) and len(data) == 5 and all(isinstance(v, str) for v in data[:3])
+                and isinstance(data[3], int) and (data[4] is None or isinstance(data[4], str))):
             return None
-        user, job_id, signed_address, signed_port = data
+        user, job_id, signed_address, signed_port, started = data
         if signed_address != address or signed_port != port:
             return None
-        return user, job_id
+        return user, job_id, started
 
 
 def vis_url(session: VisSession, options: dict, request_url: str | None = None,

@@ -134,17 +134,17 @@ def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certifica
     assert page.headers.get("Strict-Transport-Security") == "max-age=31536000"
     assert page.headers.get("Referrer-Policy") == "no-referrer"
     assert page.headers.get("Content-Security-Policy") == "frame-ancestors 'none'"     # not framed
-    # A websocket path without the upgrade: refused, with HSTS too.
-    refused = requests.get(base + "/novnc-ws/127.0.0.1/6100", verify=str(cert), timeout=10)
+    # A websocket path without the upgrade: refused by the websocket location, with HSTS too.
+    refused = requests.get(base + "/novnc-ws/127.0.0.1/6100/WyJhIl0.forged", verify=str(cert), timeout=10)
     assert refused.status_code == 403 and refused.headers.get("Strict-Transport-Security")
     # A websocket with a ticket the gateway did not sign: NGINX's ticket check reaches the
-    # gateway through this site's API location (over TLS to the replicas) and is refused (403;
-    # a check that could not reach it would be a 500).
+    # gateway through this site's API location and is refused (403, with HSTS; a check that
+    # could not reach the gateway, or reached another route, would be a 500 or a 401).
     upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     forged = requests.get(base + "/novnc-ws/127.0.0.1/6100/WyJhIl0.forged", headers=upgrade,
                           verify=str(cert), timeout=10)
-    assert forged.status_code == 403, forged.status_code
+    assert forged.status_code == 403 and forged.headers.get("Strict-Transport-Security"), forged.headers
 
 
 def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate, need_gunicorn):

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.auth.users_file import UsersFile
 from gateway.hookspecs import hookimpl
-from gateway.models import VisSession
+from gateway.models import User, VisSession
 from tests.helpers import ApiClient
 
 from .conftest import require_vis_components
@@ -131,7 +131,7 @@ def test_a_session_from_pending_to_gone(vis_world):
         assert r.status == 410 and "has ended (CANCELLED" in r.msg, r.body
     # The ticket ends with its job: a port another desktop takes next is not open to it.
     r = anonymous.get("/vis/websocket-check", params=check)
-    assert r.status == 403 and "not running" in r.msg, r.body
+    assert r.status == 403 and "is over" in r.msg, r.body
 
 
 def test_not_a_vis_job_or_no_job(vis_world):
@@ -198,7 +198,30 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     assert q["path"].startswith("novnc-ws/10.9.8.7/6150/") and q["sid"] == "33" and q["exec"] == "n7"
     assert url.fragment == "password=Ab3dE6gH" and "password" not in q
     check = {"address": "10.9.8.7", "port": "6150", "ticket": q["path"].rsplit("/", 1)[1]}
-    assert ApiClient(app).get("/vis/websocket-check", params=check).status == 204
+    anonymous = ApiClient(app)
+    assert anonymous.get("/vis/websocket-check", params=check).status == 204
+    # Genuine tickets (signed with the gateway's secret) for what is not the owner's running
+    # desktop: another owner, a job that is no vis job.
+    tickets = app.extensions["hpc_gateway_vis_tickets"]
+    started = alice.job(job_id)["startTime"]
+    plain = alice.submit(command="sleep 60", name="plain")
+    alice.wait_for(plain, "RUNNING", timeout=30)
+    for owner, jid in (("bob", job_id), ("alice", plain)):
+        job = app.extensions["hpc_gateway"].scheduler.call("get_job", user=User(owner), job_id=jid)
+        forged = tickets.issue(owner, jid, "10.9.8.7", 6150, job.start_time.isoformat() if job.start_time else None)
+        r = anonymous.get("/vis/websocket-check", params={**check, "ticket": forged})
+        assert r.status == 403 and "is over" in r.msg, (owner, jid, r.body)
+    # A requeued job runs again (maybe on another host or port, its old port free for someone
+    # else's desktop): the first run's ticket opens nothing, the new address's does.
+    assert alice.post(f"/jobs/{job_id}/requeue").status == 200
+    wait_until(lambda: (j := alice.job(job_id))["state"] == "RUNNING" and j["startTime"] != started, 30,
+               "the requeued job to run again")
+    r = anonymous.get("/vis/websocket-check", params=check)
+    assert r.status == 403 and "is over" in r.msg, r.body
+    again = parse_qs(urlsplit(alice.get(f"/vis/url/{job_id}").body["data"]["visurl"]["url"]).query)["path"][0]
+    assert again != q["path"]
+    assert anonymous.get("/vis/websocket-check", params={**check, "ticket": again.rsplit("/", 1)[1]}).status == 204
+    alice.post(f"/jobs/{plain}/kill")
     alice.post(f"/jobs/{job_id}/kill")
 
 

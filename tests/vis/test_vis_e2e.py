@@ -130,9 +130,14 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     ticket = q["path"][0].rsplit("/", 1)[1]
     desktop = ws.rsplit("/", 1)[0]
     other_port = 6100 + (session["port"] - 6100 + 1) % 100
-    for bad in (desktop, f"{desktop}/{ticket[:-1]}x", f"{ws.rsplit('/', 2)[0]}/{other_port}/{ticket}"):
+    middle = len(ticket) // 4                      # a whole base64 character of the payload
+    changed = ticket[:middle] + ("A" if ticket[middle] != "A" else "B") + ticket[middle + 1:]
+    for bad in (desktop, f"{desktop}/{changed}", f"{ws.rsplit('/', 2)[0]}/{other_port}/{ticket}"):
         assert _upgrade_status(bad) == 403, bad
     assert _upgrade_status(ws) == 101
+    # A handshake with a body (there is none in a websocket's): refused before the check, whose
+    # subrequest would carry the Content-Length and hold a gateway thread waiting for it.
+    assert _upgrade_status(ws, {"Content-Length": "1"}, b"x") == 400
     _novnc_route_carries_websockets_only(s, job_id)
 
     # The desktop in the browser.
@@ -198,15 +203,16 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     print(f"[{s.backend}] killed: processes gone {gone_s:.1f} s after the kill request")
 
 
-def _upgrade_status(ws_address: str) -> int:
+def _upgrade_status(ws_address: str, extra_headers: dict | None = None, body: bytes | None = None) -> int:
     """The status NGINX answers a websocket handshake to this address with."""
     import base64
 
     import requests
     url = ws_address.replace("ws://", "http://", 1)
     headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Protocol": "binary"}
-    with requests.get(url, headers=headers, timeout=10, stream=True) as r:
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Protocol": "binary",
+               **(extra_headers or {})}
+    with requests.get(url, headers=headers, data=body, timeout=10, stream=True) as r:
         return r.status_code
 
 

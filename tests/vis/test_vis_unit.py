@@ -140,10 +140,11 @@ def test_url_through_nginx_carries_the_websocket_ticket_in_its_path():
 
 def test_a_websocket_ticket_opens_one_desktop_and_only_its_own_gateways():
     tickets = WebsocketTickets(b"k" * 32)
-    ticket = tickets.issue("alice", "42", "10.1.0.21", 6105)
-    assert tickets.check(ticket, "10.1.0.21", 6105) == ("alice", "42")
+    ticket = tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00")
+    assert tickets.check(ticket, "10.1.0.21", 6105) == ("alice", "42", "2026-12-07T09:00:00+00:00")
+    assert tickets.check(tickets.issue("alice", "42", "10.1.0.21", 6105), "10.1.0.21", 6105) == ("alice", "42", None)
     # The same ticket is issued every time (a reloaded page reconnects), in path-safe characters.
-    assert tickets.issue("alice", "42", "10.1.0.21", 6105) == ticket
+    assert tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00") == ticket
     assert set(ticket) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
     assert len(ticket) <= WebsocketTickets.MAX_CHARS
     # Another desktop (address, port), another secret, a changed or cut ticket: refused.
@@ -151,14 +152,17 @@ def test_a_websocket_ticket_opens_one_desktop_and_only_its_own_gateways():
     assert tickets.check(ticket, "10.1.0.21", 6106) is None
     assert WebsocketTickets(b"x" * 32).check(ticket, "10.1.0.21", 6105) is None
     assert tickets.check(ticket[:-1], "10.1.0.21", 6105) is None
+    middle = len(ticket) // 4                      # a whole base64 character of the payload
+    changed = ticket[:middle] + ("A" if ticket[middle] != "A" else "B") + ticket[middle + 1:]
+    assert tickets.check(changed, "10.1.0.21", 6105) is None
     sig = ticket.rsplit(".", 1)[1]
-    forged = WebsocketTickets(b"x" * 32).issue("bob", "42", "10.1.0.21", 6105)
+    forged = WebsocketTickets(b"x" * 32).issue("bob", "42", "10.1.0.21", 6105, None)
     assert tickets.check(forged.rsplit(".", 1)[0] + "." + sig, "10.1.0.21", 6105) is None
     assert tickets.check("", "10.1.0.21", 6105) is None
     assert tickets.check("a" * 401, "10.1.0.21", 6105) is None
     # A session token (signed with the same secret, another salt) is no ticket.
     from itsdangerous import URLSafeSerializer
-    other = URLSafeSerializer(b"k" * 32, salt="hpc-gateway-session").dumps(["alice", "42", "10.1.0.21", 6105])
+    other = URLSafeSerializer(b"k" * 32, salt="hpc-gateway-session").dumps(["alice", "42", "10.1.0.21", 6105, None])
     assert tickets.check(other, "10.1.0.21", 6105) is None
 
 

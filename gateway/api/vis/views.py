@@ -1,6 +1,8 @@
 """Visualization jobs: start a VNC desktop as a job, get its noVNC address."""
 from __future__ import annotations
 
+import logging
+
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from werkzeug.exceptions import MethodNotAllowed
@@ -15,6 +17,7 @@ from ..jobs.views import IDEMPOTENCY_KEY_PARAMETER, fetch_job, submit_with_idemp
 from .schemas import (VisDetailEnvelope, VisSubmitEnvelope, VisSubmitSchema, VisUrlEnvelope,
                       WebsocketCheckQuerySchema)
 
+audit = logging.getLogger("gateway.audit")
 blp = Blueprint("vis", __name__, url_prefix="/vis",
                 description="Visualization jobs: VNC desktops run as jobs and opened in the browser with noVNC")
 
@@ -42,12 +45,17 @@ def _options() -> dict:
     return current_app.extensions[OPTIONS_KEY]
 
 
+def _started(job) -> str | None:
+    return job.start_time.isoformat() if job.start_time is not None else None
+
+
 def _url(job, session) -> str:
     """The session's noVNC address; through NGINX, its websocket path carries a ticket."""
     options = _options()
     ticket = None
     if options["websocket"] == "proxy":
-        ticket = current_app.extensions[TICKETS_KEY].issue(job.user_name, job.job_id, session.host, session.port)
+        ticket = current_app.extensions[TICKETS_KEY].issue(job.user_name, job.job_id, session.host, session.port,
+                                                           _started(job))
     return vis_url(session, options, request.host_url, ticket)
 
 
@@ -148,12 +156,16 @@ class WebsocketCheck(MethodView):
         found = current_app.extensions[TICKETS_KEY].check(args["ticket"], args["address"], args["port"])
         if found is None:
             raise Forbidden("not a ticket for this desktop: ask GET /vis/url/{jobId} for a fresh address")
-        owner, job_id = found
+        owner, job_id, started = found
         user = User(name=owner, is_admin=gw().is_admin(owner), uid=unix_uid(owner))
         try:
             job = gw().scheduler.call("get_job", user=user, job_id=job_id)
         except NotFound:
             job = None
-        if job is None or job.user_name != owner or not is_vis_job(job.name) or job.state != JobState.RUNNING:
-            raise Forbidden(f"visualization job {job_id} is not running: its desktop is gone")
-        return Response(status=204)
+        if job is None or job.user_name != owner or not is_vis_job(job.name) or job.state != JobState.RUNNING \
+                or _started(job) != started:
+            raise Forbidden(f"this run of visualization job {job_id} is over: its desktop is gone")
+        audit.info("vis websocket job=%s user=%s address=%s", job_id, owner, request.remote_addr or "-")
+        response = Response(status=204)
+        del response.headers["Content-Type"]
+        return response
