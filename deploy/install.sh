@@ -221,15 +221,40 @@ fi
 
 # The signing secret (0600, the service account's): generated once, kept on reinstall.
 SECRET=$("$PREFIX/venv/bin/python" -c 'import sys; from gateway.config import load_config; print(load_config(sys.argv[1])["secret_file"])' "$CONF")
-# Often in a directory the service account owns (<work_dir>/secret.key): root's chmod and
-# chown below would follow a link put there, and give that account /etc/shadow.
-[ ! -L "$SECRET" ] || die "$SECRET is a symbolic link: refusing to chmod/chown through it (remove it, or point secret_file at the file itself)"
-if [ ! -s "$SECRET" ]; then
-    mkdir -p "$(dirname "$SECRET")"
-    ( umask 077; "$PREFIX/venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(48))' > "$SECRET" )
-    say "wrote a new secret to $SECRET (copy it to every replica behind the same NGINX)"
-fi
-[ -L "$SECRET" ] || chmod 600 "$SECRET"
+mkdir -p "$(dirname "$SECRET")"
+# Often in a directory the service account owns (<work_dir>/secret.key), where that account
+# could put a link at any moment: root's writes, chmod and chown through it would give the
+# account /etc/shadow. So root creates (O_EXCL), checks, writes, chmods and chowns the file
+# through one descriptor opened without following a link, never by its name twice; a
+# symbolic link, a hard link (a second name for someone else's file) or anything but a
+# regular file is refused.
+OWNER=""
+[ $IS_ROOT = 1 ] && OWNER="$SERVICE_USER:$SERVICE_GROUP"
+"$PREFIX/venv/bin/python" - "$SECRET" "$OWNER" <<'PY' || die "refusing the secret file $SECRET (see above)"
+import errno, grp, os, pwd, secrets, stat, sys
+path, owner = sys.argv[1], sys.argv[2]
+flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+try:
+    fd, new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600), True
+except FileExistsError:
+    try:
+        fd, new = os.open(path, os.O_RDWR | flags), False
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        sys.exit(f"install.sh: {path}: {why}: remove it, or point secret_file at the file itself")
+st = os.fstat(fd)
+if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    sys.exit(f"install.sh: {path} is not a regular file with one name (links: {st.st_nlink}): remove it")
+if new or st.st_size == 0:
+    os.ftruncate(fd, 0)
+    os.write(fd, (secrets.token_urlsafe(48) + "\n").encode())
+    print(f"wrote a new secret to {path} (copy it to every replica behind the same NGINX)")
+os.fchmod(fd, 0o600)
+if owner:
+    user, group = owner.split(":", 1)
+    os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+os.close(fd)
+PY
 
 cp "$SRC/deploy/gunicorn.conf.py" "$PREFIX/etc/gunicorn.conf.py"
 [ -f "$SRC/docs/deploy.md" ] && cp "$SRC/docs/deploy.md" "$PREFIX/share/doc/deploy.md"
@@ -267,7 +292,6 @@ chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"
 # Ownership: the service account owns its state, logs and secret; root keeps the code.
 if [ $IS_ROOT = 1 ]; then
     chown -R "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
-    chown -h "$SERVICE_USER:$SERVICE_GROUP" "$SECRET"     # -h: a link swapped in since is not followed
     chown "root:$SERVICE_GROUP" "$CONF" "$ENVFILE"
     chmod 640 "$CONF" "$ENVFILE"
     chmod 750 "$PREFIX/var" "$PREFIX/log"

@@ -201,6 +201,47 @@ def test_a_work_dir_named_by_the_configuration_is_made_for_the_service(prefix_di
             subprocess.run(["userdel", user], capture_output=True)
 
 
+def test_the_secret_is_never_written_through_a_link(prefix_dir):
+    """secret_file often lies in a directory the service account owns: a link it put there
+    must not make root write, chmod or chown another file (the installer opens the file once,
+    without following links, and works on that descriptor). A hard link to a file of root's
+    and a symbolic link to one are refused, and the file is left as it was."""
+    as_root = os.geteuid() == 0
+    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    prefix, state = prefix_dir / "opt", prefix_dir / "state"
+    state.mkdir()
+    victim = prefix_dir / "victim"
+    victim.write_text("root's own file\n")
+    victim.chmod(0o644)
+    given = prefix_dir / "given.yaml"
+    given.write_text(yaml.safe_dump({"secret_file": str(state / "secret.key"), "scheduler": {"backend": "mock"}}))
+    argv = [str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock", "--user", user,
+            "--no-start", "--unit-dir", str(prefix_dir / "units"), "--python", _python_for(as_root)]
+    try:
+        for plant in (lambda p: os.link(victim, p), lambda p: p.symlink_to(victim)):
+            link = state / "secret.key"
+            if link.exists() or link.is_symlink():
+                link.unlink()
+            plant(link)
+            out = _run(argv)
+            assert out.returncode != 0 and "secret" in out.stderr, f"{out.stdout}\n{out.stderr}"
+            st = victim.stat()
+            assert victim.read_text() == "root's own file\n"
+            assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid(), st
+        # Without the link, a fresh secret of the service account's, 0600.
+        (state / "secret.key").unlink()
+        out = _run(argv)
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+        st = (state / "secret.key").stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600 and pwd.getpwuid(st.st_uid).pw_name == user
+        assert len((state / "secret.key").read_text().strip()) >= 32 and st.st_nlink == 1
+    finally:
+        if prefix.exists():
+            _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
+        if as_root:
+            subprocess.run(["userdel", user], capture_output=True)
+
+
 def test_the_unit_implies_no_new_privileges_nowhere():
     """run_as: sudo runs the setuid sudo: NoNewPrivileges, and every setting systemd turns it
     on with for a service that is not root (ProtectKernel*, ProtectClock, LockPersonality,
