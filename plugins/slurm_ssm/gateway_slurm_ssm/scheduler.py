@@ -31,7 +31,8 @@ from gateway import scriptfile
 from gateway.errors import (Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
                             NotImplementedByPlugin, SchedulerRefused, SchedulerUnavailable)
 from gateway.hookspecs import hookimpl
-from gateway.models import ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home, has_home_paths
+from gateway.models import (FINAL_STATES, ClusterInfo, Health, Job, JobOutput, JobState, UserInfo, expand_home,
+                            has_home_paths)
 from gateway.s3scripts import S3ScriptSource
 from gateway.transports import CommandResult, check_not_the_gateways_account, make_transport, run_command
 
@@ -543,6 +544,15 @@ class SlurmScheduler:
                         self._check(res)
                     else:
                         self._check(self._run(commands.job_action(action, job_id), as_user=account))
+                except NotFound:
+                    self._set_comments(removed)
+                    if action == "requeue" and job.state in FINAL_STATES:
+                        # A finished job the snapshot carries after slurmctld forgot it
+                        # (MinJobAge): GET shows it, so "no such job" would contradict it.
+                        raise Conflict(f"cannot requeue job {job_id}: it has ended ({job.state.value}) and "
+                                       "Slurm no longer holds it (it forgets finished jobs after MinJobAge); "
+                                       "submit it again") from None
+                    raise
                 except GatewayError:
                     self._set_comments(removed)
                     raise

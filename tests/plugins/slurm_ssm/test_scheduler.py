@@ -629,6 +629,20 @@ def test_a_refused_requeue_keeps_the_owners_mark(make):
     sched.control_job(user=ALICE, job_id="30", action="resume")           # still hers to resume
 
 
+def test_requeue_of_a_finished_job_slurm_forgot_is_a_conflict_not_404(make):
+    """The snapshot carries finished jobs after slurmctld forgets them (MinJobAge): GET shows
+    job 27 COMPLETED, so its requeue's "Invalid job id" must not answer "no such job"."""
+    sched, t = make(run_as="sudo")
+    t.answer(["scontrol", "requeue"], CommandResult(1, b"", b"Requeue of JobId=27 returned an error: "
+                                                              b"Invalid job id specified\n"))
+    with pytest.raises(Conflict) as e:
+        sched.control_job(user=ALICE, job_id="27", action="requeue")
+    assert "has ended (COMPLETED)" in e.value.msg and "submit it again" in e.value.msg
+    # A job the queue shows running that Slurm then does not know: still 404.
+    with pytest.raises(NotFound):
+        sched.control_job(user=ALICE, job_id="30", action="requeue")
+
+
 def test_owners_suspensions_need_squeue_json(make):
     sched, t = make(run_as="sudo", admin_run_as="slurmop", json="no")
     t.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
