@@ -326,12 +326,18 @@ class SlurmScheduler:
             log.warning("slurm_ssm: squeue's format output is ambiguous (%s): reading squeue --json "
                         "for this refresh", "; ".join(problems[:3]))
             res = self._run(commands.squeue_json(), as_user=self.service_account)
+            why = "not available"
             if res.returncode == 0 and res.stdout.strip().startswith(b"{"):
-                return parse.parse_squeue_json(res.out)
+                try:
+                    return parse.parse_squeue_json(res.out)
+                except SchedulerRefused as exc:
+                    # A layout this plugin does not read (23.02+): the records that did parse
+                    # are still worth more than a failed refresh.
+                    why = f"not readable ({exc.msg})"
             if not records:
                 raise SchedulerRefused(f"squeue printed {len(problems)} records and none could be "
-                                       "read, and squeue --json is not available")
-            log.warning("slurm_ssm: squeue --json is not available: listing only the unambiguous records")
+                                       f"read, and squeue --json is {why}")
+            log.warning("slurm_ssm: squeue --json is %s: listing only the unambiguous records", why)
         return self._add_exit_codes(records, previous)
 
     def _add_exit_codes(self, records: list[Record], previous: dict[str, Record]) -> list[Record]:

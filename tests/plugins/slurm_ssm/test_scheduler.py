@@ -307,6 +307,12 @@ def test_a_forged_format_record_is_not_believed_the_refresh_reads_json(make):
     t2.answer(["squeue", "--json"], CommandResult(1, b"", b"squeue: unrecognized option '--json'\n"))
     ids = {j.job_id for j in sched2.list_jobs(user=ADMIN, query=JobQuery())}
     assert "28" not in ids and len(ids) > 10
+    # With a --json this plugin cannot read (a later Slurm's layout): the same, not a failed
+    # refresh (it was a 502 for every read while the forging job was queued).
+    sched3, t3 = make(json="no", run_as="sudo", cache_dir=str(Path(sched.opts["cache_dir"]) / "newjson"))
+    t3.answer(["env", "SLURM_TIME_FORMAT=%s", "squeue"], CommandResult(0, forged.encode(), b""))
+    t3.answer(["squeue", "--json"], CommandResult(0, b'{"jobs": "a layout of tomorrow"}', b""))
+    assert {j.job_id for j in sched3.list_jobs(user=ADMIN, query=JobQuery())} == ids
 
 
 def test_one_unreadable_record_alone_does_not_stop_every_read(make):
