@@ -158,7 +158,7 @@ class _Cors:
     credentials are never allowed."""
     METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
     HEADERS = "Authorization, Content-Type, Idempotency-Key, Range, If-Range"
-    EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow, X-File-Size"
+    EXPOSED = "Retry-After, Content-Range, Content-Disposition, Accept-Ranges, ETag, Allow, X-File-Size, X-Wait-Seconds"
 
     def __init__(self, origins: list[str]):
         self.any = "*" in origins

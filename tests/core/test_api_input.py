@@ -247,6 +247,7 @@ def test_cors_for_the_configured_origins_only(make_app):
     r = client.get("/jobs", headers={"Origin": portal})
     assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == portal
     assert "Origin" in r.headers["Vary"] and "Retry-After" in r.headers["Access-Control-Expose-Headers"]
+    assert "X-Wait-Seconds" in r.headers["Access-Control-Expose-Headers"]       # a browser portal reads it
     assert "Access-Control-Allow-Origin" not in client.get("/jobs", headers={"Origin": other}).headers
     # Errors too: a browser must be able to read why.
     r = app.test_client().get("/aip/v9.2/jobs", headers={"Origin": portal})

@@ -119,7 +119,7 @@ def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
 
     def poll(label):
         r = admin.get(f"/jobs/{job_id}", params={"wait": 20})
-        answered[label] = (time.monotonic(), r.status, r.body["data"]["job"]["state"])
+        answered[label] = (time.monotonic(), r.status, r.body["data"]["job"]["state"], r.headers.get("X-Wait-Seconds"))
 
     threads = [threading.Thread(target=poll, args=(f"p{i}",)) for i in range(4)]
     for t in threads:
@@ -128,11 +128,30 @@ def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
     threads[3].join(timeout=10)
     threads[2].join(timeout=10)
     assert set(answered) == {"p2", "p3"}, answered          # p0 and p1 still wait their 20 s
-    assert all(status == 200 and state == "HELD" for _, status, state in answered.values())
+    assert all(status == 200 and state == "HELD" for _, status, state, _ in answered.values())
+    # The client can tell a cut poll from a job that did not change in 20 s.
+    assert {answered[p][3] for p in ("p2", "p3")} == {"1"}
     admin.post(f"/jobs/{job_id}/release")                     # the two full polls see the change
     for t in threads[:2]:
         t.join(timeout=20)
     assert {answered[p][2] for p in ("p0", "p1")} <= {"PENDING", "RUNNING", "COMPLETED"}
+    assert {answered[p][3] for p in ("p0", "p1")} == {"20"}
+    # The header says what the poll was allowed (here what it asked).
+    held = admin.submit(command="true", hold=True)
+    r = admin.get(f"/jobs/{held}", params={"wait": 0.3})
+    assert r.status == 200 and r.headers["X-Wait-Seconds"] == "0.3"
+    # No wait asked, or a change already there: nothing was waited, no header.
+    assert "X-Wait-Seconds" not in admin.get(f"/jobs/{held}").headers
+    assert "X-Wait-Seconds" not in admin.get(f"/jobs/{held}", params={"wait": 5, "since": "RUNNING"}).headers
+
+
+def test_max_wait_seconds_bounds_a_poll_and_the_answer_says_so(make_app):
+    app, admin = make_app(max_wait_seconds=1)
+    held = admin.submit(command="true", hold=True)
+    t0 = time.monotonic()
+    r = admin.get(f"/jobs/{held}", params={"wait": 30})
+    assert r.status == 200 and r.body["data"]["job"]["state"] == "HELD"
+    assert r.headers["X-Wait-Seconds"] == "1" and time.monotonic() - t0 < 10
 
 
 def test_the_default_share_is_a_quarter_of_a_workers_threads(make_app, monkeypatch):

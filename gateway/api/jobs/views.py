@@ -256,10 +256,18 @@ class Jobs(MethodView):
                            "total": len(jobs), "offset": offset, "limit": limit}))
 
 
+SHORT_WAIT = 1.0                       # seconds, a long poll beyond max_waits_per_user
+WAIT_HEADER = "X-Wait-Seconds"
+
+
 @blp.route("/<job_id>")
 class JobDetail(MethodView):
     @blp.arguments(JobWaitQuerySchema(), location="query")
-    @blp.response(200, JobEnvelope)
+    @blp.response(200, JobEnvelope, headers={WAIT_HEADER: {
+        "description": "with wait > 0, when the job had not changed at the request: the seconds this "
+                       "poll was allowed to wait (the wait asked, at most max_wait_seconds; at most 1 "
+                       "for a poll beyond the user's max_waits_per_user)",
+        "schema": {"type": "number"}}})
     @document_errors(blp, 401, 403, 404, 422, 501, 502, 503, 504)
     def get(self, args, job_id):
         """One job; with `wait=N` answer as soon as its state changes (long polling)
@@ -276,7 +284,12 @@ class JobDetail(MethodView):
         with _wait_slot(state, user.name) as full:
             # Beyond the user's share of this worker's threads a poll still answers, after
             # SHORT_WAIT at most: the client polls again, and nobody's thread is held for long.
-            return _watch(state, user, job_id, job, baseline, wait if full else min(wait, SHORT_WAIT))
+            granted = wait if full else min(wait, SHORT_WAIT)
+            response = _watch(state, user, job_id, job, baseline, granted)
+            # What the poll was allowed: a client can tell max_wait_seconds or a cut poll (one
+            # beyond max_waits_per_user) from a job that did not change.
+            response.headers[WAIT_HEADER] = f"{granted:g}"
+            return response
 
     @blp.arguments(JobChangeSchema)
     @blp.response(200, JobEnvelope)
@@ -303,7 +316,6 @@ class JobDetail(MethodView):
         return ok({"job": state.scheduler.call("get_job", user=user, job_id=job_id)})
 
 
-SHORT_WAIT = 1.0                       # seconds, a long poll beyond max_waits_per_user
 _WAITS: Counter = Counter()            # full-length long polls in flight in this process, by user
 _WAITS_LOCK = threading.Lock()
 
