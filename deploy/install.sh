@@ -221,31 +221,56 @@ fi
 
 # The signing secret (0600, the service account's): generated once, kept on reinstall.
 SECRET=$("$PREFIX/venv/bin/python" -c 'import sys; from gateway.config import load_config; print(load_config(sys.argv[1])["secret_file"])' "$CONF")
-mkdir -p "$(dirname "$SECRET")"
 # Often in a directory the service account owns (<work_dir>/secret.key), where that account
 # could put a link at any moment: root's writes, chmod and chown through it would give the
-# account /etc/shadow. So root creates (O_EXCL), checks, writes, chmods and chowns the file
-# through one descriptor opened without following a link, never by its name twice; a
-# symbolic link, a hard link (a second name for someone else's file) or anything but a
-# regular file is refused.
+# account /etc/shadow. So root walks the path one directory at a time (following a link
+# only if root owns it: the account cannot make one), creates the file (O_EXCL) or opens it
+# without following a link, and checks, writes, chmods and chowns it through that
+# descriptor, never by its name twice. A link of anyone else's, a hard link (a second name
+# for someone else's file) or anything but a regular file is refused.
 OWNER=""
 [ $IS_ROOT = 1 ] && OWNER="$SERVICE_USER:$SERVICE_GROUP"
 "$PREFIX/venv/bin/python" - "$SECRET" "$OWNER" <<'PY' || die "refusing the secret file $SECRET (see above)"
 import errno, grp, os, pwd, secrets, stat, sys
-path, owner = sys.argv[1], sys.argv[2]
-flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+path, owner = os.path.abspath(sys.argv[1]), sys.argv[2]
+
+
+def refuse(why):
+    sys.exit(f"install.sh: {path}: {why}: remove it, or point secret_file at the file itself")
+
+
+*dirs, name = path.split("/")[1:]
+dfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+for part in dirs:
+    try:
+        st = os.stat(part, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.mkdir(part, 0o755, dir_fd=dfd)                 # as mkdir -p would (umask applies)
+        st = os.stat(part, dir_fd=dfd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode) and st.st_uid != 0:
+        refuse(f"its directory {part} is a symbolic link of another account's")
+    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+    os.close(dfd)
+    dfd = nfd
+flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 try:
-    fd, new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600), True
+    fd, new = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600, dir_fd=dfd), True
 except FileExistsError:
     try:
-        fd, new = os.open(path, os.O_RDWR | flags), False
+        fd, new = os.open(name, os.O_RDONLY | flags, dir_fd=dfd), False
     except OSError as e:
-        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
-        sys.exit(f"install.sh: {path}: {why}: remove it, or point secret_file at the file itself")
+        refuse("it is a symbolic link" if e.errno == errno.ELOOP else e.strerror)
 st = os.fstat(fd)
 if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-    sys.exit(f"install.sh: {path} is not a regular file with one name (links: {st.st_nlink}): remove it")
-if new or st.st_size == 0:
+    refuse(f"not a regular file with one name (links: {st.st_nlink})")
+if not new and st.st_size == 0:
+    # Empty: write it through a second descriptor, which must be the same file.
+    wfd = os.open(name, os.O_WRONLY | flags, dir_fd=dfd)
+    if (os.fstat(wfd).st_dev, os.fstat(wfd).st_ino) != (st.st_dev, st.st_ino):
+        refuse("it changed while being checked")
+    os.close(fd)
+    fd, new = wfd, True
+if new:
     os.ftruncate(fd, 0)
     os.write(fd, (secrets.token_urlsafe(48) + "\n").encode())
     print(f"wrote a new secret to {path} (copy it to every replica behind the same NGINX)")
@@ -254,6 +279,7 @@ if owner:
     user, group = owner.split(":", 1)
     os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
 os.close(fd)
+os.close(dfd)
 PY
 
 cp "$SRC/deploy/gunicorn.conf.py" "$PREFIX/etc/gunicorn.conf.py"

@@ -228,6 +228,18 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
             st = victim.stat()
             assert victim.read_text() == "root's own file\n"
             assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid(), st
+        # A directory of the path that is a link of the account's (it owns state/): refused, and
+        # nothing is made where it points.
+        elsewhere = prefix_dir / "elsewhere"
+        elsewhere.mkdir()
+        (state / "keys").symlink_to(elsewhere)
+        os.lchown(state / "keys", pwd.getpwnam(user).pw_uid, -1)
+        deep = prefix_dir / "deep.yaml"
+        deep.write_text(yaml.safe_dump({"secret_file": str(state / "keys" / "secret.key"),
+                                        "scheduler": {"backend": "mock"}}))
+        out = _run([a if a != str(given) else str(deep) for a in argv])
+        assert out.returncode != 0 and "symbolic link of another account's" in out.stderr, out.stderr
+        assert list(elsewhere.iterdir()) == []
         # Without the link, a fresh secret of the service account's, 0600.
         (state / "secret.key").unlink()
         out = _run(argv)

@@ -57,7 +57,8 @@ class SlurmOptions(Schema):
     # Where s3://bucket/key scripts may come from and how S3 is reached (gateway.s3scripts):
     # {allow: ["s3://bucket/{user}/", ...], endpoint_url, region_name, max_script_bytes}.
     s3 = fields.Nested(S3ScriptOptions, load_default=lambda: S3ScriptOptions().load({}))
-    # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--x11").
+    # sbatch options allowed in nativeOptions on top of the built-in list (e.g. "--container";
+    # given bare only if sbatch takes it without a value: commands.NATIVE_FLAGS).
     # With run_as: service, --comment is never allowed (it carries the gateway user).
     allowed_native_options = fields.List(
         fields.String(validate=validate.Regexp(r"^--[a-z][a-z0-9-]*$", error="not a long option: {input}")),

@@ -243,9 +243,12 @@ class SharedSnapshot:
             # The clock stepped back after a change was marked: every snapshot taken since is
             # older than the mark, so none would be fresh (a squeue per read) until the clock
             # caught up with it. The change lies in the past whatever the clock says: the mark
-            # moves to now (the next read refreshes once, as after any change).
+            # moves to now (the next read refreshes once, as after any change). Only if it is
+            # still the mark read: an invalidate() of another process since stands.
             try:
-                os.utime(self.dirty_path, ns=(now_ns, now_ns))
+                if os.stat(self.dirty_path).st_mtime_ns == mark:
+                    now_ns = time.time_ns()
+                    os.utime(self.dirty_path, ns=(now_ns, now_ns))
             except OSError:
                 pass
             return now_ns
