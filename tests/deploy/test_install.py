@@ -208,7 +208,7 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
     and a symbolic link to one are refused, and the file is left as it was."""
     as_root = os.geteuid() == 0
     user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
-    prefix, state = prefix_dir / "opt", prefix_dir / "state"
+    prefix, other, state = prefix_dir / "opt", prefix_dir / "opt2", prefix_dir / "state"
     state.mkdir()
     victim = prefix_dir / "victim"
     victim.write_text("root's own file\n")
@@ -237,7 +237,9 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
         deep = prefix_dir / "deep.yaml"
         deep.write_text(yaml.safe_dump({"secret_file": str(state / "keys" / "secret.key"),
                                         "scheduler": {"backend": "mock"}}))
-        out = _run([a if a != str(given) else str(deep) for a in argv])
+        # (Its own prefix: an installation keeps the etc/gateway.yaml it wrote first.)
+        swap = {str(given): str(deep), str(prefix): str(other)}
+        out = _run([swap.get(a, a) for a in argv])
         assert out.returncode != 0 and "symbolic link of another account's" in out.stderr, out.stderr
         assert list(elsewhere.iterdir()) == []
         # Without the link, a fresh secret of the service account's, 0600.
@@ -248,8 +250,9 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
         assert stat.S_IMODE(st.st_mode) == 0o600 and pwd.getpwuid(st.st_uid).pw_name == user
         assert len((state / "secret.key").read_text().strip()) >= 32 and st.st_nlink == 1
     finally:
-        if prefix.exists():
-            _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])
+        for p in (prefix, other):
+            if p.exists():
+                _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(p)])
         if as_root:
             subprocess.run(["userdel", user], capture_output=True)
 
