@@ -41,11 +41,13 @@ gateway with 0 errors, p99 < 1 s and <= 2 job-info RPC/s.
 
     sudo .venv/bin/python bench/slurmrestd_compare.py [--seconds 15] [--storm-seconds 60]
          [--jobs 1000] [--only list,detail,storm,longpoll,submit] [--quick] [--json out.json]
-         [--front gunicorn|granian]
+         [--front gunicorn|granian|gevent]
 
 --front granian serves the same app, configuration, workers and threads with granian
 (a Rust HTTP server with a WSGI interface; ``pip install '.[bench]'``) instead of gunicorn:
-it measures what the HTTP front end costs. It is a bench option, not a way to deploy.
+it measures what the HTTP front end costs. --front gevent runs deploy/gunicorn.conf.py
+with gunicorn's gevent worker (1000 connections per worker) instead of the deployed
+gthread one. Both are bench options, not ways to deploy.
 
 Needs root. Everything listens on 127.0.0.1 and every run is bounded; at the end the gateway
 and slurmrestd are stopped, the queued jobs cancelled, and Slurm left up (taken down only if
@@ -208,10 +210,13 @@ class Gateway:
 
     def describe(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in {**self.config, **self.plugin_options}.items())
-        front = (f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread workers x "
-                 f"{self.live.threads_per_worker} threads" if self.front == "gunicorn" else
-                 f"granian --interface wsgi (bench only, not a deployment option): {self.live.expected_workers} "
-                 f"workers x {self.live.threads_per_worker} blocking threads")
+        front = {"gunicorn": f"gunicorn -c deploy/gunicorn.conf.py: {self.live.expected_workers} gthread "
+                             f"workers x {self.live.threads_per_worker} threads",
+                 "gevent": f"gunicorn -c deploy/gunicorn.conf.py -k gevent (bench only, not a deployment "
+                           f"option): {self.live.expected_workers} gevent workers x 1000 connections",
+                 "granian": f"granian --interface wsgi (bench only, not a deployment option): "
+                            f"{self.live.expected_workers} workers x {self.live.threads_per_worker} blocking "
+                            "threads"}[self.front]
         return f"{front}; slurm_ssm, local transport, run_as sudo{extra or ' (defaults)'}"
 
     def list_req(self, user):
@@ -424,9 +429,10 @@ def main() -> int:
                     help="gunicorn threads per worker of the gateway (default: as deployed)")
     ap.add_argument("--gateway-config", type=json.loads, default={},
                     help='extra gateway.yaml settings, JSON (e.g. \'{"running_threads": 2}\'); default: none')
-    ap.add_argument("--front", choices=("gunicorn", "granian"), default="gunicorn",
-                    help="the gateway's HTTP server: gunicorn as deployed (default), or granian (pip install "
-                         "'.[bench]') to measure what the HTTP front end costs; same app, config and workers")
+    ap.add_argument("--front", choices=("gunicorn", "granian", "gevent"), default="gunicorn",
+                    help="the gateway's HTTP server: gunicorn as deployed (default), granian, or gunicorn's "
+                         "gevent worker (both: pip install '.[bench]') to measure what the HTTP front end "
+                         "costs; same app, config and workers")
     ap.add_argument("--purge-wait", type=float, default=360.0,
                     help="seconds to wait at most for slurmctld to purge finished jobs (a previous "
                          "run's, kept for MinJobAge) when they outnumber half the bench's own; 0: don't")

@@ -234,6 +234,17 @@ class GranianReplica(GunicornReplica):
                 "--log-level", "warning", "gateway:create_app"]
 
 
+class GeventReplica(GunicornReplica):
+    """deploy/gunicorn.conf.py with gunicorn's gevent worker (``-k gevent``, 1000 connections
+    per worker) instead of the deployed gthread GatewayWorker: **for bench/slurmrestd_compare.py
+    --front gevent only** (what gunicorn's other worker gives on the same app); not a
+    supported deployment (no slow-client deadlines; a blocking flock, PAM or password hash
+    stalls every connection of the worker)."""
+
+    def argv(self) -> list[str]:
+        return super().argv() + ["--worker-class", "gevent", "--worker-connections", "1000"]
+
+
 # ----------------------------------------------------------------------------- nginx
 def render(template: str, *args: str) -> str:
     out = subprocess.run([str(RENDER), str(DEPLOY / "nginx" / template), *args],

@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 
 from gateway.auth.users_file import UsersFile
-from tests.deploy.servers import GranianReplica, GunicornReplica, Processes, free_port, write_config
+from tests.deploy.servers import GeventReplica, GranianReplica, GunicornReplica, Processes, free_port, write_config
 
 PREFIX = "/aip/v9.2"
 DEFAULT_USERS = {"alice": False, "bob": False, "admin": True}
@@ -61,12 +61,12 @@ class LiveGateway:
             users_file.set_password(user, self.passwords[user], admin=admin)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         config = write_config(self.tmp / "gateway.yaml", **self.config)
-        replica = {"gunicorn": GunicornReplica, "granian": GranianReplica}[self.front]
+        replica = {"gunicorn": GunicornReplica, "granian": GranianReplica, "gevent": GeventReplica}[self.front]
         self.replica = replica(self.procs, self.name, config, self.tmp / "logs",
                                workers=self.expected_workers, threads=self.threads_per_worker)
         # None: gunicorn computes deploy/gunicorn.conf.py's own defaults (as deployed);
         # granian has no such file and gets them (the same figures) from here.
-        if self.front == "gunicorn":
+        if self.front in ("gunicorn", "gevent"):
             if self.workers is None:
                 self.replica.env.pop("GATEWAY_WORKERS", None)
             if self.threads is None:
