@@ -266,7 +266,8 @@ if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
 if not new and st.st_size == 0:
     # Empty: write it through a second descriptor, which must be the same file.
     wfd = os.open(name, os.O_WRONLY | flags, dir_fd=dfd)
-    if (os.fstat(wfd).st_dev, os.fstat(wfd).st_ino) != (st.st_dev, st.st_ino):
+    wst = os.fstat(wfd)
+    if (wst.st_dev, wst.st_ino) != (st.st_dev, st.st_ino):
         refuse("it changed while being checked")
     os.close(fd)
     fd, new = wfd, True

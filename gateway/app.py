@@ -47,14 +47,18 @@ class GatewayState:
     store: SessionStore
     tokens: TokenManager
     authenticator: Authenticator
+    secret: bytes = field(repr=False)           # signs tokens and vis websocket tickets
     metrics: Metrics
     turns: Turns = field(default_factory=lambda: NO_TURNS)
-    secret: bytes = field(default=b"", repr=False)     # signs tokens and vis websocket tickets
 
     def is_admin(self, identity: Identity | str) -> bool:
         if isinstance(identity, str):
             return identity in self.config["admins"] or self._file_admin(identity)
         return identity.admin or identity.name in self.config["admins"]
+
+    def user(self, name: str) -> User:
+        """The identity handed to plugins for an authenticated user name."""
+        return User(name=name, is_admin=self.is_admin(name), uid=unix_uid(name))
 
     def _file_admin(self, name: str) -> bool:
         users = getattr(self.authenticator, "users", None)
@@ -315,9 +319,9 @@ def create_app(config: dict | str | None = None) -> Flask:
                           cfg["token_max_age_hours"], stamp=authenticator.stamp)
     _first_start(cfg, authenticator)
     from . import __version__
-    state = GatewayState(cfg, scheduler, store, tokens, authenticator,
+    state = GatewayState(cfg, scheduler, store, tokens, authenticator, secret,
                          Metrics(tokens=tokens, scheduler=scheduler.name, version=__version__),
-                         Turns(cfg["running_threads"]), secret)
+                         Turns(cfg["running_threads"]))
     app.extensions["hpc_gateway"] = state
 
     api = GatewayApi(app)
@@ -430,7 +434,7 @@ def create_app(config: dict | str | None = None) -> Flask:
         if token is None:
             raise Unauthorized(_no_bearer(request.headers.get("Authorization")))
         session = tokens.check(token)
-        g.user = User(name=session.user, is_admin=state.is_admin(session.user), uid=unix_uid(session.user))
+        g.user = state.user(session.user)
         return None
 
     @app.after_request

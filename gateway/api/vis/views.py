@@ -8,8 +8,7 @@ from flask.views import MethodView
 from werkzeug.exceptions import MethodNotAllowed
 
 from ...errors import Conflict, Forbidden, GatewayError, NotFound
-from ...auth import unix_uid
-from ...models import FINAL_STATES, JobState, User
+from ...models import FINAL_STATES, JobState
 from ...vis import is_vis_job, load_vis_options, read_vis_session, submit_hook, vis_job_spec, vis_url
 from ...vis.session import WebsocketTickets
 from ..common import Blueprint, current_user, document_errors, ErrorEnvelope, gw, ok
@@ -157,9 +156,8 @@ class WebsocketCheck(MethodView):
         if found is None:
             raise Forbidden("not a ticket for this desktop: ask GET /vis/url/{jobId} for a fresh address")
         owner, job_id, started = found
-        user = User(name=owner, is_admin=gw().is_admin(owner), uid=unix_uid(owner))
         try:
-            job = gw().scheduler.call("get_job", user=user, job_id=job_id)
+            job = gw().scheduler.call("get_job", user=gw().user(owner), job_id=job_id)
         except NotFound:
             job = None
         if job is None or job.user_name != owner or not is_vis_job(job.name) or job.state != JobState.RUNNING \

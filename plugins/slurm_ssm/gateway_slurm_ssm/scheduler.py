@@ -550,17 +550,14 @@ class SlurmScheduler:
                         self._check(res)
                     else:
                         self._check(self._run(commands.job_action(action, job_id), as_user=account))
-                except NotFound:
+                except GatewayError as exc:
                     self._set_comments(removed)
-                    if action == "requeue" and job.state in FINAL_STATES:
+                    if isinstance(exc, NotFound) and action == "requeue" and job.state in FINAL_STATES:
                         # A finished job the snapshot carries after slurmctld forgot it
                         # (MinJobAge): GET shows it, so "no such job" would contradict it.
                         raise Conflict(f"cannot requeue job {job_id}: it has ended ({job.state.value}) and "
                                        "Slurm no longer holds it (it forgets finished jobs after MinJobAge); "
                                        "submit it again") from None
-                    raise
-                except GatewayError:
-                    self._set_comments(removed)
                     raise
         finally:
             self.snapshot.invalidate()
