@@ -11,10 +11,14 @@ import atexit
 import os
 import shutil
 import subprocess
+import signal
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent / "slurm.sh"
+SLURM_DIR = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm"))
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -58,3 +62,25 @@ def ensure_slurm() -> None:
 
 def stop_slurm() -> None:
     _sh("down")
+
+
+def slurm_up() -> None:
+    """tests/cluster/slurm.sh up (idempotent), asserting that it worked."""
+    res = _sh("up", timeout=180)
+    assert res.returncode == 0, f"tests/cluster/slurm.sh up failed: {res.stdout}{res.stderr}"
+
+
+@contextmanager
+def slurmctld_stopped():
+    """Stop slurmctld (SIGTERM via its pid file) and wait until it is gone; yields the
+    monotonic time it was gone at, and always brings the cluster back up."""
+    pid = int((SLURM_DIR / "run" / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}"), "slurmctld did not stop"
+        yield time.monotonic()
+    finally:
+        slurm_up()

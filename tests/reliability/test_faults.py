@@ -20,13 +20,12 @@ import subprocess
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.cluster.slurm_cluster import SCRIPT, ensure_slurm
+from tests.cluster.slurm_cluster import ensure_slurm, slurm_up, slurmctld_stopped
 from tests.support import require
 
 from .live import LiveGateway
@@ -34,7 +33,6 @@ from .live import LiveGateway
 pytestmark = pytest.mark.timeout(600)
 
 USER, ADMIN = "gwalice", "gwadmin"
-SLURM_DIR = Path(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm"))
 ANSWER_BOUND = 2.0          # seconds: a functional bound (no hang), not a benchmark
 COMMAND_TIMEOUT = 15.0      # slurm_ssm command_timeout (sbatch alone retries ~9 s when down)
 
@@ -48,26 +46,6 @@ def slurm_options(tmp: Path, transport: dict, **extra) -> dict:
 def ctld_answers() -> bool:
     out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
     return "is UP" in out
-
-
-def slurm_up() -> None:
-    res = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, f"tests/cluster/slurm.sh up failed: {res.stdout}{res.stderr}"
-
-
-@contextmanager
-def slurmctld_stopped():
-    """Stop slurmctld (SIGTERM via its pid file); always bring the cluster back up."""
-    pid = int((SLURM_DIR / "run" / "slurmctld.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
-    try:
-        deadline = time.monotonic() + 30
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not os.path.exists(f"/proc/{pid}"), "slurmctld did not stop"
-        yield time.monotonic()
-    finally:
-        slurm_up()
 
 
 def squeue_ids(name: str) -> list[str]:

@@ -715,6 +715,15 @@ def refusal(stdout: str, stderr: str, *, input_errors: bool = False) -> GatewayE
 _DENIED = re.compile(r"Access/permission denied", re.I)
 
 
+_UNEXPECTED = re.compile(r"Unexpected message received", re.I)
+
+
+def unexpected_message(stdout: str, stderr: str) -> bool:
+    """Whether scontrol said 'Unexpected message received': 22.05's words for a job action
+    while slurmctld is down, and for suspending or resuming an unknown job."""
+    return bool(_UNEXPECTED.search(scheduler_words(stdout, stderr)))
+
+
 def denied(words: str) -> bool:
     """Whether Slurm refused with 'Access/permission denied', its one answer to every rule it
     keeps on who may change what (limits, partitions, another's job)."""

@@ -234,8 +234,21 @@ class SlurmScheduler:
 
     def _check(self, result: CommandResult, *, input_errors: bool = False) -> CommandResult:
         if result.returncode != 0:
-            raise parse.refusal(result.out, result.err, input_errors=input_errors)
+            raise self._refused(result, parse.refusal(result.out, result.err, input_errors=input_errors))
         return result
+
+    def _refused(self, result: CommandResult, err: GatewayError) -> GatewayError:
+        """``err``, unless the controller is down. 22.05's scontrol answers a job action (hold,
+        release, requeue, suspend, resume, update JobId=...) with 'Unexpected message received
+        for job N' after MessageTimeout when slurmctld is down (measured: 9 s), the words it also
+        has for suspending or resuming a job it does not know. A ping tells the two apart: a
+        DOWN is a 503 (try again later: the action was not done), anything else keeps ``err``."""
+        if isinstance(err, SchedulerUnavailable) or not parse.unexpected_message(result.out, result.err):
+            return err
+        if self._ping_up() is False:
+            return SchedulerUnavailable(f"{parse.scheduler_words(result.out, result.err)} "
+                                        f"(the Slurm controller does not answer: {self._down_words})")
+        return err
 
     def _service(self, argv: list[str], timeout: float | None = None) -> CommandResult:
         return self._check(self._run(argv, as_user=self.service_account, timeout=timeout))
@@ -615,7 +628,8 @@ class SlurmScheduler:
           SSM): the gateway's own rule answers, as it would have on a fresh look (403 for
           a raise, 409 for a move). A look that fails leaves Slurm's refusal as it is: it is
           final, and a 503 would invite the client to send it again."""
-        err = parse.update_refusal(res.out, res.err, time_limit=change.time_limit_minutes is not None)
+        err = self._refused(res, parse.update_refusal(res.out, res.err,
+                                                      time_limit=change.time_limit_minutes is not None))
         words = parse.scheduler_words(res.out, res.err)
         if not parse.denied(words):
             return err

@@ -15,6 +15,8 @@ import pytest
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, SchedulerUnavailable
 from gateway.models import JobQuery, JobSpec, JobState, User
 
+from tests.cluster.slurm_cluster import slurmctld_stopped
+
 from .conftest import SCRIPT_BUCKET, transport_options, wait_for
 
 ALICE, BOB, ADMIN = User("gwalice"), User("gwbob"), User("gwadmin", is_admin=True)
@@ -356,14 +358,7 @@ def test_controller_down_answers_503_quickly_after_the_first_failure(make_plugin
     """Stops slurmctld for a moment (tests/cluster/slurm.sh up brings it back)."""
     plugin = make_plugin(snapshot_interval=0.2, command_timeout=15)
     plugin.list_jobs(user=ALICE, query=JobQuery())
-    pidfile = os.path.join(os.environ.get("GATEWAY_SLURM_DIR", "/var/tmp/hpc-gateway-slurm"), "run", "slurmctld.pid")
-    pid = int(open(pidfile).read())
-    os.kill(pid, 15)
-    try:
-        for _ in range(100):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.1)
+    with slurmctld_stopped():
         assert not plugin.health().ok
         time.sleep(0.3)
         with pytest.raises(SchedulerUnavailable) as e:      # squeue's own retries: seconds
@@ -375,12 +370,29 @@ def test_controller_down_answers_503_quickly_after_the_first_failure(make_plugin
             plugin.get_job(user=ALICE, job_id="1")
         assert time.monotonic() - start < 2.0
         assert "DOWN" in e.value.msg
-    finally:
-        from tests.cluster.slurm_cluster import SCRIPT
-        subprocess.run([str(SCRIPT), "up"], check=True, capture_output=True, timeout=120)
     time.sleep(0.3)
     assert plugin.health().ok
     plugin.list_jobs(user=ALICE, query=JobQuery())
+
+
+def test_a_job_action_while_the_controller_is_down_is_503_not_slurms_unexpected_message(make_plugin):
+    """22.05's scontrol says 'Unexpected message received' for a job action when slurmctld is
+    down: with the job still in a fresh snapshot (nothing else has seen the outage), the
+    action is a 503 with Retry-After, and nothing was done to the job."""
+    plugin = make_plugin(snapshot_interval=600, command_timeout=30)
+    job_id = plugin.submit_job(user=ALICE, spec=JobSpec(command="true", name=name(), hold=True))
+    try:
+        assert plugin.get_job(user=ALICE, job_id=job_id).state is JobState.HELD   # the snapshot has it
+        with slurmctld_stopped():
+            for action in ("release", "hold"):        # the first waits for scontrol (~9 s)
+                with pytest.raises(SchedulerUnavailable) as e:
+                    plugin.control_job(user=ALICE, job_id=job_id, action=action)
+                assert e.value.headers["Retry-After"]
+                assert "DOWN" in e.value.msg, e.value.msg
+        plugin.snapshot.invalidate()
+        assert plugin.get_job(user=ALICE, job_id=job_id).state is JobState.HELD            # not released
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
 
 
 @pytest.mark.parametrize("kind", ["local", "ssm"])

@@ -10,7 +10,7 @@ import pytest
 from gateway.errors import (ConfigError, Conflict, Forbidden, GatewayError, InvalidInput, NotFound,
                             NotImplementedByPlugin, SchedulerRefused, SchedulerTimeout,
                             SchedulerUnavailable)
-from gateway.models import JobQuery, JobSpec, JobState, User
+from gateway.models import JobChange, JobQuery, JobSpec, JobState, User
 from gateway.transports import CommandResult, Transport
 from gateway_slurm_ssm import commands, make_scheduler
 
@@ -679,6 +679,32 @@ def test_slurms_refusals_reach_the_client(make):
     with pytest.raises(Conflict) as e:
         sched.control_job(user=ADMIN, job_id="31", action="resume")
     assert e.value.msg.startswith("Job is not suspended")
+
+
+@pytest.mark.parametrize("action", ["hold", "requeue", "modify"])
+def test_scontrols_unexpected_message_is_503_when_the_controller_is_down(make, action):
+    """22.05's scontrol words for a job action while slurmctld is down ('Unexpected message
+    received', measured: after 9 s) are also its words for resuming an unknown job: a ping
+    tells them apart."""
+    sched, t = make(run_as="sudo")
+    unexpected = CommandResult(1, b"", b"Unexpected message received for job 30\n")
+    t.answer(["scontrol", action if action != "modify" else "update"], unexpected)
+
+    def act():
+        if action == "modify":
+            sched.modify_job(user=ALICE, job_id="30", change=JobChange(name="renamed"))
+        else:
+            sched.control_job(user=ALICE, job_id="30" if action == "requeue" else "35", action=action)
+    t.answer(["scontrol", "ping"], fx("down_ping"))
+    with pytest.raises(SchedulerUnavailable) as e:
+        act()
+    assert e.value.headers["Retry-After"] and "Unexpected message" in e.value.msg and "DOWN" in e.value.msg
+    # The controller answers: Slurm's words stand, a refusal (502), not "try again later".
+    t.answer(["scontrol", "ping"], fx("scontrol_ping"))
+    sched._controller_down = False
+    with pytest.raises(SchedulerRefused) as e:
+        act()
+    assert type(e.value) is SchedulerRefused and "Unexpected message" in e.value.msg
 
 
 def test_output_reads_a_slice_as_the_owner(make):
