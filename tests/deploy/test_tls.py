@@ -147,6 +147,59 @@ def test_the_novnc_snippet_keeps_hsts_on_the_tls_site(tmp_path, procs, certifica
     assert forged.status_code == 403 and forged.headers.get("Strict-Transport-Security"), forged.headers
 
 
+def test_a_desktop_opens_through_the_deployed_tls_site_with_its_ticket_and_not_after_its_job(
+        tmp_path, procs, certificate, need_gunicorn, need_nginx):
+    """The deployed site (hpc-gateway-ha-tls.conf: keep-alive HTTP/1.1 upstream, the proxy
+    headers) with the noVNC snippet included, a gunicorn replica on the mock backend: the
+    address GET /vis/url gives opens the desktop over wss:// (VNC authentication with its
+    password succeeds; NGINX's ticket check reaches the gateway through the site's API
+    location and is let through, several times over the same upstream connections), and
+    the same address is refused once the job has been killed."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import websocket
+
+    from tests.vis.conftest import require_vis_components
+    from tests.vis.support import rfb_auth, wait_until
+    require_vis_components()
+    cert, _ = certificate
+    origin, _, _ = _tls_site(tmp_path, procs, certificate, novnc=True)
+    base = origin + PREFIX
+    login = requests.post(base + "/login", json={"username": "admin", "password": _admin_password(tmp_path)},
+                          verify=str(cert), timeout=10)
+    assert login.status_code == 200, login.text
+    auth = {"Authorization": f"Bearer {login.json()['data']['token']['token']}"}
+    r = requests.post(base + "/vis/submit", json={"command": "sleep 300", "type": "vnc"}, headers=auth,
+                      verify=str(cert), timeout=30)
+    assert r.status_code == 200, r.text
+    job_id = r.json()["data"]["vis"]["jobId"]
+    try:
+        def address():
+            got = requests.get(f"{base}/vis/url/{job_id}", headers=auth, verify=str(cert), timeout=10)
+            assert got.status_code in (200, 409), got.text
+            return got.json()["data"]["visurl"]["url"] if got.status_code == 200 else None
+        url = wait_until(address, 90, f"the desktop of job {job_id}", interval=0.5)
+        parts = urlsplit(url)
+        password = parse_qs(parts.fragment)["password"][0]
+        ws = origin.replace("https://", "wss://", 1) + "/" + parse_qs(parts.query)["path"][0]
+        tls = {"ca_certs": str(cert)}
+        for _ in range(3):
+            assert rfb_auth(ws, password, sslopt=tls) == (0, "")
+        result, _ = rfb_auth(ws, password[::-1] + "x", sslopt=tls)        # the desktop's own lock
+        assert result != 0
+    finally:
+        killed = requests.post(f"{base}/jobs/{job_id}/kill", headers=auth, verify=str(cert), timeout=30)
+    assert killed.status_code == 200, killed.text
+
+    def refused():
+        try:
+            rfb_auth(ws, password, sslopt=tls)
+        except websocket.WebSocketBadStatusException as exc:
+            return exc.status_code == 403
+        return False
+    wait_until(refused, 30, "NGINX to refuse the ended job's desktop address")
+
+
 def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate, need_gunicorn):
     """ssl: 1 and the slow-client deadlines (tests/deploy/test_slow_clients.py has the plain
     HTTP cases): a handshake that stops half-way and a reader that stops reading each lose

@@ -154,10 +154,12 @@ def _des_ecb(key: bytes, data: bytes) -> bytes:
     return enc.update(data) + enc.finalize()
 
 
-def rfb_auth(ws_url: str, password: str, timeout: float = 10) -> tuple[int, str]:
-    """RFB 3.8 VNC authentication over a websocket; returns (SecurityResult, reason)."""
+def rfb_auth(ws_url: str, password: str, timeout: float = 10, sslopt: dict | None = None) -> tuple[int, str]:
+    """RFB 3.8 VNC authentication over a websocket; returns (SecurityResult, reason).
+    ``sslopt``: websocket-client's TLS options for a wss:// address (e.g. ca_certs)."""
     import websocket
-    ws = websocket.create_connection(ws_url, subprotocols=["binary"], timeout=timeout, suppress_origin=True)
+    ws = websocket.create_connection(ws_url, subprotocols=["binary"], timeout=timeout, suppress_origin=True,
+                                     sslopt=sslopt)
     buf = bytearray()
 
     def read(n):
