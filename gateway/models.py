@@ -258,6 +258,11 @@ class VisSession:
     password: str
     display: int
     exec_host: str | None = None
+    # websockify's token for this desktop (launcher.sh: a fresh random key per session): its
+    # websockify lets through only a websocket that names it (?token=), so an address and
+    # port alone, which a user can put in a session file of their own, open nothing. None:
+    # a launcher or plugin that gives none (websockify then has no token plugin).
+    key: str | None = None
 
 
 @dataclass

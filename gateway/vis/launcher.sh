@@ -6,8 +6,10 @@
 #   1. starts TigerVNC's Xvnc on a free X display (probing /tmp/.X<n>-lock and the socket,
 #      retrying on collision), with VNC authentication by a fresh random password and an
 #      X authority cookie; Xvnc listens on no TCP port, only on a 0600 Unix socket;
-#   2. starts websockify on a free TCP port of VIS_PORT_MIN..VIS_PORT_MAX in front of it;
-#   3. writes host, port, display and password to ~/.hpc-gateway/vis/<job id>.json (mode
+#   2. starts websockify on a free TCP port of VIS_PORT_MIN..VIS_PORT_MAX in front of it,
+#      letting through only a websocket that names this session's random key (?token=KEY,
+#      websockify's TokenFile plugin on a 0600 file): the port alone opens nothing;
+#   3. writes host, port, display, password and key to ~/.hpc-gateway/vis/<job id>.json (mode
 #      0600, directory 0700), where the gateway reads it as the user; nothing secret is
 #      ever printed, logged or put on a command line;
 #   4. runs the command on that display, and ends the session (Xvnc, websockify, the
@@ -100,6 +102,12 @@ password=$(LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 8)
 [ ${#password} -eq 8 ] || fail "cannot generate a password"
 printf '%s\n' "$password" | vncpasswd -f >"$work/passwd" || fail "vncpasswd failed"
 cookie=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+# websockify's token: 128 random bits in hex. The gateway hands it to NGINX with the
+# desktop's address (GET /vis/websocket-check), or puts it in the address (websocket:
+# direct); another user's session file may name this port, never this key.
+key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+[ ${#key} -eq 32 ] || fail "cannot generate a websockify key"
+printf '%s: unix_socket:%s\n' "$key" "$work/rfb.sock" >"$work/tokens" || fail "cannot write $work/tokens"
 XAUTHORITY=$work/Xauthority
 export XAUTHORITY
 
@@ -188,7 +196,7 @@ n=0
 while [ $n -lt "$span" ] && [ $n -lt 40 ]; do
     p=$((VIS_PORT_MIN + (offset + n) % span))
     n=$((n + 1))
-    websockify "$address:$p" --unix-target="$work/rfb.sock" </dev/null >&2 2>&1 &
+    websockify "$address:$p" --token-plugin TokenFile --token-source "$work/tokens" </dev/null >&2 2>&1 &
     ws_pid=$!
     i=0
     while [ $i -lt 100 ] && alive "$ws_pid" && ! listens "$ws_pid" "$p"; do
@@ -207,8 +215,8 @@ done
 
 # 3. The session file, written whole and then renamed into place.
 tmp=$session_dir/.$job_id.json.tmp
-printf '{"jobId": "%s", "host": "%s", "port": %s, "display": %s, "password": "%s", "execHost": "%s", "xvncPid": %s, "websockifyPid": %s, "launcherPid": %s, "started": %s}\n' \
-    "$job_id" "$address" "$port" "$display" "$password" "$exec_host" "$xvnc_pid" "$ws_pid" "$$" \
+printf '{"jobId": "%s", "host": "%s", "port": %s, "display": %s, "password": "%s", "key": "%s", "execHost": "%s", "xvncPid": %s, "websockifyPid": %s, "launcherPid": %s, "started": %s}\n' \
+    "$job_id" "$address" "$port" "$display" "$password" "$key" "$exec_host" "$xvnc_pid" "$ws_pid" "$$" \
     "$(date +%s)" >"$tmp" || fail "cannot write $tmp"
 mv -f "$tmp" "$session" || fail "cannot write $session"
 say "desktop :$display on $exec_host is ready (websockify on $address:$port)"

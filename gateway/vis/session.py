@@ -20,6 +20,7 @@ SESSION_DIR = "~/.hpc-gateway/vis"
 MAX_SESSION_BYTES = 4096
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}\Z")
 _PASSWORD_RE = re.compile(r"^[A-Za-z0-9]{6,64}\Z")
+_KEY_RE = re.compile(r"^[0-9a-f]{32,64}\Z")
 
 
 def session_path(job_id: str) -> str:
@@ -37,17 +38,20 @@ def parse_session(data: bytes | None, job_id: str, not_before: float | None = No
         return None
     try:
         doc = json.loads(data.decode("utf-8"))
+        key = doc.get("key")
         session = VisSession(host=str(doc["host"]), port=int(doc["port"]), password=str(doc["password"]),
-                             display=int(doc["display"]), exec_host=str(doc.get("execHost") or doc["host"]))
+                             display=int(doc["display"]), exec_host=str(doc.get("execHost") or doc["host"]),
+                             key=None if key is None else str(key))
         started = float(doc.get("started", 0))
         same_job = str(doc.get("jobId")) == str(job_id)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None
     if not same_job or (not_before is not None and started < not_before):
         return None
     if not (_HOST_RE.match(session.host) and _HOST_RE.match(session.exec_host or "")
             and 0 < session.port < 65536 and 0 <= session.display < 100000
-            and _PASSWORD_RE.match(session.password)):
+            and _PASSWORD_RE.match(session.password)
+            and (session.key is None or _KEY_RE.match(session.key))):
         return None
     return session
 
@@ -64,13 +68,17 @@ class WebsocketTickets:
     websockify only once the gateway has checked it (``auth_request``, GET /vis/websocket-check).
 
     A ticket is signed with the gateway's secret (every replica shares it) and names the
-    owner, the job, the start of the job's run and websockify's address and port: it opens
-    that one desktop's websocket, and only while that run of its job goes on (the check asks
-    the scheduler; a requeued job starts again, maybe on another host or port, and the old
-    port may go to someone else's desktop). It has no expiry of its own (the run's end is
-    its end), so the address stays the same for the session's life and a reloaded page
-    reconnects. Without it, NGINX would hand anyone who reaches it a websocket
-    to any desktop (its VNC password the only lock) and a websockify process per connection.
+    owner, the job, the start of the job's run, websockify's address and port, and the
+    desktop's websockify token (the session's ``key``): NGINX lets its websocket through
+    only while that run of its job goes on (the check asks the scheduler; a requeued job
+    starts again, maybe on another host or port, and the old port may go to someone else's
+    desktop), and hands websockify the token the check answers with. Address and port come
+    from the session file, which its owner can write: a ticket for someone else's port
+    carries the wrong token, and that websockify refuses it. A ticket has no expiry of its
+    own (the run's end is its end), so the address stays the same for the session's life
+    and a reloaded page reconnects. Without it, NGINX would hand anyone who reaches it a
+    websocket to any desktop (its VNC password the only lock) and a websockify process per
+    connection.
     """
 
     SALT = "hpc-gateway-vis-websocket"
@@ -79,25 +87,30 @@ class WebsocketTickets:
     def __init__(self, secret: bytes):
         self._serializer = URLSafeSerializer(secret, salt=self.SALT)
 
-    def issue(self, user: str, job_id: str, address: str, port: int, started: str | None = None) -> str:
-        """``started``: the run's start as the scheduler gives it (ISO 8601), None if unknown."""
-        return self._serializer.dumps([user, str(job_id), address, int(port), started])
+    def issue(self, user: str, job_id: str, address: str, port: int, started: str | None = None,
+              key: str | None = None) -> str:
+        """``started``: the run's start as the scheduler gives it (ISO 8601), None if unknown;
+        ``key``: the desktop's websockify token (VisSession.key), None if it has none."""
+        return self._serializer.dumps([user, str(job_id), address, int(port), started, key])
 
-    def check(self, ticket: str, address: str, port: int) -> tuple[str, str, str | None] | None:
-        """(owner, job id, run start) of a genuine ticket for this address and port; None otherwise."""
+    def check(self, ticket: str, address: str, port: int) -> tuple[str, str, str | None, str | None] | None:
+        """(owner, job id, run start, websockify token) of a genuine ticket for this address
+        and port; None otherwise. A ticket of an earlier release (five fields) has no token."""
         if not ticket or len(ticket) > self.MAX_CHARS:
             return None
         try:
             data = self._serializer.loads(ticket)
         except BadSignature:
             return None
-        if not (isinstance(data, list) and len(data) == 5 and all(isinstance(v, str) for v in data[:3])
-                and isinstance(data[3], int) and (data[4] is None or isinstance(data[4], str))):
+        if isinstance(data, list) and len(data) == 5:
+            data = [*data, None]
+        if not (isinstance(data, list) and len(data) == 6 and all(isinstance(v, str) for v in data[:3])
+                and isinstance(data[3], int) and all(v is None or isinstance(v, str) for v in data[4:])):
             return None
-        user, job_id, signed_address, signed_port, started = data
+        user, job_id, signed_address, signed_port, started, key = data
         if signed_address != address or signed_port != port:
             return None
-        return user, job_id, started
+        return user, job_id, started, key
 
 
 def vis_url(session: VisSession, options: dict, request_url: str | None = None,
@@ -114,6 +127,9 @@ def vis_url(session: VisSession, options: dict, request_url: str | None = None,
     extra = []
     if options["websocket"] == "direct":
         host, port = session.host, session.port
+        if session.key:
+            # noVNC's default path, with the token websockify asks for.
+            extra = [("path", f"websockify?token={session.key}")]
     else:
         front = urlsplit(options.get("public_url") or request_url or "http://localhost/")
         secure = front.scheme == "https"

@@ -94,15 +94,22 @@ def test_a_session_and_its_secrets(launches):
     assert stat.S_IMODE(os.stat(one.session_path.parent).st_mode) == 0o700
     assert s["jobId"] == one.job_id and s["host"] == "127.0.0.1" and 6100 <= s["port"] <= 6199
     assert process_alive(s["xvncPid"]) and process_alive(s["websockifyPid"])
-    # The password is on no command line and in neither output file.
-    assert not any(s["password"].encode() in c for c in _cmdlines())
+    # The password and websockify's key are on no command line and in neither output file.
+    assert not any(s["password"].encode() in c or s["key"].encode() in c for c in _cmdlines())
     assert s["password"] not in one.out.read_text() + one.err.read_text()
+    assert s["key"] not in one.out.read_text() + one.err.read_text()
     assert "is ready" in one.out.read_text()
     # Xvnc listens on no TCP port; websockify only on loopback.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 5900 + s["display"]), timeout=1).close()
-    assert rfb_auth(f"ws://127.0.0.1:{s['port']}/websockify", s["password"])[0] == 0
-    assert rfb_auth(f"ws://127.0.0.1:{s['port']}/websockify", "wrongpw1")[0] == 1
+    assert rfb_auth(f"ws://127.0.0.1:{s['port']}/websockify?token={s['key']}", s["password"])[0] == 0
+    assert rfb_auth(f"ws://127.0.0.1:{s['port']}/websockify?token={s['key']}", "wrongpw1")[0] == 1
+    import websocket
+    # websockify lets through only a websocket that names the session's key: the port alone,
+    # or another key, reaches no desktop (a session file of another job may name this port).
+    for url in (f"ws://127.0.0.1:{s['port']}/websockify", f"ws://127.0.0.1:{s['port']}/websockify?token={'0' * 32}"):
+        with pytest.raises((OSError, websocket.WebSocketException)):     # closed before any RFB byte
+            rfb_auth(url, s["password"])
     # The X display needs the cookie: a client without it is refused.
     if shutil.which("xdpyinfo"):
         env = {"PATH": os.environ["PATH"], "DISPLAY": f":{s['display']}", "XAUTHORITY": "/nonexistent"}
@@ -122,7 +129,7 @@ def test_wrong_passwords_do_not_lock_the_owner_out(launches):
     """Every viewer reaches Xvnc through websockify, from one address: Xvnc's blacklist
     (5 failures) would lock the desktop's owner out too (measured: 10 s, doubling)."""
     s = launches().session()
-    url = f"ws://127.0.0.1:{s['port']}/websockify"
+    url = f"ws://127.0.0.1:{s['port']}/websockify?token={s['key']}"
     assert [rfb_auth(url, f"wrong{i:03d}")[0] for i in range(8)] == [1] * 8
     assert rfb_auth(url, s["password"]) == (0, "")
 
@@ -177,7 +184,7 @@ def test_taken_displays_and_ports_are_skipped(launches):
         assert base not in (sa["display"], sb["display"]) and sa["display"] != sb["display"]
         assert taken not in (sa["port"], sb["port"]) and sa["port"] != sb["port"]
         for s in (sa, sb):
-            assert rfb_auth(f"ws://127.0.0.1:{s['port']}/", s["password"])[0] == 0
+            assert rfb_auth(f"ws://127.0.0.1:{s['port']}/?token={s['key']}", s["password"])[0] == 0
     finally:
         lock.unlink()
         blocker.close()
@@ -196,7 +203,7 @@ def test_a_display_left_locked_by_a_dead_session_is_used_again(launches):
     try:
         s = launches(display_min=base, display_max=base + 2).session()
         assert s["display"] == base, s
-        assert rfb_auth(f"ws://127.0.0.1:{s['port']}/", s["password"])[0] == 0
+        assert rfb_auth(f"ws://127.0.0.1:{s['port']}/?token={s['key']}", s["password"])[0] == 0
     finally:
         if lock.exists() and lock.read_text().strip() == str(dead.pid):      # still the dead one's
             lock.unlink()

@@ -189,7 +189,8 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     alice.wait_for(job_id, "RUNNING", timeout=30)
     r = alice.get(f"/vis/url/{job_id}")
     assert r.status == 409 and "is starting" in r.msg, r.body       # vis_session said None
-    own.session = VisSession(host="10.9.8.7", port=6150, password="Ab3dE6gH", display=33, exec_host="n7")
+    key = "5e55104b" * 4
+    own.session = VisSession(host="10.9.8.7", port=6150, password="Ab3dE6gH", display=33, exec_host="n7", key=key)
     r = alice.get(f"/vis/url/{job_id}")
     assert r.status == 200, r.body
     assert r.headers["Cache-Control"] == "no-store"           # it carries the desktop's password
@@ -199,7 +200,9 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     assert url.fragment == "password=Ab3dE6gH" and "password" not in q
     check = {"address": "10.9.8.7", "port": "6150", "ticket": q["path"].rsplit("/", 1)[1]}
     anonymous = ApiClient(app)
-    assert anonymous.get("/vis/websocket-check", params=check).status == 204
+    r = anonymous.get("/vis/websocket-check", params=check)
+    # NGINX hands websockify the desktop's token it answers with (the browser never sees it).
+    assert r.status == 204 and r.headers["X-Hpcgw-Vis-Key"] == key, r.headers
     # Genuine tickets (signed with the gateway's secret) for what is not the owner's running
     # desktop: another owner, a job that is no vis job.
     tickets = app.extensions["hpc_gateway_vis_tickets"]
@@ -220,7 +223,18 @@ def test_the_plugins_own_hooks_take_over(vis_world):
     assert r.status == 403 and "is over" in r.msg, r.body
     again = parse_qs(urlsplit(alice.get(f"/vis/url/{job_id}").body["data"]["visurl"]["url"]).query)["path"][0]
     assert again != q["path"]
-    assert anonymous.get("/vis/websocket-check", params={**check, "ticket": again.rsplit("/", 1)[1]}).status == 204
+    again_check = {**check, "ticket": again.rsplit("/", 1)[1]}
+    assert anonymous.get("/vis/websocket-check", params=again_check).status == 204
+    # An account removed from the users file: its desktops' addresses end with its sessions.
+    users = UsersFile(app.extensions["hpc_gateway"].config["auth"]["users_file"])
+    assert users.remove("alice")
+    try:
+        r = anonymous.get("/vis/websocket-check", params=again_check)
+        assert r.status == 403 and "no longer a user" in r.msg, r.body
+    finally:
+        users.set_password("alice", "alice-password-1")
+    assert anonymous.get("/vis/websocket-check", params=again_check).status == 204
+    alice = ApiClient(app).login("alice", "alice-password-1")
     alice.post(f"/jobs/{plain}/kill")
     alice.post(f"/jobs/{job_id}/kill")
 

@@ -261,6 +261,62 @@ def _novnc_route_carries_websockets_only(s, job_id):
         server.server_close()
 
 
+def _rfb_banner(ws_address: str) -> bytes | None:
+    """The first 12 bytes the desktop sends over the websocket (its RFB version), or None when
+    the connection is refused or closed before any."""
+    import websocket
+    try:
+        ws = websocket.create_connection(ws_address, subprotocols=["binary"], timeout=10, suppress_origin=True)
+    except (websocket.WebSocketException, OSError):
+        return None
+    try:
+        data = ws.recv()
+        return bytes(data[:12]) if data else None
+    except (websocket.WebSocketException, OSError):
+        return None
+    finally:
+        ws.close()
+
+
+def test_a_session_file_naming_another_desktop_opens_nothing(vis_stack):
+    """A user writes the session file of a job of their own (any job named vnc-*), so it may
+    name another user's desktop: the gateway signs a ticket for that address and port, and
+    NGINX lets the websocket through, but the ticket carries the user's own websockify key,
+    and the other desktop's websockify wants its own: no RFB byte reaches the user."""
+    s = vis_stack
+    r = s.bob.post("/vis/submit", json={"command": "sleep 300", "type": "vnc"})
+    assert r.status == 200, r.body
+    bob_job = r.body["data"]["vis"]["jobId"]
+    forged_job = None
+    try:
+        bob_url, _ = wait_for_url(s.bob, bob_job)
+        bob_ws = ws_url(s.front_url, bob_url)
+        assert (_rfb_banner(bob_ws) or b"").startswith(b"RFB "), "bob's own address does not open his desktop"
+        _, address, port, _ = parse_qs(urlsplit(bob_url).query)["path"][0].split("/")
+        # alice's job writes a session file naming bob's websockify, with a key of her own.
+        script = (
+            'id=${SLURM_JOB_ID:-${LSB_JOBID:-$GATEWAY_JOB_ID}}\n'
+            'dir=$(getent passwd "$(id -u)" | cut -d: -f6)/.hpc-gateway/vis\n'
+            'mkdir -p "$dir" && chmod 700 "$dir"\n'
+            f'printf \'{{"jobId": "%s", "host": "{address}", "port": {port}, "display": 11, '
+            f'"password": "Abcdef12", "key": "{"ab" * 16}", "execHost": "n1", "started": %s}}\' '
+            '"$id" "$(date +%s)" > "$dir/$id.json"\n'
+            'sleep 300\n')
+        r = s.alice.post("/jobs", json={"command": script, "name": "vnc-forged"})
+        assert r.status == 200, r.body
+        forged_job = r.body["data"]["job"]["jobId"]
+        forged_url, _ = wait_for_url(s.alice, forged_job)
+        forged_ws = ws_url(s.front_url, forged_url)
+        assert f"/novnc-ws/{address}/{port}/" in forged_ws          # the gateway signed it
+        assert _upgrade_status(forged_ws) != 403                    # and NGINX let it through
+        assert _rfb_banner(forged_ws) is None, "another desktop's websockify answered a forged session's ticket"
+        assert (_rfb_banner(bob_ws) or b"").startswith(b"RFB ")
+    finally:
+        s.bob.post(f"/jobs/{bob_job}/kill")
+        if forged_job:
+            s.alice.post(f"/jobs/{forged_job}/kill")
+
+
 def test_session_ends_with_its_command(vis_stack):
     s = vis_stack
     r = s.alice.post("/vis/submit", json={"command": "sleep 4", "type": "vnc", "geometry": "800x600"})

@@ -1,6 +1,7 @@
 """Pure parts of the vis core: the job script, the session file, the noVNC address, options."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -109,6 +110,9 @@ def test_parse_session():
     (_session_bytes(password="has space1"), "42", None),
     (b"\xff\xfe", "42", None),
     (b"[1, 2]", "42", None),
+    (_session_bytes(key="0123456789ABCDEF" * 2), "42", None),       # not the launcher's hex
+    (_session_bytes(key="0123456789abcdef&token=x"), "42", None),
+    (_session_bytes(key="abc"), "42", None),
 ])
 def test_parse_session_refuses(data, job_id, not_before):
     assert parse_session(data, job_id, not_before) is None
@@ -140,11 +144,16 @@ def test_url_through_nginx_carries_the_websocket_ticket_in_its_path():
 
 def test_a_websocket_ticket_opens_one_desktop_and_only_its_own_gateways():
     tickets = WebsocketTickets(b"k" * 32)
-    ticket = tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00")
-    assert tickets.check(ticket, "10.1.0.21", 6105) == ("alice", "42", "2026-12-07T09:00:00+00:00")
-    assert tickets.check(tickets.issue("alice", "42", "10.1.0.21", 6105), "10.1.0.21", 6105) == ("alice", "42", None)
+    key = "0123456789abcdef" * 2
+    ticket = tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00", key)
+    assert tickets.check(ticket, "10.1.0.21", 6105) == ("alice", "42", "2026-12-07T09:00:00+00:00", key)
+    assert tickets.check(tickets.issue("alice", "42", "10.1.0.21", 6105), "10.1.0.21", 6105) == ("alice", "42", None, None)
+    # A ticket of the release before websockify tokens (five fields) still opens its desktop.
+    from itsdangerous import URLSafeSerializer
+    old = URLSafeSerializer(b"k" * 32, salt=WebsocketTickets.SALT).dumps(["alice", "42", "10.1.0.21", 6105, None])
+    assert tickets.check(old, "10.1.0.21", 6105) == ("alice", "42", None, None)
     # The same ticket is issued every time (a reloaded page reconnects), in path-safe characters.
-    assert tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00") == ticket
+    assert tickets.issue("alice", "42", "10.1.0.21", 6105, "2026-12-07T09:00:00+00:00", key) == ticket
     assert set(ticket) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
     assert len(ticket) <= WebsocketTickets.MAX_CHARS
     # Another desktop (address, port), another secret, a changed or cut ticket: refused.
@@ -161,7 +170,6 @@ def test_a_websocket_ticket_opens_one_desktop_and_only_its_own_gateways():
     assert tickets.check("", "10.1.0.21", 6105) is None
     assert tickets.check("a" * 401, "10.1.0.21", 6105) is None
     # A session token (signed with the same secret, another salt) is no ticket.
-    from itsdangerous import URLSafeSerializer
     other = URLSafeSerializer(b"k" * 32, salt="hpc-gateway-session").dumps(["alice", "42", "10.1.0.21", 6105, None])
     assert tickets.check(other, "10.1.0.21", 6105) is None
 
@@ -181,6 +189,16 @@ def test_url_direct_is_the_seeds_form():
     raw, _ = _query(vis_url(SESSION, opts, "http://gw/"))
     assert raw == ("autoconnect=true&host=10.1.0.21&port=6105&resize=remote&quality=9"
                    "&compression=5&exec=node1&sid=10")
+    # A desktop with a websockify token: noVNC's default path, naming it.
+    keyed = dataclasses.replace(SESSION, key="0123456789abcdef" * 2)
+    raw, q = _query(vis_url(keyed, opts, "http://gw/"))
+    assert raw.endswith("&sid=10&path=websockify%3Ftoken%3D" + "0123456789abcdef" * 2)
+    assert q["path"] == "websockify?token=" + "0123456789abcdef" * 2
+
+
+def test_a_session_files_key_is_read():
+    assert parse_session(_session_bytes(key="0123456789abcdef" * 2), "42").key == "0123456789abcdef" * 2
+    assert parse_session(_session_bytes(), "42").key is None            # a launcher without keys
 
 
 def test_every_value_is_url_encoded():

@@ -21,6 +21,9 @@ blp = Blueprint("vis", __name__, url_prefix="/vis",
                 description="Visualization jobs: VNC desktops run as jobs and opened in the browser with noVNC")
 
 OPTIONS_KEY = "hpc_gateway_vis"
+# The check's answer to NGINX: the desktop's websockify token, which the snippet puts in the
+# proxied websocket's query (auth_request_set). Never sent to a browser.
+KEY_HEADER = "X-Hpcgw-Vis-Key"
 TICKETS_KEY = "hpc_gateway_vis_tickets"
 RETRY_AFTER = "2"
 
@@ -54,7 +57,7 @@ def _url(job, session) -> str:
     ticket = None
     if options["websocket"] == "proxy":
         ticket = current_app.extensions[TICKETS_KEY].issue(job.user_name, job.job_id, session.host, session.port,
-                                                           _started(job))
+                                                           _started(job), session.key)
     return vis_url(session, options, request.host_url, ticket)
 
 
@@ -150,12 +153,18 @@ class WebsocketCheck(MethodView):
 
         deploy/nginx/hpc-gateway-novnc.conf asks this before it proxies
         /novnc-ws/<address>/<port>/<ticket> to websockify: 204 when the ticket was issued by
-        this gateway (or a replica sharing its secret) for that address and port, and its
-        visualization job is still running; 403 otherwise. Browsers never call it."""
+        this gateway (or a replica sharing its secret) for that address and port, its owner
+        is still a user and its visualization job is still running, with the desktop's
+        websockify token in `X-Hpcgw-Vis-Key` for NGINX to pass on; 403 otherwise. Browsers
+        never call it."""
         found = current_app.extensions[TICKETS_KEY].check(args["ticket"], args["address"], args["port"])
         if found is None:
             raise Forbidden("not a ticket for this desktop: ask GET /vis/url/{jobId} for a fresh address")
-        owner, job_id, started = found
+        owner, job_id, started, key = found
+        if gw().authenticator.stamp(owner) == "":
+            # Removed from the users file (or no longer known to the authenticator): the
+            # desktop's address dies with the account, as its sessions do.
+            raise Forbidden(f"{owner} is no longer a user of this gateway")
         try:
             job = gw().scheduler.call("get_job", user=gw().user(owner), job_id=job_id)
         except NotFound:
@@ -166,4 +175,6 @@ class WebsocketCheck(MethodView):
         audit.info("vis websocket job=%s user=%s address=%s", job_id, owner, request.remote_addr or "-")
         response = Response(status=204)
         del response.headers["Content-Type"]
+        if key:
+            response.headers[KEY_HEADER] = key
         return response
