@@ -135,6 +135,7 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     for bad in (desktop, f"{desktop}/{changed}", f"{ws.rsplit('/', 2)[0]}/{other_port}/{ticket}"):
         assert _upgrade_status(bad) == 403, bad
     assert _upgrade_status(ws) == 101
+    assert _upgrade_status(ws, method="POST") == 403              # a handshake is a GET
     # A handshake with a body (there is none in a websocket's): refused before the check, whose
     # subrequest would carry the Content-Length and hold a gateway thread waiting for it.
     assert _upgrade_status(ws, {"Content-Length": "1"}, b"x") == 400
@@ -203,7 +204,8 @@ def test_desktop_opens_in_the_browser_and_goes_with_the_job(vis_stack, artifacts
     print(f"[{s.backend}] killed: processes gone {gone_s:.1f} s after the kill request")
 
 
-def _upgrade_status(ws_address: str, extra_headers: dict | None = None, body: bytes | None = None) -> int:
+def _upgrade_status(ws_address: str, extra_headers: dict | None = None, body: bytes | None = None,
+                    method: str = "GET") -> int:
     """The status NGINX answers a websocket handshake to this address with."""
     import base64
 
@@ -212,7 +214,7 @@ def _upgrade_status(ws_address: str, extra_headers: dict | None = None, body: by
     headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Protocol": "binary",
                **(extra_headers or {})}
-    with requests.get(url, headers=headers, data=body, timeout=10, stream=True) as r:
+    with requests.request(method, url, headers=headers, data=body, timeout=10, stream=True) as r:
         return r.status_code
 
 
