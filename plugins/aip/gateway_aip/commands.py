@@ -395,6 +395,37 @@ ACTION_COMMANDS = {
     "requeue": ("brequeue", []), "hold": ("bstop", []), "release": ("bresume", []),
 }
 
+# brequeue's filter by the native state the job was last seen in. With no option LSF's and
+# OpenLava's brequeue requeue only started jobs (RUN, USUSP, SSUSP) and refuse a finished one
+# ("Job <N> : Job has already finished"): -d requeues a DONE job, -e an EXIT job. PDONE and
+# PERR are LSF's post-execution states of a finished job (PERR's job may have been either).
+_REQUEUE_FILTERS = {"DONE": ("-d",), "PDONE": ("-d",), "EXIT": ("-e",), "PERR": ("-d", "-e")}
+
+
+def requeue_args(native_states: Sequence[str]) -> list[str]:
+    """brequeue's options for a job seen in ``native_states`` (one, or an array's elements).
+
+    The filter matches the state the gateway has just read, never ``-a``: the scheduler
+    then acts only if the job is still in that state. A job seen DONE that someone else has
+    requeued and that runs again meanwhile is refused (``Job has already started``: 409)
+    instead of having its new run killed and requeued once more; a job seen running that
+    has ended meanwhile is refused (``Job has already finished``: 409) instead of being
+    started again, a thing the client did not ask of a job it believed running. Either way
+    the client looks again and decides; with -a the command would act on whatever the job
+    had become. A job still active (an array with an element running or suspended) gets no
+    option: its started elements are requeued, its finished ones stay, as LSF does. An
+    array whose elements have all ended, some DONE and some EXIT, needs ``-d -e`` (OpenLava's
+    lsb_requeuejob widens two filters to all three: a race there is an array's, not a job's).
+    """
+    opts: list[str] = []
+    for native in native_states:
+        filt = _REQUEUE_FILTERS.get((native or "").strip().upper())
+        if filt is None:                      # active (or unknown): the default RUN filter
+            return []
+        opts += [o for o in filt if o not in opts]
+    return sorted(opts)
+
+
 HOST_ACTIONS = {"open": "hopen", "close": "hclose"}
 QUEUE_ACTIONS = {"open": "qopen", "close": "qclose", "activate": "qact", "inactivate": "qinact"}
 

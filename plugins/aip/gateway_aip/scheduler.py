@@ -344,6 +344,11 @@ class AipScheduler:
         return job
 
     def _job(self, job_id: str) -> Job:
+        return self._job_and_elements(job_id)[0]
+
+    def _job_and_elements(self, job_id: str) -> tuple[Job, list[Job]]:
+        """The job as bjobs -l shows it now, and what it is made of: itself, or an array's
+        elements (the Job is then their sum, native state ``ARRAY``)."""
         ids = P.split_job_id(job_id)
         if ids is None:
             raise NotFound(f"no such job: {job_id}")
@@ -353,8 +358,8 @@ class AipScheduler:
         jobs = [self._job_from_detail(d) for d in details]
         self._settle_exits(jobs, {d.job_id: d for d in details})
         if len(jobs) == 1 and jobs[0].job_id == job_id:
-            return jobs[0]
-        return _aggregate(job_id, jobs)
+            return jobs[0], jobs
+        return _aggregate(job_id, jobs), jobs
 
     # ================================================================ jobs
     @hookimpl
@@ -437,7 +442,7 @@ class AipScheduler:
 
     @hookimpl
     def control_job(self, user, job_id, action):
-        job = self._job(str(job_id))
+        job, elements = self._job_and_elements(str(job_id))
         state = job.state
         why = None
         if action == "kill" and state.is_final:
@@ -455,9 +460,31 @@ class AipScheduler:
         if why:
             raise Conflict(f"cannot {action} job {job_id}: {why}")
         name, extra = C.ACTION_COMMANDS[action]
+        if action == "requeue":
+            # -d for a job seen DONE, -e for one seen EXIT, nothing for a running or suspended
+            # one (brequeue's default; it refuses a finished job): see C.requeue_args.
+            extra = [*extra, *C.requeue_args([e.native_state or "" for e in elements])]
         text = self._run(name, [*extra, C.job_id_arg(job.job_id)], what=f"{action} of a job",
                          as_user=self._as_for_job(user, job))
-        P.parse_action(text, job.job_id)
+        try:
+            P.parse_action(text, job.job_id)
+        except SchedulerRefused as exc:
+            if action == "requeue" and "Bad or invalid action specification" in exc.msg:
+                # -d met a job that is EXIT by now, or -e one that is DONE (OpenLava's
+                # LSBE_EXCEPT_ACTION): it was requeued, and ended again, in between.
+                raise Conflict(f"cannot requeue job {job_id}: it was {state.value} a moment ago and "
+                               f"has changed since; look at it again ({exc.msg})") from None
+            raise
+        except NotFound:
+            if action == "requeue" and state.is_final:
+                # A finished job bjobs -l showed a moment ago that mbatchd has since cleaned
+                # (CLEAN_PERIOD; an LSF query mbatchd may also answer bjobs from an older
+                # snapshot): the job exists for the client, so "no such job" would contradict
+                # the GET it just made. Only requeue reaches the scheduler for an ended job.
+                raise Conflict(f"cannot requeue job {job_id}: it has ended ({state.value}) and the "
+                               "scheduler no longer holds it (mbatchd forgets finished jobs after "
+                               "CLEAN_PERIOD); submit it again") from None
+            raise
         if action == "kill":
             with self._lock:
                 self._killed_here.add(job.job_id)

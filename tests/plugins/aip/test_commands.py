@@ -214,6 +214,21 @@ def test_action_and_admin_commands():
     assert C.HOST_ACTIONS == {"open": "hopen", "close": "hclose"}
 
 
+@pytest.mark.parametrize("natives,args", [
+    (["DONE"], ["-d"]), (["PDONE"], ["-d"]), (["EXIT"], ["-e"]), (["exit "], ["-e"]),
+    (["PERR"], ["-d", "-e"]),                  # LSF's post-exec error: DONE or EXIT before it
+    (["RUN"], []), (["USUSP"], []), (["SSUSP"], []), (["PROV"], []), (["UNKWN"], []), ([""], []),
+    # an array's elements: any still active -> brequeue's default (its started elements)
+    (["DONE", "DONE"], ["-d"]), (["EXIT", "EXIT"], ["-e"]), (["DONE", "EXIT", "DONE"], ["-d", "-e"]),
+    (["DONE", "RUN"], []), (["EXIT", "SSUSP", "DONE"], []),
+])
+def test_requeue_filter_follows_the_state_just_read(natives, args):
+    """brequeue with no option refuses a DONE/EXIT job (LSF, OpenLava): -d for DONE, -e for
+    EXIT, nothing for a started job; never -a (it would act on whatever the job is by then)."""
+    assert C.requeue_args(natives) == args
+    assert C.ACTION_COMMANDS["requeue"] == ("brequeue", [])        # the filter is added per job
+
+
 # --------------------------------------------------------------------------- options
 
 def test_options_defaults_and_errors():

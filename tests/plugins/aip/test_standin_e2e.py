@@ -320,6 +320,177 @@ def test_unknown_and_malformed_ids_are_404(b):
         b.control_job(user=ALICE, job_id="99999999", action="kill")
 
 
+def test_requeue_of_a_finished_job_mbatchd_cleaned_is_a_conflict_not_404():
+    """mbatchd forgets a finished job CLEAN_PERIOD after its end. A requeue whose bjobs -l
+    still showed the job DONE and whose brequeue then met ``Job <N> : No matching job found``
+    is a 409 (the client has just seen the job), not "no such job"; a job bjobs -l showed
+    running that the scheduler then does not know, and one it never knew, stay 404."""
+    with lsf_standin(admins=("gwadmin",), slots=2, clean_period=3) as c:
+        s = plugin(c, listing="json")
+        run = s.transport.run
+
+        def cleaned_first(argv, **kw):
+            # brequeue runs only once mbatchd has cleaned the job bjobs -l has just shown
+            if any(os.path.basename(str(a)) == "brequeue" for a in argv):
+                jid = str(argv[-1])
+                if c.state()["jobs"].get(jid, {}).get("status") not in ("DONE", "EXIT"):
+                    assert c.run(["bkill", jid]).returncode == 0       # (as the administrator)
+                deadline = time.monotonic() + 20
+                while jid not in c.state().get("cleaned", {}):
+                    assert time.monotonic() < deadline, f"job {jid} was not cleaned"
+                    time.sleep(0.1)
+            return run(argv, **kw)
+        try:
+            done = s.submit_job(user=ALICE, spec=JobSpec(command="true"))
+            wait(s, done, JobState.COMPLETED)
+            running = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
+            s.transport.run = cleaned_first
+            with pytest.raises(Conflict) as e:
+                s.control_job(user=ALICE, job_id=done, action="requeue")
+            assert "has ended (COMPLETED)" in e.value.msg and "submit it again" in e.value.msg
+            with pytest.raises(NotFound):              # GET agrees now: the job is gone
+                s.get_job(user=ALICE, job_id=done)
+            assert c.run(["bhist", "-l", done]).returncode == 0      # the event log keeps it
+            wait(s, running, JobState.RUNNING)
+            with pytest.raises(NotFound):
+                s.control_job(user=ALICE, job_id=running, action="requeue")
+            with pytest.raises(NotFound):
+                s.control_job(user=ALICE, job_id="99999999", action="requeue")
+        finally:
+            s.close()
+
+
+def _on_brequeue(s, act=None):
+    """Record the arguments of each brequeue the plugin runs (those after its name), and
+    call ``act(job_id)`` just before it runs."""
+    calls, run = [], s.transport.run
+
+    def hooked(argv, **kw):
+        names = [os.path.basename(str(a)) for a in argv]
+        if "brequeue" in names:
+            calls.append([str(a) for a in argv[names.index("brequeue") + 1:]])
+            if act:
+                act(str(argv[-1]))
+        return run(argv, **kw)
+    s.transport.run = hooked
+    return calls
+
+
+def _wait_native(cluster, jid, status, runs, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        j = cluster.state()["jobs"][jid]
+        if j["status"] == status and j.get("runs", 0) == runs:
+            return
+        assert time.monotonic() < deadline, f"job {jid} is {j['status']} after {j.get('runs')} runs"
+        time.sleep(0.1)
+
+
+def test_a_finished_job_is_requeued_with_the_filter_of_its_state_and_runs_again(b, cluster):
+    """LSF's and OpenLava's brequeue requeue only started jobs (RUN, USUSP, SSUSP) unless
+    told otherwise: a bare ``brequeue ID`` of a DONE or EXIT job is refused (``Job has
+    already finished``), and so it is by the stand-in. The plugin passes -d for a job it has
+    just seen DONE, -e for one seen EXIT (FAILED, or CANCELLED: killed), nothing for a
+    running one; each comes back and runs again."""
+    calls = _on_brequeue(b)
+    done = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 1"))
+    failed = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 1; exit 3"))
+    killed = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 1", hold=True))
+    running = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
+    b.control_job(user=ALICE, job_id=killed, action="kill")
+    wait(b, done, JobState.COMPLETED)
+    wait(b, failed, JobState.FAILED)
+    wait(b, killed, JobState.CANCELLED)
+    wait(b, running, JobState.RUNNING)
+    # The stand-in as the real one: no option (-r) is the RUN filter; -d/-e take one state.
+    for jid, wrong in ((done, "-e"), (failed, "-d")):
+        for argv, why in ((["brequeue", jid], "Job has already finished"),
+                          (["brequeue", "-r", jid], "Job has already finished"),
+                          (["brequeue", wrong, jid], "Bad or invalid action specification")):
+            r = cluster.run(argv)
+            assert (r.returncode, (r.stdout + r.stderr).decode()) == (255, f"Job <{jid}> : {why}\n"), argv
+    r = cluster.run(["brequeue", "-d", running])
+    assert (r.returncode, (r.stdout + r.stderr).decode()) == (255, f"Job <{running}> : Job has already started\n")
+    assert [cluster.state()["jobs"][j]["status"] for j in (done, failed, killed, running)] == \
+        ["DONE", "EXIT", "EXIT", "RUN"]
+
+    for jid in (done, failed, killed, running):
+        b.control_job(user=ALICE, job_id=jid, action="requeue")
+        assert b.get_job(user=ALICE, job_id=jid).state in (JobState.PENDING, JobState.RUNNING)
+    assert calls == [["-d", done], ["-e", failed], ["-e", killed], [running]]
+    for jid, final, runs in ((done, JobState.COMPLETED, 2), (failed, JobState.FAILED, 2),
+                             (killed, JobState.COMPLETED, 1)):
+        job = wait(b, jid, final)
+        assert cluster.state()["jobs"][jid]["runs"] == runs
+        assert job.exit_code == (3 if final is JobState.FAILED else 0)
+    wait(b, running, JobState.RUNNING)
+    _wait_native(cluster, running, "RUN", 2)
+    b.control_job(user=ALICE, job_id=running, action="kill")
+
+
+def test_a_requeue_acts_only_on_the_state_it_was_decided_on(b, cluster):
+    """The filter is the state bjobs -l has just shown (never -a): a job that changes before
+    brequeue runs is refused by the scheduler (409) and left as it has become. Seen DONE and
+    running again by then (someone requeued it): ``Job has already started``, its new run
+    goes on; seen DONE and EXIT by then: ``Bad or invalid action specification``; seen
+    running and ended by then: ``Job has already finished``, it is not started again."""
+    marker = f"/tmp/gw-requeue-{os.getpid()}-{time.monotonic_ns()}"
+    # First run DONE; a second one (requeued by somebody else) runs on, or fails.
+    rerun_runs = b.submit_job(user=ALICE, spec=JobSpec(
+        command=f"if [ -e {marker}.a ]; then sleep 60; fi; touch {marker}.a"))
+    rerun_fails = b.submit_job(user=ALICE, spec=JobSpec(
+        command=f"if [ -e {marker}.b ]; then exit 3; fi; touch {marker}.b"))
+    ends = b.submit_job(user=ALICE, spec=JobSpec(command="sleep 60"))
+    wait(b, rerun_runs, JobState.COMPLETED)
+    wait(b, rerun_fails, JobState.COMPLETED)
+    wait(b, ends, JobState.RUNNING)
+
+    def meanwhile(jid):                    # (as root, an administrator of the stand-in)
+        if jid == ends:
+            assert cluster.run(["bkill", jid]).returncode == 0
+            _wait_native(cluster, jid, "EXIT", 1)
+        else:
+            assert cluster.run(["brequeue", "-d", jid]).returncode == 0
+            _wait_native(cluster, jid, "RUN" if jid == rerun_runs else "EXIT", 2)
+    calls = _on_brequeue(b, meanwhile)
+    try:
+        for jid, why in ((rerun_runs, "Job has already started"),
+                         (rerun_fails, "Bad or invalid action specification"),
+                         (ends, "Job has already finished")):
+            with pytest.raises(Conflict) as e:
+                b.control_job(user=ALICE, job_id=jid, action="requeue")
+            assert why in e.value.msg, e.value.msg
+        assert calls == [["-d", rerun_runs], ["-d", rerun_fails], [ends]]
+        time.sleep(0.5)
+        state = cluster.state()["jobs"]
+        assert [(state[j]["status"], state[j]["runs"]) for j in (rerun_runs, rerun_fails, ends)] == \
+            [("RUN", 2), ("EXIT", 2), ("EXIT", 1)]
+        assert wait(b, rerun_runs, JobState.RUNNING)
+    finally:
+        cluster.run(["bkill", rerun_runs])
+        for suffix in ("a", "b"):
+            if os.path.exists(f"{marker}.{suffix}"):
+                os.unlink(f"{marker}.{suffix}")
+
+
+def test_a_brequeue_override_of_the_c_set_gets_the_same_filter(cluster):
+    """AIP's c-set has no requeue of its own (501); an override (an AIP head node's
+    LSF-compatible brequeue) is run with the same filter as the b-set's."""
+    s = plugin(cluster, commands="c", env_file=None, bindir=str(cluster.bindir),
+               env={"LSF_ENVDIR": str(cluster.envdir)}, listing="wide",
+               commands_override={"brequeue": "brequeue"})
+    try:
+        calls = _on_brequeue(s)
+        jid = s.submit_job(user=ALICE, spec=JobSpec(command="sleep 1; exit 2"))
+        wait(s, jid, JobState.FAILED)
+        s.control_job(user=ALICE, job_id=jid, action="requeue")
+        assert calls == [["-e", jid]]
+        wait(s, jid, JobState.FAILED)
+        assert cluster.state()["jobs"][jid]["runs"] == 2
+    finally:
+        s.close()
+
+
 def test_files_go_through_the_same_transport_as_the_user(b):
     require(ROOT, "run_as: sudo needs root")
     assert b.file_transport(user=ALICE) == (b.transport, "gwalice")

@@ -107,6 +107,28 @@ def test_job_actions_and_their_errors(cluster):
     assert run(cluster, "bkill", jid) == (255, ol("bkill_5__2.txt").replace("<5>", f"<{jid}>"))
 
 
+def test_brequeue_filters_as_openlavas_mbatchd(cluster):
+    """OpenLava's brequeue.c and mbatchd (arrayRequeue): no option (-r) is the RUN filter,
+    -d DONE, -e EXIT, -a all; two of -d/-e/-r act as -a (lsb_requeuejob). The refusals are
+    mbatchd's, the last of its checks that applies; brequeue prints "Job <N> : why"."""
+    def brequeue(*argv):
+        rc, out = run(cluster, "brequeue", *argv)
+        return rc, out.replace(f"<{argv[-1]}>", "<N>")
+    held = submit(cluster, "-H", "-o", "/dev/null", "true")
+    for opt in ((), ("-r",), ("-d",), ("-e",), ("-a",)):
+        assert brequeue(*opt, held) == (255, "Job <N> : Job has not started yet\n"), opt
+    done = submit(cluster, "-o", "/dev/null", "true")
+    wait_status(cluster, done, "DONE")
+    assert brequeue(done) == (255, "Job <N> : Job has already finished\n")
+    assert brequeue("-e", done) == (255, "Job <N> : Bad or invalid action specification\n")
+    assert brequeue("-a", done) == (0, "Job <N> is being requeued \n")
+    wait_status(cluster, done, "DONE")
+    assert brequeue("-e", "-r", done) == (0, "Job <N> is being requeued \n")      # widened to -a
+    wait_status(cluster, done, "DONE")
+    assert cluster.state()["jobs"][done]["runs"] == 3
+    run(cluster, "bkill", held)
+
+
 def test_bswitch_and_bmod_of_a_pending_job(cluster):
     """The sample's sequence: bswitch short 5, bmod -J renamed 5, bjobs -w 5, bkill 5."""
     jid = submit(cluster, "-J", "pendme", "-n", "8", "-q", "normal", "sleep", "10")    # 8 slots: stays PEND

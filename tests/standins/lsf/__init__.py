@@ -4,6 +4,7 @@ API::
 
     from tests.standins.lsf import lsf_standin
 
+    # clean_period=SECONDS (optional): finished jobs leave bjobs/brequeue after it (CLEAN_PERIOD)
     with lsf_standin(admins=("gwadmin",), slots=4) as cluster:   # -> LsfStandin
         cluster.root        # the cluster directory (under /tmp, readable by everyone)
         cluster.bindir      # bin/: bsub bjobs ... bmod bswitch, csub cjobs ... (symlinks to the double)
@@ -174,7 +175,7 @@ def _alive(pid: int) -> bool:
 
 def install(root: Path, *, admins: Sequence[str], slots: int, queues=DEFAULT_QUEUES,
             cluster_name: str = "lava", host: str | None = None,
-            first_job_id: int | None = None) -> None:
+            first_job_id: int | None = None, clean_period: float | None = None) -> None:
     """Write a stand-in cluster into ``root`` (which must exist)."""
     root = Path(root)
     for sub in ("bin", "etc", "state"):
@@ -206,6 +207,9 @@ def install(root: Path, *, admins: Sequence[str], slots: int, queues=DEFAULT_QUE
         # into the same home directories do not collide.
         "first_job_id": first_job_id or random.randint(1000, 9_000_000),
     }
+    if clean_period is not None:
+        # lsb.params CLEAN_PERIOD (seconds): finished jobs leave bjobs after it (unset: never)
+        conf["clean_period"] = clean_period
     (root / "etc" / "lsf.standin.json").write_text(json.dumps(conf, indent=2) + "\n")
     (root / "etc" / "profile.lsf").write_text(
         "# Environment of the LSF stand-in (like SkyForm AIP's /opt/skyformai/etc/aip.sh)\n"
@@ -219,12 +223,14 @@ def install(root: Path, *, admins: Sequence[str], slots: int, queues=DEFAULT_QUE
 
 @contextmanager
 def lsf_standin(*, admins: Sequence[str] = ("gwadmin",), slots: int = 4, queues=DEFAULT_QUEUES,
-                cluster_name: str = "lava", base: str = "/tmp") -> Iterator[LsfStandin]:
+                cluster_name: str = "lava", base: str = "/tmp",
+                clean_period: float | None = None) -> Iterator[LsfStandin]:
     root = Path(tempfile.mkdtemp(prefix="lsf-standin-", dir=base))
     admins = tuple(dict.fromkeys([*admins, "root"]))
     cluster = LsfStandin(root=root, slots=slots, admins=admins)
     try:
-        install(root, admins=admins, slots=slots, queues=queues, cluster_name=cluster_name)
+        install(root, admins=admins, slots=slots, queues=queues, cluster_name=cluster_name,
+                clean_period=clean_period)
         cluster.start_daemon()
         yield cluster
     finally:

@@ -740,6 +740,8 @@ def cmd_bhist(c: Cluster, args: list[str]) -> int:
             i += 1
     c.require_daemon("Failed in an {lib} library call: LIM is down; try later")
     with c.locked(exclusive=False) as state:
+        # the event log still has the jobs mbatchd cleaned (clean_period)
+        state = {**state, "jobs": {**state.get("cleaned", {}), **state["jobs"]}}
         if ids:
             keys, _missing = select_jobs(c, state, {}, ids)
         else:
@@ -830,9 +832,20 @@ def job_keys_for(state: dict, jid: str) -> list[str]:
     return [k for k in state["jobs"] if k == jid or ("[" not in jid and str(state["jobs"][k]["base"]) == jid)]
 
 
+# brequeue's filters (OpenLava lsbatch.h): which states a requeue may act on.
+REQUEUE_DONE, REQUEUE_EXIT, REQUEUE_RUN = 1, 2, 4
+REQUEUE_ALL = REQUEUE_DONE | REQUEUE_EXIT | REQUEUE_RUN
+REQUEUE_FLAGS = {"-d": REQUEUE_DONE, "-e": REQUEUE_EXIT, "-r": REQUEUE_RUN}
+
+
 def cmd_control(c: Cluster, name: str, args: list[str]) -> int:
     sig = None
     ids = []
+    # brequeue's filter, as OpenLava's brequeue.c builds it: RUN (running and suspended
+    # jobs) unless -d/-e/-r say otherwise; -a is all three. lsb_requeuejob then widens any
+    # combination that is not exactly one flag (-d -e, -d -r, ...) to all three.
+    requeue = REQUEUE_RUN
+    chosen = False
     i = 0
     while i < len(args):
         a = args[i]
@@ -841,6 +854,13 @@ def cmd_control(c: Cluster, name: str, args: list[str]) -> int:
             i += 2
         elif a in ("-u", "-q", "-J", "-m") and i + 1 < len(args):
             i += 2
+        elif name == "brequeue" and a in REQUEUE_FLAGS:
+            requeue = (requeue if chosen else 0) | REQUEUE_FLAGS[a]
+            chosen = True
+            i += 1
+        elif name == "brequeue" and a == "-a":
+            requeue, chosen = REQUEUE_ALL, True
+            i += 1
         elif a.startswith("-") and a not in ("-d", "-e", "-r", "-a", "-H"):
             raise Fail(f"{name}: illegal option -- {a[1:2]}")
         elif a.startswith("-"):
@@ -848,6 +868,8 @@ def cmd_control(c: Cluster, name: str, args: list[str]) -> int:
         else:
             ids.append(a)
             i += 1
+    if requeue not in (REQUEUE_DONE, REQUEUE_EXIT, REQUEUE_RUN):
+        requeue = REQUEUE_ALL
     if not ids:
         raise Fail("Job ID or one of '-m', '-u' '-q' and '-J' must be specified.\n"
                    f"Usage: {name} [-h] [-V] [-u user_name | -u all] [-q queue_name] [-J job_name] "
@@ -871,7 +893,7 @@ def cmd_control(c: Cluster, name: str, args: list[str]) -> int:
                 err.append(f"Job <{jid}>{colon} User permission denied")
                 rc = 255
                 continue
-            msgs = [control_one(c, state, name, state["jobs"][k], sig) for k in keys]
+            msgs = [control_one(c, state, name, state["jobs"][k], sig, requeue) for k in keys]
             errors = [m for m in msgs if m]
             if errors and len(errors) == len(msgs):
                 err.append(f"Job <{jid}>{colon} {errors[0]}")
@@ -888,7 +910,8 @@ def cmd_control(c: Cluster, name: str, args: list[str]) -> int:
     return rc
 
 
-def control_one(c: Cluster, state: dict, name: str, j: dict, sig: str | None) -> str | None:
+def control_one(c: Cluster, state: dict, name: str, j: dict, sig: str | None,
+                requeue: int = REQUEUE_RUN) -> str | None:
     """Apply one action to one job (element); return an error message or None."""
     now = time.time()
     st = j["status"]
@@ -935,15 +958,36 @@ def control_one(c: Cluster, state: dict, name: str, j: dict, sig: str | None) ->
             j["events"].append([now, "resume", {"by": c.me}])
         return None          # resuming a job that is not suspended is a no-op, as in LSF
     if name == "brequeue":
-        if st in ("PEND", "PSUSP"):
-            return "Job has not started yet"
-        j["events"].append([now, "requeue", {"by": c.me}])
-        if st in FINAL:
+        # OpenLava's mbatchd (arrayRequeue, mbd.job.c): a DONE job is requeued only with
+        # -d, an EXIT job only with -e, a started one (RUN, USUSP, SSUSP) only with the
+        # RUN filter (no option, -r); -a is all of them.
+        if (st == "DONE" and requeue & REQUEUE_DONE) or (st == "EXIT" and requeue & REQUEUE_EXIT):
+            j["events"].append([now, "requeue", {"by": c.me}])
             reset_to_pending(j)
-        else:
+            return None
+        if st in ("RUN", "USUSP", "SSUSP") and requeue & REQUEUE_RUN:
+            j["events"].append([now, "requeue", {"by": c.me}])
             j["requeue"] = True
             j["signals"].append("KILL")
-        return None
+            return None
+        # Refused: the same checks in the same order, the last that applies wins.
+        why = None
+        if requeue & REQUEUE_RUN:
+            if st in ("PEND", "PSUSP"):
+                why = "Job has not started yet"
+            if st in FINAL:
+                why = "Job has already finished"
+        for flag, other in ((REQUEUE_DONE, "EXIT"), (REQUEUE_EXIT, "DONE")):
+            if requeue & flag:
+                if st in ("PEND", "PSUSP"):
+                    why = "Job has not started yet"
+                if st == "RUN":
+                    why = "Job has already started"
+                if st == other:
+                    why = "Bad or invalid action specification"     # LSBE_EXCEPT_ACTION
+        # (mbatchd checks JOB_STAT_RUN only: a suspended job under -d/-e alone gets no error
+        # and no requeue, and brequeue says "is being requeued" all the same.)
+        return why
     return "Bad argument"
 
 
@@ -1490,6 +1534,20 @@ class Daemon:
                     self._killpg(pgid, signal.SIGKILL)
                     del self.kill_deadline[key]
             self.schedule(state)
+            self.clean(state, now)
+
+    def clean(self, state: dict, now: float) -> None:
+        """mbatchd's CLEAN_PERIOD (lsb.params; the cluster's ``clean_period``, seconds, unset:
+        never): a job finished that long ago leaves memory. bjobs then says ``Job <N> is not
+        found``, bkill/brequeue/bmod ``No matching job found``; bhist still shows it (LSF
+        reads it from lsb.events)."""
+        period = self.c.conf.get("clean_period")
+        if period is None:
+            return
+        gone = [k for k, j in state["jobs"].items()
+                if j["status"] in FINAL and j.get("end_time") and now - j["end_time"] >= period]
+        for key in gone:
+            state.setdefault("cleaned", {})[key] = state["jobs"].pop(key)
 
     def signal(self, pgid: int, name: str, key: str) -> None:
         if name == "KILL":
