@@ -96,7 +96,7 @@ if [ $UNINSTALL = 1 ]; then
         say "removed $unit"
     fi
     # Only what the installer wrote: bin/ and share/ may hold an operator's own files.
-    rm -rf "$PREFIX/venv"
+    rm -rf "$PREFIX/venv" "$PREFIX/venv.previous"
     rm -f "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway" "$PREFIX/share/doc/deploy.md" \
         "$PREFIX/etc/gunicorn.conf.py"
     rmdir "$PREFIX/share/doc" "$PREFIX/share" "$PREFIX/bin" 2>/dev/null || true
@@ -163,21 +163,68 @@ mkdir -p "$PREFIX/etc" "$PREFIX/var" "$PREFIX/log" "$PREFIX/bin" "$PREFIX/share/
     echo "unit=$UNIT_DIR/$NAME.service"
 } > "$MARKER"
 
-say "installing the gateway and plugins ($PLUGINS) into $PREFIX/venv"
-[ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
-if ! as_service_user "$PREFIX/venv/bin/python" -c '' 2>/dev/null; then
-    die "$SERVICE_USER cannot run $PREFIX/venv/bin/python (it is $(readlink -f "$PREFIX/venv/bin/python")): give --python an interpreter every account may run (e.g. /usr/bin/python3) and a --prefix it may reach"
+STAGE=""
+VENV=$PREFIX/venv
+VENV_ASIDE=""
+on_exit() {
+    local rc=$?
+    [ -z "$STAGE" ] || rm -rf "$STAGE"
+    # A rebuild that did not finish: the previous venv goes back (the installation and a
+    # service that restarts keep working).
+    if [ -n "$VENV_ASIDE" ] && [ -d "$VENV_ASIDE" ]; then
+        rm -rf "$VENV" && mv "$VENV_ASIDE" "$VENV" && printf 'install.sh: put the previous %s back\n' "$VENV" >&2
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+
+# Which interpreter a Python is, as it answers itself: the file behind it (links resolved),
+# its installation and its exact build. A venv's python answers for the interpreter it was
+# made with; another name for the same interpreter (python3, python3.11, a pyenv shim)
+# answers the same. (pyvenv.cfg says less: its home is a directory several interpreters may
+# share, e.g. /usr/bin, and its version goes stale when the interpreter is updated in place.)
+py_identity() {
+    "$1" -I -c 'import os, sys; print(f"{os.path.realpath(sys.executable)} (Python {sys.version}; prefix {os.path.realpath(sys.base_prefix)})".replace("\n", " "))' 2>/dev/null
+}
+
+say "installing the gateway and plugins ($PLUGINS) into $VENV"
+if [ -e "$VENV" ] || [ -L "$VENV" ]; then
+    want=$(py_identity "$PYTHON") || die "$PYTHON does not run"
+    have=$(py_identity "$VENV/bin/python") || have=""
+    if [ "$have" != "$want" ] || [ ! -x "$VENV/bin/pip" ]; then
+        # Another interpreter (or a broken venv): a new venv, made where it will run (a venv
+        # is not relocatable: its scripts name their python by path). The old one is renamed
+        # aside, not removed: a running service keeps the files it has open, and if the
+        # rebuild fails the old venv is put back. The service runs the new one once restarted
+        # (below, where systemd runs it).
+        if [ -z "$have" ]; then
+            say "rebuilding $VENV: its python does not run or is missing"
+        elif [ "$have" != "$want" ]; then
+            say "rebuilding $VENV for --python $PYTHON: it runs $have, and $PYTHON is $want"
+        else
+            say "rebuilding $VENV: it has no pip"
+        fi
+        rm -rf "$VENV.previous"             # left by an installer killed half way
+        mv "$VENV" "$VENV.previous"
+        VENV_ASIDE=$VENV.previous
+    fi
+fi
+[ -e "$VENV" ] || "$PYTHON" -m venv "$VENV"
+if ! as_service_user "$VENV/bin/python" -c '' 2>/dev/null; then
+    die "$SERVICE_USER cannot run $VENV/bin/python (it is $(readlink -f "$VENV/bin/python")): give --python an interpreter every account may run (e.g. /usr/bin/python3) and a --prefix it may reach"
 fi
 # Build from a copy: pip builds in the source tree, and the checkout should stay clean.
 STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"' EXIT
 ( cd "$SRC" && tar --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - \
     setup.cfg pyproject.toml README.md gateway $(for p in $PLUGINS; do printf 'plugins/%s ' "$p"; done) \
     $( [ -f MANIFEST.in ] && echo MANIFEST.in ) ) | tar -C "$STAGE" -xf -
 targets=("$STAGE")
 for plugin in $PLUGINS; do targets+=("$STAGE/plugins/$plugin"); done
 # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
-"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --no-input $PIP_ARGS "${targets[@]}"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input $PIP_ARGS "${targets[@]}"
+# The new venv is complete: the previous one (or one an earlier, killed run left) goes.
+VENV_ASIDE=""
+rm -rf "$VENV.previous"
 
 # Configuration: an existing one is the operator's and is kept.
 CONF=$PREFIX/etc/gateway.yaml
@@ -318,7 +365,64 @@ chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"
 
 # Ownership: the service account owns its state, logs and secret; root keeps the code.
 if [ $IS_ROOT = 1 ]; then
-    chown -R "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
+    # As chown -R (symbolic links are not followed, and change owner themselves), except that
+    # a file with more than one name keeps its owner, with a warning: where
+    # fs.protected_hardlinks is 0 the account can hard-link any file of root's on the same
+    # file system into its tree (/etc/shadow), and chown -R gave it away. The account may
+    # also rename and link in its tree while this runs (a link made and removed again, or a
+    # name pointed elsewhere, between a check and the chown), so no check of a name or of a
+    # descriptor's link count would hold: a directory whose entries need a new owner is
+    # first taken from the account (root's, 0700: it can no longer change what the names
+    # in it hold), its entries are checked and changed, and it is given back. A file of
+    # root's elsewhere keeps its name there, and so two names while it has one here too. A
+    # tree the account already owns throughout (the usual re-run) is only looked at; the
+    # directories come from os.fwalk, which does not follow links.
+    "$VENV/bin/python" - "$SERVICE_USER" "$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log" <<'PY' \
+        || die "could not give $PREFIX/var and $PREFIX/log to $SERVICE_USER (see above)"
+import grp, os, pwd, stat, sys
+user, group, *tops = sys.argv[1:]
+uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+
+
+def gone(err):                          # removed meanwhile (the service may be running)
+    if not isinstance(err, FileNotFoundError):
+        raise err
+
+
+def entry(name, dfd):
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def theirs(st):                         # nothing to do: gone, a directory (fwalk enters it), or owned
+    return st is None or stat.S_ISDIR(st.st_mode) or (st.st_uid, st.st_gid) == (uid, gid)
+
+
+for top in tops:
+    for path, dirs, names, dfd in os.fwalk(top, follow_symlinks=False, onerror=gone):
+        todo = [n for n in dirs + names if not theirs(entry(n, dfd))]    # dirs: links to directories
+        mode = stat.S_IMODE(os.fstat(dfd).st_mode)
+        try:
+            if todo:
+                os.fchown(dfd, 0, 0)        # the account can no longer chmod it ...
+                os.fchmod(dfd, 0o700)       # ... nor write it (group, other, ACL entries: masked)
+            for name in todo:
+                st = entry(name, dfd)
+                if theirs(st):
+                    continue
+                if st.st_nlink > 1:
+                    print(f"install.sh: warning: {path}/{name} keeps its owner (uid {st.st_uid}): it has "
+                          f"{st.st_nlink} names (hard links), and another may be a file that is not the service's",
+                          file=sys.stderr)
+                    continue
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.fchown(dfd, uid, gid)
+            if todo:
+                os.fchmod(dfd, mode)
+PY
     chown "root:$SERVICE_GROUP" "$CONF" "$ENVFILE"
     chmod 640 "$CONF" "$ENVFILE"
     chmod 750 "$PREFIX/var" "$PREFIX/log"
