@@ -191,7 +191,10 @@ say "installing the gateway and plugins ($PLUGINS) into $VENV"
 if [ -e "$VENV" ] || [ -L "$VENV" ]; then
     want=$(py_identity "$PYTHON") || die "$PYTHON does not run"
     have=$(py_identity "$VENV/bin/python") || have=""
-    if [ "$have" != "$want" ] || [ ! -x "$VENV/bin/pip" ]; then
+    # pip must import too: when the interpreter a venv names moves to another minor version
+    # in place (/usr/bin/python3 -> 3.12), the venv's python is the new one, and its
+    # site-packages (lib/python3.11) are not its own.
+    if [ "$have" != "$want" ] || ! "$VENV/bin/python" -I -c 'import pip' >/dev/null 2>&1; then
         # Another interpreter (or a broken venv): a new venv, made where it will run (a venv
         # is not relocatable: its scripts name their python by path). The old one is renamed
         # aside, not removed: a running service keeps the files it has open, and if the
@@ -202,7 +205,7 @@ if [ -e "$VENV" ] || [ -L "$VENV" ]; then
         elif [ "$have" != "$want" ]; then
             say "rebuilding $VENV for --python $PYTHON: it runs $have, and $PYTHON is $want"
         else
-            say "rebuilding $VENV: it has no pip"
+            say "rebuilding $VENV: its python cannot import pip (an interpreter updated in place?)"
         fi
         rm -rf "$VENV.previous"             # left by an installer killed half way
         mv "$VENV" "$VENV.previous"
@@ -365,64 +368,28 @@ chmod 755 "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway"
 
 # Ownership: the service account owns its state, logs and secret; root keeps the code.
 if [ $IS_ROOT = 1 ]; then
-    # As chown -R (symbolic links are not followed, and change owner themselves), except that
-    # a file with more than one name keeps its owner, with a warning: where
-    # fs.protected_hardlinks is 0 the account can hard-link any file of root's on the same
-    # file system into its tree (/etc/shadow), and chown -R gave it away. The account may
-    # also rename and link in its tree while this runs (a link made and removed again, or a
-    # name pointed elsewhere, between a check and the chown), so no check of a name or of a
-    # descriptor's link count would hold: a directory whose entries need a new owner is
-    # first taken from the account (root's, 0700: it can no longer change what the names
-    # in it hold), its entries are checked and changed, and it is given back. A file of
-    # root's elsewhere keeps its name there, and so two names while it has one here too. A
-    # tree the account already owns throughout (the usual re-run) is only looked at; the
-    # directories come from os.fwalk, which does not follow links.
-    "$VENV/bin/python" - "$SERVICE_USER" "$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log" <<'PY' \
-        || die "could not give $PREFIX/var and $PREFIX/log to $SERVICE_USER (see above)"
-import grp, os, pwd, stat, sys
-user, group, *tops = sys.argv[1:]
-uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
-
-
-def gone(err):                          # removed meanwhile (the service may be running)
-    if not isinstance(err, FileNotFoundError):
-        raise err
-
-
-def entry(name, dfd):
-    try:
-        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def theirs(st):                         # nothing to do: gone, a directory (fwalk enters it), or owned
-    return st is None or stat.S_ISDIR(st.st_mode) or (st.st_uid, st.st_gid) == (uid, gid)
-
-
-for top in tops:
-    for path, dirs, names, dfd in os.fwalk(top, follow_symlinks=False, onerror=gone):
-        todo = [n for n in dirs + names if not theirs(entry(n, dfd))]    # dirs: links to directories
-        mode = stat.S_IMODE(os.fstat(dfd).st_mode)
-        try:
-            if todo:
-                os.fchown(dfd, 0, 0)        # the account can no longer chmod it ...
-                os.fchmod(dfd, 0o700)       # ... nor write it (group, other, ACL entries: masked)
-            for name in todo:
-                st = entry(name, dfd)
-                if theirs(st):
-                    continue
-                if st.st_nlink > 1:
-                    print(f"install.sh: warning: {path}/{name} keeps its owner (uid {st.st_uid}): it has "
-                          f"{st.st_nlink} names (hard links), and another may be a file that is not the service's",
-                          file=sys.stderr)
-                    continue
-                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            os.fchown(dfd, uid, gid)
-            if todo:
-                os.fchmod(dfd, mode)
-PY
+    if [ "$(cat /proc/sys/fs/protected_hardlinks 2>/dev/null)" = 1 ]; then
+        # The account can hard-link no file it neither owns nor may read and write, so every
+        # name in its tree is a file of its own or one root put there. chown -R is -P: no
+        # symbolic link is followed (each changes owner itself), and it opens no directory
+        # through one.
+        chown -R "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
+    else
+        # fs.protected_hardlinks is not 1: the account can hard-link any file of root's on
+        # the same file system into its tree (/etc/shadow; and once passwd has renamed a
+        # new shadow into place, the old one has that name only), and chown -R would give it
+        # away. Only the two directories change owner; what in them is not the account's is
+        # named, for an administrator to look at.
+        chown -h "$SERVICE_USER:$SERVICE_GROUP" "$PREFIX/var" "$PREFIX/log"
+        others=$(find -P "$PREFIX/var" "$PREFIX/log" -mindepth 1 ! -user "$SERVICE_USER" -print 2>/dev/null | head -n 20)
+        if [ -n "$others" ]; then
+            {
+                printf 'install.sh: warning: fs.protected_hardlinks is not 1, so what in %s and %s is not %s'"'"'s keeps its owner (a hard link there could be any file of root'"'"'s); check, then chown it yourself:\n' \
+                    "$PREFIX/var" "$PREFIX/log" "$SERVICE_USER"
+                printf '%s\n' "$others" | sed 's/^/  /'
+            } >&2
+        fi
+    fi
     chown "root:$SERVICE_GROUP" "$CONF" "$ENVFILE"
     chmod 640 "$CONF" "$ENVFILE"
     chmod 750 "$PREFIX/var" "$PREFIX/log"

@@ -62,7 +62,14 @@ mkdir -p "$session_dir" || fail "cannot create $session_dir"
 chmod 700 "$home/.hpc-gateway" "$session_dir"
 rm -f "$session"                      # a previous run of this job id (requeue) is stale
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/hpc-gateway-vis.XXXXXXXXXX") || fail "cannot create a private directory"
+# websockify's token file names the Xvnc socket after "KEY: unix_socket:": a path with a
+# colon or a blank would be misread there (and refuse every viewer), so such a TMPDIR is
+# passed over for /tmp.
+tmp_base=${TMPDIR:-/tmp}
+case $tmp_base in
+    *:*|*[[:space:]]*) tmp_base=/tmp ;;
+esac
+work=$(mktemp -d "$tmp_base/hpc-gateway-vis.XXXXXXXXXX") || fail "cannot create a private directory"
 cmd_pid= ws_pid= xvnc_pid= display= ended=
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }

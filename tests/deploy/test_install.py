@@ -335,14 +335,17 @@ def test_a_rerun_with_another_python_rebuilds_the_venv_and_only_then(prefix_dir)
 def test_ownership_is_never_given_through_a_hard_link(prefix_dir):
     """Root gives var/ and log/ to the service account on every run. Where
     fs.protected_hardlinks is 0 that account may hard-link any file of root's on the same file
-    system into them (e.g. /etc/shadow), and chown -R gave it away. Here root plants the links
-    itself: the same tree the account could make there, without switching a host-wide sysctl
-    off while the test runs (read-only in containers, anyway). A file with more than one name
-    keeps its owner (with a warning), a symbolic link is not followed, and the rest of the
-    tree is the account's as before. (That the account cannot win by making and removing the
-    link while the installer looks is by design, not tested here: it needs the sysctl off.)"""
+    system into them (e.g. /etc/shadow), and chown -R gave it away. With the sysctl at 1 (this
+    host's, Debian's default) the account can make no such link, and chown -R stays (a file
+    root made there becomes the account's). With it at 0 (a file holding 0 bind-mounted over
+    it in a mount namespace of the installer's own; root plants the links, as the account
+    could there) only var/ and log/ change owner, and what in them is not the account's is
+    named, not given."""
     if os.geteuid() != 0:
         pytest.skip("only root changes the ownership of var/ and log/")
+    with open("/proc/sys/fs/protected_hardlinks") as fh:
+        require(fh.read().strip() == "1", "this host's fs.protected_hardlinks is not 1")
+    require(_run(["unshare", "-m", "true"]).returncode == 0, "unshare -m does not work here")
     user = f"hpcgw-t{secrets.token_hex(3)}"
     prefix = prefix_dir / "opt"
     victims = {}
@@ -350,38 +353,42 @@ def test_ownership_is_never_given_through_a_hard_link(prefix_dir):
         victims[name] = prefix_dir / name
         victims[name].write_text(f"root's {name}\n")
         victims[name].chmod(0o640)
+    zero = prefix_dir / "protected_hardlinks"
+    zero.write_text("0\n")
     argv = _installer(prefix_dir, prefix, user, _python_for(True))
+    unprotected = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/sys/fs/protected_hardlinks && exec "$@"',
+                   str(zero), *argv]
     try:
         out = _run(argv)
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
         var, log = prefix / "var", prefix / "log"
-        os.link(victims["shadow"], var / "planted")
+        uid = pwd.getpwnam(user).pw_uid
+        # Protected (this host): chown -R, a file root made there is the account's.
         (var / "deep" / "er").mkdir(parents=True)
+        (var / "deep" / "er" / "own").write_text("root made it, the service's now\n")
+        out = _run(argv)
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+        for mine in (var, var / "deep", var / "deep" / "er", var / "deep" / "er" / "own", log):
+            assert mine.lstat().st_uid == uid, mine
+
+        # Unprotected: the links the account could make there.
+        os.link(victims["shadow"], var / "planted")
         os.link(victims["passwd"], var / "deep" / "er" / "planted")
         os.link(victims["passwd"], log / "planted")
         (var / "link").symlink_to(victims["target"])
-        (var / "dirlink").symlink_to(prefix_dir / "rootdir")
-        (prefix_dir / "rootdir").mkdir()
-        (prefix_dir / "rootdir" / "f").write_text("root's\n")
-        (var / "deep" / "er" / "own").write_text("root made it, the service's now\n")     # one name
-        (log / "old.log").write_text("x\n")
-
-        out = _run(argv)
+        (log / "old.log").write_text("root's, one name\n")
+        out = _run(unprotected)
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
         for victim in victims.values():
             st = victim.stat()
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o640), (victim, st)
-        for planted in (var / "planted", var / "deep" / "er" / "planted", log / "planted"):
-            assert str(planted) in out.stderr, out.stderr
-        uid = pwd.getpwnam(user).pw_uid
-        for mine in (var, var / "deep", var / "deep" / "er", var / "deep" / "er" / "own", log, log / "old.log"):
-            assert mine.lstat().st_uid == uid, mine
-        for link in (var / "link", var / "dirlink"):               # the link itself, as chown -R did
-            assert link.lstat().st_uid == uid, link
-        for untouched in (prefix_dir / "rootdir", prefix_dir / "rootdir" / "f"):
-            assert untouched.stat().st_uid == 0, untouched
-        # A directory taken from the account while its entries change owner is given back as it was.
-        assert stat.S_IMODE((var / "deep" / "er").stat().st_mode) == 0o755
+        assert "fs.protected_hardlinks is not 1" in out.stderr, out.stderr
+        for named in (var / "planted", var / "deep" / "er" / "planted", log / "planted", var / "link",
+                      log / "old.log"):
+            assert f"  {named}\n" in out.stderr, (named, out.stderr)
+            assert named.lstat().st_uid == 0, named
+        for mine in (var, log, var / "deep" / "er" / "own"):
+            assert mine.lstat().st_uid == uid and f"  {mine}\n" not in out.stderr, mine
     finally:
         if prefix.exists():
             _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])

@@ -29,13 +29,14 @@ pytestmark = pytest.mark.timeout(120)
 class Launch:
     """One launcher run with a unique job id, in its own process group (like a mock job)."""
 
-    def __init__(self, tmp: Path, command: str = "sleep 600", **vis):
+    def __init__(self, tmp: Path, command: str = "sleep 600", env: dict | None = None, **vis):
         self.job_id = f"t{secrets.token_hex(4)}"
         opts = load_vis_options({"vis": vis})
         script = tmp / f"{self.job_id}.sh"
         script.write_text(launcher_script(command, geometry="800x600", options=opts))
         self.out, self.err = tmp / f"{self.job_id}.out", tmp / f"{self.job_id}.err"
-        env = {"PATH": os.environ["PATH"], "GATEWAY_JOB_ID": self.job_id, "HOME": os.path.expanduser("~")}
+        env = {"PATH": os.environ["PATH"], "GATEWAY_JOB_ID": self.job_id, "HOME": os.path.expanduser("~"),
+               **(env or {})}
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(["/bin/sh", str(script)], stdout=out, stderr=err, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -123,6 +124,17 @@ def test_a_session_and_its_secrets(launches):
     assert not one.session_path.exists()
     assert not os.path.exists(f"/tmp/.X11-unix/X{s['display']}")
     assert not os.path.exists(f"/tmp/.X{s['display']}-lock")
+
+
+def test_a_tmpdir_websockifys_token_file_would_misread_is_passed_over(launches, tmp_path):
+    """websockify's token file names the Xvnc socket after "KEY: unix_socket:", splitting at
+    ': ' and at the last ':': a private directory under a TMPDIR with a colon would refuse
+    every viewer."""
+    odd = tmp_path / "scratch:a b"
+    odd.mkdir()
+    s = launches(env={"TMPDIR": str(odd)}).session()
+    assert rfb_auth(f"ws://127.0.0.1:{s['port']}/websockify?token={s['key']}", s["password"]) == (0, "")
+    assert not list(odd.iterdir())
 
 
 def test_wrong_passwords_do_not_lock_the_owner_out(launches):

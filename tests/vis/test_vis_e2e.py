@@ -309,8 +309,13 @@ def test_a_session_file_naming_another_desktop_opens_nothing(vis_stack):
         forged_job = r.body["data"]["job"]["jobId"]
         forged_url, _ = wait_for_url(s.alice, forged_job)
         forged_ws = ws_url(s.front_url, forged_url)
-        assert f"/novnc-ws/{address}/{port}/" in forged_ws          # the gateway signed it
-        assert _upgrade_status(forged_ws) != 403                    # and NGINX let it through
+        assert f"/novnc-ws/{address}/{port}/" in forged_ws          # the gateway signed it,
+        import requests
+        ticket = forged_ws.rsplit("/", 1)[1]
+        check = requests.get(s.gateway_url + "/aip/v9.2/vis/websocket-check", timeout=10,
+                             params={"address": address, "port": port, "ticket": ticket})
+        # passes it (NGINX proxies it), with alice's own key for bob's websockify,
+        assert check.status_code == 204 and check.headers["X-Hpcgw-Vis-Key"] == "ab" * 16, check.headers
         assert _rfb_banner(forged_ws) is None, "another desktop's websockify answered a forged session's ticket"
         assert (_rfb_banner(bob_ws) or b"").startswith(b"RFB ")
     finally:

@@ -460,16 +460,18 @@ class AipScheduler:
         if why:
             raise Conflict(f"cannot {action} job {job_id}: {why}")
         name, extra = C.ACTION_COMMANDS[action]
+        filtered = []
         if action == "requeue":
             # -d for a job seen DONE, -e for one seen EXIT, nothing for a running or suspended
             # one (brequeue's default; it refuses a finished job): see C.requeue_args.
-            extra = [*extra, *C.requeue_args([e.native_state or "" for e in elements])]
+            filtered = C.requeue_args([e.native_state or "" for e in elements])
+            extra = [*extra, *filtered]
         text = self._run(name, [*extra, C.job_id_arg(job.job_id)], what=f"{action} of a job",
                          as_user=self._as_for_job(user, job))
         try:
             P.parse_action(text, job.job_id)
         except SchedulerRefused as exc:
-            if action == "requeue" and "Bad or invalid action specification" in exc.msg:
+            if filtered and "Bad or invalid action specification" in exc.msg:
                 # -d met a job that is EXIT by now, or -e one that is DONE (OpenLava's
                 # LSBE_EXCEPT_ACTION): it was requeued, and ended again, in between.
                 raise Conflict(f"cannot requeue job {job_id}: it was {state.value} a moment ago and "

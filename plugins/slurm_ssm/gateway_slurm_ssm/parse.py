@@ -624,6 +624,12 @@ def parse_ping(text: str) -> tuple[bool, str]:
     return ok, "; ".join(lines) or text.strip()
 
 
+def says_down(words: str) -> bool:
+    """Whether parse_ping's words name a controller that is DOWN (not just no UP: a ping
+    that failed otherwise, e.g. sudo's refusal, says nothing about the controller)."""
+    return bool(re.search(r"^Slurmctld\(\w+\) at \S+ is DOWN", words or "", re.M))
+
+
 def parse_version(text: str) -> tuple[int, int] | None:
     m = re.search(r"(\d+)\.(\d+)\.\d+", text)
     return (int(m.group(1)), int(m.group(2))) if m else None

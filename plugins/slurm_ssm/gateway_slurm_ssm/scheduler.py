@@ -241,13 +241,23 @@ class SlurmScheduler:
         """``err``, unless the controller is down. 22.05's scontrol answers a job action (hold,
         release, requeue, suspend, resume, update JobId=...) with 'Unexpected message received
         for job N' after MessageTimeout when slurmctld is down (measured: 9 s), the words it also
-        has for suspending or resuming a job it does not know. A ping tells the two apart: a
-        DOWN is a 503 (try again later: the action was not done), anything else keeps ``err``."""
+        has for suspending or resuming a job it does not know. A ping tells the two apart: an
+        explicit DOWN is a 503 (try again later: the action was not done); UP, a ping that
+        fails or says something else keep ``err``. Not a hot path (scontrol has spent its 9 s),
+        so the ping may take as long as a health check's (an SSM round trip is over 1 s)."""
         if isinstance(err, SchedulerUnavailable) or not parse.unexpected_message(result.out, result.err):
             return err
-        if self._ping_up() is False:
+        try:
+            res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
+                                      timeout=min(self.timeout, 5.0))
+        except GatewayError:
+            return err
+        up, words = parse.parse_ping(res.out or res.err)
+        if up or parse.says_down(words):
+            self._read_ping(res)                 # what this process believes, as every ping
+        if not up and parse.says_down(words):
             return SchedulerUnavailable(f"{parse.scheduler_words(result.out, result.err)} "
-                                        f"(the Slurm controller does not answer: {self._down_words})")
+                                        f"(the Slurm controller does not answer: {words})")
         return err
 
     def _service(self, argv: list[str], timeout: float | None = None) -> CommandResult:

@@ -325,7 +325,9 @@ def test_requeue_of_a_finished_job_mbatchd_cleaned_is_a_conflict_not_404():
     still showed the job DONE and whose brequeue then met ``Job <N> : No matching job found``
     is a 409 (the client has just seen the job), not "no such job"; a job bjobs -l showed
     running that the scheduler then does not know, and one it never knew, stay 404."""
-    with lsf_standin(admins=("gwadmin",), slots=2, clean_period=3) as c:
+    # 10 s: the done job must still be shown when control_job looks (a wait poll, a bsub
+    # and a bjobs through sudo on a loaded machine come first).
+    with lsf_standin(admins=("gwadmin",), slots=2, clean_period=10) as c:
         s = plugin(c, listing="json")
         run = s.transport.run
 
@@ -335,7 +337,7 @@ def test_requeue_of_a_finished_job_mbatchd_cleaned_is_a_conflict_not_404():
                 jid = str(argv[-1])
                 if c.state()["jobs"].get(jid, {}).get("status") not in ("DONE", "EXIT"):
                     assert c.run(["bkill", jid]).returncode == 0       # (as the administrator)
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 40
                 while jid not in c.state().get("cleaned", {}):
                     assert time.monotonic() < deadline, f"job {jid} was not cleaned"
                     time.sleep(0.1)
@@ -416,7 +418,6 @@ def test_a_finished_job_is_requeued_with_the_filter_of_its_state_and_runs_again(
 
     for jid in (done, failed, killed, running):
         b.control_job(user=ALICE, job_id=jid, action="requeue")
-        assert b.get_job(user=ALICE, job_id=jid).state in (JobState.PENDING, JobState.RUNNING)
     assert calls == [["-d", done], ["-e", failed], ["-e", killed], [running]]
     for jid, final, runs in ((done, JobState.COMPLETED, 2), (failed, JobState.FAILED, 2),
                              (killed, JobState.COMPLETED, 1)):

@@ -705,6 +705,12 @@ def test_scontrols_unexpected_message_is_503_when_the_controller_is_down(make, a
     with pytest.raises(SchedulerRefused) as e:
         act()
     assert type(e.value) is SchedulerRefused and "Unexpected message" in e.value.msg
+    # A ping that fails otherwise says nothing about the controller: the refusal stands, and
+    # no hold is put on the next commands.
+    t.answer(["scontrol", "ping"], CommandResult(1, b"", b"sudo: a password is required\n"))
+    with pytest.raises(SchedulerRefused) as e:
+        act()
+    assert type(e.value) is SchedulerRefused and not sched._controller_down
 
 
 def test_output_reads_a_slice_as_the_owner(make):
