@@ -96,7 +96,7 @@ if [ $UNINSTALL = 1 ]; then
         say "removed $unit"
     fi
     # Only what the installer wrote: bin/ and share/ may hold an operator's own files.
-    rm -rf "$PREFIX/venv" "$PREFIX/venv.previous"
+    rm -rf "$PREFIX/venv" "$PREFIX/venv.previous" "$PREFIX/venv.discard"
     rm -f "$PREFIX/bin/hpc-gateway-server" "$PREFIX/bin/hpc-gateway" "$PREFIX/share/doc/deploy.md" \
         "$PREFIX/etc/gunicorn.conf.py"
     rmdir "$PREFIX/share/doc" "$PREFIX/share" "$PREFIX/bin" 2>/dev/null || true
@@ -188,6 +188,14 @@ py_identity() {
 }
 
 say "installing the gateway and plugins ($PLUGINS) into $VENV"
+if [ -d "$VENV.previous" ] && [ ! -L "$VENV.previous" ]; then
+    # An earlier run was killed while it rebuilt (its EXIT trap never ran): venv.previous is
+    # the venv that worked, $VENV what was half built. The working one goes back first, then
+    # this run decides as any other.
+    say "putting back $VENV.previous, left by an installer stopped while it rebuilt $VENV"
+    rm -rf "$VENV"
+    mv "$VENV.previous" "$VENV"
+fi
 if [ -e "$VENV" ] || [ -L "$VENV" ]; then
     want=$(py_identity "$PYTHON") || die "$PYTHON does not run"
     have=$(py_identity "$VENV/bin/python") || have=""
@@ -207,7 +215,7 @@ if [ -e "$VENV" ] || [ -L "$VENV" ]; then
         else
             say "rebuilding $VENV: its python cannot import pip (an interpreter updated in place?)"
         fi
-        rm -rf "$VENV.previous"             # left by an installer killed half way
+        rm -rf "$VENV.previous"             # a link or file planted there (a directory went back above)
         mv "$VENV" "$VENV.previous"
         VENV_ASIDE=$VENV.previous
     fi
@@ -225,9 +233,7 @@ targets=("$STAGE")
 for plugin in $PLUGINS; do targets+=("$STAGE/plugins/$plugin"); done
 # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input $PIP_ARGS "${targets[@]}"
-# The new venv is complete: the previous one (or one an earlier, killed run left) goes.
-VENV_ASIDE=""
-rm -rf "$VENV.previous"
+# The previous venv stays aside until the configuration has loaded in the new one (below).
 
 # Configuration: an existing one is the operator's and is kept.
 CONF=$PREFIX/etc/gateway.yaml
@@ -418,6 +424,15 @@ fi
 if ! as_service_user "$PREFIX/bin/hpc-gateway" check-config; then
     die "the configuration in $CONF does not load (see above); fix it and run the installer again"
 fi
+# The new venv is complete and loads the configuration: the previous one goes, renamed
+# first (a run killed while rm works leaves venv.discard, never a half-deleted venv.previous
+# that the next run would put back).
+VENV_ASIDE=""
+if [ -e "$VENV.previous" ] || [ -L "$VENV.previous" ]; then
+    rm -rf "$VENV.discard"
+    mv "$VENV.previous" "$VENV.discard"
+fi
+rm -rf "$VENV.discard"
 
 # ------------------------------------------------------------------------------ systemd
 UNIT_WRITTEN=1

@@ -77,6 +77,7 @@ Credentials come from boto3's normal chain (environment, ``profile``, instance r
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 import itertools
 import logging
@@ -217,6 +218,46 @@ def _apply_call_timeout(context=None, **_):
         context["read_timeout"] = seconds
 
 
+def _bound_connects(client) -> None:
+    """Bound each call's connect timeout by its read timeout too, i.e. by the run's time left.
+
+    botocore takes a per-request read timeout from the request context (above), but keeps
+    the client's connect timeout for every request: an endpoint whose connects hang (a
+    firewall dropping packets, a full listen queue) held a run up to ``connect_timeout``
+    past its deadline. There is no public hook for it, so the client's HTTP session becomes
+    a subclass that clamps the connect part of the timeout it already computes; on a
+    botocore without that method the client is left as it is (the overshoot stays at most
+    ``connect_timeout``)."""
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    base = type(session)
+    if not callable(getattr(base, "_get_request_timeout", None)):
+        log.debug("ssm transport: botocore's HTTP session has no _get_request_timeout; "
+                  "connect timeouts are not bounded by the deadline")
+        return
+    session.__class__ = _deadline_session(base)
+
+
+@functools.lru_cache(maxsize=None)
+def _deadline_session(base: type) -> type:
+    from urllib3.util.timeout import Timeout
+
+    class DeadlineSession(base):
+        def _get_request_timeout(self, request):
+            timeout = super()._get_request_timeout(request)
+            if not isinstance(timeout, Timeout) or timeout.read_timeout is None:
+                return timeout
+            read = timeout.read_timeout
+            connect = timeout.connect_timeout
+            if isinstance(connect, (int, float)):
+                connect = min(connect, read)
+            else:                           # no connect timeout of its own: the read one
+                connect = read
+            # total: the connect and the answer together, not each the time left.
+            return Timeout(connect=connect, read=read, total=read)
+    DeadlineSession.__name__ = DeadlineSession.__qualname__ = f"Deadline{base.__name__}"
+    return DeadlineSession
+
+
 # -- delayed clean-ups -------------------------------------------------------------------
 class _Later:
     """Best-effort clean-ups run later (deleting a private frame once its PUT URL expired) by
@@ -330,6 +371,7 @@ class SsmTransport(Transport):
                     client = self._session.client("ssm", endpoint_url=self.endpoint_url,
                                                   config=config)
                 client.meta.events.register("before-call", _apply_call_timeout)
+                _bound_connects(client)
             except Exception as exc:  # ProfileNotFound, bad region, ...
                 raise SchedulerUnavailable(f"cannot set up the AWS client: {exc}") from exc
             self._clients[service] = client
@@ -339,7 +381,7 @@ class SsmTransport(Transport):
     def _bounded(self, deadline: float, cap: float | None = None):
         """API calls in this block wait for an answer until ``deadline`` at the latest (and
         at most ``cap``, default ``api_timeout``, seconds): a hung endpoint cannot hold a run
-        past its timeout. (The connect timeout stays the client's.)"""
+        past its timeout. The connect timeout is bounded the same way (_bound_connects)."""
         left = deadline - time.monotonic()
         _call.read_timeout = max(0.05, min(self.api_timeout if cap is None else cap, left))
         try:

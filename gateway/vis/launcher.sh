@@ -108,11 +108,15 @@ trap cleanup EXIT
 password=$(LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 8)
 [ ${#password} -eq 8 ] || fail "cannot generate a password"
 printf '%s\n' "$password" | vncpasswd -f >"$work/passwd" || fail "vncpasswd failed"
-cookie=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-# websockify's token: 128 random bits in hex. The gateway hands it to NGINX with the
-# desktop's address (GET /vis/websocket-check), or puts it in the address (websocket:
-# direct); another user's session file may name this port, never this key.
-key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+random_hex() {  # 128 random bits, 32 hex digits
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
+}
+cookie=$(random_hex)
+[ ${#cookie} -eq 32 ] || fail "cannot generate an X cookie"
+# websockify's token. The gateway hands it to NGINX with the desktop's address
+# (GET /vis/websocket-check), or puts it in the address (websocket: direct); another
+# user's session file may name this port, never this key.
+key=$(random_hex)
 [ ${#key} -eq 32 ] || fail "cannot generate a websockify key"
 printf '%s: unix_socket:%s\n' "$key" "$work/rfb.sock" >"$work/tokens" || fail "cannot write $work/tokens"
 XAUTHORITY=$work/Xauthority

@@ -43,6 +43,16 @@ def _run(argv, **kw):
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
 
 
+def _installer(prefix_dir, prefix, user, python, *extra):
+    return [str(INSTALL), "--prefix", str(prefix), "--plugins", "mock", "--user", user, "--no-start",
+            "--unit-dir", str(prefix_dir / "units"), "--python", str(python), *extra]
+
+
+def _service_account(as_root: bool) -> str:
+    """A fresh account the installer creates (as root), else the caller's own."""
+    return f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+
+
 @pytest.fixture
 def prefix_dir():
     # Under /var/tmp, world-traversable: pytest's tmp dirs are private to root, and the
@@ -58,15 +68,14 @@ def prefix_dir():
 def test_install_start_use_uninstall(prefix_dir):
     require(shutil.which("bash") is not None, "bash is needed by deploy/install.sh")
     as_root = os.geteuid() == 0
-    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    user = _service_account(as_root)
     python = _python_for(as_root)
     prefix, units = prefix_dir / "opt", prefix_dir / "units"
     port = free_port()
     given = prefix_dir / "given.yaml"
     given.write_text(yaml.safe_dump({"bind": "127.0.0.1", "http_port": port, "log_level": "info",
                                      "scheduler": {"backend": "mock", "options": {"slots": 2}}}))
-    argv = [str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock",
-            "--user", user, "--no-start", "--unit-dir", str(units), "--python", python]
+    argv = _installer(prefix_dir, prefix, user, python, "--config", str(given))
     procs = Processes()
     try:
         out = _run(argv)
@@ -180,16 +189,14 @@ def test_a_work_dir_named_by_the_configuration_is_made_for_the_service(prefix_di
     be. Before, check-config passed, the directory was never made, and every start failed
     (the service account may not create it)."""
     as_root = os.geteuid() == 0
-    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    user = _service_account(as_root)
     prefix, work = prefix_dir / "opt", prefix_dir / "lib" / "hpc-gateway"
     (prefix_dir / "lib").mkdir()
     (prefix_dir / "lib").chmod(0o755)                        # root's: the service cannot create in it
     given = prefix_dir / "given.yaml"
     given.write_text(yaml.safe_dump({"work_dir": str(work), "scheduler": {"backend": "mock"}}))
     try:
-        out = _run([str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock",
-                    "--user", user, "--no-start", "--unit-dir", str(prefix_dir / "units"),
-                    "--python", _python_for(as_root)])
+        out = _run(_installer(prefix_dir, prefix, user, _python_for(as_root), "--config", str(given)))
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
         assert work.is_dir() and pwd.getpwuid(work.stat().st_uid).pw_name == user
         assert stat.S_IMODE(work.stat().st_mode) == 0o750
@@ -207,7 +214,7 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
     without following links, and works on that descriptor). A hard link to a file of root's
     and a symbolic link to one are refused, and the file is left as it was."""
     as_root = os.geteuid() == 0
-    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    user = _service_account(as_root)
     prefix, other, state = prefix_dir / "opt", prefix_dir / "opt2", prefix_dir / "state"
     state.mkdir()
     victim = prefix_dir / "victim"
@@ -215,8 +222,7 @@ def test_the_secret_is_never_written_through_a_link(prefix_dir):
     victim.chmod(0o644)
     given = prefix_dir / "given.yaml"
     given.write_text(yaml.safe_dump({"secret_file": str(state / "secret.key"), "scheduler": {"backend": "mock"}}))
-    argv = [str(INSTALL), "--prefix", str(prefix), "--config", str(given), "--plugins", "mock", "--user", user,
-            "--no-start", "--unit-dir", str(prefix_dir / "units"), "--python", _python_for(as_root)]
+    argv = _installer(prefix_dir, prefix, user, _python_for(as_root), "--config", str(given))
     try:
         for plant in (lambda p: os.link(victim, p), lambda p: p.symlink_to(victim)):
             link = state / "secret.key"
@@ -272,11 +278,6 @@ def test_the_unit_implies_no_new_privileges_nowhere():
     assert "ProtectSystem" in keys
 
 
-def _installer(prefix_dir, prefix, user, python, *extra):
-    return [str(INSTALL), "--prefix", str(prefix), "--plugins", "mock", "--user", user, "--no-start",
-            "--unit-dir", str(prefix_dir / "units"), "--python", str(python), *extra]
-
-
 def test_a_rerun_with_another_python_rebuilds_the_venv_and_only_then(prefix_dir):
     """The venv is rebuilt when --python names another interpreter than the one it runs (before,
     any venv with a bin/python was kept, and --python was silently ignored on a re-run), and
@@ -284,7 +285,7 @@ def test_a_rerun_with_another_python_rebuilds_the_venv_and_only_then(prefix_dir)
     a copy of the same build in another directory (any host can make one; the venv would point
     at the first file); a failed rebuild puts the previous venv back."""
     as_root = os.geteuid() == 0
-    user = f"hpcgw-t{secrets.token_hex(3)}" if as_root else pwd.getpwuid(os.getuid()).pw_name
+    user = _service_account(as_root)
     python = Path(os.path.realpath(_python_for(as_root)))
     other = prefix_dir / "other" / "bin" / "python3"
     other.parent.mkdir(parents=True)
@@ -325,6 +326,27 @@ def test_a_rerun_with_another_python_rebuilds_the_venv_and_only_then(prefix_dir)
         out = _run(_installer(prefix_dir, prefix, user, alias))
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
         assert "rebuild" not in out.stdout and (venv / "kept").exists(), out.stdout
+
+        # A rebuild whose configuration then fails to load (check-config, after pip) puts the
+        # previous venv back too.
+        conf = prefix / "etc" / "gateway.yaml"
+        good = conf.read_text()
+        conf.write_text(yaml.safe_dump({**yaml.safe_load(good), "scheduler": {"backend": "no_such_backend"}}))
+        out = _run(_installer(prefix_dir, prefix, user, python))
+        assert out.returncode != 0 and "does not load" in out.stderr, f"{out.stdout}\n{out.stderr}"
+        assert f"put the previous {venv} back" in out.stderr, out.stderr
+        assert (venv / "kept").exists() and Path(os.path.realpath(venv / "bin" / "python")) == other
+        conf.write_text(good)
+
+        # An installer killed while it rebuilt (no EXIT trap: venv.previous and a half-made
+        # venv left): the next run puts venv.previous back before it decides.
+        venv.rename(prefix / "venv.previous")
+        (venv / "bin").mkdir(parents=True)                    # half made: no python yet
+        out = _run(_installer(prefix_dir, prefix, user, alias))
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+        assert "putting back" in out.stdout and "rebuild" not in out.stdout, out.stdout
+        assert (venv / "kept").exists()
+        assert sorted(p.name for p in prefix.iterdir() if p.name.startswith("venv")) == ["venv"]
     finally:
         if prefix.exists():
             _run([str(INSTALL), "--uninstall", "--purge", "--prefix", str(prefix)])

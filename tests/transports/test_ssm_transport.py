@@ -241,6 +241,43 @@ def test_retry_configuration():
     assert t._client("ssm") is client
 
 
+@contextmanager
+def _connects_hang():
+    """A port on 127.0.0.1 whose connects hang: a listen queue of one, filled and never
+    accepted (Linux then drops further SYNs, as a firewall that drops packets would)."""
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port), timeout=2)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    try:
+        with pytest.raises(TimeoutError):                    # not refused: it hangs
+            probe.connect(("127.0.0.1", port))
+        yield port
+    finally:
+        for sock in (probe, filler, server):
+            sock.close()
+
+
+def test_a_connect_that_hangs_ends_at_the_runs_timeout(ssm_double):
+    """botocore keeps the client's connect timeout for every call; the run's deadline bounds
+    it too. Before, an endpoint whose connects hang held a 2 s run for connect_timeout (30 s
+    here)."""
+    with _connects_hang() as port:
+        t = make_transport(ssm_double.transport_options(endpoint_url=f"http://127.0.0.1:{port}",
+                                                         connect_timeout=30, api_timeout=30))
+        start = time.monotonic()
+        with pytest.raises(GatewayError) as info:
+            t.run(["true"], timeout=2)
+        took = time.monotonic() - start
+        t.close()
+    assert took < 6, f"the run took {took:.1f} s"
+    assert info.value.status in (503, 504) and "reach" in info.value.msg, info.value.msg
+
+
 def test_one_client_per_service_whatever_the_timeouts(ssm_double, s3):
     """Clients are cached per service only: runs with many different timeouts (each one's
     calls bounded by its own deadline) do not each build and keep clients of their own."""

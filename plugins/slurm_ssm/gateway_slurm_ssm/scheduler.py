@@ -207,30 +207,36 @@ class SlurmScheduler:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {self._down_words}")
 
     def _ping_up(self) -> bool | None:
-        """Ask `scontrol ping`; remember a DOWN (and for how long to trust it). None when the
-        transport itself fails or is slow: then the ping tells nothing about the controller."""
+        """The fail-fast paths' ping: None when the transport itself fails or is slow (then it
+        tells nothing about the controller)."""
         try:
             # A ping answers in milliseconds when the transport works; a slow one says nothing
             # about the controller and must not delay the command's own answer much.
-            res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
-                                      timeout=min(self.timeout, 1.0))
+            return self._ping(min(self.timeout, 1.0))[0]
         except GatewayError:
             return None
-        return self._read_ping(res)[0]
 
-    def _read_ping(self, res: CommandResult) -> tuple[bool, str]:
-        """`scontrol ping`'s answer: (controller up, its words). Every ping, whoever asked
-        (the fail-fast path, the snapshot, /health), updates what this process believes: an
-        UP ends the hold at once, so no request is refused on an old DOWN after a ping has
-        seen the controller back."""
+    def _ping(self, timeout: float) -> tuple[bool | None, str]:
+        """`scontrol ping`, however this plugin asks (the fail-fast paths, the snapshot after an
+        outage, /health, a refusal to tell apart): (True, words) for UP, (False, words) for an
+        explicit DOWN, (None, words) for any other answer (sudo's refusal, words this plugin
+        does not read), which says nothing about the controller. Raises the transport's
+        GatewayError.
+
+        UP and DOWN update what this process believes: an UP ends the hold at once, so no
+        request is refused on an old DOWN after a ping has seen the controller back; a DOWN
+        refuses controller commands for down_hold seconds. Nothing else puts a hold."""
+        res = self._run(commands.ping(), as_user=self.service_account, timeout=timeout)
         up, words = parse.parse_ping(res.out or res.err)
         if up:
             self._controller_down = False
-        else:
-            self._controller_down = True
-            self._down_until = time.monotonic() + self.opts["down_hold"]
-            self._down_words = words
-        return up, words
+            return True, words
+        if not parse.says_down(words):
+            return None, words
+        self._controller_down = True
+        self._down_until = time.monotonic() + self.opts["down_hold"]
+        self._down_words = words
+        return False, words
 
     def _check(self, result: CommandResult, *, input_errors: bool = False) -> CommandResult:
         if result.returncode != 0:
@@ -248,14 +254,10 @@ class SlurmScheduler:
         if isinstance(err, SchedulerUnavailable) or not parse.unexpected_message(result.out, result.err):
             return err
         try:
-            res = self._run_transport(commands.ping(), as_user=self.service_account, stdin=None,
-                                      timeout=min(self.timeout, 5.0))
+            up, words = self._ping(min(self.timeout, 5.0))
         except GatewayError:
             return err
-        up, words = parse.parse_ping(res.out or res.err)
-        if up or parse.says_down(words):
-            self._read_ping(res)                 # what this process believes, as every ping
-        if not up and parse.says_down(words):
+        if up is False:
             return SchedulerUnavailable(f"{parse.scheduler_words(result.out, result.err)} "
                                         f"(the Slurm controller does not answer: {words})")
         return err
@@ -275,7 +277,12 @@ class SlurmScheduler:
 
     def _fetch(self, previous: Mapping[str, Record], previous_error: dict | None) -> list[Record]:
         """One squeue of every job (runs under the snapshot's lock, once per interval)."""
-        return self._owned(self._fetch_records(previous, previous_error))
+        records = self._owned(self._fetch_records(previous, previous_error))
+        # squeue read the queue (its parsers refuse slurmctld's "down" answers): the controller
+        # answers, whatever the last ping said. Without this, a DOWN followed only by pings
+        # that say nothing (sudo's refusal) made every controller command ping first.
+        self._controller_down = False
+        return records
 
     def _owned(self, records: list[Record]) -> list[Record]:
         """run_as: service: a job of the service account tagged for a gateway user is that
@@ -315,9 +322,14 @@ class SlurmScheduler:
         if previous_error and previous_error.get("type") in ("SchedulerUnavailable", "SchedulerTimeout"):
             # The controller was down: `scontrol ping` says so at once, where squeue would
             # retry for seconds.
-            ok, words = self._read_ping(self._run(commands.ping(), as_user=self.service_account,
-                                                  timeout=min(self.timeout, 5.0)))
-            if not ok:
+            # A ping that fails otherwise (None, or the transport's error: an SSM round trip
+            # may take over 5 s) leaves it to squeue, or a slow transport would never get
+            # past this ping.
+            try:
+                up, words = self._ping(min(self.timeout, 5.0))
+            except GatewayError:
+                up = None
+            if up is False:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {words}")
         if self._use_json():
             res = self._run(commands.squeue_json(), as_user=self.service_account)
@@ -1013,12 +1025,11 @@ class SlurmScheduler:
     def health(self):
         start = time.monotonic()
         try:
-            res = self._run(commands.ping(), as_user=self.service_account, timeout=min(self.timeout, 5.0))
+            up, words = self._ping(min(self.timeout, 5.0))
         except GatewayError as exc:
             return Health(ok=False, latency_ms=None, detail=exc.msg)
         latency = (time.monotonic() - start) * 1000
-        ok, words = self._read_ping(res)
-        return Health(ok=ok, latency_ms=round(latency, 1), detail=words)
+        return Health(ok=up is True, latency_ms=round(latency, 1), detail=words)
 
 
 # Commands that talk to slurmctld (and so wait out its MessageTimeout when it is down).

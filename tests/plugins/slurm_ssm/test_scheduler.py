@@ -776,6 +776,34 @@ def test_a_ping_that_sees_the_controller_back_ends_the_down_hold_at_once(make, a
     assert not sched._controller_down
 
 
+def test_a_ping_that_fails_otherwise_puts_no_hold(make):
+    """Only an explicit DOWN holds controller commands at 503. A ping that fails for another
+    reason (sudo's refusal) says nothing about the controller: /health is not ok, but the
+    next request runs its command; after an outage the snapshot leaves it to squeue."""
+    sched, t = make(snapshot_interval=0.01)
+    t.answer(["scontrol", "ping"], CommandResult(1, b"", b"sudo: a password is required\n"))
+    health = sched.health()
+    assert not health.ok and "sudo" in health.detail
+    assert not sched._controller_down
+    assert sched.get_job(user=ALICE, job_id="30").job_id == "30"
+    # After an outage (the last refresh failed on a DOWN), such a ping lets squeue answer.
+    t.answer(["squeue", "--json"], fx("down_squeue_json"))
+    t.answer(["scontrol", "ping"], fx("down_ping"))
+    import time
+    time.sleep(0.02)
+    with pytest.raises(SchedulerUnavailable):
+        sched.list_jobs(user=ALICE, query=JobQuery())
+    assert sched._ping(1.0)[0] is False and sched._controller_down    # as the fail-fast ping does
+    sched._down_until = 0                      # its hold is over
+    t.answer(["squeue", "--json"], fx("squeue_json"))
+    t.answer(["scontrol", "ping"], CommandResult(1, b"", b"sudo: a password is required\n"))
+    time.sleep(0.02)
+    calls = len(t.calls)
+    assert {j.job_id for j in sched.list_jobs(user=ALICE, query=JobQuery())}
+    assert [c["argv"][:2] for c in t.calls[calls:]][-2:] == [["scontrol", "ping"], ["squeue", "--json"]]
+    assert not sched._controller_down          # squeue read the queue: no ping before each command
+
+
 def test_service_mode_hosts_follow_the_operators_json_choice(make):
     """run_as: service reads squeue --json whatever json says; sinfo, whose --json layout
     changes again on newer Slurm, keeps the operator's "no" (scontrol show node)."""
