@@ -19,12 +19,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from .api.common import ErrorEnvelope, bearer_token
 from .auth import Authenticator, Identity, load_authenticator, unix_uid
 from .config import count_setting, load_config
-from .errors import GatewayError, ServiceUnavailable, Unauthorized
+from .errors import GatewayError, ServiceUnavailable, TooManyRequests, Unauthorized
+from .files.body import BODY_LIMIT_KEY
 from .metrics import Metrics, metrics_view
 from .models import User
 from .plugins import Scheduler, load_scheduler
 from .sessions import SessionStore, TokenManager, load_or_create_secret, open_store
-from .turns import NO_TURNS, Turns
+from .turns import NO_TURNS, PerUserSlots, Turns
 
 log = logging.getLogger("gateway")
 
@@ -116,7 +117,7 @@ def http_error_response(error: HTTPException):
     data = getattr(error, "data", None) or {}
     messages = data.get("messages")
     if isinstance(error, RequestEntityTooLarge) or status == 413:
-        limit = request.max_content_length
+        limit = request.environ.get(BODY_LIMIT_KEY, request.max_content_length)
         return envelope_error(413, f"Request body too large: the limit is {limit} bytes")
     if status == 400 and messages and "json" in messages and messages["json"] == ["Invalid JSON body."]:
         return envelope_error(400, "Malformed JSON body: send a valid JSON object with Content-Type: application/json")
@@ -280,9 +281,11 @@ def _route_of(app: Flask, req) -> str | None:
 def create_app(config: dict | str | None = None) -> Flask:
     """Build a gateway app. ``config``: a dict, a YAML path, or None (GATEWAY_CONFIG, else defaults)."""
     cfg = load_config(config)
-    if cfg["max_waits_per_user"] is None:
-        # A quarter of a worker's threads, counted as deploy/gunicorn.conf.py counts them.
-        cfg["max_waits_per_user"] = max(1, count_setting("GATEWAY_THREADS", cfg, "threads", 32) // 4)
+    # A quarter of a worker's threads, counted as deploy/gunicorn.conf.py counts them; a user
+    # may always start a file operation while another of theirs winds down (at least 2).
+    for key, least in (("max_waits_per_user", 1), ("max_file_ops_per_user", 2)):
+        if cfg[key] is None:
+            cfg[key] = max(least, count_setting("GATEWAY_THREADS", cfg, "threads", 32) // 4)
     logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gateway").setLevel(cfg["log_level"].upper())
     os.makedirs(cfg["work_dir"], mode=0o700, exist_ok=True)
@@ -437,6 +440,24 @@ def create_app(config: dict | str | None = None) -> Flask:
         g.user = state.user(session.user)
         return None
 
+    file_ops = PerUserSlots()
+
+    @app.before_request
+    def _file_op_slot():
+        # A file operation holds its thread while it runs (a slow upload, a checksum of a big
+        # file, or of a FIFO a job swapped in after the type check): one user may hold only
+        # max_file_ops_per_user of them here. (A download's body is streamed after the
+        # request's teardown: its reads wait at most command_timeout each.)
+        user = g.get("user")
+        if user is None or not (request.endpoint or "").startswith("files."):
+            return None
+        limit = state.config["max_file_ops_per_user"]
+        if not file_ops.take(user.name, limit):
+            raise TooManyRequests(f"{limit} of your file operations are in progress here: "
+                                  "try again when one has ended", retry_after=5)
+        g.hpcgw_file_op = user.name
+        return None
+
     @app.after_request
     def _audit(response):
         # Every request that may change something (submit, kill, suspend, host and queue
@@ -468,6 +489,9 @@ def create_app(config: dict | str | None = None) -> Flask:
     @app.teardown_request
     def _in_flight_done(_exc):
         state.turns.give_back()       # if after_request did not run
+        name = g.pop("hpcgw_file_op", None)
+        if name is not None:
+            file_ops.give_back(name)
         if g.pop("hpcgw_in_flight", False):
             state.metrics.request_done()
 

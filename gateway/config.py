@@ -108,6 +108,11 @@ class ConfigSchema(Schema):
     # holds a thread); the user's others answer within a second (state unchanged). 0: no
     # limit; null: a quarter of the worker's threads (GATEWAY_THREADS, else threads, else 32).
     max_waits_per_user = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
+    # File operations (transfers, listings, checksums) one user may have in progress at once
+    # in one worker process (each holds a thread; a checksum of a FIFO a job swapped in
+    # blocks until transfer_timeout); beyond it, 429 with Retry-After. 0: no limit; null: a
+    # quarter of the worker's threads, as above, and at least 2.
+    max_file_ops_per_user = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1))
     max_page_size = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     idempotency_ttl_seconds = fields.Integer(load_default=86400, validate=validate.Range(min=1))

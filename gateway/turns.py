@@ -18,7 +18,7 @@ the p99 was made of them.)
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 
 from flask import g, has_request_context
@@ -104,3 +104,27 @@ def current_turns() -> Turns:
     from flask import current_app
     state = current_app.extensions.get("hpc_gateway")
     return getattr(state, "turns", NO_TURNS) if state is not None else NO_TURNS
+
+
+class PerUserSlots:
+    """At most ``limit`` requests of one kind per user at once in this process, each holding
+    one of its threads while it waits (long polls, file operations): one user must not hold
+    them all, or logins, /health and everybody else's requests queue behind."""
+
+    def __init__(self):
+        self._held: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, user: str, limit: int) -> bool:
+        """A slot for ``user`` when fewer than ``limit`` are held (0: no limit)."""
+        with self._lock:
+            if limit and self._held[user] >= limit:
+                return False
+            self._held[user] += 1
+            return True
+
+    def give_back(self, user: str) -> None:
+        with self._lock:
+            self._held[user] -= 1
+            if self._held[user] <= 0:
+                del self._held[user]

@@ -30,9 +30,20 @@ MAX_FIELDS = 100              # form fields before the file part
 FIELDS_READ = ("workdir", "sha256")
 
 
+BODY_LIMIT_KEY = "hpcgw.body_limit"        # in the WSGI environ: the limit a 413 names
+
+
 def limit_body(request, limit: int) -> None:
-    """Use ``limit`` (not the JSON body limit) for this request's body."""
-    request.max_content_length = limit
+    """Use ``limit`` (not the JSON body limit) for this request's body.
+
+    werkzeug's stream, under a server that marks its input as terminated (gunicorn), refuses
+    the read that would find the end of a body of exactly its limit (the body might go on):
+    so it gets one byte more, and a declared Content-Length is checked against ``limit``
+    here. A body that really is longer still fails on that byte."""
+    request.environ[BODY_LIMIT_KEY] = limit
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    request.max_content_length = limit + 1
 
 
 def read_chunk(stream, size: int) -> bytes:

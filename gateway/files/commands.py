@@ -59,8 +59,12 @@ def write_new(path: str, block: int) -> list[str]:
 
 
 def temp_name(target_name: str) -> str:
-    """The hidden temporary name an upload is written to, beside its target."""
+    """The hidden temporary name an upload is written to, beside its target: within NAME_MAX
+    (255 bytes) for any target name the path checks accept, so cut by bytes, not characters
+    (84 CJK characters are 252 bytes)."""
     stem = target_name[:200]
+    while len(stem.encode("utf-8", "surrogatepass")) > 200:       # whole characters only
+        stem = stem[:-1]
     return f".{stem}.gw-upload-{secrets.token_hex(6)}.part"
 
 

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..errors import Conflict, Forbidden, GatewayError, NotFound, SchedulerRefused
+from ..errors import BadRequest, Conflict, Forbidden, GatewayError, NotFound, SchedulerRefused
 from .commands import RECORD_FIELDS
 
 TYPES = {"f": "file", "d": "directory", "l": "symlink", "p": "fifo", "s": "socket",
@@ -139,7 +139,9 @@ def parse_home(stdout: bytes) -> str | None:
 
 
 def parse_sha256(stdout: bytes) -> str:
-    word = stdout.decode("ascii", "replace").split(" ", 1)[0].strip()
+    # GNU sha256sum starts the line with a backslash when the name holds a backslash or a
+    # newline (it then escapes the name): the checksum follows it.
+    word = stdout.decode("ascii", "replace").split(" ", 1)[0].strip().removeprefix("\\")
     if len(word) != 64:
         raise SchedulerRefused(f"sha256sum gave no checksum: {stdout[:200]!r}")
     return word.lower()
@@ -186,6 +188,8 @@ def error_for(stderr: bytes, what: str, path: str, as_user: str | None) -> Gatew
         return Conflict(f"cannot {what} {path}: it already exists")
     if "No space left" in text or "Disk quota exceeded" in text:
         return InsufficientStorage(f"cannot {what} {path}: {last}")
+    if "Too many levels of symbolic links" in text:
+        return Conflict(f"cannot {what} {path}: its symbolic links make a loop")
     if "File name too long" in text:
-        return NotFound(f"cannot {what} {path}: file name too long")
+        return BadRequest(f"cannot {what} {path}: a name or the whole path is too long for the file system")
     return SchedulerRefused(f"cannot {what} {path}: {last or 'the command failed'}")

@@ -434,6 +434,30 @@ def test_shell_metacharacters_are_just_names(files, workdir):
     assert not os.path.exists(os.path.join(workdir, "gw-pwned"))
 
 
+def test_names_at_the_edges_of_what_tools_print_and_file_systems_hold(files, workdir):
+    """A backslash in a name (sha256sum then starts its line with one: was a 502), a name of
+    252 bytes in 84 characters (the upload's temporary name was cut by characters and went
+    past 255 bytes: was a 404), a loop of symbolic links (was a 502)."""
+    data = b"edge\n"
+    digest = hashlib.sha256(data).hexdigest()
+    back = f"{workdir}/back\\slash.txt"
+    assert upload(files.alice, back, data, sha256=digest).status_code == 200
+    stat = call(files.alice, "GET", "/files/stat", params={"path": back, "sha256": "true"})
+    assert stat.status_code == 200, stat.get_json()
+    assert stat.get_json()["data"]["file"]["sha256"] == digest
+    wide = "作" * 84
+    assert len(wide.encode()) == 252
+    r = upload(files.alice, f"{workdir}/{wide}", data)
+    assert r.status_code == 200, r.get_json()
+    assert download(files.alice, f"{workdir}/{wide}").data == data
+    os.symlink("loop-b", f"{workdir}/loop-a")
+    os.symlink("loop-a", f"{workdir}/loop-b")
+    for response in (download(files.alice, f"{workdir}/loop-a"),
+                     call(files.alice, "GET", "/files/stat", params={"path": f"{workdir}/loop-a/x"})):
+        assert response.status_code == 409, response.get_json()
+        assert "loop" in response.get_json()["msg"]
+
+
 def test_names_that_are_not_utf8_are_listed_escaped(files, workdir):
     """A name of Latin-1 bytes made on the cluster is listed (as \\udce9, surrogate-escaped),
     beside names in other scripts; the answer is still JSON."""
@@ -610,9 +634,22 @@ def test_size_limit_answers_413_and_keeps_nothing(files, workdir):
                        headers={"Content-Type": "application/octet-stream"},
                        environ_overrides={"wsgi.input_terminated": True})
         assert chunked.status_code == 413, chunked.get_json()
+        assert "the limit is 100000 bytes" in chunked.get_json()["msg"]
+        # Under gunicorn (input marked terminated) a body of exactly the limit, declared or
+        # chunked, is taken (werkzeug refused the read that found its end: was a 413), and
+        # one byte more is not.
+        for name, body, length in (("exact", b"x" * 100_000, True), ("exact-chunked", b"x" * 100_000, False),
+                                   ("over-chunked", b"x" * 100_001, False)):
+            headers = {"Content-Type": "application/octet-stream"}
+            if length:
+                headers["Content-Length"] = str(len(body))
+            r = call(files.alice, "PUT", "/files/content", params={"path": f"{workdir}/{name}"},
+                     input_stream=io.BytesIO(body), headers=headers,
+                     environ_overrides={"wsgi.input_terminated": True})
+            assert r.status_code == (413 if name.startswith("over") else 200), (name, r.get_json())
     finally:
         conf["max_upload_bytes"] = saved
-    assert _leftovers(files.alice, workdir) == {"ok"}
+    assert _leftovers(files.alice, workdir) == {"ok", "exact", "exact-chunked"}
 
 
 # ------------------------------------------------------------------ with jobs

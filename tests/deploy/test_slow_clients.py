@@ -33,8 +33,11 @@ SLACK = 3
 
 @pytest.fixture
 def gateway(tmp_path, procs, need_gunicorn):
+    # One user stalls every thread on purpose here: no per-user share of file operations
+    # (here it would be 2 of the 4 threads).
     replica, admin = _replica(procs, tmp_path, {"client_header_timeout": HEADER_TIMEOUT,
-                                                "client_io_timeout": IO_TIMEOUT}, workers=1, threads=THREADS)
+                                                "client_io_timeout": IO_TIMEOUT,
+                                                "max_file_ops_per_user": 0}, workers=1, threads=THREADS)
     home = tmp_path / "mock" / "home" / "admin"
     home.mkdir(parents=True, exist_ok=True)
     return replica, admin, home

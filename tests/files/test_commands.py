@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from gateway.errors import Conflict, Forbidden, NotFound, SchedulerRefused
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, SchedulerRefused
 from gateway.files import commands, parse
 from tests.helpers import in_fresh_interpreter
 
@@ -49,6 +49,9 @@ def test_temp_name_is_hidden_and_unique():
     a, b = commands.temp_name("data.bin"), commands.temp_name("data.bin")
     assert a != b and a.startswith(".data.bin.gw-upload-") and a.endswith(".part")
     assert len(commands.temp_name("x" * 255)) < 255
+    # Cut by bytes: 85 three-byte characters are 255 bytes, and so would be its start.
+    assert len(commands.temp_name("作" * 85).encode()) <= 255
+    assert len(commands.temp_name("caf\udce9" * 60).encode("utf-8", "surrogateescape")) <= 255
 
 
 def test_curl_config_keeps_the_url_off_the_command_line():
@@ -161,6 +164,8 @@ def test_parse_realpath_home_sha():
     assert parse.parse_home(fixture("getent-passwd.out")) == "/home/gwalice"
     assert parse.parse_home(b"") is None
     assert re.fullmatch(r"[0-9a-f]{64}", parse.parse_sha256(fixture("sha256sum.out")))
+    # GNU sha256sum's line for a name with a backslash (or newline) starts with one.
+    assert parse.parse_sha256(b"\\" + b"ab" * 32 + b" */w/back\\\\slash\n") == "ab" * 32
 
 
 @pytest.mark.parametrize("stderr, cls", [
@@ -172,6 +177,8 @@ def test_parse_realpath_home_sha():
     (b"sudo: a password is required\n", Forbidden),
     (b"sudo: unknown user gwx\n", Forbidden),
     (b"curl: (22) The requested URL returned error: 403\n", SchedulerRefused),
+    (b"dd: failed to open '/x': Too many levels of symbolic links\n", Conflict),
+    (b"dd: failed to open '/x': File name too long\n", BadRequest),
 ])
 def test_error_mapping(stderr, cls):
     err = parse.error_for(stderr, "read", "/x", "alice")

@@ -187,7 +187,7 @@ def upload(args: dict) -> dict:
 class FileList(MethodView):
     @blp.arguments(PathQuerySchema, location="query")
     @blp.response(200, ListingEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def get(self, args):
         """List a directory (name, type, size, mode, mtime, owner, your access)
 
@@ -199,7 +199,7 @@ class FileList(MethodView):
 class FileStat(MethodView):
     @blp.arguments(StatQuerySchema, location="query")
     @blp.response(200, FileEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def get(self, args):
         """Describe one file or directory; `sha256=true` adds the file's checksum"""
         return ok({"file": file_space(args.get("job_id")).stat(args["path"], checksum=args["sha256"])})
@@ -214,7 +214,7 @@ class FileContent(MethodView):
                       description="the requested byte range (`Range: bytes=first-last`)")
     @blp.alt_response(416, schema=ErrorEnvelope, description="the range starts at or past the end "
                       "(`Content-Range: bytes */size`): nothing new yet")
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def get(self, args):
         """Download a file (streamed; `Range` supported, e.g. to follow a growing output file)
 
@@ -225,7 +225,7 @@ class FileContent(MethodView):
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 429, 501, 502, 503, 504)
     def put(self, args):
         """Upload a file (raw body or multipart), streamed to a temporary name and renamed when complete
 
@@ -237,14 +237,14 @@ class FileContent(MethodView):
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.doc(requestBody=UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 429, 501, 502, 503, 504)
     def post(self, args):
         """Upload a file (as PUT; for clients that only POST forms)"""
         return upload(args)
 
     @blp.arguments(RequiredPathQuerySchema, location="query")
     @blp.response(200, DeleteEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def delete(self, args):
         """Delete a file (a symbolic link itself, not what it points to; never a directory)"""
         return ok({"file": file_space(args.get("job_id")).delete(args["path"])})
@@ -254,7 +254,7 @@ class FileContent(MethodView):
 class FileArchive(MethodView):
     @blp.arguments(PathQuerySchema, location="query")
     @blp.response(200, BINARY["schema"], content_type="application/gzip", description="a tar.gz stream of the directory")
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def get(self, args):
         """Download a directory as a tar.gz stream (entries you may not read are left out)"""
         return archive_response(file_space(args.get("job_id")), args["path"])
@@ -266,7 +266,7 @@ class VendorUpload(MethodView):
     @blp.arguments(VendorUploadQuerySchema, location="query")
     @blp.doc(requestBody=VENDOR_UPLOAD_BODY)
     @blp.response(200, UploadEnvelope)
-    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 408, 409, 413, 422, 429, 501, 502, 503, 504)
     def post(self, args):
         """Upload a file into your home or a work dir (the vendor's form: multipart, `workdir`)
 
@@ -289,7 +289,7 @@ class VendorDownload(MethodView):
                       description="a file's requested byte range (`Range: bytes=first-last`; not for `all`)")
     @blp.alt_response(416, schema=ErrorEnvelope, description="the range starts at or past the end "
                       "(`Content-Range: bytes */size`): nothing new yet")
-    @document_errors(blp, 400, 401, 403, 404, 409, 501, 502, 503, 504)
+    @document_errors(blp, 400, 401, 403, 404, 409, 429, 501, 502, 503, 504)
     def get(self, args, file_name):
         """Download a file of a work dir (the vendor's form); `all` gives the work dir as tar.gz
 

@@ -10,9 +10,7 @@ import os
 import re
 import secrets
 import socket
-import threading
 import time
-from collections import Counter
 from contextlib import contextmanager
 
 from flask import g, jsonify, request
@@ -20,6 +18,7 @@ from flask.views import MethodView
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
+from ...turns import PerUserSlots
 from ..common import Blueprint, current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobChangeSchema, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
@@ -316,28 +315,18 @@ class JobDetail(MethodView):
         return ok({"job": state.scheduler.call("get_job", user=user, job_id=job_id)})
 
 
-_WAITS: Counter = Counter()            # full-length long polls in flight in this process, by user
-_WAITS_LOCK = threading.Lock()
+_WAITS = PerUserSlots()                 # full-length long polls in flight in this process, by user
 
 
 @contextmanager
 def _wait_slot(state, user_name: str):
-    """True when the poll may wait its full time: one of the user's max_waits_per_user here.
-    Each waiting poll holds a thread, so one user must not hold them all (logins, /health
-    and everybody else's requests would queue behind)."""
-    limit = state.config["max_waits_per_user"]
-    with _WAITS_LOCK:
-        full = not limit or _WAITS[user_name] < limit
-        if full:
-            _WAITS[user_name] += 1
+    """True when the poll may wait its full time: one of the user's max_waits_per_user here."""
+    full = _WAITS.take(user_name, state.config["max_waits_per_user"])
     try:
         yield full
     finally:
         if full:
-            with _WAITS_LOCK:
-                _WAITS[user_name] -= 1
-                if _WAITS[user_name] <= 0:
-                    del _WAITS[user_name]
+            _WAITS.give_back(user_name)
 
 
 def _watch(state, user, job_id, job, baseline, wait):
