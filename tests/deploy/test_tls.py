@@ -212,8 +212,11 @@ def test_slow_tls_clients_are_cut_by_the_deadlines(tmp_path, procs, certificate,
     from .test_slow_clients import SLOW_PAUSE, closed_by_server, dd_started, health_answers, read_answer, read_slowly
     cert, key = certificate
     https_port = free_port()
+    # One user stalls all 4 threads with downloads on purpose: no per-user share of file
+    # operations (here it would be 2), as in test_slow_clients.py.
     config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=https_port, cert=str(cert),
-                             key=str(key), client_header_timeout=2, client_io_timeout=2)
+                             key=str(key), client_header_timeout=2, client_io_timeout=2,
+                             max_file_ops_per_user=0)
     replica = GunicornReplica(procs, "tls-slow", config, tmp_path / "log", workers=1, threads=4,
                               scheme="https", verify=str(cert)).start()
     base = f"https://127.0.0.1:{https_port}{PREFIX}"
