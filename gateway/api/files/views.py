@@ -150,8 +150,7 @@ def archive_response(space: FileSpace, given: str) -> Response:
 
 def open_body(conf: dict) -> MultipartBody | None:
     """Apply the upload size limit; a multipart body is opened up to its file part."""
-    limit_body(request, conf["max_upload_bytes"])
-    _ = request.stream        # a declared Content-Length over the limit: 413 before anything runs
+    limit_body(request, conf["max_upload_bytes"])   # a declared Content-Length over it: 413 here
     return MultipartBody(request, conf["chunk_bytes"]) if is_multipart(request) else None
 
 

@@ -184,7 +184,7 @@ class SlurmScheduler:
         """
         if self._controller_down:
             # Nothing has been sent yet: refusing now is safe for every command.
-            if time.monotonic() < self._down_until or self._ping_up() is False:
+            if time.monotonic() < self._down_until or self._ping_up()[0] is False:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {self._down_words}")
         if not _read_only(argv):
             # sbatch, scancel, scontrol update...: once started, only the command itself knows
@@ -200,21 +200,21 @@ class SlurmScheduler:
                 return future.result(timeout=self.opts["down_probe_after"])
             except FutureTimeout:
                 pass
-            up = self._ping_up()
+            up = self._ping_up()[0]
             if up is None:                 # the transport itself is slow: the command decides
                 return future.result()
             if not up:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {self._down_words}")
 
-    def _ping_up(self) -> bool | None:
-        """The fail-fast paths' ping: None when the transport itself fails or is slow (then it
-        tells nothing about the controller)."""
+    def _ping_up(self, timeout: float = 1.0) -> tuple[bool | None, str]:
+        """``_ping``, with the transport's own failure as (None, its words): a ping that fails
+        or is slow tells nothing about the controller. The fail-fast paths' default of 1 s: a
+        ping answers in milliseconds when the transport works, and a slow one must not delay
+        the command's own answer much."""
         try:
-            # A ping answers in milliseconds when the transport works; a slow one says nothing
-            # about the controller and must not delay the command's own answer much.
-            return self._ping(min(self.timeout, 1.0))[0]
-        except GatewayError:
-            return None
+            return self._ping(min(self.timeout, timeout))
+        except GatewayError as exc:
+            return None, exc.msg
 
     def _ping(self, timeout: float) -> tuple[bool | None, str]:
         """`scontrol ping`, however this plugin asks (the fail-fast paths, the snapshot after an
@@ -253,10 +253,7 @@ class SlurmScheduler:
         so the ping may take as long as a health check's (an SSM round trip is over 1 s)."""
         if isinstance(err, SchedulerUnavailable) or not parse.unexpected_message(result.out, result.err):
             return err
-        try:
-            up, words = self._ping(min(self.timeout, 5.0))
-        except GatewayError:
-            return err
+        up, words = self._ping_up(5.0)
         if up is False:
             return SchedulerUnavailable(f"{parse.scheduler_words(result.out, result.err)} "
                                         f"(the Slurm controller does not answer: {words})")
@@ -325,10 +322,7 @@ class SlurmScheduler:
             # A ping that fails otherwise (None, or the transport's error: an SSM round trip
             # may take over 5 s) leaves it to squeue, or a slow transport would never get
             # past this ping.
-            try:
-                up, words = self._ping(min(self.timeout, 5.0))
-            except GatewayError:
-                up = None
+            up, words = self._ping_up(5.0)
             if up is False:
                 raise SchedulerUnavailable(f"the Slurm controller does not answer: {words}")
         if self._use_json():
