@@ -216,6 +216,9 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (sudo -u gwalice, sdiag -r)")
+    from tests.support import ensure_user
+    if not ensure_user(USER.name):                          # a fresh machine has no such user
+        sys.exit(f"could not create the Unix user {USER.name} (useradd)")
     from tests.cluster.slurm_cluster import start_slurm
     ok, why = start_slurm()
     if not ok:

@@ -442,6 +442,10 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (runuser, sdiag -r, scontrol token, slurmrestd's account)")
+    from tests.support import ensure_user
+    missing = [u for u in USERS if not ensure_user(u)]      # a fresh machine has none of them
+    if missing:
+        sys.exit(f"could not create the Unix users {', '.join(missing)} (useradd)")
     if args.quick:
         args.seconds, args.storm_seconds = min(args.seconds, 5.0), min(args.storm_seconds, 20.0)
     kinds = set(args.only.split(","))

@@ -1,6 +1,7 @@
 """What every blueprint shares: the seed's envelope, the current user, the scheduler."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -21,6 +22,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROL_NO_TAB = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 class _Parser(FlaskParser):
     """webargs' parser, but a body that is not JSON is a 415 that says so, and JSON nested past
     Python's recursion limit (``[[[...]]]``, well within max_body_bytes) is a malformed body,
@@ -32,6 +36,27 @@ class _Parser(FlaskParser):
     /files?path=x&jobid=5`` named ``x`` in the home directory, not in job 5's. jQuery's
     cache-buster ``_`` is let through (and dropped)."""
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE, "querystring": RAISE}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._no_query: dict = {}         # query schema -> what it loads from no query string
+
+    def parse(self, argmap, req=None, *, location=None, validate=None, **kwargs):
+        # A GET without a query string (the polling clients' every request) loads the same
+        # thing each time: the schema's defaults. Loaded once per schema, then copied; only
+        # plain values are kept (nothing a view could change in place), and a load that
+        # fails (a required parameter) is never kept, so it fails every time.
+        if location in ("query", "querystring") and validate is None and isinstance(argmap, Schema):
+            req = req if req is not None else self.get_default_request()
+            if req is not None and not req.environ.get("QUERY_STRING"):
+                known = self._no_query.get(argmap)
+                if known is not None:
+                    return dict(known)
+                data = super().parse(argmap, req, location=location, **kwargs)
+                if isinstance(data, dict) and all(isinstance(v, _PLAIN) for v in data.values()):
+                    self._no_query[argmap] = dict(data)
+                return data
+        return super().parse(argmap, req, location=location, validate=validate, **kwargs)
 
     def pre_load(self, location_data, *, schema, req, location):
         if location in ("query", "querystring") and "_" in req.args:
@@ -123,11 +148,21 @@ ERROR_RESPONSES = {
 
 
 def document_errors(blp, *codes):
-    """Decorator documenting error responses (all with the error envelope)."""
+    """Decorator documenting error responses (all with the error envelope).
+
+    flask-smorest's alt_response wraps the view once per code, and each layer is a call
+    (and an ensure_sync) on every request though it only carries documentation: the view
+    gets one layer here, with what all of them document."""
     def deco(func):
+        documented = func
         for code in codes:
-            func = blp.alt_response(code, schema=ErrorEnvelope, description=ERROR_RESPONSES[code])(func)
-        return func
+            documented = blp.alt_response(code, schema=ErrorEnvelope, description=ERROR_RESPONSES[code])(documented)
+
+        @functools.wraps(func)
+        def view(*args, **kwargs):
+            return func(*args, **kwargs)
+        view._apidoc = documented._apidoc
+        return view
     return deco
 
 

@@ -291,3 +291,83 @@ def test_a_listing_filter_in_any_case_and_a_wrong_one_in_words(client):
         assert "{" not in r.body["msg"]
     finally:
         client.post(f"/jobs/{jid}/kill")
+
+
+def test_no_query_string_loads_the_same_defaults_every_time_and_a_failing_load_fails_every_time():
+    """The parser loads a query schema from no query string once and copies the result (the
+    polling clients' every GET): a view changing its copy, or a request with a query string,
+    must not change what the next request gets, and a required parameter missing must be a
+    422 every time, not only the first."""
+    from flask import Flask
+    from marshmallow import Schema, fields
+    from werkzeug.exceptions import HTTPException
+
+    from gateway.api.common import Blueprint
+
+    parser = Blueprint.ARGUMENTS_PARSER
+
+    class Optional(Schema):
+        n = fields.Integer(load_default=3)
+        since = fields.String()
+
+    class Required(Schema):
+        path = fields.String(required=True)
+
+    class Listed(Schema):
+        tags = fields.List(fields.String(), load_default=lambda: ["a"])
+
+    optional, required, listed = Optional(), Required(), Listed()
+    app = Flask(__name__)
+    for _ in range(3):
+        with app.test_request_context("/x"):
+            args = parser.parse(optional, location="query")
+            assert args == {"n": 3}
+            args["n"], args["since"] = 99, "RUNNING"           # the view's copy, changed
+        with app.test_request_context("/x?n=5&since=PEND"):
+            assert parser.parse(optional, location="query") == {"n": 5, "since": "PEND"}
+        with app.test_request_context("/x"):
+            with pytest.raises(HTTPException) as exc:
+                parser.parse(required, location="query")
+            assert exc.value.code == 422
+            tags = parser.parse(listed, location="query")
+            assert tags == {"tags": ["a"]}
+            tags["tags"].append("changed")                      # a list is never shared
+        with app.test_request_context("/x?n=oops"):
+            with pytest.raises(HTTPException) as exc:
+                parser.parse(optional, location="query")
+            assert exc.value.code == 422
+
+
+def test_the_app_asks_once_whether_a_function_is_a_coroutine_function():
+    """GatewayFlask.ensure_sync remembers the sync functions (a bound method as its function,
+    so the views' per-request instances do not fill the table, which is bounded anyway) and
+    never takes a coroutine function for one."""
+    from gateway.app import GatewayFlask
+
+    app = GatewayFlask(__name__)
+
+    def hook():
+        return 1
+
+    class View:
+        def get(self):
+            return 2
+
+    assert app.ensure_sync(hook) is hook and app.ensure_sync(hook) is hook
+    for _ in range(50):
+        method = View().get
+        assert app.ensure_sync(method) is method
+    assert len(app._sync) == 2
+
+    async def coroutine_view():
+        return 3
+
+    for _ in range(2):
+        try:
+            wrapped = app.ensure_sync(coroutine_view)
+        except RuntimeError:          # Flask without its async extra refuses it: not taken as sync either
+            wrapped = None
+        assert wrapped is not coroutine_view
+    for i in range(GatewayFlask._SYNC_BOUND + 10):
+        app.ensure_sync(lambda i=i: i)
+    assert len(app._sync) <= GatewayFlask._SYNC_BOUND
