@@ -51,6 +51,10 @@ class GatewayState:
     secret: bytes = field(repr=False)           # signs tokens and vis websocket tickets
     metrics: Metrics
     turns: Turns = field(default_factory=lambda: NO_TURNS)
+    # What one user holds of this process's threads: file operations in progress, and long
+    # polls waiting their full time (max_file_ops_per_user, max_waits_per_user).
+    file_ops: PerUserSlots = field(default_factory=PerUserSlots)
+    waits: PerUserSlots = field(default_factory=PerUserSlots)
 
     def is_admin(self, identity: Identity | str) -> bool:
         if isinstance(identity, str):
@@ -470,8 +474,6 @@ def create_app(config: dict | str | None = None) -> Flask:
             _file_op_slot(user)
         return None
 
-    file_ops = PerUserSlots()
-
     def _file_op_slot(user: User) -> None:
         # A file operation holds its thread while it runs (a slow upload, a checksum of a big
         # file, or of a FIFO a job swapped in after the type check): one user may hold only
@@ -479,7 +481,7 @@ def create_app(config: dict | str | None = None) -> Flask:
         # request's teardown: its reads wait at most command_timeout each.) Taken in
         # _authenticate, once the user is known: a hook of its own cost every request ~3 %.
         limit = state.config["max_file_ops_per_user"]
-        if not file_ops.take(user.name, limit):
+        if not state.file_ops.take(user.name, limit):
             raise TooManyRequests(f"{limit} of your file operations are in progress here: "
                                   "try again when one has ended", retry_after=5)
         g.hpcgw_file_op = user.name
@@ -517,7 +519,7 @@ def create_app(config: dict | str | None = None) -> Flask:
         state.turns.give_back()       # if after_request did not run
         name = g.pop("hpcgw_file_op", None)
         if name is not None:
-            file_ops.give_back(name)
+            state.file_ops.give_back(name)
         if g.pop("hpcgw_in_flight", False):
             state.metrics.request_done()
 

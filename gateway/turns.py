@@ -128,3 +128,8 @@ class PerUserSlots:
             self._held[user] -= 1
             if self._held[user] <= 0:
                 del self._held[user]
+
+    def held(self) -> dict[str, int]:
+        """The slots held now, by user (none held: empty)."""
+        with self._lock:
+            return dict(self._held)

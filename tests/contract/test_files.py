@@ -647,9 +647,30 @@ def test_size_limit_answers_413_and_keeps_nothing(files, workdir):
                      input_stream=io.BytesIO(body), headers=headers,
                      environ_overrides={"wsgi.input_terminated": True})
             assert r.status_code == (413 if name.startswith("over") else 200), (name, r.get_json())
+        # The same for a declared Content-Length one byte over, and for a multipart upload
+        # (the limit counts its whole body, boundaries included).
+        over = call(files.alice, "PUT", "/files/content", params={"path": f"{workdir}/over-declared"},
+                    input_stream=io.BytesIO(b"x" * 100_001),
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": "100001"},
+                    environ_overrides={"wsgi.input_terminated": True})
+        assert over.status_code == 413, over.get_json()
+        for name, extra in (("multipart-exact", 0), ("multipart-over", 1)):
+            head = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name.encode()
+                    + b"\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+            tail = b"\r\n--XyZ--\r\n"
+            body = head + b"m" * (100_000 + extra - len(head) - len(tail)) + tail
+            assert len(body) == 100_000 + extra
+            for declared in (True, False):
+                headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+                if declared:
+                    headers["Content-Length"] = str(len(body))
+                r = call(files.alice, "POST", "/file/upload", params={"workdir": workdir},
+                         input_stream=io.BytesIO(body), headers=headers,
+                         environ_overrides={"wsgi.input_terminated": True})
+                assert r.status_code == (413 if extra else 200), (name, declared, r.get_json())
     finally:
         conf["max_upload_bytes"] = saved
-    assert _leftovers(files.alice, workdir) == {"ok", "exact", "exact-chunked"}
+    assert _leftovers(files.alice, workdir) == {"ok", "exact", "exact-chunked", "multipart-exact"}
 
 
 # ------------------------------------------------------------------ with jobs

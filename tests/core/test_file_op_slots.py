@@ -50,10 +50,14 @@ def test_a_users_file_operations_beyond_their_share_are_429(make_app, monkeypatc
         for t in threads:
             t.join(timeout=30)
     assert answers == [200, 200]
-    # The slots came back, also from a request that failed.
+    # The slots came back, also from a request that failed (and from the refused one).
+    file_ops = app.extensions["hpc_gateway"].file_ops
+    assert file_ops.held() == {}, file_ops.held()
     assert admin.get("/files/stat", params={"path": "~/no-such-file"}).status == 404
+    assert file_ops.held() == {}, file_ops.held()
     for _ in range(3):
         assert admin.get("/files/stat", params={"path": "~/f.txt", "sha256": "true"}).status == 200
+    assert file_ops.held() == {}, file_ops.held()
 
 
 def test_the_default_share_is_a_quarter_of_a_workers_threads(make_app, monkeypatch):

@@ -128,6 +128,8 @@ def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
     threads[3].join(timeout=10)
     threads[2].join(timeout=10)
     assert set(answered) == {"p2", "p3"}, answered          # p0 and p1 still wait their 20 s
+    waits = app.extensions["hpc_gateway"].waits
+    assert waits.held() == {"admin": 2}, waits.held()
     assert all(status == 200 and state == "HELD" for _, status, state, _ in answered.values())
     # The client can tell a cut poll from a job that did not change in 20 s.
     assert {answered[p][3] for p in ("p2", "p3")} == {"1"}
@@ -136,6 +138,7 @@ def test_a_users_long_polls_beyond_their_share_answer_within_a_second(make_app):
         t.join(timeout=20)
     assert {answered[p][2] for p in ("p0", "p1")} <= {"PENDING", "RUNNING", "COMPLETED"}
     assert {answered[p][3] for p in ("p0", "p1")} == {"20"}
+    assert waits.held() == {}                                 # both slots came back
     # The header says what the poll was allowed (here what it asked).
     held = admin.submit(command="true", hold=True)
     r = admin.get(f"/jobs/{held}", params={"wait": 0.3})

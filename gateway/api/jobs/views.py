@@ -18,7 +18,6 @@ from flask.views import MethodView
 
 from ...errors import BadRequest, Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from ...models import FINAL_STATES, JOB_ACTIONS, JobQuery, User
-from ...turns import PerUserSlots
 from ..common import Blueprint, current_user, document_errors, gw, ok
 from .schemas import (ActionEnvelope, JobChangeSchema, JobEnvelope, JobListEnvelope, JobListQuerySchema, JobSpecSchema,
                       JobWaitQuerySchema, OutputEnvelope, OutputQuerySchema, SubmitEnvelope, job_json)
@@ -315,18 +314,15 @@ class JobDetail(MethodView):
         return ok({"job": state.scheduler.call("get_job", user=user, job_id=job_id)})
 
 
-_WAITS = PerUserSlots()                 # full-length long polls in flight in this process, by user
-
-
 @contextmanager
 def _wait_slot(state, user_name: str):
     """True when the poll may wait its full time: one of the user's max_waits_per_user here."""
-    full = _WAITS.take(user_name, state.config["max_waits_per_user"])
+    full = state.waits.take(user_name, state.config["max_waits_per_user"])
     try:
         yield full
     finally:
         if full:
-            _WAITS.give_back(user_name)
+            state.waits.give_back(user_name)
 
 
 def _watch(state, user, job_id, job, baseline, wait):
