@@ -517,3 +517,34 @@ def test_workers_opening_a_new_sqlite_store_at_once_all_boot(tmp_path):
             barrier = manager.Barrier(6)
             results += pool.starmap(_open_store_at_once, [(str(tmp_path / f"s{i}.sqlite"), barrier)] * 6)
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"]
+
+
+def test_a_token_ends_at_its_max_age_and_a_forged_one_fails_also_once_a_signature_was_checked(tmp_path, monkeypatch):
+    """A process checks a token's signature once and remembers it: the token must still end
+    at token_max_age_hours on every later use, and a token differing by one character, or
+    signed with another secret, must still be refused."""
+    from gateway.errors import Unauthorized
+    from gateway.sessions import SqliteSessionStore, TokenManager
+
+    store = SqliteSessionStore(str(tmp_path / "s.sqlite"))
+    tokens = TokenManager(b"k" * 32, store, timeout_minutes=10 ** 6, max_age_hours=1)
+    token = tokens.issue("alice")
+    for _ in range(3):
+        assert tokens.check(token).user == "alice"
+    body, _, signature = token.rpartition(".")
+    forged = body + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+    other = TokenManager(b"o" * 32, store, timeout_minutes=10 ** 6, max_age_hours=1).issue("alice")
+    for bad in (forged, other, token + "x"):
+        with pytest.raises(Unauthorized, match="Invalid token"):
+            tokens.check(bad)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600 + 2)
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="Session expired: log in"):
+            tokens.check(token)
+    monkeypatch.setattr(time, "time", lambda: real() - 60)            # the clock stepped back
+    with pytest.raises(Unauthorized, match="Session expired: log in"):
+        tokens.check(token)
+    fresh = TokenManager(b"k" * 32, store, timeout_minutes=10 ** 6, max_age_hours=1)   # nothing remembered
+    with pytest.raises(Unauthorized, match="Session expired: log in"):
+        fresh.check(token)
