@@ -37,23 +37,30 @@ class _Parser(FlaskParser):
     cache-buster ``_`` is let through (and dropped)."""
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE, "querystring": RAISE}
 
+    NO_QUERY_BOUND = 256                  # schema instances remembered (one per route here)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._no_query: dict = {}         # query schema -> what it loads from no query string
 
     def parse(self, argmap, req=None, *, location=None, validate=None, **kwargs):
         # A GET without a query string (the polling clients' every request) loads the same
-        # thing each time: the schema's defaults. Loaded once per schema, then copied; only
-        # plain values are kept (nothing a view could change in place), and a load that
-        # fails (a required parameter) is never kept, so it fails every time.
-        if location in ("query", "querystring") and validate is None and isinstance(argmap, Schema):
+        # thing each time: the schema's defaults. Loaded once per schema instance (a view's
+        # decorator holds it), then copied; only plain values are kept (nothing a view could
+        # change in place), a load that fails (a required parameter) is never kept, so it
+        # fails every time, and a schema with a computed default (load_default=callable: a
+        # time, a new id) is loaded every time. A query schema's hooks must not make its load
+        # of nothing depend on the request (none does).
+        if location in ("query", "querystring") and validate is None and isinstance(argmap, Schema) \
+                and not any(callable(f.load_default) for f in argmap.fields.values()):
             req = req if req is not None else self.get_default_request()
             if req is not None and not req.environ.get("QUERY_STRING"):
                 known = self._no_query.get(argmap)
                 if known is not None:
                     return dict(known)
                 data = super().parse(argmap, req, location=location, **kwargs)
-                if isinstance(data, dict) and all(isinstance(v, _PLAIN) for v in data.values()):
+                if isinstance(data, dict) and all(isinstance(v, _PLAIN) for v in data.values()) \
+                        and len(self._no_query) < self.NO_QUERY_BOUND:
                     self._no_query[argmap] = dict(data)
                 return data
         return super().parse(argmap, req, location=location, validate=validate, **kwargs)
@@ -160,7 +167,7 @@ def document_errors(blp, *codes):
 
         @functools.wraps(func)
         def view(*args, **kwargs):
-            return func(*args, **kwargs)
+            return current_app.ensure_sync(func)(*args, **kwargs)     # as alt_response's layer did
         view._apidoc = documented._apidoc
         return view
     return deco

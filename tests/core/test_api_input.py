@@ -316,7 +316,12 @@ def test_no_query_string_loads_the_same_defaults_every_time_and_a_failing_load_f
     class Listed(Schema):
         tags = fields.List(fields.String(), load_default=lambda: ["a"])
 
-    optional, required, listed = Optional(), Required(), Listed()
+    stamps = iter(range(10 ** 6))
+
+    class Computed(Schema):           # a default computed per load (a time, an id): never kept
+        stamp = fields.Integer(load_default=lambda: next(stamps))
+
+    optional, required, listed, computed = Optional(), Required(), Listed(), Computed()
     app = Flask(__name__)
     for _ in range(3):
         with app.test_request_context("/x"):
@@ -332,6 +337,7 @@ def test_no_query_string_loads_the_same_defaults_every_time_and_a_failing_load_f
             tags = parser.parse(listed, location="query")
             assert tags == {"tags": ["a"]}
             tags["tags"].append("changed")                      # a list is never shared
+            assert parser.parse(computed, location="query") != parser.parse(computed, location="query")
         with app.test_request_context("/x?n=oops"):
             with pytest.raises(HTTPException) as exc:
                 parser.parse(optional, location="query")
