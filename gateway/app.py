@@ -293,12 +293,12 @@ class GatewayFlask(Flask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._sync: dict = {}
+        self._sync: set = set()
 
     def ensure_sync(self, func):
         key = getattr(func, "__func__", func)
         try:
-            if self._sync.get(key):
+            if key in self._sync:
                 return func
         except TypeError:                       # unhashable: ask every time
             return super().ensure_sync(func)
@@ -306,7 +306,7 @@ class GatewayFlask(Flask):
         if result is func:
             if len(self._sync) >= self._SYNC_BOUND:
                 self._sync.clear()
-            self._sync[key] = True
+            self._sync.add(key)
         return result
 
 

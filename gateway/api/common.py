@@ -51,8 +51,7 @@ class _Parser(FlaskParser):
         # fails every time, and a schema with a computed default (load_default=callable: a
         # time, a new id) is loaded every time. A query schema's hooks must not make its load
         # of nothing depend on the request (none does).
-        if location in ("query", "querystring") and validate is None and isinstance(argmap, Schema) \
-                and not any(callable(f.load_default) for f in argmap.fields.values()):
+        if location in ("query", "querystring") and validate is None and isinstance(argmap, Schema):
             req = req if req is not None else self.get_default_request()
             if req is not None and not req.environ.get("QUERY_STRING"):
                 known = self._no_query.get(argmap)
@@ -60,6 +59,7 @@ class _Parser(FlaskParser):
                     return dict(known)
                 data = super().parse(argmap, req, location=location, **kwargs)
                 if isinstance(data, dict) and all(isinstance(v, _PLAIN) for v in data.values()) \
+                        and not any(callable(f.load_default) for f in argmap.fields.values()) \
                         and len(self._no_query) < self.NO_QUERY_BOUND:
                     self._no_query[argmap] = dict(data)
                 return data
