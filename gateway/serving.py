@@ -34,7 +34,9 @@ connections, unauthenticated, made a 1-worker, 4-thread gateway unable to answer
 client gone) on the worker's main loop, and waits there up to 2 s for the client's FIN
 (``util.close_graceful``): meanwhile the worker accepts nothing and hands no kept-alive
 connection to a thread. :class:`GatewayWorker` sends its FIN the same way and leaves the
-wait to the poller (``linger``): the main loop goes on at once.
+wait to the poller (``linger``): the main loop goes on at once. Meanwhile it reads what the
+client still sends, up to 16 MiB (gunicorn: 64 KiB), so that a body refused unread (413) is
+not answered with a reset while the client, or NGINX, is still writing it.
 
 **One write.** gunicorn's HTTP/1 response sends its header block and then each body chunk, each in a
 ``sendall`` of its own. For the gateway's answers — a few hundred bytes to a few KB of JSON,
@@ -76,10 +78,16 @@ STALLED = (BlockingIOError, TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWrite
 # _ssl gives one deadline to a whole write: a TLS answer goes out in pieces this large, so the
 # timeout is per pause of the reader, not per MiB of a download.
 TLS_PIECE = 16 * 1024
-# As gunicorn's util.close_graceful: how long a closed connection waits for the client's FIN,
-# and how much of what the client still sends it reads meanwhile.
+# How long a closed connection waits for the client's FIN (as gunicorn's util.close_graceful),
+# and how much of what the client still sends it reads meanwhile. gunicorn reads 64 KiB: a
+# body refused unread (a 413 over max_body_bytes) is mostly still coming then, and closing
+# on unread bytes is a reset. NGINX, which sends a buffered body of up to its
+# client_max_body_size (2m) at once, met that reset while writing the body and answered its
+# own 502 for the replica's 413, counting it against the replica (max_fails): 1.5 MiB
+# bodies took every replica out of the pool (2026-12-07). The poller does this reading,
+# not a thread: NGINX's lingering close has no byte cap at all, only time.
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 65536
+LINGER_BYTES = 16 << 20
 
 # Set by a response whose write to the client stalled: only that is a client's stall (an
 # app's own TimeoutError is not, and gthread logs it as before).
@@ -321,7 +329,7 @@ class GatewayWorker(ThreadWorker):
         """Read what has come; True at the client's FIN, an error, or the cap."""
         try:
             while entry[2] < LINGER_BYTES:
-                data = entry[1].recv(4096)
+                data = entry[1].recv(65536)
                 if not data:
                     return True
                 entry[2] += len(data)
