@@ -37,7 +37,8 @@ JOB_PREFIX = "ha-"
 
 class HACluster:
     def __init__(self, procs: Processes, tmp: Path, *, replicas: int = 3, workers: int = 2, threads: int = 16,
-                 pending_seconds: float = 3, users: tuple[str, ...] = ("alice", "bob"), slots: int = 8):
+                 pending_seconds: float = 3, users: tuple[str, ...] = ("alice", "bob"), slots: int = 8,
+                 settings: dict | None = None):
         self.tmp = tmp
         shared = tmp / "shared"
         shared.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,8 @@ class HACluster:
                 work_dir=str(tmp / f"replica-{i}" / "work"), secret_file=str(self.secret_file),
                 session_store=self.redis.url, auth={"users_file": str(self.users_file)},
                 log_level="info", trusted_proxies=1, idempotency_pending_seconds=pending_seconds,
-                scheduler={"backend": "mock", "options": {"state_dir": str(self.mock_dir), "slots": slots}})
+                scheduler={"backend": "mock", "options": {"state_dir": str(self.mock_dir), "slots": slots}},
+                **(settings or {}))
             self.replicas.append(GunicornReplica(procs, f"replica-{i}", config, tmp / f"replica-{i}" / "log",
                                                  workers=workers, threads=threads))
         for replica in self.replicas:

@@ -9,13 +9,15 @@ still work. A second test kills a replica at the worst moments of a keyed submis
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 
 import pytest
 import requests
 
-from tests.helpers import require
+from tests.helpers import ApiClient, require
 
 from .ha import JOB_PREFIX, HACluster, format_summary, run_load
 from .servers import PREFIX, gunicorn_available, nginx_available, redis_available, wait_until
@@ -250,3 +252,42 @@ def test_what_nginx_answers_itself_is_in_the_api_envelope(cluster):
         r = send(base + "/jobs/1", json={"name": "x"}, timeout=30)
         assert "may or may not have been carried out" in _envelope(r, 502)["msg"], send
         assert "Retry-After" not in r.headers, (send, r.headers)
+
+
+def test_an_upload_over_the_limit_through_nginx_gets_the_replicas_413(procs, tmp_path):
+    """The files routes stream uploads through NGINX unbuffered (deploy/nginx/), so NGINX is
+    still writing an upload over files.max_upload_bytes when the replica refuses it unread.
+    The client gets the replica's 413 in the API's envelope, from requests (which reads the
+    answer after its whole body) and from curl (which reads it as soon as it comes), also
+    for a body past what the replica reads before closing (16 MiB). Before the replica read
+    what still came, a third of these were NGINX's 502 or its HTML 413."""
+    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
+    require(nginx_available(), "nginx is not installed (Debian: apt-get install nginx)")
+    require(gunicorn_available(), "gunicorn is not installed in this Python environment")
+    require(shutil.which("curl") is not None, "curl is not installed (Debian: apt-get install curl)")
+    limit = 1 << 20
+    cluster = HACluster(procs, tmp_path, replicas=2, workers=1, threads=8,
+                        settings={"files": {"max_upload_bytes": limit}})
+    base = cluster.base + PREFIX
+    alice = ApiClient(cluster.base).login("alice", cluster.passwords["alice"])
+    bearer = f"Bearer {alice.token}"
+    answers = []
+    for mib in (2, 8, 40):
+        blob = tmp_path / f"blob-{mib}"
+        blob.write_bytes(b"x" * (mib << 20))
+        for i in range(3):
+            with open(blob, "rb") as body:
+                r = requests.put(base + "/files/content", params={"path": f"r{mib}-{i}"}, data=body,
+                                 headers={"Authorization": bearer}, timeout=60)
+            answers.append((mib, "requests", r.status_code, r.text))
+            out = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "PUT",
+                                  "-H", f"Authorization: {bearer}", "--data-binary", f"@{blob}",
+                                  f"{base}/files/content?path=c{mib}-{i}"],
+                                 capture_output=True, text=True, timeout=60)
+            text, _, status = out.stdout.rpartition("\n")
+            answers.append((mib, "curl", int(status or 0), text or out.stderr))
+    wrong = [a for a in answers if a[2] != 413 or f"the limit is {limit} bytes" not in a[3]]
+    assert not wrong, wrong
+    listing = alice.get("/files", params={"path": "."})       # the pool is whole, nothing was kept
+    assert listing.status == 200, listing
+    assert not [e["name"] for e in listing.body["data"]["entries"] if e["name"][0] in "rc"], listing
