@@ -17,6 +17,7 @@ import requests
 from tests.helpers import require
 
 from .servers import PREFIX, GunicornReplica, Nginx, free_port, render, write_config
+from .test_gunicorn import over_the_limit_answers
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,25 @@ def test_ssl_1_serves_https_on_https_port_and_nothing_else(tmp_path, procs, cert
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", http_port)) != 0
     assert replica.proc.alive()
+
+
+def test_a_body_over_the_limit_sent_in_full_gets_its_413_under_tls_too(tmp_path, procs, certificate,
+                                                                        need_gunicorn):
+    """test_gunicorn.py's test of a refused body's 413, over ssl: 1. Before the replica read
+    what still came, every one of these ended in the client's SSLEOFError."""
+    cert, key = certificate
+    port = free_port()
+    config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=port, cert=str(cert), key=str(key))
+    GunicornReplica(procs, "tls", config, tmp_path / "log", workers=1, threads=4,
+                    scheme="https", verify=str(cert)).start()
+    login = requests.post(f"https://127.0.0.1:{port}{PREFIX}/login", verify=str(cert), timeout=10,
+                          json={"username": "admin", "password": _admin_password(tmp_path)})
+    context = ssl.create_default_context(cafile=str(cert))
+    answers = over_the_limit_answers(
+        lambda: context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                    server_hostname="127.0.0.1"),
+        login.json()["data"]["token"]["token"])
+    assert answers == ["413"] * 10, answers
 
 
 def _tls_site(tmp_path, procs, certificate, *, novnc: bool = False) -> tuple[str, int]:
