@@ -26,10 +26,19 @@ def module_procs():
         owner.close()
 
 
+def _need_redis():
+    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
+
+
 @pytest.fixture(scope="module")
 def redis_server(module_procs, tmp_path_factory):
-    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
+    _need_redis()
     return RedisServer(module_procs, tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def need_redis():
+    _need_redis()
 
 
 @pytest.fixture

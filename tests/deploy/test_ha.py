@@ -20,16 +20,13 @@ import requests
 from tests.helpers import ApiClient, require
 
 from .ha import JOB_PREFIX, HACluster, format_summary, run_load
-from .servers import PREFIX, gunicorn_available, nginx_available, redis_available, wait_until
+from .servers import PREFIX, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def cluster(procs, tmp_path):
-    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
-    require(nginx_available(), "nginx is not installed (Debian: apt-get install nginx)")
-    require(gunicorn_available(), "gunicorn is not installed in this Python environment")
+def cluster(procs, tmp_path, need_redis, need_nginx, need_gunicorn):
     return HACluster(procs, tmp_path, replicas=3, workers=2, threads=16, pending_seconds=3)
 
 
@@ -254,16 +251,14 @@ def test_what_nginx_answers_itself_is_in_the_api_envelope(cluster):
         assert "Retry-After" not in r.headers, (send, r.headers)
 
 
-def test_an_upload_over_the_limit_through_nginx_gets_the_replicas_413(procs, tmp_path):
+def test_an_upload_over_the_limit_through_nginx_gets_the_replicas_413(procs, tmp_path, need_redis, need_nginx,
+                                                                      need_gunicorn):
     """The files routes stream uploads through NGINX unbuffered (deploy/nginx/), so NGINX is
     still writing an upload over files.max_upload_bytes when the replica refuses it unread.
     The client gets the replica's 413 in the API's envelope, from requests (which reads the
     answer after its whole body) and from curl (which reads it as soon as it comes), also
     for a body past what the replica reads before closing (16 MiB). Before the replica read
     what still came, a third of these were NGINX's 502 or its HTML 413."""
-    require(redis_available(), "redis-server is not installed (Debian: apt-get install redis-server)")
-    require(nginx_available(), "nginx is not installed (Debian: apt-get install nginx)")
-    require(gunicorn_available(), "gunicorn is not installed in this Python environment")
     require(shutil.which("curl") is not None, "curl is not installed (Debian: apt-get install curl)")
     limit = 1 << 20
     cluster = HACluster(procs, tmp_path, replicas=2, workers=1, threads=8,

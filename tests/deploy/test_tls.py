@@ -41,13 +41,20 @@ def _admin_password(tmp) -> str:
     return (tmp / "work" / "initial-admin-password").read_text().strip()
 
 
-def test_ssl_1_serves_https_on_https_port_and_nothing_else(tmp_path, procs, certificate, need_gunicorn):
+def _tls_replica(tmp_path, procs, certificate) -> tuple[GunicornReplica, int, int]:
+    """A replica with ssl: 1 on the mock backend, answering: (it, http_port, https_port)."""
     cert, key = certificate
     http_port, https_port = free_port(), free_port()
     config = _gateway_config(tmp_path, ssl=1, http_port=http_port, https_port=https_port,
                              cert=str(cert), key=str(key))
     replica = GunicornReplica(procs, "tls", config, tmp_path / "log", workers=1, threads=4,
                               scheme="https", verify=str(cert)).start()
+    return replica, http_port, https_port
+
+
+def test_ssl_1_serves_https_on_https_port_and_nothing_else(tmp_path, procs, certificate, need_gunicorn):
+    cert, _ = certificate
+    replica, http_port, https_port = _tls_replica(tmp_path, procs, certificate)
 
     base = f"https://127.0.0.1:{https_port}{PREFIX}"
     health = requests.get(base + "/health", verify=str(cert), timeout=10)
@@ -75,11 +82,8 @@ def test_a_body_over_the_limit_sent_in_full_gets_its_413_under_tls_too(tmp_path,
                                                                         need_gunicorn):
     """test_gunicorn.py's test of a refused body's 413, over ssl: 1. Before the replica read
     what still came, every one of these ended in the client's SSLEOFError."""
-    cert, key = certificate
-    port = free_port()
-    config = _gateway_config(tmp_path, ssl=1, http_port=free_port(), https_port=port, cert=str(cert), key=str(key))
-    GunicornReplica(procs, "tls", config, tmp_path / "log", workers=1, threads=4,
-                    scheme="https", verify=str(cert)).start()
+    cert, _ = certificate
+    _, _, port = _tls_replica(tmp_path, procs, certificate)
     login = requests.post(f"https://127.0.0.1:{port}{PREFIX}/login", verify=str(cert), timeout=10,
                           json={"username": "admin", "password": _admin_password(tmp_path)})
     context = ssl.create_default_context(cafile=str(cert))
